@@ -1,0 +1,40 @@
+"""Pieces every command shares: the store option, error exits, consoles."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from adatune.errors import AdatuneError
+
+DEFAULT_STORE = "adatune.db"
+
+out = Console()
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+StoreOption = Annotated[
+    str,
+    typer.Option(
+        "--store",
+        envvar="ADATUNE_STORE",
+        help="Experiment store: a file path or an SQLAlchemy URL (env ADATUNE_STORE).",
+        show_default=True,
+    ),
+]
+
+
+def store_default() -> str:
+    return os.environ.get("ADATUNE_STORE", DEFAULT_STORE)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print one clear line on stderr and exit with ``code``."""
+    err.print(f"adatune: error: {message}", markup=False)
+    raise typer.Exit(code)
+
+
+def user_errors(exc: AdatuneError) -> NoReturn:
+    fail(str(exc))

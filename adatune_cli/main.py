@@ -1,0 +1,65 @@
+"""The ``adatune`` command: a thin Typer app over the library."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+import adatune
+from adatune.errors import AdatuneError
+
+app = typer.Typer(
+    name="adatune",
+    help="Tune a network's learning rate online from hypergradients and keep every run.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"adatune {adatune.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """Tune a network's learning rate online from hypergradients and keep every run."""
+
+
+def _register() -> None:
+    """Attach the command modules (each adds its commands to ``app``)."""
+    from adatune_cli import commands  # noqa: F401
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: every user error is one line on stderr and exit code 2."""
+    _register()
+    try:
+        rv = app(args=argv, prog_name="adatune", standalone_mode=False)
+    except typer.Exit as exc:
+        return _exit(exc.exit_code)
+    except typer.TyperException as exc:  # usage errors: bad option, bad value, ...
+        msg = " ".join(exc.format_message().split())
+        if not msg:  # bare `adatune`: the help was printed
+            return _exit(0)
+        print(f"adatune: error: {msg}", file=sys.stderr)
+        return _exit(exc.exit_code or 2)
+    except (typer.Abort, KeyboardInterrupt):
+        print("adatune: aborted", file=sys.stderr)
+        return _exit(130)
+    except AdatuneError as exc:
+        print(f"adatune: error: {exc}", file=sys.stderr)
+        return _exit(2)
+    return _exit(rv if isinstance(rv, int) else 0)
+
+
+def _exit(code: int) -> int:
+    sys.exit(code)
