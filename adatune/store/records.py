@@ -85,6 +85,7 @@ class RunRecord:
     device: str | None
     host: str | None
     parent_id: int | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
