@@ -2,9 +2,11 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from adatune.tuners import HD, MARTHE, RTHO, HypergradientTuner
+
 try:
     __version__ = version("adatune")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["HD", "MARTHE", "RTHO", "HypergradientTuner", "__version__"]

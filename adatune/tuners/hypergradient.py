@@ -1,0 +1,566 @@
+"""Hypergradient learning-rate tuners: MARTHE, RTHO and HD.
+
+A tuner wraps a ``torch.optim`` optimizer (SGD, Adam, AdamW). It never
+re-implements the parameter update: it computes gradients, advances the
+tangent ``Z`` of the training state with respect to the learning rate
+(:mod:`adatune.tuners._tangent`), lets the optimizer step, and writes the new
+learning rate into ``param_groups[i]["lr"]``. With several param groups one
+learning rate is tuned and every group keeps its initial ratio to it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from adatune.tuners import _tangent
+
+LossArg = Tensor | Callable[[], Tensor]
+HVP_MODES = ("exact", "finite-difference")
+
+_CLIP_EPS = 1e-6  # the epsilon torch.nn.utils.clip_grad_norm_ adds to the norm
+
+
+def _check_number(name: str, value: Any, *, low: float = 0.0, high: float | None = None,
+                  low_open: bool = False) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"Invalid {name}: {value!r}") from None
+    bad = (not math.isfinite(x) or x < low or (low_open and x == low)
+           or (high is not None and x > high))
+    if bad:
+        raise ValueError(f"Invalid {name}: {value!r}")
+    return x
+
+
+class _Dynamics:
+    """What the tuner needs to know about the wrapped optimizer."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        if isinstance(optimizer, torch.optim.SGD):
+            self.kind = "sgd"
+        elif isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+            self.kind = "adam"
+        else:
+            raise ValueError(
+                f"Invalid optimizer: {type(optimizer).__name__} "
+                "(supported: torch.optim.SGD, Adam, AdamW)"
+            )
+        for i, group in enumerate(optimizer.param_groups):
+            if group.get("maximize", False):
+                raise ValueError(f"Invalid optimizer: param group {i} has maximize=True")
+            if group.get("amsgrad", False):
+                raise ValueError(f"Invalid optimizer: param group {i} has amsgrad=True")
+        self.decoupled = self.kind == "adam" and (
+            isinstance(optimizer, torch.optim.AdamW)
+            or bool(optimizer.param_groups[0].get("decoupled_weight_decay", False))
+        )
+
+    def tangent_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
+        if self.kind == "adam":
+            return ("z", "p", "q")
+        return ("z", "y") if group["momentum"] != 0 else ("z",)
+
+
+class HypergradientTuner:
+    """Shared machinery of MARTHE, RTHO and HD (see DESIGN.md section 2).
+
+    ``outer`` selects where the hypergradient's outer gradient comes from:
+    ``"validation"`` (MARTHE/RTHO: the gradient of a validation loss at the
+    updated weights, after the step) or ``"training"`` (HD: the next training
+    gradient, before the step that uses the new learning rate).
+    """
+
+    outer = "validation"
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        hyper_lr: float,
+        *,
+        mu: float | str = 0.99,
+        alpha: float = 0.0,
+        first_order: bool = False,
+        grad_clip: float | None = None,
+        hvp: str = "exact",
+        model: nn.Module | None = None,
+        foreach: bool | None = None,
+    ) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"Invalid optimizer: {optimizer!r}")
+        self.optimizer = optimizer
+        self._dyn = _Dynamics(optimizer)
+        hyper_lr = _check_number("hyper_lr", hyper_lr)
+        alpha = _check_number("alpha", alpha)
+        auto_mu = mu == "auto" or (isinstance(mu, (int, float)) and mu < 0)
+        if isinstance(mu, str) and mu != "auto":
+            raise ValueError(f"Invalid mu: {mu!r} (a number in [0, 1] or 'auto')")
+        mu = 0.0 if auto_mu else _check_number("mu", mu, high=1.0)
+        if grad_clip is not None:
+            grad_clip = _check_number("grad_clip", grad_clip, low_open=True)
+        if hvp not in HVP_MODES:
+            raise ValueError(f"Invalid hvp: {hvp!r} (choose from {', '.join(HVP_MODES)})")
+        lr0 = _check_number("lr", optimizer.param_groups[0]["lr"], low_open=True)
+        ratios = []
+        for group in optimizer.param_groups:
+            ratios.append(_check_number("lr", group["lr"]) / lr0)
+
+        self.alpha = alpha
+        self.first_order = bool(first_order)
+        self.grad_clip = grad_clip
+        self.hvp = hvp
+        self.model = model
+        self.foreach = foreach if foreach is not None else True
+        self.auto_mu = auto_mu
+        # Everything that changes while training lives in ``state`` (checkpointed).
+        self.state: dict[str, Any] = {
+            "lr": lr0,
+            "hyper_lr": hyper_lr,
+            "mu": mu,
+            "c": 0.0,
+            "step": 0,
+            "nonfinite": 0,
+            "last_hypergradient": None,
+            "ratios": ratios,
+            "tangent_live": False,  # False while Z == 0 (start, or after a reset)
+        }
+        self._tangents: dict[Tensor, dict[str, Tensor]] = {}
+        self._prev_grad: dict[Tensor, Tensor] | None = None  # g_t, for auto-mu
+        self._param_order: list[Tensor] | None = None  # model order, for hyper_step()
+
+    # ------------------------------------------------------------------ views
+    @property
+    def lr(self) -> float:
+        """The tuned learning rate (param group 0's; the others keep their ratio)."""
+        return self.state["lr"]
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self._set_lr(_check_number("lr", value))
+
+    @property
+    def mu(self) -> float:
+        return self.state["mu"]
+
+    @property
+    def hyper_lr(self) -> float:
+        return self.state["hyper_lr"]
+
+    @property
+    def last_hypergradient(self) -> float | None:
+        return self.state["last_hypergradient"]
+
+    @property
+    def nonfinite_count(self) -> int:
+        """How many hypergradients were not finite (and so left the LR unchanged)."""
+        return self.state["nonfinite"]
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    def __repr__(self) -> str:
+        mu = "auto" if self.auto_mu else self.mu
+        return (f"{type(self).__name__}({type(self.optimizer).__name__}, lr={self.lr:.4g}, "
+                f"hyper_lr={self.hyper_lr:.4g}, mu={mu}, alpha={self.alpha})")
+
+    # ------------------------------------------------------------- public API
+    def step(self, loss: LossArg, val_loss: Callable[[], Tensor] | None = None) -> Tensor:
+        """One training step: replaces ``loss.backward(); optimizer.step()``.
+
+        ``loss`` is the minibatch training loss at the current weights, or a
+        closure computing it (required for ``hvp="finite-difference"``, which
+        evaluates it a second time on the same batch and dropout mask).
+        MARTHE/RTHO need ``val_loss``: a closure returning the validation loss,
+        called after the update. Returns the (detached) training loss.
+        """
+        if self.outer == "validation" and val_loss is None:
+            raise ValueError(f"{type(self).__name__}.step needs val_loss=, a closure "
+                             "returning the validation loss")
+        if self.outer == "training" and val_loss is not None:
+            raise ValueError(f"{type(self).__name__}.step takes no val_loss")
+        params = self._params()
+        rng = _RngSnapshot(params[0].device) if callable(loss) else None
+        loss_value = loss() if callable(loss) else loss
+        use_hvp = self._wants_hvp()
+        create_graph = use_hvp and self.hvp == "exact"
+        raw = torch.autograd.grad(loss_value, params, create_graph=create_graph,
+                                  allow_unused=True)
+        live = [i for i, g in enumerate(raw) if g is not None]
+        grads = [raw[i].detach() for i in live]
+        used = [params[i] for i in live]
+
+        hvps = None
+        if use_hvp:
+            if self.hvp == "exact":
+                hvps = self._exact_hvp(used, [raw[i] for i in live])
+            else:
+                if not callable(loss):
+                    raise ValueError("hvp='finite-difference' needs loss to be a closure")
+                hvps = self._fd_hvp(used, grads, loss, rng)
+        del raw
+
+        clip = self._clip_factor(grads)
+        clipped, g_eff = self._effective_grads(used, grads, clip)
+        if self.outer == "training" and self.state["tangent_live"]:
+            h = self._dot(g_eff, [self._tangents[p]["z"] for p in used])
+            self._hyper_update(h, None)
+        self._advance(params, used, grads, g_eff, hvps, clip)
+        self._apply(params, used, clipped, g_eff)
+        self.optimizer.step()
+        if self.outer == "validation":
+            val = val_loss()
+            gv = torch.autograd.grad(val, params, allow_unused=True)
+            self._validation_update(params, gv)
+        self.state["step"] += 1
+        return loss_value.detach()
+
+    def compute_hg(self, model: nn.Module, first_grad: Sequence[Tensor | None]) -> None:
+        """Low-level API of the original AdaTune: advance the tangent.
+
+        ``first_grad`` are the training gradients for ``model.parameters()``
+        (in that order), computed with ``create_graph=True`` when the
+        curvature term is used. Then set ``p.grad``, call
+        ``optimizer.step()`` and :meth:`hyper_step`. With ``grad_clip``, clip
+        the gradients with ``clip_grad_norm_(..., grad_clip)`` before the step.
+        """
+        order = list(model.parameters())
+        if len(order) != len(first_grad):
+            raise ValueError("first_grad must hold one entry per model.parameters()")
+        self._param_order = order
+        by_param = dict(zip(order, first_grad))
+        params = self._params()
+        used = [p for p in params if by_param.get(p) is not None]
+        graphs = [by_param[p] for p in used]
+        grads = [g.detach() for g in graphs]
+        hvps = None
+        if self._wants_hvp():
+            if not all(g.requires_grad for g in graphs):
+                raise ValueError("first_grad needs create_graph=True (or use first_order=True)")
+            hvps = self._exact_hvp(used, graphs)
+        clip = self._clip_factor(grads)
+        _, g_eff = self._effective_grads(used, grads, clip)
+        self._advance(params, used, grads, g_eff, hvps, clip)
+        if self.auto_mu:
+            self._prev_grad = dict(zip(used, g_eff))
+
+    def hyper_step(self, val_grad: Sequence[Tensor | None] | Mapping[Tensor, Tensor]) -> float:
+        """Low-level API: update the learning rate from the validation gradient.
+
+        ``val_grad`` holds the validation gradients at the updated weights, in
+        ``model.parameters()`` order (as given to :meth:`compute_hg`) or as a
+        mapping ``param -> grad``. Returns the hypergradient.
+        """
+        if isinstance(val_grad, Mapping):
+            by_param = val_grad
+        else:
+            if self._param_order is None:
+                raise ValueError("call compute_hg() before hyper_step()")
+            by_param = dict(zip(self._param_order, val_grad))
+        params = self._params()
+        self._validation_update(params, [by_param.get(p) for p in params])
+        self.state["step"] += 1
+        return self.last_hypergradient
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The tuner's state, nesting the optimizer's (tensors are not copied)."""
+        index = {p: i for i, p in enumerate(self._params())}
+        tangents = {index[p]: dict(t) for p, t in self._tangents.items() if p in index}
+        prev = (None if self._prev_grad is None
+                else {index[p]: g for p, g in self._prev_grad.items() if p in index})
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "tuner": {**self.state, "ratios": list(self.state["ratios"]),
+                      "auto_mu": self.auto_mu},
+            "tangents": tangents,
+            "prev_grad": prev,
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore tuner and optimizer state saved by :meth:`state_dict`."""
+        self.optimizer.load_state_dict(state_dict["optimizer"])
+        tuner = dict(state_dict["tuner"])
+        self.auto_mu = bool(tuner.pop("auto_mu", self.auto_mu))
+        self.state.update(tuner)
+        params = self._params()
+        self._tangents = {}
+        for i, tensors in state_dict.get("tangents", {}).items():
+            p = params[int(i)]
+            self._tangents[p] = {k: v.to(device=p.device, dtype=p.dtype).clone()
+                                 for k, v in tensors.items()}
+        prev = state_dict.get("prev_grad")
+        self._prev_grad = (None if prev is None
+                           else {params[int(i)]: g.clone() for i, g in prev.items()})
+        self._set_lr(self.state["lr"])
+
+    # -------------------------------------------------------------- internals
+    def _params(self) -> list[Tensor]:
+        return [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad]
+
+    def _wants_hvp(self) -> bool:
+        """The curvature term matters: mu != 0, not first order, and Z != 0."""
+        return not self.first_order and self.state["mu"] != 0 and self.state["tangent_live"]
+
+    def _exact_hvp(self, used: list[Tensor], graphs: list[Tensor]) -> list[Tensor]:
+        zs = [self._tangents[p]["z"] for p in used]
+        hz = torch.autograd.grad(graphs, used, grad_outputs=zs, allow_unused=True)
+        return [torch.zeros_like(p) if h is None else h for p, h in zip(used, hz)]
+
+    def _fd_hvp(self, used: list[Tensor], grads: list[Tensor], closure: Callable[[], Tensor],
+                rng: _RngSnapshot) -> list[Tensor]:
+        """One-sided finite difference of gradients along z, on the same batch."""
+        zs = [self._tangents[p]["z"] for p in used]
+        with torch.no_grad():
+            z_norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(zs))))
+            w_norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(used))))
+        if z_norm == 0 or not math.isfinite(z_norm):
+            return [torch.zeros_like(p) for p in used]
+        eps = math.sqrt(torch.finfo(used[0].dtype).eps) * (1.0 + w_norm) / z_norm
+        saved = [p.detach().clone() for p in used]
+        buffers = ([b.detach().clone() for b in self.model.buffers()]
+                   if self.model is not None else [])
+        try:
+            with torch.no_grad():
+                torch._foreach_add_(used, zs, alpha=eps)
+            with rng.replay():
+                shifted = torch.autograd.grad(closure(), used, allow_unused=True)
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(used, saved)
+                if self.model is not None:
+                    torch._foreach_copy_(list(self.model.buffers()), buffers)
+        out = []
+        for p, g, s in zip(used, grads, shifted):
+            out.append(torch.zeros_like(p) if s is None else (s.detach() - g) / eps)
+        return out
+
+    def _clip_factor(self, grads: list[Tensor]) -> tuple[float, float] | None:
+        """(scale, norm) when gradient clipping is active at this step, else None."""
+        if self.grad_clip is None or not grads:
+            return None
+        norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+        scale = self.grad_clip / (norm + _CLIP_EPS)
+        return (scale, norm) if scale < 1.0 else None
+
+    def _group_slices(self, used: list[Tensor]):
+        """Yield (group index, group, indices into ``used``) per param group."""
+        where = {p: i for i, p in enumerate(used)}
+        for gi, group in enumerate(self.optimizer.param_groups):
+            idx = [where[p] for p in group["params"] if p in where]
+            if idx:
+                yield gi, group, idx
+
+    def _coupled_decay(self, group: Mapping[str, Any]) -> float:
+        return 0.0 if self._dyn.decoupled else float(group["weight_decay"])
+
+    @torch.no_grad()
+    def _effective_grads(self, used, grads, clip) -> tuple[list[Tensor], list[Tensor]]:
+        """(clipped gradient handed to the optimizer, gradient it uses incl. coupled decay)."""
+        clipped = grads if clip is None else torch._foreach_mul(grads, clip[0])
+        g_eff = list(clipped)
+        for _, group, idx in self._group_slices(used):
+            wd = self._coupled_decay(group)
+            if wd != 0:
+                decayed = torch._foreach_add([clipped[i] for i in idx],
+                                             [used[i] for i in idx], alpha=wd)
+                for i, g in zip(idx, decayed):
+                    g_eff[i] = g
+        return clipped, g_eff
+
+    @torch.no_grad()
+    def _advance(self, params, used, grads, g_eff, hvps, clip) -> None:
+        """Z <- mu * A_t Z + B_t with the learning rate of this step."""
+        mu = self.state["mu"]
+        if hvps is not None and clip is not None:
+            # d/dw of s(w) g(w) with s = C / (|g| + 1e-6): s Hz + g ds.
+            scale, norm = clip
+            g_hz = self._dot(grads, hvps)
+            ds = -self.grad_clip * g_hz / (norm * (norm + _CLIP_EPS) ** 2)
+            hvps = torch._foreach_mul(hvps, scale)
+            torch._foreach_add_(hvps, grads, alpha=ds)
+        self._ensure_tangents(params)
+        used_set = set(used)
+        skipped = [p for p in params if p not in used_set]
+        if skipped and mu != 1:
+            # The optimizer leaves these parameters (and their buffers) alone: A = I, B = 0.
+            for p in skipped:
+                torch._foreach_mul_(list(self._tangents[p].values()), mu)
+        for gi, group, idx in self._group_slices(used):
+            ratio = self.state["ratios"][gi]
+            lr = ratio * self.state["lr"]
+            ps = [used[i] for i in idx]
+            gs = [g_eff[i] for i in idx]
+            hz = None
+            if mu != 0:
+                wd = self._coupled_decay(group)
+                zs = [self._tangents[p]["z"] for p in ps]
+                if hvps is not None:
+                    hz = [hvps[i] for i in idx]
+                    if wd != 0:
+                        hz = torch._foreach_add(hz, zs, alpha=wd)
+                elif wd != 0:
+                    hz = torch._foreach_mul(zs, wd)
+            self._advance_group(group, ps, gs, hz, lr=lr, ratio=ratio, mu=mu)
+        self.state["tangent_live"] = True
+
+    def _advance_group(self, group, ps, gs, hz, *, lr, ratio, mu) -> None:
+        tan = [self._tangents[p] for p in ps]
+        opt_state = [self.optimizer.state.get(p, {}) for p in ps]
+        if self._dyn.kind == "sgd":
+            momentum = float(group["momentum"])
+            _tangent.sgd_tangent_(
+                gs, hz,
+                [s.get("momentum_buffer") for s in opt_state],
+                [t["z"] for t in tan],
+                [t["y"] for t in tan] if momentum != 0 else None,
+                lr=lr, ratio=ratio, momentum=momentum,
+                dampening=float(group["dampening"]), nesterov=bool(group["nesterov"]),
+                mu=mu, foreach=self.foreach,
+            )
+        else:
+            beta1, beta2 = (float(b) for b in group["betas"])
+            _tangent.adam_tangent_(
+                ps, gs, hz,
+                [s.get("exp_avg") for s in opt_state],
+                [s.get("exp_avg_sq") for s in opt_state],
+                [int(s["step"]) if "step" in s else 0 for s in opt_state],
+                [t["z"] for t in tan], [t["p"] for t in tan], [t["q"] for t in tan],
+                lr=lr, ratio=ratio, beta1=beta1, beta2=beta2, eps=float(group["eps"]),
+                decoupled_weight_decay=float(group["weight_decay"]) if self._dyn.decoupled
+                else 0.0,
+                mu=mu, foreach=self.foreach,
+            )
+
+    def _ensure_tangents(self, params: list[Tensor]) -> None:
+        for group in self.optimizer.param_groups:
+            keys = self._dyn.tangent_keys(group)
+            for p in group["params"]:
+                if p.requires_grad and p not in self._tangents:
+                    self._tangents[p] = {k: torch.zeros_like(p) for k in keys}
+
+    def _apply(self, params, used, clipped, g_eff) -> None:
+        """Hand the (clipped) gradients to the optimizer; keep g_t for auto-mu."""
+        for p in params:
+            p.grad = None
+        for p, g in zip(used, clipped):
+            p.grad = g
+        if self.auto_mu:
+            self._prev_grad = dict(zip(used, g_eff))
+
+    def _validation_update(self, params: list[Tensor], val_grads: Sequence[Tensor | None]) -> None:
+        pairs = [(g, self._tangents[p]["z"]) for p, g in zip(params, val_grads)
+                 if g is not None and p in self._tangents]
+        h = self._dot([g.detach() for g, _ in pairs], [z for _, z in pairs])
+        g_dot = None
+        if self.auto_mu and self._prev_grad is not None:
+            prev = [(g.detach(), self._prev_grad[p]) for p, g in zip(params, val_grads)
+                    if g is not None and p in self._prev_grad]
+            g_dot = self._dot([a for a, _ in prev], [b for _, b in prev])
+        self._hyper_update(h, g_dot)
+
+    def _hyper_update(self, h: float, g_dot: float | None) -> None:
+        """eta <- max(eta - beta h, 0); then adapt beta (alpha) and mu (auto)."""
+        s = self.state
+        s["last_hypergradient"] = h
+        if not math.isfinite(h):
+            # Never let a non-finite hypergradient reach the LR; restart the tangent.
+            s["nonfinite"] += 1
+            for t in self._tangents.values():
+                torch._foreach_zero_(list(t.values()))
+            s["tangent_live"] = False
+            return
+        eta = max(s["lr"] - s["hyper_lr"] * h, 0.0)
+        self._set_lr(eta)
+        if self.alpha != 0:
+            s["hyper_lr"] = max(s["hyper_lr"] + self.alpha * h * eta, 0.0)
+        if self.auto_mu:
+            # q = eta_new / <grad E(w_{t+1}), g_t>; a non-finite q counts as 0.
+            q = eta / g_dot if g_dot else float("nan")
+            z = min(max(q, 0.0), 1.0) if math.isfinite(q) else 0.0
+            mu = s["mu"]
+            s["c"] = s["c"] * (1.0 if mu > 0 else 0.0) + mu
+            s["mu"] = z ** (1.0 / (s["c"] + 1.0))
+
+    def _set_lr(self, eta: float) -> None:
+        self.state["lr"] = eta
+        for group, ratio in zip(self.optimizer.param_groups, self.state["ratios"]):
+            value = ratio * eta
+            if isinstance(group["lr"], Tensor):
+                group["lr"].fill_(value)
+            else:
+                group["lr"] = value
+
+    @staticmethod
+    def _dot(xs: Iterable[Tensor], ys: Iterable[Tensor]) -> float:
+        terms = [torch.vdot(x.reshape(-1), y.reshape(-1)).double() for x, y in zip(xs, ys)]
+        return float(torch.stack(terms).sum()) if terms else 0.0
+
+
+class _RngSnapshot:
+    """The RNG state before the training forward, to replay its dropout mask."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cpu = torch.get_rng_state()
+        self.accel = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    def replay(self):
+        devices = [self.device] if self.device.type == "cuda" else []
+        ctx = torch.random.fork_rng(devices=devices)
+        snapshot = self
+
+        class _Replay:
+            def __enter__(self_inner):
+                ctx.__enter__()
+                torch.set_rng_state(snapshot.cpu)
+                if snapshot.accel is not None:
+                    torch.cuda.set_rng_state(snapshot.accel, snapshot.device)
+
+            def __exit__(self_inner, *exc):
+                return ctx.__exit__(*exc)
+
+        return _Replay()
+
+
+class MARTHE(HypergradientTuner):
+    """MARTHE (Donini et al., 2020): ``Z <- mu A Z + B``, validation hypergradient.
+
+    >>> tuner = MARTHE(optimizer, hyper_lr=1e-8, mu=0.99, alpha=0.0)  # mu may be "auto"
+    >>> tuner.step(loss, val_loss=lambda: criterion(model(xv), yv))
+    """
+
+
+class RTHO(HypergradientTuner):
+    """RTHO (Franceschi et al., 2017): MARTHE with ``mu = 1`` (exact forward-mode)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, hyper_lr: float, **kwargs: Any) -> None:
+        if "mu" in kwargs:
+            raise ValueError("Invalid mu: RTHO fixes mu = 1 (use MARTHE for other values)")
+        super().__init__(optimizer, hyper_lr, mu=1.0, **kwargs)
+
+
+class HD(HypergradientTuner):
+    """Hypergradient descent (Baydin et al., 2018), exact through the optimizer's update.
+
+    Before each update the LR moves along ``-dL_t(w_t)/d eta_{t-1}``; for SGD
+    this is ``eta_t = eta_{t-1} + beta * g_t . g_{t-1}``.
+
+    >>> tuner = HD(optimizer, hyper_lr=1e-3)
+    >>> tuner.step(loss)
+    """
+
+    outer = "training"
+
+    def __init__(self, optimizer: torch.optim.Optimizer, hyper_lr: float, *,
+                 alpha: float = 0.0, grad_clip: float | None = None,
+                 foreach: bool | None = None) -> None:
+        super().__init__(optimizer, hyper_lr, mu=0.0, alpha=alpha, grad_clip=grad_clip,
+                         foreach=foreach)
