@@ -1,0 +1,357 @@
+"""Behaviour of the tuners beyond the oracle: published rules, state, guards, API."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import adatune
+
+ce = nn.functional.cross_entropy
+
+
+def _data(seed=0, steps=8, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(steps, 16, 6, generator=g, dtype=dtype)
+    ys = torch.randint(0, 3, (steps, 16), generator=g)
+    xv = torch.randn(32, 6, generator=g, dtype=dtype)
+    yv = torch.randint(0, 3, (32,), generator=g)
+    return xs, ys, xv, yv
+
+
+def _model(seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).to(dtype)
+
+
+# ------------------------------------------------------------------ HD rules
+def _flat(ts):
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+@pytest.mark.parametrize("kind", ["sgd", "momentum", "adam"])
+def test_hd_follows_the_published_update_rule(kind):
+    """Baydin et al. 2018: SGD-HD, SGDN-HD and Adam-HD, with torch's update semantics."""
+    xs, ys, _, _ = _data()
+    beta = 1e-2 if kind != "adam" else 1e-5
+    # adatune
+    model = _model()
+    opt = {"sgd": lambda p: torch.optim.SGD(p, lr=0.05),
+           "momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+           "adam": lambda p: torch.optim.Adam(p, lr=0.01)}[kind](model.parameters())
+    tuner = adatune.HD(opt, hyper_lr=beta)
+    lrs = []
+    for t in range(len(xs)):
+        tuner.step(ce(model(xs[t]), ys[t]))
+        lrs.append(tuner.lr)
+    # the published rule, by hand on a plain optimizer
+    ref = _model()
+    eta, prev_dir = (0.05 if kind != "adam" else 0.01), None
+    buf, m, v = None, None, None
+    ref_lrs = []
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    for t in range(len(xs)):
+        grads = torch.autograd.grad(ce(ref(xs[t]), ys[t]), list(ref.parameters()))
+        g = _flat(grads)
+        if prev_dir is not None:
+            eta = eta + beta * float(g @ prev_dir)  # eta_t = eta_{t-1} - beta * g_t . dw_t/deta
+        ref_lrs.append(eta)
+        if kind == "sgd":
+            direction = g
+        elif kind == "momentum":
+            buf = g.clone() if buf is None else 0.9 * buf + g
+            direction = buf
+        else:
+            k = t + 1
+            m = (1 - b1) * g if m is None else b1 * m + (1 - b1) * g
+            v = (1 - b2) * g * g if v is None else b2 * v + (1 - b2) * g * g
+            direction = (m / (1 - b1**k)) / (torch.sqrt(v / (1 - b2**k)) + eps)
+        prev_dir = direction
+        with torch.no_grad():
+            offset = 0
+            for p in ref.parameters():
+                n = p.numel()
+                p -= eta * direction[offset:offset + n].view_as(p)
+                offset += n
+    assert lrs == pytest.approx(ref_lrs, rel=1e-10)
+    assert lrs[-1] != pytest.approx(lrs[0], rel=1e-6)  # the rule really moved the LR
+
+
+# -------------------------------------------------------- auto-mu and alpha
+def test_auto_mu_and_alpha_follow_the_design_rules_on_a_scalar_problem():
+    """L = a w^2 / 2, E = b (w - c)^2 / 2, plain SGD: every quantity by hand."""
+    a, b, c = 1.5, 2.0, -0.5  # <grad E, g> > 0 all along, so mu becomes non-zero
+    w0, eta, beta, alpha = 1.0, 0.1, 0.05, 0.5
+    w = nn.Parameter(torch.tensor([w0], dtype=torch.float64))
+    opt = torch.optim.SGD([w], lr=eta)
+    tuner = adatune.MARTHE(opt, hyper_lr=beta, mu="auto", alpha=alpha)
+    assert tuner.mu == 0.0
+
+    ww, z, mu, cc = w0, 0.0, 0.0, 0.0
+    seen_mu = []
+    for _ in range(6):
+        # expected, from DESIGN.md section 2
+        g = a * ww
+        z = mu * (z - eta * a * z) - g
+        ww = ww - eta * g
+        ge = b * (ww - c)
+        h = ge * z
+        eta = max(eta - beta * h, 0.0)
+        beta = max(beta + alpha * h * eta, 0.0)
+        q = eta / (ge * g)
+        zq = min(max(q, 0.0), 1.0) if math.isfinite(q) else 0.0
+        cc = cc * (1.0 if mu > 0 else 0.0) + mu
+        mu = zq ** (1.0 / (cc + 1.0))
+        # adatune
+        tuner.step(0.5 * a * (w * w).sum(), val_loss=lambda: 0.5 * b * ((w - c) ** 2).sum())
+        assert tuner.last_hypergradient == pytest.approx(h, rel=1e-12)
+        assert tuner.lr == pytest.approx(eta, rel=1e-12)
+        assert tuner.hyper_lr == pytest.approx(beta, rel=1e-12)
+        assert tuner.mu == pytest.approx(mu, rel=1e-12)
+        assert float(w.detach()) == pytest.approx(ww, rel=1e-12)
+        seen_mu.append(tuner.mu)
+    assert any(0 < m < 1 for m in seen_mu)  # the rule was exercised, not stuck at 0
+
+
+def test_negative_mu_means_auto_as_in_the_original():
+    w = nn.Parameter(torch.ones(1))
+    tuner = adatune.MARTHE(torch.optim.SGD([w], lr=0.1), hyper_lr=1e-3, mu=-1)
+    assert tuner.auto_mu and tuner.mu == 0.0
+
+
+def test_alpha_zero_keeps_the_hyper_lr_fixed():
+    xs, ys, xv, yv = _data()
+    model = _model()
+    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e-2, mu=0.9)
+    for t in range(4):
+        tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv))
+    assert tuner.hyper_lr == 1e-2
+
+
+# ------------------------------------------------------------- state round trip
+@pytest.mark.parametrize("opt_name", ["momentum", "adamw"])
+@pytest.mark.parametrize("mu", [0.9, "auto"])
+def test_state_dict_round_trip_continues_identically(opt_name, mu):
+    xs, ys, xv, yv = _data(steps=10)
+
+    def fresh():
+        model = _model()
+        if opt_name == "momentum":
+            opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+        else:
+            opt = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=1e-2)
+        hyper = 1e-2 if opt_name == "momentum" else 1e-4
+        return model, adatune.MARTHE(opt, hyper_lr=hyper, mu=mu, alpha=1e-3)
+
+    def run(model, tuner, steps):
+        out = []
+        for t in steps:
+            tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv))
+            out.append((tuner.lr, tuner.last_hypergradient, tuner.mu, tuner.hyper_lr))
+        return out
+
+    model, tuner = fresh()
+    straight = run(model, tuner, range(10))
+
+    model, tuner = fresh()
+    first = run(model, tuner, range(4))
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "tuner": tuner.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    model2, tuner2 = fresh()
+    model2.load_state_dict(saved["model"])
+    tuner2.load_state_dict(saved["tuner"])
+    resumed = run(model2, tuner2, range(4, 10))
+    assert first + resumed == straight
+
+
+# --------------------------------------------------------------- bad arguments
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"hyper_lr": -1.0}, "hyper_lr"),
+        ({"hyper_lr": float("nan")}, "hyper_lr"),
+        ({"hyper_lr": 1e-3, "mu": 1.5}, "mu"),
+        ({"hyper_lr": 1e-3, "mu": "fast"}, "mu"),
+        ({"hyper_lr": 1e-3, "mu": float("nan")}, "mu"),
+        ({"hyper_lr": 1e-3, "alpha": -0.1}, "alpha"),
+        ({"hyper_lr": 1e-3, "alpha": float("inf")}, "alpha"),
+        ({"hyper_lr": 1e-3, "grad_clip": 0.0}, "grad_clip"),
+        ({"hyper_lr": 1e-3, "hvp": "magic"}, "hvp"),
+    ],
+)
+def test_bad_constructor_arguments_raise_value_error_naming_them(kwargs, name):
+    w = nn.Parameter(torch.ones(2))
+    with pytest.raises(ValueError, match=f"Invalid {name}"):
+        adatune.MARTHE(torch.optim.SGD([w], lr=0.1), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda w: torch.optim.RMSprop([w], lr=0.1), "Invalid optimizer"),
+        (lambda w: torch.optim.Adam([w], lr=0.1, amsgrad=True), "amsgrad"),
+        (lambda w: torch.optim.SGD([w], lr=0.1, maximize=True), "maximize"),
+        (lambda w: torch.optim.SGD([w], lr=0.0), "Invalid lr"),
+    ],
+)
+def test_unsupported_optimizers_are_rejected(make, match):
+    w = nn.Parameter(torch.ones(2))
+    with pytest.raises(ValueError, match=match):
+        adatune.MARTHE(make(w), hyper_lr=1e-3)
+
+
+def test_rtho_fixes_mu_and_marthe_needs_a_validation_closure():
+    w = nn.Parameter(torch.ones(2))
+    with pytest.raises(ValueError, match="mu"):
+        adatune.RTHO(torch.optim.SGD([w], lr=0.1), hyper_lr=1e-3, mu=0.5)
+    tuner = adatune.MARTHE(torch.optim.SGD([w], lr=0.1), hyper_lr=1e-3)
+    with pytest.raises(ValueError, match="val_loss"):
+        tuner.step((w * w).sum())
+
+
+# ------------------------------------------------- no double backward when unused
+@pytest.mark.parametrize("kwargs", [{"mu": 0.0}, {"mu": 0.9, "first_order": True}])
+def test_mu_zero_and_first_order_build_no_double_backward_graph(monkeypatch, kwargs):
+    calls = []
+    real_grad = torch.autograd.grad
+
+    def spy(*args, **kw):
+        calls.append(kw.get("create_graph", False))
+        return real_grad(*args, **kw)
+
+    monkeypatch.setattr(torch.autograd, "grad", spy)
+    xs, ys, xv, yv = _data()
+    model = _model()
+    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e-3, **kwargs)
+    for t in range(3):
+        tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv))
+    assert calls and not any(calls)
+    # ... while exact MARTHE does use one (after the first step, where Z = 0).
+    calls.clear()
+    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e-3, mu=0.9)
+    for t in range(3):
+        tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv))
+    assert calls.count(True) == 2
+
+
+# ---------------------------------------------------------------------- guards
+def test_non_finite_hypergradient_leaves_the_lr_and_is_counted():
+    xs, ys, xv, yv = _data()
+    model = _model()
+    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e-2, mu=0.9)
+    tuner.step(ce(model(xs[0]), ys[0]), val_loss=lambda: ce(model(xv), yv))
+    before = tuner.lr
+    tuner.step(ce(model(xs[1]), ys[1]), val_loss=lambda: ce(model(xv), yv) * float("nan"))
+    assert math.isnan(tuner.last_hypergradient)
+    assert tuner.lr == before and tuner.nonfinite_count == 1
+    assert all(g["lr"] == before for g in tuner.param_groups)
+    tuner.step(ce(model(xs[2]), ys[2]), val_loss=lambda: ce(model(xv), yv))
+    assert math.isfinite(tuner.last_hypergradient) and tuner.nonfinite_count == 1
+
+
+def test_lr_never_goes_below_zero():
+    xs, ys, xv, yv = _data()
+    model = _model()
+    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e6, mu=0.5)
+    # Validation loss = minus the training loss on the same batch: h ~ +|g|^2 > 0, and
+    # the huge hyper-LR pushes the LR through zero.
+    for t in range(4):
+        tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda t=t: -ce(model(xs[t]), ys[t]))
+        assert tuner.lr >= 0.0
+    assert tuner.lr == 0.0
+
+
+def test_parameters_without_gradient_are_handled():
+    """An unused layer and a frozen one change nothing; the trajectory matches without them."""
+    xs, ys, xv, yv = _data()
+
+    def run(extra: bool):
+        torch.manual_seed(0)
+        model = _model()
+        unused = nn.Linear(4, 4).double()
+        frozen = nn.Parameter(torch.ones(3, dtype=torch.float64), requires_grad=False)
+        params = list(model.parameters()) + (list(unused.parameters()) + [frozen] if extra else [])
+        opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-3)
+        tuner = adatune.MARTHE(opt, hyper_lr=1e-2, mu=0.9)
+        out = []
+        for t in range(5):
+            tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv))
+            out.append(tuner.last_hypergradient)
+        return out
+
+    assert run(True) == pytest.approx(run(False), rel=1e-12)
+
+
+def test_param_groups_keep_their_initial_ratio():
+    xs, ys, xv, yv = _data()
+    model = _model()
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.1},
+                           {"params": model[2].parameters(), "lr": 0.05}], lr=0.1)
+    tuner = adatune.MARTHE(opt, hyper_lr=1e-2, mu=0.9)
+    for t in range(5):
+        tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv))
+    assert tuner.lr != 0.1
+    assert opt.param_groups[0]["lr"] == tuner.lr
+    assert opt.param_groups[1]["lr"] == pytest.approx(0.5 * tuner.lr, rel=1e-15)
+
+
+def test_float32_models_work():
+    xs, ys, xv, yv = _data(dtype=torch.float32)
+    model = _model(dtype=torch.float32)
+    tuner = adatune.MARTHE(torch.optim.Adam(model.parameters(), lr=1e-2), hyper_lr=1e-5, mu=0.99)
+    for t in range(5):
+        tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv))
+    assert isinstance(tuner.lr, float) and math.isfinite(tuner.last_hypergradient)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_parameters_need_no_device_argument():
+    xs, ys, xv, yv = (t.cuda() for t in _data())
+    model = _model().cuda()
+    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e-2, mu=0.9)
+    for t in range(3):
+        tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv))
+    assert math.isfinite(tuner.last_hypergradient)
+
+
+# ------------------------------------------------------------ the seed's low-level API
+def test_seed_readme_low_level_pattern_matches_step():
+    xs, ys, xv, yv = _data()
+
+    def high():
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+        tuner = adatune.MARTHE(opt, hyper_lr=1e-2, mu=0.95)
+        out = []
+        for t in range(5):
+            tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv))
+            out.append((tuner.lr, tuner.last_hypergradient))
+        return out
+
+    def low():
+        net = _model()
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+        hyper_optim = adatune.MARTHE(optimizer, hyper_lr=1e-2, mu=0.95)
+        out = []
+        for t in range(5):
+            loss = ce(net(xs[t]), ys[t])
+            # --- the seed README's lines, unchanged ---
+            first_grad = torch.autograd.grad(loss, net.parameters(), create_graph=True,
+                                             retain_graph=True)
+            hyper_optim.compute_hg(net, first_grad)
+            for params, gradients in zip(net.parameters(), first_grad):
+                params.grad = gradients
+            optimizer.step()
+            val_grad = torch.autograd.grad(ce(net(xv), yv), net.parameters())
+            h = hyper_optim.hyper_step(val_grad)
+            out.append((hyper_optim.lr, h))
+        return out
+
+    flat = [x for pair in low() for x in pair]
+    assert flat == pytest.approx([x for pair in high() for x in pair], rel=1e-12)
