@@ -80,7 +80,8 @@ def test_default_data_dir_is_per_user_and_overridable(monkeypatch, tmp_path):
     assert D.default_data_dir() == tmp_path / "cache" / "adatune" / "data"
     monkeypatch.setenv("ADATUNE_DATA", str(tmp_path / "elsewhere"))
     assert D.default_data_dir() == tmp_path / "elsewhere"
-    with pytest.raises(DatasetError, match=re.escape(str(tmp_path / "elsewhere" / "MNIST" / "raw"))):
+    folder = re.escape(str(tmp_path / "elsewhere" / "MNIST" / "raw"))
+    with pytest.raises(DatasetError, match=folder):
         D.load_splits("mnist")
 
 
