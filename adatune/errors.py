@@ -19,3 +19,7 @@ class DatasetError(AdatuneError):
 
 class StoreError(AdatuneError):
     """The experiment store cannot be opened, created or migrated."""
+
+
+class RunNotFound(StoreError):
+    """No run with the given id in the store."""

@@ -1,3 +1,4 @@
 """Importing this module registers every subcommand on the app."""
 
 # Each command module adds its commands to adatune_cli.main.app on import.
+from adatune_cli import db  # noqa: F401

@@ -1,0 +1,202 @@
+"""Schema versions of the store, managed by Alembic.
+
+The revisions live in the top-level ``migrations/`` folder, which ships as the
+package ``adatune.migrations``; Alembic is configured here in code, so no
+``alembic.ini`` is needed at run time. Our version table is
+``adatune_alembic_version`` so that other tools keeping their own Alembic
+history in the same database (Optuna does) never see ours.
+
+A store is classified by comparing its revision with this adatune's head:
+
+* ``new``: no revision (no store yet, or a database without our tables):
+  :func:`ensure_current` creates it at head;
+* ``current``: at head;
+* ``older``: a revision this adatune knows, below head: the user must back up
+  and run ``adatune db upgrade``;
+* ``newer``: a revision this adatune does not know: the user must upgrade
+  adatune.
+
+To write a new revision (developers)::
+
+    from alembic import command
+    from adatune.store.migrate import alembic_config
+    command.revision(alembic_config("sqlite:///dev.db"), message="...", autogenerate=True)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib.resources import files
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
+
+from adatune.errors import StoreError
+from adatune.store.connection import (
+    WRITE_OPTION,
+    check_sqlite_file,
+    describe,
+    make_engine,
+    resolve_url,
+    sqlite_path,
+    store_error,
+)
+
+VERSION_TABLE = "adatune_alembic_version"
+#: Key of the PostgreSQL advisory lock that serialises schema changes.
+_PG_LOCK_KEY = 0x61646174756E65  # "adatune"
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """Where a store's schema stands relative to this adatune."""
+
+    location: str
+    current: str | None
+    head: str
+    state: str  # "new", "current", "older" or "newer"
+
+
+def migrations_location() -> str:
+    """The folder holding ``env.py`` and ``versions/`` (inside the installed package)."""
+    return str(files("adatune.migrations"))
+
+
+def alembic_config(url: str | None = None, connection: Connection | None = None) -> Config:
+    """An Alembic config for our revisions; ``connection`` (if any) is used as is."""
+    cfg = Config()
+    cfg.set_main_option("script_location", migrations_location())
+    if url is not None:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def head_revision(script: ScriptDirectory | None = None) -> str:
+    heads = (script or _script()).get_heads()
+    if len(heads) != 1:  # a packaging bug, not a user problem
+        raise RuntimeError(f"adatune migrations must have exactly one head, found {heads}")
+    return heads[0]
+
+
+def current_revision(connection: Connection) -> str | None:
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    heads = context.get_current_heads()
+    if len(heads) > 1:
+        raise StoreError(f"the store has several schema revisions {heads}; it is damaged")
+    return heads[0] if heads else None
+
+
+def classify(connection: Connection, location: str) -> SchemaState:
+    script = _script()
+    head = head_revision(script)
+    current = current_revision(connection)
+    if current is None:
+        state = "new"
+    elif current == head:
+        state = "current"
+    elif _known(script, current):
+        state = "older"
+    else:
+        state = "newer"
+    return SchemaState(location=location, current=current, head=head, state=state)
+
+
+def _known(script: ScriptDirectory, revision: str) -> bool:
+    try:
+        return script.get_revision(revision) is not None
+    except Exception:  # alembic raises several kinds for an unknown id
+        return False
+
+
+def mismatch_error(state: SchemaState) -> StoreError:
+    if state.state == "older":
+        return StoreError(
+            f"the store {state.location} has an older schema (revision {state.current}; "
+            f"this adatune needs {state.head}): back it up, then run "
+            f"`adatune db upgrade --store {state.location}`"
+        )
+    return StoreError(
+        f"the store {state.location} was written by a newer adatune (schema revision "
+        f"{state.current}; this adatune knows up to {state.head}): upgrade adatune "
+        "(pip install -U adatune)"
+    )
+
+
+@contextmanager
+def _locked(engine: Engine) -> Iterator[Connection]:
+    """A write transaction that holds the store's schema lock until it ends."""
+    with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+        yield conn
+
+
+def _upgrade(conn: Connection, target: str = "head") -> None:
+    command.upgrade(alembic_config(connection=conn), target)
+
+
+def ensure_current(engine: Engine, location: str) -> SchemaState:
+    """Create a new store at head; refuse an older or newer one."""
+    with engine.connect() as conn:
+        state = classify(conn, location)
+    if state.state == "new":
+        with _locked(engine) as conn:  # another process may be creating it right now
+            state = classify(conn, location)
+            if state.state == "new":
+                _upgrade(conn)
+                state = classify(conn, location)
+    if state.state in ("older", "newer"):
+        raise mismatch_error(state)
+    return state
+
+
+def inspect_store(path_or_url: str | os.PathLike[str]) -> SchemaState:
+    """The schema state of a store, changing nothing (a missing SQLite file is an error)."""
+    url = resolve_url(path_or_url)
+    location = describe(url)
+    path = sqlite_path(url)
+    if path is not None:
+        check_sqlite_file(path, create=False)
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return classify(conn, location)
+    except DBAPIError as exc:
+        raise store_error(exc, location, "read") from None
+    finally:
+        engine.dispose()
+
+
+def upgrade_store(path_or_url: str | os.PathLike[str]) -> tuple[SchemaState, SchemaState]:
+    """Migrate a store (creating it if missing) to head; returns (before, after)."""
+    url = resolve_url(path_or_url)
+    location = describe(url)
+    path = sqlite_path(url)
+    if path is not None:
+        check_sqlite_file(path, create=True)
+    engine = make_engine(url)
+    try:
+        with _locked(engine) as conn:
+            before = classify(conn, location)
+            if before.state == "newer":
+                raise mismatch_error(before)
+            if before.state != "current":
+                _upgrade(conn)
+            after = classify(conn, location)
+        return before, after
+    except DBAPIError as exc:
+        raise store_error(exc, location, "upgrade") from None
+    finally:
+        engine.dispose()

@@ -1,0 +1,467 @@
+"""The store's repository: writes runs and reads them back as frozen records.
+
+Every public method runs in one transaction (:meth:`Store._session`); ORM rows
+are converted to records from :mod:`adatune.store.records` before they leave.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import socket
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from sqlalchemy import ColumnElement, Engine, and_, case, delete, func, insert, or_, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+import adatune
+from adatune.errors import RunNotFound
+from adatune.store.connection import (
+    WRITE_OPTION,
+    check_sqlite_file,
+    describe,
+    make_engine,
+    resolve_url,
+    sqlite_path,
+    store_error,
+)
+from adatune.store.migrate import ensure_current
+from adatune.store.orm import EpochRow, ExperimentRow, RunRow, StepRow
+from adatune.store.records import (
+    RUN_KINDS,
+    RUN_STATUSES,
+    EpochRecord,
+    NewRun,
+    RunDetail,
+    RunRecord,
+    StepRecord,
+)
+
+#: A "running" run whose last heartbeat is older than this is shown as interrupted.
+STALE_AFTER_S = 300.0
+
+_EPOCH_FLOATS = (
+    "lr",
+    "lr_mean",
+    "mu",
+    "hyper_lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "elapsed_s",
+)
+_STEP_FLOATS = ("lr", "mu", "hyper_lr", "hypergradient", "train_loss")
+_RUN_FLOATS = ("best_val_acc", "test_acc")
+_FINAL_STATUSES = tuple(s for s in RUN_STATUSES if s != "running")
+
+
+def open_store(path_or_url: str | os.PathLike[str]) -> Store:
+    """Open the store at a file path or SQLAlchemy URL, creating it at head if new.
+
+    Raises :class:`StoreError` (one line) when the location is a directory, is
+    not writable, is not a database, or holds a store of another schema version.
+    """
+    url = resolve_url(path_or_url)
+    location = describe(url)
+    path = sqlite_path(url)
+    if path is not None:
+        check_sqlite_file(path, create=True)
+    engine = make_engine(url)
+    try:
+        ensure_current(engine, location)
+    except DBAPIError as exc:
+        engine.dispose()
+        raise store_error(exc, location, "open") from None
+    except BaseException:
+        engine.dispose()
+        raise
+    return Store(engine, url, location)
+
+
+class Store:
+    """A connection to one experiment store. Use :func:`open_store` to get one."""
+
+    def __init__(self, engine: Engine, url: str, location: str) -> None:
+        self._engine = engine
+        self._url = url
+        self._location = location
+        self._read = sessionmaker(engine, expire_on_commit=False)
+        self._write = sessionmaker(
+            engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
+        )
+
+    @property
+    def url(self) -> str:
+        """The SQLAlchemy URL (with password), e.g. for Optuna's storage."""
+        return self._url
+
+    @property
+    def location(self) -> str:
+        """How messages name this store: the file path, or the URL without password."""
+        return self._location
+
+    def __repr__(self) -> str:
+        return f"Store({self._location!r})"
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    @contextmanager
+    def _session(self, *, write: bool) -> Iterator[Session]:
+        """The one transaction helper: commit on success, roll back on error."""
+        maker = self._write if write else self._read
+        try:
+            with maker() as session, session.begin():
+                yield session
+        except IntegrityError:
+            raise
+        except DBAPIError as exc:
+            raise store_error(exc, self._location, "write to" if write else "read") from None
+
+    # -- writing ---------------------------------------------------------------
+
+    def create_run(self, new_run: NewRun) -> int:
+        """Record a new run (status running) and return its id."""
+        if new_run.kind not in RUN_KINDS:
+            raise ValueError(f"Invalid run kind: {new_run.kind!r} (expected one of {RUN_KINDS})")
+        now = _now()
+        with self._session(write=True) as s:
+            experiment_id = None
+            if new_run.experiment is not None:
+                experiment_id = self._experiment_id(s, new_run.experiment, now)
+            if new_run.parent_id is not None and s.get(RunRow, new_run.parent_id) is None:
+                raise RunNotFound(f"no run with id {new_run.parent_id} in {self._location}")
+            row = RunRow(
+                experiment_id=experiment_id,
+                parent_id=new_run.parent_id,
+                name=new_run.name,
+                kind=new_run.kind,
+                method=new_run.method,
+                optimizer=new_run.optimizer,
+                network=new_run.network,
+                dataset=new_run.dataset,
+                seed=int(new_run.seed),
+                config=_dump_json(new_run.config),
+                status="running",
+                started_at=now,
+                heartbeat_at=now,
+                epochs=0,
+                adatune_version=adatune.__version__,
+                torch_version=_torch_version(),
+                device=new_run.device,
+                host=socket.gethostname(),
+            )
+            s.add(row)
+            s.flush()
+            return row.id
+
+    @staticmethod
+    def _experiment_id(s: Session, name: str, now: dt.datetime) -> int:
+        found = s.scalar(select(ExperimentRow.id).where(ExperimentRow.name == name))
+        if found is not None:
+            return found
+        try:
+            with s.begin_nested():  # another process may add the same name meanwhile
+                row = ExperimentRow(name=name, created_at=now)
+                s.add(row)
+            return row.id
+        except IntegrityError:
+            return s.scalar(select(ExperimentRow.id).where(ExperimentRow.name == name))
+
+    def record_epoch(
+        self, run_id: int, epoch: EpochRecord, steps: Sequence[StepRecord] = ()
+    ) -> None:
+        """Store one finished epoch and its sampled steps in one transaction.
+
+        Also bumps the heartbeat and updates the epoch count, the best
+        validation accuracy, its epoch and the test accuracy at that epoch.
+        """
+        now = _now()
+        with self._session(write=True) as s:
+            run = s.get(RunRow, run_id, with_for_update=True)
+            if run is None:
+                raise RunNotFound(f"no run with id {run_id} in {self._location}")
+            values, special = _pack(epoch, _EPOCH_FLOATS)
+            s.execute(
+                insert(EpochRow.__table__),
+                {
+                    "run_id": run_id,
+                    "epoch": epoch.epoch,
+                    "nonfinite_hypergradients": int(epoch.nonfinite_hypergradients),
+                    "special_floats": special,
+                    **values,
+                },
+            )
+            if steps:
+                rows = []
+                for step in steps:
+                    values, special = _pack(step, _STEP_FLOATS)
+                    rows.append(
+                        {
+                            "run_id": run_id,
+                            "step": step.step,
+                            "epoch": step.epoch,
+                            "special_floats": special,
+                            **values,
+                        }
+                    )
+                s.execute(insert(StepRow.__table__), rows)
+            run.epochs = max(run.epochs, epoch.epoch)
+            run.heartbeat_at = now
+            val_acc = epoch.val_acc
+            if val_acc is not None and math.isfinite(val_acc):
+                if run.best_val_acc is None or val_acc > run.best_val_acc:
+                    run.best_val_acc = float(val_acc)
+                    run.best_epoch = epoch.epoch
+                    test_acc = epoch.test_acc
+                    floats = _unpack_special(run.special_floats)
+                    floats.pop("test_acc", None)
+                    if test_acc is not None and not math.isfinite(test_acc):
+                        floats["test_acc"] = repr(float(test_acc))
+                        test_acc = None
+                    run.test_acc = None if test_acc is None else float(test_acc)
+                    run.special_floats = json.dumps(floats) if floats else None
+
+    def heartbeat(self, run_id: int) -> None:
+        """Tell readers the run is still alive."""
+        with self._session(write=True) as s:
+            run = s.get(RunRow, run_id)
+            if run is None:
+                raise RunNotFound(f"no run with id {run_id} in {self._location}")
+            run.heartbeat_at = _now()
+
+    def finish_run(
+        self,
+        run_id: int,
+        status: str,
+        *,
+        error: str | None = None,
+        summary: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Close a run with a final status; ``summary`` (if given) replaces the old one."""
+        if status not in _FINAL_STATUSES:
+            raise ValueError(
+                f"Invalid final status: {status!r} (expected one of {_FINAL_STATUSES})"
+            )
+        now = _now()
+        with self._session(write=True) as s:
+            run = s.get(RunRow, run_id)
+            if run is None:
+                raise RunNotFound(f"no run with id {run_id} in {self._location}")
+            run.status = status
+            run.ended_at = now
+            run.heartbeat_at = now
+            run.error = error
+            if summary is not None:
+                run.summary = _dump_json(dict(summary))
+
+    def delete_run(self, run_id: int) -> None:
+        """Delete a run with its epochs, its steps and its child runs (probes)."""
+        with self._session(write=True) as s:
+            if s.get(RunRow, run_id) is None:
+                raise RunNotFound(f"no run with id {run_id} in {self._location}")
+            ids = [run_id]
+            frontier = [run_id]
+            while frontier:
+                frontier = list(s.scalars(select(RunRow.id).where(RunRow.parent_id.in_(frontier))))
+                ids.extend(frontier)
+            s.execute(delete(StepRow).where(StepRow.run_id.in_(ids)))
+            s.execute(delete(EpochRow).where(EpochRow.run_id.in_(ids)))
+            for run in reversed(ids):  # children first
+                s.execute(delete(RunRow).where(RunRow.id == run))
+
+    # -- reading ---------------------------------------------------------------
+
+    def list_runs(
+        self,
+        *,
+        experiment: str | Iterable[str] | None = None,
+        method: str | Iterable[str] | None = None,
+        dataset: str | Iterable[str] | None = None,
+        status: str | Iterable[str] | None = None,
+        kind: str | Iterable[str] | None = None,
+        parent_id: int | None = None,
+        ids: Iterable[int] | None = None,
+    ) -> list[RunRecord]:
+        """Runs ordered by id; each filter takes one value or several.
+
+        A running run whose heartbeat is stale is shown (and filtered) as
+        "interrupted".
+        """
+        shown = _shown_status()
+        query = (
+            select(RunRow, ExperimentRow.name, shown)
+            .outerjoin(ExperimentRow, RunRow.experiment_id == ExperimentRow.id)
+            .order_by(RunRow.id)
+        )
+        for column, wanted in (
+            (ExperimentRow.name, experiment),
+            (RunRow.method, method),
+            (RunRow.dataset, dataset),
+            (RunRow.kind, kind),
+            (shown, status),
+        ):
+            if wanted is not None:
+                query = query.where(column.in_(_as_list(wanted)))
+        if parent_id is not None:
+            query = query.where(RunRow.parent_id == parent_id)
+        if ids is not None:
+            query = query.where(RunRow.id.in_([int(i) for i in ids]))
+        with self._session(write=False) as s:
+            return [_run_record(row, name, status) for row, name, status in s.execute(query)]
+
+    def get_run(self, run_id: int, *, steps: bool = True) -> RunDetail:
+        """One run with its epochs (and its sampled steps unless ``steps=False``)."""
+        with self._session(write=False) as s:
+            found = s.execute(
+                select(RunRow, ExperimentRow.name, _shown_status())
+                .outerjoin(ExperimentRow, RunRow.experiment_id == ExperimentRow.id)
+                .where(RunRow.id == run_id)
+            ).first()
+            if found is None:
+                raise RunNotFound(f"no run with id {run_id} in {self._location}")
+            epochs = tuple(
+                _epoch_record(e)
+                for e in s.scalars(
+                    select(EpochRow).where(EpochRow.run_id == run_id).order_by(EpochRow.epoch)
+                )
+            )
+            step_records: tuple[StepRecord, ...] = ()
+            if steps:
+                step_records = tuple(
+                    _step_record(t)
+                    for t in s.scalars(
+                        select(StepRow).where(StepRow.run_id == run_id).order_by(StepRow.step)
+                    )
+                )
+            return RunDetail(run=_run_record(*found), epochs=epochs, steps=step_records)
+
+    def list_experiments(self) -> list[str]:
+        """Names of all experiments, sorted."""
+        with self._session(write=False) as s:
+            return list(s.scalars(select(ExperimentRow.name).order_by(ExperimentRow.name)))
+
+
+# -- conversions -----------------------------------------------------------------
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _shown_status() -> ColumnElement[str]:
+    cutoff = _now() - dt.timedelta(seconds=STALE_AFTER_S)
+    last_seen = func.coalesce(RunRow.heartbeat_at, RunRow.started_at)
+    stale = and_(RunRow.status == "running", or_(last_seen < cutoff, last_seen.is_(None)))
+    return case((stale, "interrupted"), else_=RunRow.status).label("shown_status")
+
+
+def _as_list(value: str | Iterable[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _torch_version() -> str:
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _dump_json(value: Mapping[str, Any]) -> str:
+    # Text, not a JSON column: Python's JSON keeps NaN/Infinity, which
+    # PostgreSQL's json type would reject. Unknown objects are stored as text.
+    return json.dumps(value, default=str, allow_nan=True, sort_keys=True)
+
+
+def _load_json(text: str | None) -> dict[str, Any]:
+    return json.loads(text) if text else {}
+
+
+def _pack(record: object, fields: Sequence[str]) -> tuple[dict[str, float | None], str | None]:
+    """Column values, with floats SQL cannot keep moved to the ``special_floats`` JSON."""
+    values: dict[str, float | None] = {}
+    special: dict[str, str] = {}
+    for name in fields:
+        value = getattr(record, name)
+        if value is None:
+            values[name] = None
+            continue
+        value = float(value)
+        if math.isfinite(value) and (value != 0.0 or math.copysign(1.0, value) > 0):
+            values[name] = value
+        else:  # NaN, +/-inf, and -0.0 (which SQLite turns into 0)
+            values[name] = None
+            special[name] = repr(value)  # "nan", "inf", "-inf", "-0.0"
+    return values, (json.dumps(special) if special else None)
+
+
+def _unpack_special(text: str | None) -> dict[str, str]:
+    return json.loads(text) if text else {}
+
+
+def _unpack(row: object, fields: Sequence[str]) -> dict[str, float | None]:
+    special = _unpack_special(row.special_floats)  # type: ignore[attr-defined]
+    return {
+        name: float(special[name]) if name in special else getattr(row, name) for name in fields
+    }
+
+
+def _run_record(row: RunRow, experiment: str | None, status: str) -> RunRecord:
+    floats = _unpack(row, _RUN_FLOATS)
+    return RunRecord(
+        id=row.id,
+        name=row.name,
+        experiment=experiment,
+        kind=row.kind,
+        method=row.method,
+        optimizer=row.optimizer,
+        network=row.network,
+        dataset=row.dataset,
+        seed=row.seed,
+        config=_load_json(row.config),
+        status=status,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        heartbeat_at=row.heartbeat_at,
+        epochs=row.epochs,
+        best_val_acc=floats["best_val_acc"],
+        best_epoch=row.best_epoch,
+        test_acc=floats["test_acc"],
+        error=row.error,
+        adatune_version=row.adatune_version,
+        torch_version=row.torch_version,
+        device=row.device,
+        host=row.host,
+        parent_id=row.parent_id,
+        summary=_load_json(row.summary),
+    )
+
+
+def _epoch_record(row: EpochRow) -> EpochRecord:
+    return EpochRecord(
+        epoch=row.epoch,
+        nonfinite_hypergradients=row.nonfinite_hypergradients,
+        **_unpack(row, _EPOCH_FLOATS),
+    )
+
+
+def _step_record(row: StepRow) -> StepRecord:
+    return StepRecord(step=row.step, epoch=row.epoch, **_unpack(row, _STEP_FLOATS))
+
+
+__all__ = ["STALE_AFTER_S", "Store", "open_store"]

@@ -1,0 +1,57 @@
+"""``adatune db``: the experiment store's schema version and migrations."""
+
+from __future__ import annotations
+
+import typer
+
+from adatune.store import inspect_store, upgrade_store
+from adatune_cli._common import DEFAULT_STORE, StoreOption, out
+from adatune_cli.main import app
+
+db_app = typer.Typer(
+    help="Inspect and migrate the experiment store's schema.",
+    no_args_is_help=True,
+)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("current")
+def current(store: StoreOption = DEFAULT_STORE) -> None:
+    """Show the store's schema revision and whether it needs `adatune db upgrade`.
+
+    Changes nothing. Example: adatune db current --store runs/adatune.db
+    """
+    state = inspect_store(store)
+    out.print(f"store: {state.location}", markup=False, highlight=False)
+    if state.state == "new":
+        line = f"revision: none (no adatune tables yet; head is {state.head})"
+    elif state.state == "current":
+        line = f"revision: {state.current} (head, up to date)"
+    elif state.state == "older":
+        line = (
+            f"revision: {state.current} (older than head {state.head}: back up the store, "
+            "then run `adatune db upgrade`)"
+        )
+    else:
+        line = (
+            f"revision: {state.current} (newer than this adatune, which knows up to "
+            f"{state.head}: upgrade adatune)"
+        )
+    out.print(line, markup=False, highlight=False)
+
+
+@db_app.command("upgrade")
+def upgrade(store: StoreOption = DEFAULT_STORE) -> None:
+    """Migrate the store to this adatune's schema, creating it if it does not exist.
+
+    Back the store up first (copy the .db file, or pg_dump).
+    Example: adatune db upgrade --store runs/adatune.db
+    """
+    before, after = upgrade_store(store)
+    if before.state == "current":
+        message = f"{after.location} is already at revision {after.current} (head)"
+    elif before.current is None:
+        message = f"created the store schema in {after.location} at revision {after.current}"
+    else:
+        message = f"upgraded {after.location} from revision {before.current} to {after.current}"
+    out.print(message, markup=False, highlight=False)
