@@ -1,0 +1,335 @@
+"""Info -> Plotly figures (``_get_*_plot``). No numbers are computed here.
+
+Every user string (run, group and experiment names) goes through
+:func:`plotly_text` before it reaches a figure: Plotly renders a subset of
+HTML tags in names, titles and hover labels, so a run named ``<b>x</b>``
+would otherwise be bold, and ``<script>`` must show as text. Run labels go in
+the trace's ``meta`` and are referenced from the hover template, so that a
+``%{...}`` in a name is never read as a template field.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+from adatune.report.info import (
+    BandCurve,
+    EpochCurvesInfo,
+    IncumbentInfo,
+    RunTracesInfo,
+    SearchInfo,
+)
+
+TEMPLATE = "plotly_white"
+HEIGHT = 440
+PALETTE = (*qualitative.Plotly, *qualitative.D3, *qualitative.Dark24)
+VERDICT_STYLE = {  # status -> (colour, marker symbol)
+    "completed": ("#2ca02c", "circle"),
+    "diverged": ("#d62728", "x"),
+    "failed": ("#7f7f7f", "square"),
+    "interrupted": ("#ff7f0e", "diamond"),
+    "running": ("#1f77b4", "triangle-up"),
+}
+
+METRIC_TITLES = {
+    "val_acc": ("Validation accuracy per epoch", "validation accuracy", True),
+    "test_acc": ("Test accuracy per epoch", "test accuracy", True),
+    "train_acc": ("Training accuracy per epoch", "training accuracy", True),
+    "train_loss": ("Training loss per epoch", "training loss", False),
+    "val_loss": ("Validation loss per epoch", "validation loss", False),
+    "test_loss": ("Test loss per epoch", "test loss", False),
+}
+FIELD_TITLES = {
+    "lr": "learning rate",
+    "lr_mean": "mean learning rate",
+    "mu": "mu",
+    "hyper_lr": "hyper-LR (beta)",
+    "hypergradient": "hypergradient",
+    "train_loss": "training loss",
+}
+
+
+def plotly_text(text: object) -> str:
+    """Escape ``&``, ``<`` and ``>`` for Plotly's HTML-like text rendering.
+
+    Plotly decodes ``&amp; &lt; &gt;`` and numeric entities but not ``&quot;``,
+    so quotes stay as they are (they are harmless without a tag).
+    """
+    return html.escape(str(text), quote=False)
+
+
+def _r(value: float | None, digits: int = 6) -> float | None:
+    """``digits`` significant digits: plenty for a plot, and short in JSON; ints stay."""
+    if value is None or isinstance(value, int):
+        return value
+    return float(f"{value:.{digits}g}")
+
+
+def _rs(values: Sequence[float | None], digits: int = 6) -> list[float | None]:
+    return [_r(v, digits) for v in values]
+
+
+def group_colors(labels: Sequence[str]) -> dict[str, str]:
+    """A stable colour per group label, in the order given."""
+    return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(labels)}
+
+
+def _rgba(color: str, alpha: float) -> str:
+    c = color.lstrip("#")
+    r, g, b = (int(c[i : i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _scale_menu(default: str = "linear") -> list[dict]:
+    """Buttons that switch the y axis between linear and log scale."""
+    buttons = [
+        {"label": s, "method": "relayout", "args": [{"yaxis.type": s}]} for s in ("linear", "log")
+    ]
+    return [
+        {
+            "type": "buttons",
+            "direction": "right",
+            "buttons": buttons,
+            "active": 0 if default == "linear" else 1,
+            "x": 1.0,
+            "xanchor": "right",
+            "y": 1.12,
+            "yanchor": "bottom",
+            "showactive": True,
+        }
+    ]
+
+
+def _layout(fig: go.Figure, title: str, xtitle: str, ytitle: str, **kwargs) -> go.Figure:
+    kwargs.setdefault("height", HEIGHT)
+    fig.update_layout(
+        template=TEMPLATE,
+        title={"text": title},
+        xaxis_title=xtitle,
+        yaxis_title=ytitle,
+        margin={"l": 70, "r": 30, "t": 80, "b": 60},
+        legend={"itemclick": "toggle", "itemdoubleclick": "toggleothers"},
+        **kwargs,
+    )
+    return fig
+
+
+def _integer_ticks(fig: go.Figure, xs: Sequence[Sequence[float]]) -> None:
+    """Whole-number ticks on an epoch axis with few epochs (no "epoch 1.5")."""
+    top = max((max(x) for x in xs if x), default=0)
+    if 0 < top <= 20:
+        fig.update_xaxes(dtick=1)
+
+
+def _add_band(
+    fig: go.Figure, curve: BandCurve, color: str, *, percent: bool, step: bool, xname: str
+) -> None:
+    """Three traces per curve: band bottom, band top (filled to bottom), mean line."""
+    name = plotly_text(curve.label)
+    shape = "hv" if step else "linear"
+    x = _rs(curve.x)
+    common = {"x": x, "legendgroup": name, "line": {"shape": shape, "width": 0}}
+    fig.add_trace(
+        go.Scatter(
+            y=_rs(curve.lo), mode="lines", showlegend=False, hoverinfo="skip", name=name, **common
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            y=_rs(curve.hi),
+            mode="lines",
+            fill="tonexty",
+            fillcolor=_rgba(color, 0.18),
+            showlegend=False,
+            hoverinfo="skip",
+            name=name,
+            **common,
+        )
+    )
+    fmt = ".2%" if percent else ".4g"
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=_rs(curve.mean),
+            customdata=[
+                [_r(lo), _r(hi), n] for lo, hi, n in zip(curve.lo, curve.hi, curve.n, strict=True)
+            ],
+            mode="lines",
+            name=name,
+            legendgroup=name,
+            line={"color": color, "width": 2, "shape": shape},
+            hovertemplate=(
+                f"<b>%{{fullData.name}}</b><br>{xname} %{{x:.4g}}<br>mean %{{y:{fmt}}}"
+                f"<br>min %{{customdata[0]:{fmt}}} · max %{{customdata[1]:{fmt}}}"
+                "<br>runs %{customdata[2]}<extra></extra>"
+            ),
+        )
+    )
+
+
+def _get_band_plot(
+    curves: Sequence[BandCurve],
+    *,
+    title: str,
+    xtitle: str,
+    ytitle: str,
+    colors: Mapping[str, str] | None,
+    percent: bool,
+    step: bool = False,
+    log_toggle: bool = False,
+    xname: str = "epoch",
+) -> go.Figure:
+    colors = colors or group_colors([c.label for c in curves])
+    fig = go.Figure()
+    for curve in curves:
+        color = colors.get(curve.label, PALETTE[0])
+        _add_band(fig, curve, color, percent=percent, step=step, xname=xname)
+    extra = {"updatemenus": _scale_menu()} if log_toggle else {}
+    _layout(fig, title, xtitle, ytitle, hovermode="closest", **extra)
+    if percent:
+        fig.update_yaxes(tickformat=".0%")
+    if xname == "epoch":
+        _integer_ticks(fig, [c.x for c in curves])
+    return fig
+
+
+def _get_epoch_curves_plot(
+    info: EpochCurvesInfo, colors: Mapping[str, str] | None = None
+) -> go.Figure:
+    """Mean line and min-max band across seeds of one metric, per group."""
+    title, ytitle, percent = METRIC_TITLES[info.metric]
+    return _get_band_plot(
+        info.curves,
+        title=f"{title} (mean, min–max band over seeds)",
+        xtitle="epoch",
+        ytitle=ytitle,
+        colors=colors,
+        percent=percent,
+        log_toggle=not percent,
+    )
+
+
+def _get_incumbent_plot(info: IncumbentInfo, colors: Mapping[str, str] | None = None) -> go.Figure:
+    """Best-so-far test accuracy (model with the best validation accuracy) against time."""
+    return _get_band_plot(
+        info.curves,
+        title="Incumbent: test accuracy of the best-validation model so far (mean, min–max)",
+        xtitle="wall-clock seconds",
+        ytitle="test accuracy",
+        colors=colors,
+        percent=True,
+        step=True,
+        xname="seconds",
+    )
+
+
+def _get_run_traces_plot(
+    info: RunTracesInfo,
+    colors: Mapping[str, str] | None = None,
+    *,
+    title: str | None = None,
+    log_default: bool = False,
+) -> go.Figure:
+    """One line per run, coloured by group; a legend entry toggles a whole group."""
+    colors = colors or group_colors(info.groups)
+    what = FIELD_TITLES[info.field]
+    fig = go.Figure()
+    shown: set[str] = set()
+    for tr in info.traces:
+        group = plotly_text(tr.group)
+        fig.add_trace(
+            go.Scatter(
+                x=list(tr.x),
+                y=_rs(tr.y, 5),
+                mode="lines",
+                name=group,
+                legendgroup=group,
+                showlegend=tr.group not in shown,
+                meta=[plotly_text(tr.label)],
+                line={"color": colors.get(tr.group, PALETTE[0]), "width": 1.2},
+                opacity=0.85,
+                hovertemplate=(
+                    f"<b>%{{meta[0]}}</b><br>{info.axis} %{{x}}<br>{what} %{{y:.4g}}"
+                    "<extra>%{fullData.name}</extra>"
+                ),
+            )
+        )
+        shown.add(tr.group)
+    per = "per step (traced steps)" if info.axis == "step" else "per epoch"
+    default_title = f"{what[0].upper()}{what[1:]} {per}, one line per run"
+    _layout(
+        fig,
+        title or default_title,
+        info.axis,
+        what,
+        hovermode="closest",
+        updatemenus=_scale_menu("log" if log_default else "linear"),
+    )
+    if log_default:
+        fig.update_yaxes(type="log")
+    if info.axis == "epoch":
+        _integer_ticks(fig, [t.x for t in info.traces])
+    return fig
+
+
+def _get_find_alpha_plot(search: SearchInfo) -> go.Figure:
+    """Probes of one search by probed value, one trace per verdict (status)."""
+    param = "hyper-LR" if search.parameter == "hyper-lr" else "alpha"
+    probes = [p for p in search.probes if p.value is not None]
+    statuses = [s for s in VERDICT_STYLE if any(p.status == s for p in probes)]
+    statuses += sorted({p.status for p in probes} - set(statuses))
+    fig = go.Figure()
+    for status in statuses:
+        rows = [p for p in probes if p.status == status]
+        color, symbol = VERDICT_STYLE.get(status, ("#8c564b", "circle-open"))
+        fig.add_trace(
+            go.Scatter(
+                x=[_r(p.value) for p in rows],
+                y=[status] * len(rows),
+                mode="markers",
+                name=plotly_text(status),
+                marker={"color": color, "symbol": symbol, "size": 11},
+                customdata=[
+                    [
+                        plotly_text(p.label),
+                        "–" if p.best_val_acc is None else f"{p.best_val_acc:.2%}",
+                        p.epochs,
+                        plotly_text(p.error or "–"),
+                    ]
+                    for p in rows
+                ],
+                hovertemplate=(
+                    f"<b>%{{customdata[0]}}</b><br>{param} %{{x:.3g}}<br>%{{y}}"
+                    "<br>best val acc %{customdata[1]}<br>epochs %{customdata[2]}"
+                    "<br>%{customdata[3]}<extra></extra>"
+                ),
+            )
+        )
+    chosen = "none" if search.chosen is None else f"{search.chosen:.3g}"
+    log_x = bool(probes) and all(p.value > 0 for p in probes)
+    _layout(
+        fig,
+        f"find-alpha {plotly_text(search.label)}: probes by {param} (chosen {param}: {chosen})",
+        param,
+        "verdict",
+        hovermode="closest",
+        height=max(260, 120 + 60 * len(statuses)),
+    )
+    fig.update_xaxes(type="log" if log_x else "linear", exponentformat="e")
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=statuses)
+    if search.chosen is not None and (not log_x or search.chosen > 0):
+        fig.add_shape(
+            type="line",
+            xref="x",
+            yref="paper",
+            x0=search.chosen,
+            x1=search.chosen,
+            y0=0,
+            y1=1,
+            line={"color": "#444", "dash": "dash", "width": 1},
+        )
+    return fig

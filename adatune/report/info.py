@@ -1,0 +1,554 @@
+"""Records -> plot-ready information (the data step of every figure).
+
+Pure functions over :class:`~adatune.store.records.RunDetail` sequences that
+return NamedTuples; no plotly, no I/O. ``figures.py`` turns each ``*Info``
+into a figure, ``html.py`` assembles the page, and the tests check the numbers
+here without plotting anything.
+
+Conventions
+-----------
+* Non-finite values (NaN, inf: diverged runs) and ``None`` become ``None``
+  ("no value"): they never enter a mean, a min or a max, and plotted series
+  show a gap there.
+* Runs are *compared* per group: the method, plus the dataset / network /
+  optimizer when the compared runs differ in those. ``probe`` and
+  ``find-alpha`` runs are not compared (they are short trials and search
+  parents); they appear in the find-alpha section only.
+* Per-epoch bands align runs by epoch number: at epoch ``e`` the mean, min and
+  max are over the runs of the group that have a finite value at ``e``, and
+  ``n`` says how many did.
+* Incumbent (MARTHE paper, Fig. 3): at each epoch of a run, the test accuracy
+  of the epoch with the best validation accuracy so far (the first epoch
+  reaching the maximum; a non-finite validation accuracy never becomes best),
+  placed at the cumulative wall-clock seconds ``elapsed_s``. It is a step
+  function of time. Seeds are combined on a common time grid: the union of the
+  runs' epoch times, starting when every contributing run has its first value
+  (the latest first-epoch time) and ending at the group's last time. A run's
+  value at ``t`` is its last incumbent at or before ``t``; after its last
+  epoch a run keeps its final incumbent (its best model stays found). Grids
+  longer than ``max_points`` keep evenly spaced grid times (first and last
+  always), evaluated exactly.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+from adatune.store.records import EpochRecord, RunDetail, RunRecord
+
+NOT_COMPARED_KINDS = ("probe", "find-alpha")
+GROUP_FIELDS = ("dataset", "network", "optimizer")
+EPOCH_METRICS = ("val_acc", "test_acc", "train_loss", "val_loss", "test_loss", "train_acc")
+EPOCH_TRACE_FIELDS = ("lr", "lr_mean", "mu", "hyper_lr")
+STEP_TRACE_FIELDS = ("lr", "mu", "hyper_lr", "hypergradient", "train_loss")
+
+DEFAULT_MAX_POINTS = 200  # per-epoch series and incumbent grids
+DEFAULT_MAX_STEP_POINTS = 400  # per-step series
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _clean(value: Any) -> float | None:
+    """A finite float, or ``None`` for None / NaN / inf."""
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _downsample(
+    xs: Sequence[float], ys: Sequence[float | None], max_points: int
+) -> tuple[tuple[float, ...], tuple[float | None, ...]]:
+    """At most ``max_points`` points that keep the shape of ``ys``.
+
+    Min-max decimation: the first and last points, then per bucket of
+    consecutive points the smallest and the largest value (in x order), and
+    the first gap (``None``) of the bucket so that divergence stays visible.
+    """
+    if max_points < 2:
+        raise ValueError(f"Invalid max_points: {max_points}")
+    n = len(xs)
+    if n <= max_points:
+        return tuple(xs), tuple(ys)
+    has_gap = any(y is None for y in ys)
+    per_bucket = 3 if has_gap else 2
+    buckets = max(1, (max_points - 2) // per_bucket)
+    inner = n - 2
+    keep = {0, n - 1}
+    for b in range(buckets):
+        lo = 1 + (b * inner) // buckets
+        hi = 1 + ((b + 1) * inner) // buckets
+        finite = [i for i in range(lo, hi) if ys[i] is not None]
+        if finite:
+            keep.add(min(finite, key=ys.__getitem__))
+            keep.add(max(finite, key=ys.__getitem__))
+        if has_gap:
+            gap = next((i for i in range(lo, hi) if ys[i] is None), None)
+            if gap is not None:
+                keep.add(gap)
+    idx = sorted(keep)
+    return tuple(xs[i] for i in idx), tuple(ys[i] for i in idx)
+
+
+def _even_subset(values: Sequence[float], max_points: int) -> list[float]:
+    """Evenly spaced elements of ``values`` (first and last always kept)."""
+    n = len(values)
+    if n <= max_points:
+        return list(values)
+    if max_points < 2:
+        raise ValueError(f"Invalid max_points: {max_points}")
+    idx = sorted({round(k * (n - 1) / (max_points - 1)) for k in range(max_points)})
+    return [values[i] for i in idx]
+
+
+def _sorted_epochs(detail: RunDetail) -> list[EpochRecord]:
+    """Epochs in order, one per epoch number (the last record wins)."""
+    by_epoch = {e.epoch: e for e in detail.epochs}
+    return [by_epoch[k] for k in sorted(by_epoch)]
+
+
+def run_label(run: RunRecord) -> str:
+    """``#12 name (seed 0)``: unique within a store, readable in a legend."""
+    name = f" {run.name}" if run.name else ""
+    return f"#{run.id}{name} (seed {run.seed})"
+
+
+# --------------------------------------------------------------------------- grouping
+
+
+class Group(NamedTuple):
+    """Runs compared together: one method (+ dataset/network/optimizer if varied)."""
+
+    label: str
+    method: str
+    dataset: str
+    network: str
+    optimizer: str
+    runs: tuple[RunDetail, ...]
+
+
+def _compared(details: Iterable[RunDetail]) -> list[RunDetail]:
+    return [d for d in details if d.run.kind not in NOT_COMPARED_KINDS]
+
+
+def _get_groups(details: Sequence[RunDetail]) -> tuple[Group, ...]:
+    """Group the compared runs; labels name only the fields that vary."""
+    compared = _compared(details)
+    varying = [f for f in GROUP_FIELDS if len({getattr(d.run, f) for d in compared}) > 1]
+    buckets: dict[tuple[str, ...], list[RunDetail]] = {}
+    for d in compared:
+        key = (d.run.method, d.run.dataset, d.run.network, d.run.optimizer)
+        buckets.setdefault(key, []).append(d)
+    groups = []
+    for key in sorted(buckets):
+        method, dataset, network, optimizer = key
+        values = dict(zip(GROUP_FIELDS, (dataset, network, optimizer), strict=True))
+        label = " · ".join([method, *(values[f] for f in varying)])
+        runs = tuple(sorted(buckets[key], key=lambda d: (d.run.seed, d.run.id)))
+        groups.append(Group(label, method, dataset, network, optimizer, runs))
+    return tuple(groups)
+
+
+# --------------------------------------------------------------------------- bands
+
+
+class BandCurve(NamedTuple):
+    """Mean line and min-max band of one group over its runs (seeds)."""
+
+    label: str
+    x: tuple[float, ...]  # epochs (ints) or seconds
+    mean: tuple[float, ...]
+    lo: tuple[float, ...]
+    hi: tuple[float, ...]
+    n: tuple[int, ...]  # runs contributing at each x
+    runs: int  # runs in the group that contribute at all
+
+
+class EpochCurvesInfo(NamedTuple):
+    metric: str
+    curves: tuple[BandCurve, ...]
+
+
+def _band_point(values: list[float]) -> tuple[float, float, float]:
+    return math.fsum(values) / len(values), min(values), max(values)
+
+
+def _get_epoch_curves_info(
+    details: Sequence[RunDetail], metric: str, *, max_points: int = DEFAULT_MAX_POINTS
+) -> EpochCurvesInfo:
+    """Per group: mean / min / max of ``metric`` over runs, aligned by epoch."""
+    if metric not in EPOCH_METRICS:
+        raise ValueError(f"Invalid metric: {metric}")
+    curves = []
+    for group in _get_groups(details):
+        per_epoch: dict[int, list[float]] = {}
+        contributing = 0
+        for d in group.runs:
+            any_value = False
+            for e in _sorted_epochs(d):
+                v = _clean(getattr(e, metric))
+                if v is not None:
+                    per_epoch.setdefault(e.epoch, []).append(v)
+                    any_value = True
+            contributing += any_value
+        if not per_epoch:
+            continue
+        epochs = _even_subset(sorted(per_epoch), max_points)
+        points = [_band_point(per_epoch[k]) for k in epochs]
+        curves.append(
+            BandCurve(
+                label=group.label,
+                x=tuple(epochs),
+                mean=tuple(p[0] for p in points),
+                lo=tuple(p[1] for p in points),
+                hi=tuple(p[2] for p in points),
+                n=tuple(len(per_epoch[k]) for k in epochs),
+                runs=contributing,
+            )
+        )
+    return EpochCurvesInfo(metric, tuple(curves))
+
+
+# --------------------------------------------------------------------------- incumbent
+
+
+def _incumbent_steps(detail: RunDetail) -> list[tuple[float, float | None]]:
+    """``(elapsed_s, incumbent test accuracy)`` at each epoch of one run.
+
+    The value is ``None`` while no epoch has a finite validation accuracy, or
+    when the best-validation epoch has no test accuracy.
+    """
+    steps: list[tuple[float, float | None]] = []
+    best_val: float | None = None
+    incumbent: float | None = None
+    for e in _sorted_epochs(detail):
+        t = _clean(e.elapsed_s)
+        v = _clean(e.val_acc)
+        if v is not None and (best_val is None or v > best_val):
+            best_val = v
+            incumbent = _clean(e.test_acc)
+        if t is not None:
+            steps.append((t, incumbent))
+    return steps
+
+
+class IncumbentInfo(NamedTuple):
+    curves: tuple[BandCurve, ...]
+
+
+def _get_incumbent_info(
+    details: Sequence[RunDetail], *, max_points: int = DEFAULT_MAX_POINTS
+) -> IncumbentInfo:
+    """Best-so-far test accuracy against wall-clock seconds, per group (see module doc)."""
+    curves = []
+    for group in _get_groups(details):
+        per_run = []
+        for d in group.runs:
+            steps = _incumbent_steps(d)
+            first = next((i for i, (_, v) in enumerate(steps) if v is not None), None)
+            if first is not None:
+                per_run.append(steps[first:])
+        if not per_run:
+            continue
+        start = max(s[0][0] for s in per_run)
+        grid = sorted({t for s in per_run for t, _ in s if t >= start} | {start})
+        grid = _even_subset(grid, max_points)
+        times = [[t for t, _ in s] for s in per_run]
+        xs, means, los, his, ns = [], [], [], [], []
+        for t in grid:
+            values = []
+            for s, ts in zip(per_run, times, strict=True):
+                v = s[bisect.bisect_right(ts, t) - 1][1]
+                if v is not None:
+                    values.append(v)
+            if not values:
+                continue
+            mean, lo, hi = _band_point(values)
+            xs.append(t)
+            means.append(mean)
+            los.append(lo)
+            his.append(hi)
+            ns.append(len(values))
+        curves.append(
+            BandCurve(
+                group.label,
+                tuple(xs),
+                tuple(means),
+                tuple(los),
+                tuple(his),
+                tuple(ns),
+                len(per_run),
+            )
+        )
+    return IncumbentInfo(tuple(curves))
+
+
+# --------------------------------------------------------------------------- per-run traces
+
+
+class RunTrace(NamedTuple):
+    run_id: int
+    label: str  # run_label(run)
+    group: str  # Group.label
+    x: tuple[int, ...]  # epoch or step numbers
+    y: tuple[float | None, ...]
+
+
+class RunTracesInfo(NamedTuple):
+    field: str
+    axis: str  # "epoch" or "step"
+    groups: tuple[str, ...]  # every compared group, in order (stable colours)
+    traces: tuple[RunTrace, ...]
+
+
+def _get_run_traces_info(
+    details: Sequence[RunDetail],
+    field: str,
+    *,
+    axis: str = "epoch",
+    max_points: int | None = None,
+) -> RunTracesInfo:
+    """One series per compared run: ``field`` per epoch or per traced step.
+
+    Runs without a single finite value of ``field`` are left out (a baseline
+    has no mu; a run without step records has no per-step trace).
+    """
+    if axis == "epoch":
+        if field not in EPOCH_TRACE_FIELDS:
+            raise ValueError(f"Invalid epoch field: {field}")
+        limit = DEFAULT_MAX_POINTS if max_points is None else max_points
+    elif axis == "step":
+        if field not in STEP_TRACE_FIELDS:
+            raise ValueError(f"Invalid step field: {field}")
+        limit = DEFAULT_MAX_STEP_POINTS if max_points is None else max_points
+    else:
+        raise ValueError(f"Invalid axis: {axis}")
+    groups = _get_groups(details)
+    traces = []
+    for group in groups:
+        for d in group.runs:
+            if axis == "epoch":
+                records = _sorted_epochs(d)
+                xs = [r.epoch for r in records]
+            else:
+                records = sorted({s.step: s for s in d.steps}.values(), key=lambda s: s.step)
+                xs = [r.step for r in records]
+            ys = [_clean(getattr(r, field)) for r in records]
+            if all(y is None for y in ys):
+                continue
+            x, y = _downsample(xs, ys, limit)
+            traces.append(RunTrace(d.run.id, run_label(d.run), group.label, x, y))
+    return RunTracesInfo(field, axis, tuple(g.label for g in groups), tuple(traces))
+
+
+# --------------------------------------------------------------------------- find-alpha
+
+
+class Probe(NamedTuple):
+    run_id: int
+    label: str
+    value: float | None  # the probed alpha (or hyper-LR)
+    status: str
+    best_val_acc: float | None
+    epochs: int
+    error: str | None
+
+
+class SearchInfo(NamedTuple):
+    search_id: int
+    label: str
+    parameter: str  # "alpha" or "hyper-lr"
+    chosen: float | None
+    status: str | None  # None when the search run itself is not in the selection
+    probes: tuple[Probe, ...]
+
+
+class FindAlphaInfo(NamedTuple):
+    searches: tuple[SearchInfo, ...]
+
+
+def _probe_value(run: RunRecord, parameter: str) -> float | None:
+    key = "hyper_lr" if parameter == "hyper-lr" else "alpha"
+    return _clean(run.config.get(key))
+
+
+def _get_find_alpha_info(details: Sequence[RunDetail]) -> FindAlphaInfo:
+    """Each find-alpha search with its probes, ordered by the probed value.
+
+    Probes whose search is not in the selection are shown under their
+    ``parent_id``; the searched parameter is then guessed from the config.
+    """
+    searches = {d.run.id: d.run for d in details if d.run.kind == "find-alpha"}
+    probes: dict[int, list[RunDetail]] = {sid: [] for sid in searches}
+    for d in details:
+        if d.run.kind == "probe" and d.run.parent_id is not None:
+            probes.setdefault(d.run.parent_id, []).append(d)
+    out = []
+    for sid in sorted(probes):
+        search = searches.get(sid)
+        if search is not None:
+            parameter = str(search.summary.get("search") or "alpha")
+            chosen_key = "hyper_lr" if parameter == "hyper-lr" else "alpha"
+            chosen = _clean(search.summary.get(chosen_key, search.summary.get("alpha")))
+            label = run_label(search)
+            status = search.status
+        else:
+            first = probes[sid][0].run
+            parameter = "alpha" if "alpha" in first.config else "hyper-lr"
+            chosen, label, status = None, f"search #{sid}", None
+        rows = []
+        for d in probes[sid]:
+            r = d.run
+            best = _clean(r.best_val_acc)
+            if best is None:
+                accs = [_clean(e.val_acc) for e in d.epochs]
+                best = max((a for a in accs if a is not None), default=None)
+            rows.append(
+                Probe(
+                    r.id,
+                    run_label(r),
+                    _probe_value(r, parameter),
+                    r.status,
+                    best,
+                    max(r.epochs, len(d.epochs)),
+                    r.error,
+                )
+            )
+        rows.sort(key=lambda p: (p.value is None, p.value or 0.0, p.run_id))
+        out.append(SearchInfo(sid, label, parameter, chosen, status, tuple(rows)))
+    return FindAlphaInfo(tuple(out))
+
+
+# --------------------------------------------------------------------------- summary
+
+
+class Stat(NamedTuple):
+    """Mean and sample standard deviation (n - 1; 0 for one value) of n finite values."""
+
+    mean: float | None
+    std: float | None
+    n: int
+
+
+def _stat(values: Iterable[float | None]) -> Stat:
+    xs = [v for v in (_clean(v) for v in values) if v is not None]
+    if not xs:
+        return Stat(None, None, 0)
+    mean = math.fsum(xs) / len(xs)
+    if len(xs) == 1:
+        return Stat(mean, 0.0, 1)
+    var = math.fsum((x - mean) ** 2 for x in xs) / (len(xs) - 1)
+    return Stat(mean, math.sqrt(var), len(xs))
+
+
+class RunSummary(NamedTuple):
+    run_id: int
+    label: str
+    name: str | None
+    experiment: str | None
+    kind: str
+    seed: int
+    status: str
+    epochs: int
+    best_val_acc: float | None
+    best_epoch: int | None
+    test_acc_at_best: float | None
+    time_s: float | None
+    nonfinite_hypergradients: int
+    error: str | None
+    config: dict[str, Any]
+
+
+class GroupSummary(NamedTuple):
+    label: str
+    method: str
+    dataset: str
+    network: str
+    optimizer: str
+    runs: int
+    status_counts: tuple[tuple[str, int], ...]
+    best_val_acc: Stat
+    test_acc_at_best: Stat
+    epochs_min: int
+    epochs_max: int
+    time_s: Stat  # per-run wall-clock seconds
+    run_rows: tuple[RunSummary, ...]
+
+
+class SummaryInfo(NamedTuple):
+    groups: tuple[GroupSummary, ...]
+
+
+def _run_summary(d: RunDetail) -> RunSummary:
+    """Best validation epoch and test accuracy there, from the epochs when present.
+
+    Without epoch records the run's own ``best_val_acc`` / ``best_epoch`` /
+    ``test_acc`` fields are used.
+    """
+    r = d.run
+    epochs = _sorted_epochs(d)
+    best_val, best_epoch, test_at_best = None, None, None
+    for e in epochs:
+        v = _clean(e.val_acc)
+        if v is not None and (best_val is None or v > best_val):
+            best_val, best_epoch, test_at_best = v, e.epoch, _clean(e.test_acc)
+    if not epochs:
+        best_val, best_epoch, test_at_best = (
+            _clean(r.best_val_acc),
+            r.best_epoch,
+            _clean(r.test_acc),
+        )
+    time_s = _clean(epochs[-1].elapsed_s) if epochs else None
+    if time_s is None and r.ended_at is not None:
+        time_s = (r.ended_at - r.started_at).total_seconds()
+    return RunSummary(
+        run_id=r.id,
+        label=run_label(r),
+        name=r.name,
+        experiment=r.experiment,
+        kind=r.kind,
+        seed=r.seed,
+        status=r.status,
+        epochs=max(r.epochs, len(epochs)),
+        best_val_acc=best_val,
+        best_epoch=best_epoch,
+        test_acc_at_best=test_at_best,
+        time_s=time_s,
+        nonfinite_hypergradients=sum(e.nonfinite_hypergradients for e in epochs),
+        error=r.error,
+        config=dict(r.config),
+    )
+
+
+def _get_summary_info(details: Sequence[RunDetail]) -> SummaryInfo:
+    """Per group: run count, statuses, best validation accuracy, test there, epochs, time."""
+    out = []
+    for group in _get_groups(details):
+        rows = tuple(_run_summary(d) for d in group.runs)
+        counts = Counter(r.status for r in rows)
+        out.append(
+            GroupSummary(
+                label=group.label,
+                method=group.method,
+                dataset=group.dataset,
+                network=group.network,
+                optimizer=group.optimizer,
+                runs=len(rows),
+                status_counts=tuple(sorted(counts.items())),
+                best_val_acc=_stat(r.best_val_acc for r in rows),
+                test_acc_at_best=_stat(r.test_acc_at_best for r in rows),
+                epochs_min=min(r.epochs for r in rows),
+                epochs_max=max(r.epochs for r in rows),
+                time_s=_stat(r.time_s for r in rows),
+                run_rows=rows,
+            )
+        )
+    return SummaryInfo(tuple(out))

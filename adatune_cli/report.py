@@ -1,0 +1,137 @@
+"""``adatune report``: compare runs in an offline HTML page or a terminal table."""
+
+from __future__ import annotations
+
+import json
+import webbrowser
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from adatune.report import summary_json, summary_rich, summary_table, write_html
+from adatune.report.select import load_details
+from adatune.store import RunDetail, open_store
+from adatune.store.connection import resolve_url, sqlite_path
+from adatune_cli._common import DEFAULT_STORE, StoreOption, fail, out
+from adatune_cli.main import app
+
+report_app = typer.Typer(
+    help="Compare runs: a self-contained HTML report or a summary table.",
+    no_args_is_help=True,
+)
+app.add_typer(report_app, name="report")
+
+ExperimentOption = Annotated[
+    str | None, typer.Option("--experiment", "-e", help="Only runs of this experiment.")
+]
+RunOption = Annotated[
+    list[int] | None,
+    typer.Option("--run", metavar="ID", help="Only this run id (repeat for several)."),
+]
+MethodOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--method",
+        "-m",
+        metavar="METHOD",
+        help="Only this method, e.g. marthe (repeat for several).",
+    ),
+]
+DatasetOption = Annotated[str | None, typer.Option("--dataset", help="Only runs on this dataset.")]
+
+
+def _selection(
+    experiment: str | None, runs: list[int] | None, methods: list[str] | None, dataset: str | None
+) -> str:
+    parts = [f"--experiment {experiment}"] if experiment else []
+    parts += [f"--run {r}" for r in runs or ()]
+    parts += [f"--method {m}" for m in methods or ()]
+    parts += [f"--dataset {dataset}"] if dataset else []
+    return " ".join(parts) or "(no filter)"
+
+
+def _load(
+    store: str,
+    experiment: str | None,
+    runs: list[int] | None,
+    methods: list[str] | None,
+    dataset: str | None,
+) -> list[RunDetail]:
+    path = sqlite_path(resolve_url(store))
+    if path is not None and not path.exists():
+        fail(f"no store at {path} (give --store or set ADATUNE_STORE)")
+    with open_store(store) as st:
+        details = load_details(
+            st, experiment=experiment, run_ids=runs, methods=methods, dataset=dataset
+        )
+        location = st.location
+    if not details:
+        fail(
+            f"no runs match {_selection(experiment, runs, methods, dataset)} in {location}", code=1
+        )
+    return details
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
+@report_app.command("html")
+def html(
+    store: StoreOption = DEFAULT_STORE,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="HTML file to write.", dir_okay=False)
+    ] = Path("adatune-report.html"),
+    experiment: ExperimentOption = None,
+    run: RunOption = None,
+    method: MethodOption = None,
+    dataset: DatasetOption = None,
+    title: Annotated[str | None, typer.Option("--title", help="Page title.")] = None,
+    open_: Annotated[
+        bool, typer.Option("--open", help="Open the report in the web browser.")
+    ] = False,
+) -> None:
+    """Write one HTML file comparing the selected runs; it works offline.
+
+    Example: adatune report html --experiment mnist-lr -m marthe -m cosine -o mnist.html --open
+    """
+    details = _load(store, experiment, run, method, dataset)
+    try:
+        path = write_html(details, output, title=title)
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc.strerror or exc}")
+    out.print(
+        f"wrote {path} ({_size(path.stat().st_size)}, {len(details)} runs)",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    if open_:
+        webbrowser.open(path.resolve().as_uri())
+
+
+@report_app.command("table")
+def table(
+    store: StoreOption = DEFAULT_STORE,
+    experiment: ExperimentOption = None,
+    run: RunOption = None,
+    method: MethodOption = None,
+    dataset: DatasetOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Print the per-method summary of the selected runs (probes and searches excluded).
+
+    Example: adatune report table --experiment mnist-lr --json
+    """
+    info = summary_table(_load(store, experiment, run, method, dataset))
+    if not info.groups:
+        fail(
+            "no train or baseline runs match "
+            f"{_selection(experiment, run, method, dataset)} (only find-alpha searches/probes)",
+            code=1,
+        )
+    if as_json:
+        typer.echo(json.dumps(summary_json(info), indent=2))
+    else:
+        out.print(summary_rich(info))
