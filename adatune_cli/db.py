@@ -22,7 +22,7 @@ def current(store: StoreOption = DEFAULT_STORE) -> None:
     Changes nothing. Example: adatune db current --store runs/adatune.db
     """
     state = inspect_store(store)
-    out.print(f"store: {state.location}", markup=False, highlight=False)
+    out.print(f"store: {state.location}", markup=False, highlight=False, soft_wrap=True)
     if state.state == "new":
         line = f"revision: none (no adatune tables yet; head is {state.head})"
     elif state.state == "current":
@@ -37,7 +37,7 @@ def current(store: StoreOption = DEFAULT_STORE) -> None:
             f"revision: {state.current} (newer than this adatune, which knows up to "
             f"{state.head}: upgrade adatune)"
         )
-    out.print(line, markup=False, highlight=False)
+    out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @db_app.command("upgrade")
@@ -54,4 +54,4 @@ def upgrade(store: StoreOption = DEFAULT_STORE) -> None:
         message = f"created the store schema in {after.location} at revision {after.current}"
     else:
         message = f"upgraded {after.location} from revision {before.current} to {after.current}"
-    out.print(message, markup=False, highlight=False)
+    out.print(message, markup=False, highlight=False, soft_wrap=True)

@@ -11,19 +11,26 @@ tests that need it are skipped with a visible reason.
   ``postgresql+psycopg://`` URL (dropped after the test).
 * ``store_url``: parametrised over ``sqlite`` (a file in ``tmp_path``) and
   ``postgresql`` (``postgres_url``); give it to ``open_store``.
+
+Store helpers: ``read_only`` (a context manager that makes a path unwritable,
+even for root) and ``later_release`` (pretend this adatune's migrations have
+one more revision, to test version mismatches).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -123,3 +130,68 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'adatune.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+@contextlib.contextmanager
+def _read_only(path: Path) -> Iterator[None]:
+    if os.geteuid() != 0:
+        mode = path.stat().st_mode
+        path.chmod(0o555 if path.is_dir() else 0o444)
+        try:
+            yield
+        finally:
+            path.chmod(mode)
+        return
+    chattr = shutil.which("chattr")  # root ignores permissions, not the immutable flag
+    if chattr is None or subprocess.run([chattr, "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("running as root and cannot make a path immutable (chattr +i)")
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", str(path)], check=True)
+
+
+@pytest.fixture
+def read_only() -> Callable[[Path], contextlib.AbstractContextManager[None]]:
+    """``with read_only(path):`` makes a file or folder unwritable, even for root."""
+    return _read_only
+
+
+@pytest.fixture
+def later_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], str]:
+    """Call it to pretend this adatune is a later release whose head adds revision "9000"."""
+    from adatune.store import migrate
+
+    head = migrate.head_revision()
+    later = tmp_path / "later_migrations"
+    shutil.copytree(
+        str(files("adatune.migrations")), later, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (later / "versions" / "9000_add_note.py").write_text(
+        textwrap.dedent(
+            f'''
+            """Test-only revision: add a column."""
+            import sqlalchemy as sa
+            from alembic import op
+
+            revision = "9000"
+            down_revision = {head!r}
+            branch_labels = None
+            depends_on = None
+
+            def upgrade():
+                with op.batch_alter_table("adatune_runs") as batch:
+                    batch.add_column(sa.Column("note", sa.Text(), nullable=True))
+
+            def downgrade():
+                with op.batch_alter_table("adatune_runs") as batch:
+                    batch.drop_column("note")
+            '''
+        )
+    )
+
+    def activate() -> str:
+        monkeypatch.setattr(migrate, "migrations_location", lambda: str(later))
+        return "9000"
+
+    return activate

@@ -320,6 +320,10 @@ def test_list_runs_filters(store: Store) -> None:
         ids[0]
     ]
     assert {r.experiment for r in store.list_runs()} == {"exp-a", "exp-b", None}
+    with pytest.raises(ValueError, match="Invalid status"):
+        store.list_runs(status=["completed", "complete"])
+    with pytest.raises(ValueError, match="Invalid kind"):
+        store.list_runs(kind="probes")
 
 
 def test_experiments_are_created_once(store: Store) -> None:

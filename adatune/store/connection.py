@@ -73,10 +73,11 @@ def describe(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def check_sqlite_file(path: Path, *, create: bool) -> None:
+def check_sqlite_file(path: Path, *, create: bool, write: bool = True) -> None:
     """Refuse an SQLite path we must not or cannot use, without writing anything.
 
-    With ``create=False`` a missing file is an error too (for read-only commands).
+    With ``create=False`` a missing file is an error too; ``write=False`` only
+    asks for a readable file (for commands that change nothing).
     """
     if path.is_dir():
         raise StoreError(
@@ -86,9 +87,10 @@ def check_sqlite_file(path: Path, *, create: bool) -> None:
         if not path.is_file():
             raise StoreError(f"the store path {path} is not a regular file")
         try:
-            fd = os.open(path, os.O_RDWR)  # opening for writing changes nothing
+            fd = os.open(path, os.O_RDWR if write else os.O_RDONLY)  # this changes nothing
         except OSError as exc:
-            raise StoreError(f"cannot write to the store {path}: {exc.strerror}") from None
+            doing = "write to" if write else "read"
+            raise StoreError(f"cannot {doing} the store {path}: {exc.strerror}") from None
         try:
             header = os.read(fd, len(_SQLITE_MAGIC))
         finally:
@@ -108,12 +110,15 @@ def check_sqlite_file(path: Path, *, create: bool) -> None:
         raise StoreError(f"cannot create the store {path}: the folder {parent} is not writable")
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite is set up for several concurrent writers."""
+def make_engine(url: str, *, write: bool = True) -> Engine:
+    """An engine for ``url``; SQLite is set up for several concurrent writers.
+
+    ``write=False`` leaves an SQLite file's journal mode alone (for inspection).
+    """
     parsed = make_url(url)
     try:
         if parsed.get_backend_name() == "sqlite":
-            return _sqlite_engine(parsed)
+            return _sqlite_engine(parsed, wal=write)
         return create_engine(parsed, pool_pre_ping=True)
     except NoSuchModuleError:
         raise StoreError(f"unknown database kind in the store URL {describe(url)}") from None
@@ -124,7 +129,7 @@ def make_engine(url: str) -> Engine:
         ) from None
 
 
-def _sqlite_engine(url: URL) -> Engine:
+def _sqlite_engine(url: URL, *, wal: bool) -> Engine:
     kwargs: dict = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     if sqlite_path(url.render_as_string(hide_password=False)) is None:  # in-memory
         kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
@@ -139,10 +144,11 @@ def _sqlite_engine(url: URL) -> Engine:
         try:
             cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
             cursor.execute("PRAGMA foreign_keys = ON")
-            cursor.execute("PRAGMA journal_mode = WAL")
-            # In WAL mode NORMAL loses nothing when a process dies; only an OS
-            # crash or power cut can undo the last commits.
-            cursor.execute("PRAGMA synchronous = NORMAL")
+            if wal:
+                cursor.execute("PRAGMA journal_mode = WAL")
+                # In WAL mode NORMAL loses nothing when a process dies; only an
+                # OS crash or power cut can undo the last commits.
+                cursor.execute("PRAGMA synchronous = NORMAL")
         finally:
             cursor.close()
 

@@ -168,8 +168,8 @@ def inspect_store(path_or_url: str | os.PathLike[str]) -> SchemaState:
     location = describe(url)
     path = sqlite_path(url)
     if path is not None:
-        check_sqlite_file(path, create=False)
-    engine = make_engine(url)
+        check_sqlite_file(path, create=False, write=False)
+    engine = make_engine(url, write=False)
     try:
         with engine.connect() as conn:
             return classify(conn, location)

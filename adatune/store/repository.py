@@ -245,6 +245,17 @@ class Store:
                 raise RunNotFound(f"no run with id {run_id} in {self._location}")
             run.heartbeat_at = _now()
 
+    def reopen_run(self, run_id: int) -> None:
+        """Mark a stopped run as running again (``adatune train --resume``)."""
+        with self._session(write=True) as s:
+            run = s.get(RunRow, run_id)
+            if run is None:
+                raise RunNotFound(f"no run with id {run_id} in {self._location}")
+            run.status = "running"
+            run.ended_at = None
+            run.error = None
+            run.heartbeat_at = _now()
+
     def finish_run(
         self,
         run_id: int,
@@ -303,6 +314,10 @@ class Store:
         A running run whose heartbeat is stale is shown (and filtered) as
         "interrupted".
         """
+        for name, wanted, allowed in (("status", status, RUN_STATUSES), ("kind", kind, RUN_KINDS)):
+            unknown = set() if wanted is None else set(_as_list(wanted)) - set(allowed)
+            if unknown:
+                raise ValueError(f"Invalid {name}: {sorted(unknown)} (expected one of {allowed})")
         shown = _shown_status()
         query = (
             select(RunRow, ExperimentRow.name, shown)
