@@ -12,7 +12,7 @@ from adatune.errors import AdatuneError
 
 DEFAULT_STORE = "adatune.db"
 
-out = Console()
+out = Console(soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 StoreOption = Annotated[

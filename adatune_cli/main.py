@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 
@@ -39,8 +40,13 @@ def _register() -> None:
     from adatune_cli import commands  # noqa: F401
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"adatune: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every user error is one line on stderr and exit code 2."""
+    warnings.showwarning = _show_warning
     _register()
     try:
         rv = app(args=argv, prog_name="adatune", standalone_mode=False)

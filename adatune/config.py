@@ -1,0 +1,179 @@
+"""The configuration of one training run: a frozen dataclass, validated on creation.
+
+Every check that can fail on user input happens here (or in the data/model
+lookups it calls), before a run is written to the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from adatune.data import canonical_dataset, dataset_spec
+from adatune.errors import ConfigError
+from adatune.models import canonical_network, check_compatible
+from adatune.schedules import SCHEDULE_NAMES, canonical_schedule
+
+TUNER_NAMES = ("marthe", "rtho", "hd")
+OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+HVP_NAMES = ("exact", "finite-difference")
+
+# Defaults measured on the embedded task (digits, MLP, 15 epochs, 2 seeds): the LR
+# visibly adapts and no run diverges. Adam needs a hyper-LR orders lower than SGD.
+DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+DEFAULT_HYPER_LR = {
+    ("marthe", "sgd"): 1e-4, ("rtho", "sgd"): 1e-4, ("hd", "sgd"): 1e-3,
+    ("marthe", "adam"): 1e-7, ("rtho", "adam"): 1e-7, ("hd", "adam"): 1e-6,
+}
+DEFAULT_LR_DECAY = {"staircase": 0.5, "exponential": 0.85}
+
+
+def canonical_method(name: str) -> str:
+    """A tuner (marthe, rtho, hd) or a baseline schedule name, canonicalised."""
+    key = name.strip().lower()
+    if key in TUNER_NAMES:
+        return key
+    try:
+        return canonical_schedule(key)
+    except ConfigError:
+        raise ConfigError(f"unknown method {name!r} (tuners: {', '.join(TUNER_NAMES)}; "
+                          f"schedules: {', '.join(SCHEDULE_NAMES)})") from None
+
+
+def _finite(name: str, value: float, *, low: float | None = None, low_open: bool = False,
+            high: float | None = None, high_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
+        hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
+        where = f" (must be in {lo or '(-inf'}, {hi or 'inf)'})" if (lo or hi) else ""
+        raise ConfigError(f"invalid {name}: {value!r}{where}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run; stored as JSON with the run."""
+
+    method: str = "marthe"
+    network: str = "mlp"
+    dataset: str = "digits"
+    optimizer: str = "sgd"
+    lr: float | None = None  # default: DEFAULT_LR by optimizer
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    epochs: int = 15
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "auto"
+    # hypergradient tuners
+    hyper_lr: float | None = None  # default: DEFAULT_HYPER_LR by method and optimizer
+    mu: float | str = 0.99
+    alpha: float = 0.0
+    first_order: bool = False
+    grad_clip: float | None = None
+    hvp: str = "exact"
+    # baseline schedules (epochs)
+    step_size: int = 5
+    lr_decay: float | None = None  # default: DEFAULT_LR_DECAY by schedule
+    t_0: int = 2
+    t_mult: int = 2
+    # data and protocol
+    data_dir: str | None = None
+    download: bool = False
+    val_fraction: float = 0.1
+    val_source: str = "train"
+    train_subset: float | None = None
+    patience: int | None = None
+    log_every: int = 10
+    divergence_factor: float = 10.0
+    checkpoint_dir: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        canon = {
+            "method": canonical_method(self.method),
+            "network": canonical_network(self.network),
+            "dataset": canonical_dataset(self.dataset),
+            "optimizer": self.optimizer.strip().lower(),
+        }
+        for key, value in canon.items():
+            object.__setattr__(self, key, value)
+        if self.optimizer not in OPTIMIZER_NAMES:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r} "
+                              f"(choose from: {', '.join(OPTIMIZER_NAMES)})")
+        family = "sgd" if self.optimizer == "sgd" else "adam"
+        defaults = {
+            "lr": DEFAULT_LR[self.optimizer],
+            "hyper_lr": DEFAULT_HYPER_LR.get((self.method, family), 0.0),
+            "lr_decay": DEFAULT_LR_DECAY.get(self.method, 0.5),
+        }
+        for key, value in defaults.items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+        _finite("lr", self.lr, low=0, low_open=True)
+        _finite("momentum", self.momentum, low=0, high=1, high_open=True)
+        _finite("weight_decay", self.weight_decay, low=0)
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ConfigError("nesterov needs --optimizer sgd with a momentum > 0")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"invalid {name}: {value!r} (must be a whole number >= 1)")
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown device {self.device!r} (choose from: {', '.join(DEVICES)})")
+        _finite("hyper_lr", self.hyper_lr, low=0)
+        if isinstance(self.mu, str):
+            if self.mu.strip().lower() != "auto":
+                raise ConfigError(f"invalid mu: {self.mu!r} (a number in [0, 1] or 'auto')")
+            object.__setattr__(self, "mu", "auto")
+        elif self.mu < 0:  # the original's convention: negative means automatic
+            object.__setattr__(self, "mu", "auto")
+        else:
+            _finite("mu", self.mu, low=0, high=1)
+        _finite("alpha", self.alpha, low=0)
+        if self.grad_clip is not None:
+            _finite("grad_clip", self.grad_clip, low=0, low_open=True)
+        if self.hvp not in HVP_NAMES:
+            raise ConfigError(f"unknown hvp {self.hvp!r} (choose from: {', '.join(HVP_NAMES)})")
+        for name in ("step_size", "t_0", "t_mult"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"invalid {name}: {getattr(self, name)!r} (must be >= 1)")
+        _finite("lr_decay", self.lr_decay, low=0, low_open=True, high=1)
+        _finite("val_fraction", self.val_fraction, low=0, low_open=True, high=1, high_open=True)
+        if self.val_source not in ("train", "test"):
+            raise ConfigError(f"invalid val_source: {self.val_source!r} (train or test)")
+        if self.train_subset is not None:
+            _finite("train_subset", self.train_subset, low=0, low_open=True, high=1)
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"invalid patience: {self.patience!r} (must be >= 1)")
+        if self.log_every < 1:
+            raise ConfigError(f"invalid log_every: {self.log_every!r} (must be >= 1)")
+        _finite("divergence_factor", self.divergence_factor, low=1, low_open=True)
+        check_compatible(self.network, dataset_spec(self.dataset))
+
+    @property
+    def is_tuner(self) -> bool:
+        return self.method in TUNER_NAMES
+
+    @property
+    def kind(self) -> str:
+        return "train" if self.is_tuner else "baseline"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,179 @@
+"""The training options, defined once and shared by train, baseline, find-alpha, sweep.
+
+``@run_options`` adds every option below to a command's signature and hands
+them to the command as one ``opts: dict``; ``make_config`` turns that into a
+validated :class:`adatune.config.TrainConfig`. The original AdaTune scripts'
+flag names are accepted beside the modern ones (``--num-epoch``/``--epochs``,
+``--wd``/``--weight-decay``, ``--grad-clipping``/``--grad-clip``,
+``--model-loc``/``--checkpoint-dir``).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from adatune.config import TrainConfig
+from adatune.errors import ConfigError
+
+_PANEL_RUN = "Run"
+_PANEL_TUNER = "Hypergradient tuner"
+_PANEL_SCHED = "Baseline schedule"
+_PANEL_DATA = "Data and protocol"
+
+
+def _opt(*names: str, help: str, panel: str = _PANEL_RUN, **kw: Any) -> Any:
+    return typer.Option(*names, help=help, rich_help_panel=panel, **kw)
+
+
+# name -> (annotation, default). Order is the order in --help.
+OPTIONS: dict[str, tuple[Any, Any]] = {
+    "network": (Annotated[str, _opt("--network", help="mlp, lenet, vgg11, resnet18, wrn28_10, "
+                                    "densenet_bc100 (or vgg, resnet, wide_resnet, densenet).")],
+                "mlp"),
+    "dataset": (Annotated[str, _opt("--dataset", help="digits (embedded, offline), mnist, "
+                                    "fashion_mnist, cifar10, cifar100 (or cifar_10, cifar_100).")],
+                "digits"),
+    "optimizer": (Annotated[str, _opt("--optimizer", help="sgd, adam or adamw.")], "sgd"),
+    "lr": (Annotated[float | None, _opt("--lr", help="Initial learning rate "
+                                        "[default: 0.05 for sgd, 1e-3 for adam/adamw].")], None),
+    "momentum": (Annotated[float, _opt("--momentum", help="SGD momentum.")], 0.9),
+    "nesterov": (Annotated[bool, _opt("--nesterov", help="Nesterov momentum (SGD).")], False),
+    "weight_decay": (Annotated[float, _opt("--weight-decay", "--wd",
+                                           help="Weight decay (L2; decoupled for adamw).")], 0.0),
+    "epochs": (Annotated[int, _opt("--epochs", "--num-epoch", help="Epochs to train.")], 15),
+    "batch_size": (Annotated[int, _opt("--batch-size", help="Minibatch size.")], 64),
+    "seed": (Annotated[int, _opt("--seed", help="Random seed (data split, init, order).")], 0),
+    "device": (Annotated[str, _opt("--device", help="auto, cpu, cuda or mps.")], "auto"),
+    "grad_clip": (Annotated[float | None, _opt("--grad-clip", "--grad-clipping",
+                                               help="Clip the gradient norm at this value.")],
+                  None),
+    "hyper_lr": (Annotated[float | None, _opt(
+        "--hyper-lr", panel=_PANEL_TUNER,
+        help="Hyper-learning rate beta [default: 1e-4 marthe/rtho, 1e-3 hd with sgd; "
+             "1e-7 / 1e-6 with adam].")], None),
+    "mu": (Annotated[str, _opt("--mu", panel=_PANEL_TUNER,
+                               help="MARTHE's mu in [0, 1], or 'auto' (a negative value means "
+                                    "auto, as in the original).")], "0.99"),
+    "alpha": (Annotated[float, _opt("--alpha", panel=_PANEL_TUNER,
+                                    help="Rate at which the hyper-LR adapts (0 keeps it fixed).")],
+              0.0),
+    "first_order": (Annotated[bool, _opt("--first-order", panel=_PANEL_TUNER,
+                                         help="Drop the Hessian term (no HVP).")], False),
+    "hvp": (Annotated[str, _opt("--hvp", panel=_PANEL_TUNER,
+                                help="exact (double backward) or finite-difference (faster).")],
+            "exact"),
+    "step_size": (Annotated[int, _opt("--step-size", panel=_PANEL_SCHED,
+                                      help="Staircase: epochs between decays.")], 5),
+    "lr_decay": (Annotated[float | None, _opt(
+        "--lr-decay", panel=_PANEL_SCHED,
+        help="Decay factor [default: 0.5 staircase, 0.85 exponential per epoch].")], None),
+    "t_0": (Annotated[int, _opt("--t-0", panel=_PANEL_SCHED,
+                                help="Cosine: epochs of the first period.")], 2),
+    "t_mult": (Annotated[int, _opt("--t-mult", panel=_PANEL_SCHED,
+                                   help="Cosine: period multiplier after each restart.")], 2),
+    "data_dir": (Annotated[str | None, _opt("--data-dir", panel=_PANEL_DATA,
+                                            help="Where datasets live [default: "
+                                                 "$ADATUNE_DATA or ~/.cache/adatune/data].")],
+                 None),
+    "download": (Annotated[bool, _opt("--download", panel=_PANEL_DATA,
+                                      help="Download a missing dataset (needs a network).")],
+                 False),
+    "val_fraction": (Annotated[float, _opt("--val-fraction", panel=_PANEL_DATA,
+                                           help="Share of the training set held out for "
+                                                "validation.")], 0.1),
+    "val_source": (Annotated[str, _opt("--val-source", panel=_PANEL_DATA,
+                                       help="train (a split of it), or test: the original's "
+                                            "protocol, for reproducing old numbers only.")],
+                   "train"),
+    "patience": (Annotated[int | None, _opt("--patience", panel=_PANEL_DATA,
+                                            help="Stop after this many epochs without a better "
+                                                 "validation accuracy.")], None),
+    "log_every": (Annotated[int, _opt("--log-every", panel=_PANEL_DATA,
+                                      help="Record a step trace every N steps.")], 10),
+    "checkpoint_dir": (Annotated[str | None, _opt("--checkpoint-dir", "--model-loc",
+                                                  panel=_PANEL_DATA,
+                                                  help="Where checkpoints go [default: "
+                                                       "./adatune-runs].")], None),
+}
+
+_CONFIG_KEYS = tuple(OPTIONS)
+
+
+def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the shared options to ``func``'s CLI signature; pass them as ``opts``."""
+    sig = inspect.signature(func)
+    hints = typing.get_type_hints(func, include_extras=True)  # resolve string annotations
+    own = [p.replace(annotation=hints.get(name, p.annotation))
+           for name, p in sig.parameters.items() if name != "opts"]
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                          annotation=annotation)
+        for name, (annotation, default) in OPTIONS.items()
+    ]
+
+    @functools.wraps(func)
+    def wrapper(**kwargs: Any) -> Any:
+        opts = {k: kwargs.pop(k) for k in _CONFIG_KEYS}
+        return func(opts=opts, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=own + extra)  # type: ignore[attr-defined]
+    annotations = {k: v for k, v in hints.items() if k != "opts"}
+    annotations.update({name: annotation for name, (annotation, _) in OPTIONS.items()})
+    wrapper.__annotations__ = annotations
+    del wrapper.__wrapped__  # typer must see the new signature, not the original
+    return wrapper
+
+
+def parse_mu(text: str) -> float | str:
+    value = text.strip().lower()
+    if value == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"invalid mu: {text!r} (a number in [0, 1] or 'auto')") from None
+
+
+def make_config(method: str, opts: dict[str, Any], **overrides: Any) -> TrainConfig:
+    """A validated TrainConfig from the shared options (ConfigError on bad input)."""
+    values = dict(opts)
+    values["mu"] = parse_mu(values["mu"])
+    values.update(overrides)
+    return TrainConfig(method=method, **values)
+
+
+def command_line(kind: str, config: dict[str, Any], *, name: str | None = None,
+                 experiment: str | None = None) -> str:
+    """The ``adatune`` command that reproduces a run with this configuration."""
+    import shlex
+
+    method = config["method"]
+    parts = ["adatune", "train" if kind == "train" else "baseline",
+             "--tuner" if kind == "train" else "--lr-scheduler", method]
+    tuner = kind == "train"
+    skip = {"checkpoint_dir", "download", "device"}  # machine-specific
+    if tuner:
+        skip |= {"step_size", "lr_decay", "t_0", "t_mult"}
+    else:
+        skip |= {"hyper_lr", "mu", "alpha", "first_order", "hvp"}
+    for key in OPTIONS:  # every value spelled out: defaults may change between versions
+        if key in skip or key not in config:
+            continue
+        value = config[key]
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            if value:
+                parts.append(flag)
+        elif value is not None:
+            parts += [flag, str(value)]
+    if name:
+        parts += ["--name", name]
+    if experiment:
+        parts += ["--experiment", experiment]
+    return shlex.join(parts)

@@ -1,0 +1,155 @@
+"""``adatune runs``: list, show and delete recorded runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from adatune.store import open_store
+from adatune.store.records import RunRecord
+from adatune_cli._common import StoreOption, out
+from adatune_cli.main import app
+from adatune_cli.options import command_line
+
+runs_app = typer.Typer(help="List, show and delete recorded runs.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: non-finite floats become null, datetimes ISO strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def _run_json(run: RunRecord) -> dict[str, Any]:
+    return _clean({
+        "id": run.id, "name": run.name, "experiment": run.experiment, "kind": run.kind,
+        "method": run.method, "optimizer": run.optimizer, "network": run.network,
+        "dataset": run.dataset, "seed": run.seed, "status": run.status, "epochs": run.epochs,
+        "best_val_acc": run.best_val_acc, "best_epoch": run.best_epoch,
+        "test_acc": run.test_acc, "started_at": run.started_at, "ended_at": run.ended_at,
+        "error": run.error, "parent_id": run.parent_id,
+    })
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.2%}"
+
+
+def _reproduce(run: RunRecord) -> str | None:
+    if run.kind not in ("train", "baseline"):
+        return None
+    return command_line(run.kind, run.config, name=run.name, experiment=run.experiment)
+
+
+@runs_app.command("list")
+def list_runs(
+    experiment: Annotated[str | None, typer.Option("--experiment", "-e")] = None,
+    method: Annotated[str | None, typer.Option("--method", "-m")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset")] = None,
+    status: Annotated[str | None, typer.Option("--status")] = None,
+    kind: Annotated[str | None, typer.Option("--kind", help="train, baseline, probe, "
+                                                            "find-alpha or sweep.")] = None,
+    as_json: JsonOption = False,
+    store: StoreOption = "adatune.db",
+) -> None:
+    """List runs, newest last.
+
+    Example: adatune runs list --method marthe --status completed
+    """
+    with open_store(store) as db:
+        runs = db.list_runs(experiment=experiment, method=method, dataset=dataset,
+                            status=status, kind=kind)
+    if as_json:
+        typer.echo(json.dumps([_run_json(r) for r in runs], indent=2))
+        return
+    table = Table()
+    for column in ("id", "name", "experiment", "kind", "method", "dataset", "network",
+                   "seed", "status", "epochs", "best val", "test"):
+        table.add_column(column, overflow="fold")
+    for r in runs:
+        table.add_row(str(r.id), r.name or "", r.experiment or "", r.kind, r.method, r.dataset,
+                      r.network, str(r.seed), r.status, str(r.epochs), _pct(r.best_val_acc),
+                      _pct(r.test_acc))
+    out.print(table)
+
+
+@runs_app.command("show")
+def show_run(
+    run_id: Annotated[int, typer.Argument(metavar="RUN_ID")],
+    as_json: JsonOption = False,
+    store: StoreOption = "adatune.db",
+) -> None:
+    """Show one run: its configuration, every epoch, and the command that reproduces it.
+
+    Example: adatune runs show 3 --json
+    """
+    with open_store(store) as db:
+        detail = db.get_run(run_id, steps=False)
+    run = detail.run
+    command = _reproduce(run)
+    if as_json:
+        payload = _run_json(run)
+        payload.update(_clean({"config": run.config, "summary": run.summary,
+                               "epochs": [dataclasses.asdict(e) for e in detail.epochs],
+                               "command": command, "device": run.device, "host": run.host,
+                               "adatune_version": run.adatune_version,
+                               "torch_version": run.torch_version}))
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    out.print(f"run {run.id} {run.name or ''}  [{run.status}]  {run.kind} {run.method} on "
+              f"{run.dataset}/{run.network} ({run.optimizer}), seed {run.seed}", markup=False)
+    if run.error:
+        out.print(f"reason: {run.error}", markup=False)
+    out.print(f"best val acc {_pct(run.best_val_acc)} at epoch {run.best_epoch}, "
+              f"test acc there {_pct(run.test_acc)}", markup=False)
+    table = Table()
+    for column in ("epoch", "lr", "mean lr", "mu", "hyper-lr", "train loss", "train acc",
+                   "val loss", "val acc", "test acc", "time s", "non-finite h"):
+        table.add_column(column, justify="right")
+
+    def f(v, spec=".4g"):
+        return "-" if v is None else format(v, spec)
+
+    for e in detail.epochs:
+        table.add_row(str(e.epoch), f(e.lr), f(e.lr_mean), f(e.mu, ".3g"), f(e.hyper_lr, ".3g"),
+                      f(e.train_loss), _pct(e.train_acc), f(e.val_loss), _pct(e.val_acc),
+                      _pct(e.test_acc), f(e.elapsed_s, ".1f"), str(e.nonfinite_hypergradients))
+    out.print(table)
+    out.print("config: " + json.dumps(_clean(run.config), sort_keys=True), markup=False,
+              soft_wrap=True)
+    if command:
+        out.print("reproduce with:", markup=False)
+        out.print(f"  {command}", markup=False, soft_wrap=True)
+
+
+@runs_app.command("delete")
+def delete_run(
+    run_id: Annotated[int, typer.Argument(metavar="RUN_ID")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    store: StoreOption = "adatune.db",
+) -> None:
+    """Delete a run with its epochs and steps (and a search's probes).
+
+    Example: adatune runs delete 3 --yes
+    """
+    with open_store(store) as db:
+        run = db.get_run(run_id, steps=False).run
+        if not yes and not typer.confirm(f"delete run {run.id} ({run.method}, {run.status})?"):
+            raise typer.Exit(1)
+        db.delete_run(run_id)
+    out.print(f"deleted run {run_id}", markup=False)

@@ -1,0 +1,167 @@
+"""``adatune train`` and ``adatune baseline``: one run, live progress, a summary."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from adatune.config import TUNER_NAMES, TrainConfig
+from adatune.engine import Events, RunResult, resume, train
+from adatune.errors import ConfigError
+from adatune.schedules import canonical_schedule
+from adatune.store import open_store
+from adatune.store.records import EpochRecord
+from adatune_cli._common import StoreOption, err, out
+from adatune_cli.main import app
+from adatune_cli.options import make_config, run_options
+
+NameOption = Annotated[str | None, typer.Option("--name", help="A name for the run.")]
+ExperimentOption = Annotated[str | None, typer.Option(
+    "--experiment", help="Group the run under this experiment name.")]
+
+
+class RichEvents(Events):
+    """Epoch and batch bars with the live LR, mu and loss."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.epoch_task = None
+        self.batch_task = None
+        self.last: EpochRecord | None = None
+
+    def run_started(self, run_id: int, config: TrainConfig, *, steps_per_epoch: int,
+                    start_epoch: int) -> None:
+        self.progress.console.print(
+            f"run {run_id}: {config.method} on {config.dataset}/{config.network} "
+            f"({config.optimizer}, lr {config.lr:g}) for {config.epochs} epochs", markup=False)
+        self.epoch_task = self.progress.add_task("epochs", total=config.epochs,
+                                                 completed=start_epoch - 1, info="")
+        self.batch_task = self.progress.add_task("batches", total=steps_per_epoch, info="")
+
+    def step_done(self, epoch: int, batch: int, loss: float, lr: float,
+                  mu: float | None) -> None:
+        mu_text = "" if mu is None else f"  mu {mu:.3g}"
+        self.progress.update(self.batch_task, completed=batch,
+                             info=f"loss {loss:.4f}  lr {lr:.4g}{mu_text}")
+
+    def epoch_done(self, record: EpochRecord) -> None:
+        self.last = record
+        self.progress.update(self.epoch_task, completed=record.epoch,
+                             info=f"val acc {record.val_acc:.2%}  lr {record.lr:.4g}")
+        self.progress.reset(self.batch_task)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+        console=err, transient=False,
+    )
+
+
+def _fmt(value: float | None, spec: str = ".4g") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return format(value, spec)
+
+
+def print_summary(result: RunResult) -> None:
+    table = Table(title=f"run {result.run_id}: {result.status}", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("epoch", "lr", "mu", "hyper-lr", "loss", "train", "val", "test", "s"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for e in result.epochs:
+        table.add_row(str(e.epoch), _fmt(e.lr, ".3g"), _fmt(e.mu, ".3g"),
+                      _fmt(e.hyper_lr, ".2g"), _fmt(e.train_loss, ".3f"),
+                      _fmt(e.train_acc, ".1%"), _fmt(e.val_acc, ".1%"), _fmt(e.test_acc, ".1%"),
+                      _fmt(e.elapsed_s, ".1f"))
+    out.print(table)
+    line = f"run {result.run_id} {result.status}"
+    if result.best_val_acc is not None:
+        line += (f": best val acc {result.best_val_acc:.2%} at epoch {result.best_epoch}, "
+                 f"test acc there {_fmt(result.test_acc, '.2%')}")
+    if result.stopped_early:
+        line += " (stopped early)"
+    if result.reason:
+        line += f" ({result.reason})"
+    out.print(line, markup=False)
+
+
+def _run(config: TrainConfig | None, store: str, *, resume_id: int | None = None,
+         **run_kw: Any) -> None:
+    db = open_store(store)
+    try:
+        with _progress() as progress:
+            events = RichEvents(progress)
+            if resume_id is not None:
+                result = resume(db, resume_id, events=events)
+            else:
+                result = train(config, db, events=events, **run_kw)
+    finally:
+        db.close()
+    print_summary(result)
+    if result.status == "interrupted":
+        raise typer.Exit(130)
+    if result.status == "diverged":
+        raise typer.Exit(1)
+
+
+@app.command("train")
+@run_options
+def train_command(
+    opts: dict[str, Any],
+    tuner: Annotated[str, typer.Option("--tuner", help="marthe, rtho or hd.")] = "marthe",
+    resume_id: Annotated[int | None, typer.Option(
+        "--resume", help="Continue run RUN_ID from its last checkpoint.",
+        metavar="RUN_ID")] = None,
+    name: NameOption = None,
+    experiment: ExperimentOption = None,
+    store: StoreOption = "adatune.db",
+) -> None:
+    """Train with an online hypergradient LR tuner and record the run.
+
+    Example: adatune train --tuner marthe --epochs 15
+    """
+    if resume_id is not None:
+        _run(None, store, resume_id=resume_id)
+        return
+    method = tuner.strip().lower()
+    if method not in TUNER_NAMES:
+        raise ConfigError(f"unknown tuner {tuner!r} (choose from: {', '.join(TUNER_NAMES)}; "
+                          "baseline schedules run with `adatune baseline`)")
+    _run(make_config(method, opts), store, name=name, experiment=experiment)
+
+
+@app.command("baseline")
+@run_options
+def baseline_command(
+    opts: dict[str, Any],
+    lr_scheduler: Annotated[str, typer.Option(
+        "--lr-scheduler", help="constant, staircase, exponential or cosine (the original's "
+                               "ed, cyclic and hd are accepted; hd runs the HD tuner).")]
+    = "constant",
+    name: NameOption = None,
+    experiment: ExperimentOption = None,
+    store: StoreOption = "adatune.db",
+) -> None:
+    """Train with a fixed LR schedule and record the run.
+
+    Example: adatune baseline --lr-scheduler cosine --t-0 2 --t-mult 2
+    """
+    key = lr_scheduler.strip().lower()
+    method = "hd" if key == "hd" else canonical_schedule(key)
+    _run(make_config(method, opts), store, name=name, experiment=experiment)

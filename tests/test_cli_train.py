@@ -1,0 +1,252 @@
+"""`adatune train` / `baseline` / `runs` through the entry point, on the embedded dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from adatune.store import open_store
+from adatune_cli.main import main
+
+METRICS = ("epoch", "lr", "lr_mean", "mu", "hyper_lr", "train_loss", "train_acc", "val_loss",
+           "val_acc", "test_loss", "test_acc")
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ADATUNE_STORE", raising=False)
+    return tmp_path
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run `adatune ARGS` in-process; return (exit code, stdout, stderr)."""
+    try:
+        code = main(list(args))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _epochs(store: str, run_id: int) -> list[dict]:
+    with open_store(store) as db:
+        detail = db.get_run(run_id)
+    return [{k: getattr(e, k) for k in METRICS} for e in detail.epochs]
+
+
+@pytest.mark.parametrize("tuner", ["marthe", "rtho", "hd"])
+def test_train_records_every_epoch_of_each_tuner(workdir, capsys, tuner):
+    code, out, _ = cli(capsys, "train", "--tuner", tuner, "--epochs", "3", "--name", "t1",
+                       "--experiment", "exp")
+    assert code == 0, out
+    with open_store("adatune.db") as db:
+        [run] = db.list_runs()
+        detail = db.get_run(run.id)
+    assert (run.kind, run.method, run.status, run.epochs) == ("train", tuner, "completed", 3)
+    assert run.name == "t1" and run.experiment == "exp"
+    assert [e.epoch for e in detail.epochs] == [1, 2, 3]
+    assert all(e.hyper_lr is not None and e.mu is not None for e in detail.epochs)
+    assert detail.steps and all(s.hypergradient is not None for s in detail.steps[1:])
+    lrs = [s.lr for s in detail.steps]
+    assert max(lrs) != min(lrs)  # the LR adapted
+    assert run.best_val_acc > 0.5 and run.test_acc is not None
+    assert f"run {run.id} completed" in out
+    assert (workdir / "adatune-runs" / f"run-{run.id}" / "best.pt").exists()
+
+
+@pytest.mark.parametrize("scheduler, method", [
+    ("constant", "constant"), ("staircase", "staircase"), ("exponential", "exponential"),
+    ("cosine", "cosine"), ("ed", "exponential"), ("cyclic", "cosine"), ("hd", "hd")])
+def test_baseline_runs_each_schedule(workdir, capsys, scheduler, method):
+    code, out, _ = cli(capsys, "baseline", "--lr-scheduler", scheduler, "--epochs", "2",
+                       "--step-size", "1", "--t-0", "1")
+    assert code == 0, out
+    with open_store("adatune.db") as db:
+        [run] = db.list_runs()
+        detail = db.get_run(run.id)
+    assert run.method == method and run.status == "completed" and run.epochs == 2
+    assert run.kind == ("train" if method == "hd" else "baseline")
+    if method in ("staircase", "exponential"):
+        assert detail.epochs[1].lr < detail.epochs[0].lr
+    if method == "constant":
+        assert {e.lr for e in detail.epochs} == {0.05}
+
+
+# The two command lines of the seed README, with the embedded data appended.
+SEED_LINES = [
+    "baseline --network vgg --dataset cifar_10 --optimizer sgd --momentum 0.9 "
+    "--lr-scheduler cyclic",
+    "train --network vgg --dataset cifar_10 --optimizer sgd --momentum 0.9 --hyper-lr 1e-8",
+]
+
+
+@pytest.mark.parametrize("line", SEED_LINES, ids=["baselines.py", "rtho.py"])
+def test_seed_readme_command_lines_work(workdir, capsys, line):
+    args = shlex.split(line) + ["--dataset", "digits", "--network", "mlp", "--num-epoch", "1"]
+    code, out, err = cli(capsys, *args)
+    assert code == 0, err
+    with open_store("adatune.db") as db:
+        [run] = db.list_runs()
+    assert run.status == "completed" and run.epochs == 1
+
+
+def test_original_flag_names_are_accepted(workdir, capsys):
+    code, _, err = cli(capsys, "train", "--num-epoch", "1", "--wd", "1e-4", "--grad-clipping",
+                       "5", "--model-loc", "ckpts", "--first-order", "--mu", "-1",
+                       "--alpha", "1e-6", "--seed", "3", "--batch-size", "32")
+    assert code == 0, err
+    with open_store("adatune.db") as db:
+        [run] = db.list_runs()
+    c = run.config
+    assert (c["weight_decay"], c["grad_clip"], c["first_order"], c["mu"], c["seed"]) == (
+        1e-4, 5.0, True, "auto", 3)
+    assert (workdir / "ckpts" / f"run-{run.id}" / "last.pt").exists()
+
+
+def test_runs_list_and_show_json_and_the_reproduce_command(workdir, capsys):
+    assert cli(capsys, "train", "--epochs", "2", "--seed", "1")[0] == 0
+    code, out, _ = cli(capsys, "runs", "list", "--json")
+    [row] = json.loads(out)
+    assert {"id", "name", "method", "status", "epochs", "best_val_acc", "test_acc",
+            "experiment"} <= set(row)
+    code, out, _ = cli(capsys, "runs", "show", str(row["id"]), "--json")
+    shown = json.loads(out)
+    assert shown["config"]["seed"] == 1 and len(shown["epochs"]) == 2
+    assert set(shown["epochs"][0]) >= {"epoch", "lr", "mu", "hyper_lr", "train_loss",
+                                       "train_acc", "val_loss", "val_acc", "test_loss",
+                                       "test_acc", "elapsed_s"}
+    # The printed command reproduces the run exactly.
+    command = shlex.split(shown["command"])
+    assert command[:2] == ["adatune", "train"]
+    assert cli(capsys, *command[1:])[0] == 0
+    assert _epochs("adatune.db", 2) == _epochs("adatune.db", row["id"])
+    code, out, _ = cli(capsys, "runs", "show", str(row["id"]))
+    assert "reproduce with:" in out
+    assert "adatune train --tuner marthe" in out
+
+
+def test_divergence_is_recorded_as_diverged(workdir, capsys):
+    code, out, _ = cli(capsys, "train", "--tuner", "rtho", "--hyper-lr", "1.0", "--epochs", "5")
+    assert code == 1
+    with open_store("adatune.db") as db:
+        [run] = db.list_runs()
+    assert run.status == "diverged"
+    assert "training loss" in run.error or "learning rate" in run.error
+    assert "diverged" in out
+
+
+def test_patience_stops_early(workdir, capsys):
+    code, out, _ = cli(capsys, "baseline", "--lr-scheduler", "constant", "--lr", "1e-6",
+                       "--epochs", "8", "--patience", "1")
+    assert code == 0
+    with open_store("adatune.db") as db:
+        [run] = db.list_runs()
+    assert run.epochs < 8 and run.summary["stopped_early"] is True
+    assert "stopped early" in out
+
+
+def test_same_seed_same_trajectory(workdir, capsys):
+    for _ in range(2):
+        assert cli(capsys, "train", "--epochs", "2", "--seed", "7")[0] == 0
+    assert _epochs("adatune.db", 1) == _epochs("adatune.db", 2)
+
+
+def test_val_source_test_warns(workdir, capsys):
+    code, _, err = cli(capsys, "train", "--epochs", "1", "--val-source", "test")
+    assert code == 0
+    assert "adatune: warning:" in err and "test" in err
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "--lr", "-0.1"],
+    ["train", "--mu", "1.5"],
+    ["train", "--mu", "often"],
+    ["train", "--epochs", "0"],
+    ["train", "--num-epoch", "0"],
+    ["train", "--batch-size", "0"],
+    ["train", "--network", "transformer"],
+    ["train", "--dataset", "imagenet"],
+    ["train", "--tuner", "adam"],
+    ["train", "--val-fraction", "0"],
+    ["train", "--val-fraction", "1.5"],
+    ["train", "--hyper-lr", "nan"],
+    ["train", "--network", "vgg11"],  # needs 32x32 inputs; digits is 8x8
+    ["train", "--resume", "99"],
+    ["train", "--epochs", "three"],
+    ["baseline", "--lr-scheduler", "linear"],
+    ["train", "--device", "tpu"],
+])
+def test_bad_input_exits_2_with_one_line_and_writes_no_run(workdir, capsys, args):
+    code, out, err = cli(capsys, *args)
+    assert code == 2, (out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("adatune: error:"), err
+    assert "Traceback" not in err
+    if Path("adatune.db").exists():
+        with open_store("adatune.db") as db:
+            assert db.list_runs() == []
+
+
+# ----------------------------------------------------------- kill and resume
+def _spawn(store: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "ADATUNE_STORE": str(store)}
+    return subprocess.Popen([sys.executable, "-m", "adatune_cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            cwd=store.parent)
+
+
+def _wait_for_epochs(store: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        if store.exists():
+            with open_store(store) as db:
+                runs = db.list_runs()
+            if runs and runs[0].epochs >= n:
+                return runs[0].id
+        time.sleep(0.05)
+    raise AssertionError("the run did not reach the expected epoch in time")
+
+
+SLOW_RUN = ["train", "--tuner", "marthe", "--epochs", "6", "--batch-size", "8",
+            "--mu", "0.9", "--seed", "5"]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGKILL, -signal.SIGKILL),
+                                       (signal.SIGINT, 130)], ids=["SIGKILL", "Ctrl-C"])
+def test_killed_run_keeps_its_epochs_and_resumes_to_the_same_result(workdir, capsys, sig, code):
+    store = workdir / "killed.db"
+    proc = _spawn(store, *SLOW_RUN)
+    run_id = _wait_for_epochs(store, 2, proc)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == code
+    with open_store(store) as db:
+        run = db.get_run(run_id).run
+    kept = _epochs(str(store), run_id)
+    assert 2 <= len(kept) < 6
+    if sig == signal.SIGINT:
+        assert run.status == "interrupted"
+    # resume in a fresh process, then compare with an uninterrupted run
+    resumed = _spawn(store, "train", "--resume", str(run_id))
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+    straight = workdir / "straight.db"
+    assert _spawn(straight, *SLOW_RUN).wait(timeout=300) == 0
+    with open_store(store) as db:
+        assert db.get_run(run_id).run.status == "completed"
+    assert _epochs(str(store), run_id)[: len(kept)] == kept  # nothing finished was lost
+    assert _epochs(str(store), run_id) == _epochs(str(straight), 1)
+
+
+def test_resume_refuses_a_completed_run(workdir, capsys):
+    assert cli(capsys, "train", "--epochs", "1")[0] == 0
+    code, _, err = cli(capsys, "train", "--resume", "1")
+    assert code == 2 and "already completed" in err
