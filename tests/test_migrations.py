@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -135,7 +136,8 @@ def test_store_beside_optuna_tables(store_url: str) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(store_url)
     optuna.create_study(study_name="before", storage=storage)
-    optuna_version = tables(store_url) and _optuna_version(store_url)
+    optuna_version = _optuna_version(store_url)
+    assert optuna_version  # Optuna stamped its own history
     with open_store(store_url) as store:  # a new store in a database that has other tables
         store.create_run(a_run())
     assert _optuna_version(store_url) == optuna_version
@@ -220,6 +222,8 @@ def test_non_editable_install_creates_a_store_from_anywhere(tmp_path: Path) -> N
             shutil.copy2(ROOT / name, src / name)
     if not (src / "README.md").exists():
         (src / "README.md").write_text("adatune\n")
+    if importlib.util.find_spec("setuptools") is None:
+        pytest.skip("setuptools is not installed here, so the wheel cannot be built offline")
     target = tmp_path / "site"
     build = subprocess.run(
         [

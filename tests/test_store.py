@@ -394,3 +394,17 @@ def test_records_are_frozen(store: Store) -> None:
     run = store.get_run(run_id).run
     with pytest.raises(dataclasses.FrozenInstanceError):
         run.status = "completed"  # type: ignore[misc]
+
+
+def test_reopen_run_for_resume(store: Store) -> None:
+    run_id = store.create_run(new_run())
+    store.record_epoch(run_id, epoch_record(1))
+    store.finish_run(run_id, "interrupted", error="KeyboardInterrupt")
+    store.reopen_run(run_id)
+    run = store.get_run(run_id).run
+    assert (run.status, run.ended_at, run.error, run.epochs) == ("running", None, None, 1)
+    store.record_epoch(run_id, epoch_record(2))
+    store.finish_run(run_id, "completed")
+    assert [e.epoch for e in store.get_run(run_id).epochs] == [1, 2]
+    with pytest.raises(RunNotFound):
+        store.reopen_run(run_id + 100)
