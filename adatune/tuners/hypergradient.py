@@ -105,6 +105,9 @@ class HypergradientTuner:
             grad_clip = _check_number("grad_clip", grad_clip, low_open=True)
         if hvp not in HVP_MODES:
             raise ValueError(f"Invalid hvp: {hvp!r} (choose from {', '.join(HVP_MODES)})")
+        if hvp == "finite-difference" and model is None:
+            raise ValueError("Invalid model: hvp='finite-difference' needs model= (its "
+                             "batch-norm statistics are restored after the second evaluation)")
         lr0 = _check_number("lr", optimizer.param_groups[0]["lr"], low_open=True)
         ratios = []
         for group in optimizer.param_groups:
@@ -335,7 +338,7 @@ class HypergradientTuner:
         finally:
             with torch.no_grad():
                 torch._foreach_copy_(used, saved)
-                if self.model is not None:
+                if buffers:
                     torch._foreach_copy_(list(self.model.buffers()), buffers)
         out = []
         for p, g, s in zip(used, grads, shifted):

@@ -1,0 +1,255 @@
+"""What a tuned step costs: median step time and peak memory per method.
+
+Every method trains its own copy of the same network on the same synthetic
+CIFAR-shaped batches; steps are interleaved round-robin so that machine noise
+hits every method alike, and ratios are taken within one process. Peak memory
+is measured in a fresh subprocess per method (process peak RSS on the CPU,
+``torch.cuda.max_memory_allocated`` on CUDA).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+import adatune
+from adatune.config import OPTIMIZER_NAMES
+from adatune.data import DataSpec
+from adatune.engine import resolve_device
+from adatune.errors import ConfigError
+from adatune.models import build_model, canonical_network, check_compatible
+
+METHODS = ("plain", "hd", "marthe-mu0", "marthe", "rtho")
+HVP_METHODS = ("marthe", "rtho")  # the methods whose cost depends on the HVP mode
+HVP_MODES = ("exact", "finite-difference")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    network: str = "vgg11"
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    device: str = "auto"
+    steps: int = 10
+    warmup: int = 2
+    hvp: tuple[str, ...] = ("exact", "finite-difference")
+    memory: bool = True
+    input_shape: tuple[int, int, int] = (3, 32, 32)
+    num_classes: int = 10
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    methods: tuple[str, ...] = METHODS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "network", canonical_network(self.network))
+        if self.optimizer not in OPTIMIZER_NAMES:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r} "
+                              f"(choose from: {', '.join(OPTIMIZER_NAMES)})")
+        for name in ("batch_size", "steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"invalid {name}: {getattr(self, name)} (must be >= 1)")
+        if self.warmup < 0:
+            raise ConfigError(f"invalid warmup: {self.warmup} (must be >= 0)")
+        for method in self.methods:
+            if method not in METHODS:
+                raise ConfigError(f"unknown method {method!r} (choose from: {', '.join(METHODS)})")
+        if "plain" not in self.methods:
+            object.__setattr__(self, "methods", ("plain", *self.methods))
+        for mode in self.hvp:
+            if mode not in HVP_MODES:
+                raise ConfigError(f"unknown hvp {mode!r} (choose from: {', '.join(HVP_MODES)})")
+        check_compatible(self.network, self.spec)
+
+    @property
+    def spec(self) -> DataSpec:
+        return DataSpec("synthetic", self.input_shape, self.num_classes)
+
+    def labels(self) -> list[str]:
+        """Method labels measured: e.g. ``marthe`` and ``marthe[finite-difference]``."""
+        out = []
+        for method in self.methods:
+            if method in HVP_METHODS:
+                out += [method if mode == "exact" else f"{method}[{mode}]" for mode in self.hvp]
+            else:
+                out.append(method)
+        return out
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    method: str
+    step_ms: float
+    ratio: float
+    peak_mb: float | None
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    config: BenchConfig
+    device: str
+    results: tuple[MethodResult, ...]
+
+    def to_json(self) -> dict:
+        return {"device": self.device, "network": self.config.network,
+                "batch_size": self.config.batch_size, "optimizer": self.config.optimizer,
+                "results": [asdict(r) for r in self.results]}
+
+
+def _split(label: str) -> tuple[str, str]:
+    if "[" in label:
+        method, mode = label.rstrip("]").split("[")
+        return method, mode
+    return label, "exact"
+
+
+class _Runner:
+    """One method's model, optimizer and step function."""
+
+    def __init__(self, config: BenchConfig, label: str, device: torch.device,
+                 batches: Sequence[tuple[torch.Tensor, ...]]) -> None:
+        torch.manual_seed(config.seed)
+        self.model = build_model(config.network, config.spec).to(device)
+        self.model.train()
+        params = self.model.parameters()
+        if config.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=0.01, momentum=config.momentum,
+                                  weight_decay=config.weight_decay)
+        else:
+            cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+            opt = cls(params, lr=1e-3, weight_decay=config.weight_decay)
+        self.optimizer = opt
+        self.batches = batches
+        self.i = 0
+        method, mode = _split(label)
+        tiny = 1e-12  # keep the LR essentially fixed: we time the machinery, not the schedule
+        self.tuner = None
+        if method == "hd":
+            self.tuner = adatune.HD(opt, hyper_lr=tiny)
+        elif method in ("marthe-mu0", "marthe"):
+            self.tuner = adatune.MARTHE(opt, hyper_lr=tiny, mu=0.0 if method != "marthe" else 0.99,
+                                        hvp=mode, model=self.model)
+        elif method == "rtho":
+            self.tuner = adatune.RTHO(opt, hyper_lr=tiny, hvp=mode, model=self.model)
+
+    def step(self) -> None:
+        x, y, xv, yv = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        model, ce = self.model, nn.functional.cross_entropy
+        if self.tuner is None:
+            self.optimizer.zero_grad(set_to_none=True)
+            ce(model(x), y).backward()
+            self.optimizer.step()
+            return
+
+        def closure() -> torch.Tensor:
+            return ce(model(x), y)
+
+        if self.tuner.outer == "training":
+            self.tuner.step(closure)
+            return
+
+        def val_loss() -> torch.Tensor:
+            model.eval()
+            try:
+                return ce(model(xv), yv)
+            finally:
+                model.train()
+
+        self.tuner.step(closure, val_loss=val_loss)
+
+
+def _batches(config: BenchConfig, device: torch.device, n: int = 4):
+    g = torch.Generator().manual_seed(config.seed)
+    shape = (config.batch_size, *config.input_shape)
+    out = []
+    for _ in range(n):
+        x = torch.randn(shape, generator=g)
+        y = torch.randint(0, config.num_classes, (config.batch_size,), generator=g)
+        xv = torch.randn(shape, generator=g)
+        yv = torch.randint(0, config.num_classes, (config.batch_size,), generator=g)
+        out.append(tuple(t.to(device) for t in (x, y, xv, yv)))
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_methods(config: BenchConfig, labels: Sequence[str],
+                 on_round: Callable[[int], None] | None = None) -> dict[str, list[float]]:
+    """Seconds per step for each label, steps interleaved round-robin."""
+    device = resolve_device(config.device)
+    batches = _batches(config, device)
+    runners = {label: _Runner(config, label, device, batches) for label in labels}
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    for r in range(config.warmup + config.steps):
+        for label, runner in runners.items():
+            _sync(device)
+            start = time.perf_counter()
+            runner.step()
+            _sync(device)
+            if r >= config.warmup:
+                times[label].append(time.perf_counter() - start)
+        if on_round is not None:
+            on_round(r + 1)
+    return times
+
+
+def peak_memory_mb(config: BenchConfig, label: str) -> float:
+    """Peak memory of ``steps`` steps of one method, in a fresh subprocess."""
+    payload = json.dumps({**asdict(config), "label": label})
+    proc = subprocess.run([sys.executable, "-m", "adatune.bench", payload],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory probe for {label} failed: {proc.stderr.strip()[-500:]}")
+    return float(json.loads(proc.stdout)["peak_mb"])
+
+
+def run_bench(config: BenchConfig, on_round: Callable[[int], None] | None = None) -> BenchResult:
+    labels = config.labels()
+    device = resolve_device(config.device)
+    times = time_methods(config, labels, on_round)
+    medians = {label: statistics.median(ts) for label, ts in times.items()}
+    results = []
+    for label in labels:
+        peak = peak_memory_mb(config, label) if config.memory else None
+        results.append(MethodResult(method=label, step_ms=medians[label] * 1e3,
+                                    ratio=medians[label] / medians["plain"], peak_mb=peak))
+    return BenchResult(config=config, device=str(device), results=tuple(results))
+
+
+def _child(payload: str) -> None:
+    """Subprocess entry: run one method and print its peak memory as JSON."""
+    data = json.loads(payload)
+    label = data.pop("label")
+    data["hvp"] = tuple(data["hvp"])
+    data["input_shape"] = tuple(data["input_shape"])
+    data["methods"] = tuple(data["methods"])
+    config = BenchConfig(**{**data, "memory": False})
+    device = resolve_device(config.device)
+    runner = _Runner(config, label, device, _batches(config, device))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(min(config.warmup + config.steps, 4)):
+        runner.step()
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"peak_mb": peak}))
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1])
