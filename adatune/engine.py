@@ -217,6 +217,7 @@ class _Session:
         self.best_epoch: int | None = None
         self.test_at_best: float | None = None
         self.bad_epochs = 0
+        self.lr_max_last_epoch = 0.0
 
     # ------------------------------------------------------------ checkpoints
     def _state(self, pending: dict[str, Any]) -> dict[str, Any]:
@@ -319,7 +320,7 @@ class _Session:
         last_beat = time.monotonic()
         model.train()
         val_iter = self._val_batches()
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum, correct, seen, n_steps = 0.0, 0, 0, 0
         lr_sum, lr_max, steps = 0.0, 0.0, []
         nonfinite_before = self.tuner.nonfinite_count if self.tuner else 0
         for batch, (x, y) in enumerate(batches(self.data.train, cfg.batch_size, shuffle=True,
@@ -333,6 +334,7 @@ class _Session:
             loss_sum += loss_value * n
             correct += int((logits.argmax(1) == y).sum())
             seen += n
+            n_steps += 1
             lr_sum += lr_used
             lr_max = max(lr_max, lr_used)
             mu, hyper_lr, h = self._tuner_view()
@@ -352,15 +354,14 @@ class _Session:
         self.elapsed += time.perf_counter() - started
         self.epoch = epoch
         mu, hyper_lr, _ = self._tuner_view()
-        n_steps = max(len(range(0, seen, cfg.batch_size)), 1)
         record = EpochRecord(
-            epoch=epoch, lr=self._lr(), lr_mean=lr_sum / n_steps, mu=mu, hyper_lr=hyper_lr,
+            epoch=epoch, lr=self._lr(), lr_mean=lr_sum / max(n_steps, 1), mu=mu, hyper_lr=hyper_lr,
             train_loss=loss_sum / max(seen, 1), train_acc=correct / max(seen, 1),
             val_loss=val_loss, val_acc=val_acc, test_loss=test_loss, test_acc=test_acc,
             elapsed_s=self.elapsed,
             nonfinite_hypergradients=(self.tuner.nonfinite_count - nonfinite_before
                                       if self.tuner else 0))
-        self._lr_max = lr_max
+        self.lr_max_last_epoch = lr_max
         return record, steps
 
     def _train_step(self, x: Tensor, y: Tensor, val_iter: Iterator) -> tuple[float, Tensor, Tensor]:
@@ -434,7 +435,7 @@ class _Session:
     def _judge_epoch(self, record: EpochRecord) -> None:
         if not math.isfinite(record.val_loss):
             raise _Diverged(f"validation loss is {record.val_loss} after epoch {record.epoch}")
-        if self.rules.zero_lr_epoch and self.tuner is not None and self._lr_max == 0.0:
+        if self.rules.zero_lr_epoch and self.tuner is not None and self.lr_max_last_epoch == 0.0:
             raise _Diverged(f"learning rate pinned at 0 for all of epoch {record.epoch}")
 
 

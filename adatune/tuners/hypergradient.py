@@ -10,8 +10,9 @@ learning rate is tuned and every group keeps its initial ratio to it.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -188,7 +189,8 @@ class HypergradientTuner:
         if self.outer == "training" and val_loss is not None:
             raise ValueError(f"{type(self).__name__}.step takes no val_loss")
         params = self._params()
-        rng = _RngSnapshot(params[0].device) if callable(loss) else None
+        fd = self.hvp == "finite-difference"
+        rng = _RngSnapshot(params[0].device) if fd and callable(loss) else None
         loss_value = loss() if callable(loss) else loss
         use_hvp = self._wants_hvp()
         create_graph = use_hvp and self.hvp == "exact"
@@ -515,22 +517,15 @@ class _RngSnapshot:
         self.cpu = torch.get_rng_state()
         self.accel = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
-    def replay(self):
+    @contextlib.contextmanager
+    def replay(self) -> Iterator[None]:
+        """Run the block from the saved state; the stream continues as if it had not run."""
         devices = [self.device] if self.device.type == "cuda" else []
-        ctx = torch.random.fork_rng(devices=devices)
-        snapshot = self
-
-        class _Replay:
-            def __enter__(self_inner):
-                ctx.__enter__()
-                torch.set_rng_state(snapshot.cpu)
-                if snapshot.accel is not None:
-                    torch.cuda.set_rng_state(snapshot.accel, snapshot.device)
-
-            def __exit__(self_inner, *exc):
-                return ctx.__exit__(*exc)
-
-        return _Replay()
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(self.cpu)
+            if self.accel is not None:
+                torch.cuda.set_rng_state(self.accel, self.device)
+            yield
 
 
 class MARTHE(HypergradientTuner):
