@@ -27,7 +27,10 @@ from adatune.engine import resolve_device
 from adatune.errors import ConfigError
 from adatune.models import build_model, canonical_network, check_compatible
 
-METHODS = ("plain", "hd", "marthe-mu0", "marthe", "rtho")
+METHODS = ("plain", "hd", "marthe-mu0", "marthe", "rtho", "floor")
+# "floor": the autograd work an exact MARTHE step cannot avoid (a gradient with
+# create_graph, one HVP, a validation gradient, the optimizer step), with no tuner
+# code at all; MARTHE's ratio to it is the tuner's own overhead.
 HVP_METHODS = ("marthe", "rtho")  # the methods whose cost depends on the HVP mode
 HVP_MODES = ("exact", "finite-difference")
 
@@ -132,6 +135,8 @@ class _Runner:
         method, mode = _split(label)
         tiny = 1e-12  # keep the LR essentially fixed: we time the machinery, not the schedule
         self.tuner = None
+        self.floor = ([torch.full_like(p, 1e-3) for p in self.model.parameters()]
+                      if method == "floor" else None)
         if method == "hd":
             self.tuner = adatune.HD(opt, hyper_lr=tiny)
         elif method in ("marthe-mu0", "marthe"):
@@ -144,6 +149,17 @@ class _Runner:
         x, y, xv, yv = self.batches[self.i % len(self.batches)]
         self.i += 1
         model, ce = self.model, nn.functional.cross_entropy
+        if self.floor:
+            params = list(model.parameters())
+            grads = torch.autograd.grad(ce(model(x), y), params, create_graph=True)
+            torch.autograd.grad(grads, params, grad_outputs=self.floor)
+            for p, g in zip(params, grads):
+                p.grad = g.detach()
+            self.optimizer.step()
+            model.eval()
+            torch.autograd.grad(ce(model(xv), yv), params)
+            model.train()
+            return
         if self.tuner is None:
             self.optimizer.zero_grad(set_to_none=True)
             ce(model(x), y).backward()
