@@ -3,6 +3,7 @@
 # Each command module adds its commands to adatune_cli.main.app on import.
 from adatune_cli import (  # noqa: F401
     db,
+    findalpha,
     report,
     runs,
     train,
