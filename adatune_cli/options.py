@@ -41,7 +41,7 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
                 "digits"),
     "optimizer": (Annotated[str, _opt("--optimizer", help="sgd, adam or adamw.")], "sgd"),
     "lr": (Annotated[float | None, _opt("--lr", help="Initial learning rate "
-                                        "[default: 0.05 for sgd, 1e-3 for adam/adamw].")], None),
+                                        "\\[default: 0.05 for sgd, 1e-3 for adam/adamw].")], None),
     "momentum": (Annotated[float, _opt("--momentum", help="SGD momentum.")], 0.9),
     "nesterov": (Annotated[bool, _opt("--nesterov", help="Nesterov momentum (SGD).")], False),
     "weight_decay": (Annotated[float, _opt("--weight-decay", "--wd",
@@ -55,7 +55,7 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
                   None),
     "hyper_lr": (Annotated[float | None, _opt(
         "--hyper-lr", panel=_PANEL_TUNER,
-        help="Hyper-learning rate beta [default: 1e-4 marthe/rtho, 1e-3 hd with sgd; "
+        help="Hyper-learning rate beta \\[default: 1e-4 marthe/rtho, 1e-3 hd with sgd; "
              "1e-7 / 1e-6 with adam].")], None),
     "mu": (Annotated[str, _opt("--mu", panel=_PANEL_TUNER,
                                help="MARTHE's mu in [0, 1], or 'auto' (a negative value means "
@@ -72,13 +72,13 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
                                       help="Staircase: epochs between decays.")], 5),
     "lr_decay": (Annotated[float | None, _opt(
         "--lr-decay", panel=_PANEL_SCHED,
-        help="Decay factor [default: 0.5 staircase, 0.85 exponential per epoch].")], None),
+        help="Decay factor \\[default: 0.5 staircase, 0.85 exponential per epoch].")], None),
     "t_0": (Annotated[int, _opt("--t-0", panel=_PANEL_SCHED,
                                 help="Cosine: epochs of the first period.")], 2),
     "t_mult": (Annotated[int, _opt("--t-mult", panel=_PANEL_SCHED,
                                    help="Cosine: period multiplier after each restart.")], 2),
     "data_dir": (Annotated[str | None, _opt("--data-dir", panel=_PANEL_DATA,
-                                            help="Where datasets live [default: "
+                                            help="Where datasets live \\[default: "
                                                  "$ADATUNE_DATA or ~/.cache/adatune/data].")],
                  None),
     "download": (Annotated[bool, _opt("--download", panel=_PANEL_DATA,
@@ -98,7 +98,7 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
                                       help="Record a step trace every N steps.")], 10),
     "checkpoint_dir": (Annotated[str | None, _opt("--checkpoint-dir", "--model-loc",
                                                   panel=_PANEL_DATA,
-                                                  help="Where checkpoints go [default: "
+                                                  help="Where checkpoints go \\[default: "
                                                        "./adatune-runs].")], None),
 }
 
