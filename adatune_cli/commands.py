@@ -6,5 +6,6 @@ from adatune_cli import (  # noqa: F401
     findalpha,
     report,
     runs,
+    sweep,
     train,
 )

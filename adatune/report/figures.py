@@ -22,6 +22,7 @@ from adatune.report.info import (
     IncumbentInfo,
     RunTracesInfo,
     SearchInfo,
+    SweepInfo,
 )
 
 TEMPLATE = "plotly_white"
@@ -219,6 +220,21 @@ def _get_incumbent_plot(info: IncumbentInfo, colors: Mapping[str, str] | None = 
         info.curves,
         title="Incumbent: test accuracy of the best-validation model so far (mean, min–max)",
         xtitle="wall-clock seconds",
+        ytitle="test accuracy",
+        colors=colors,
+        percent=True,
+        step=True,
+        xname="seconds",
+    )
+
+
+def _get_sweep_plot(info: SweepInfo, colors: Mapping[str, str] | None = None) -> go.Figure:
+    """Per method: the best model found so far by the sweep against the sweep's time."""
+    return _get_band_plot(
+        info.curves,
+        title="Sweeps: test accuracy of the best-validation model found so far "
+        "(mean, min–max over seeds)",
+        xtitle="cumulative wall-clock seconds of the sweep",
         ytitle="test accuracy",
         colors=colors,
         percent=True,

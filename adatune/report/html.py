@@ -104,6 +104,25 @@ def build_figures(
                 "value.",
             )
         )
+    sweep = ri._get_sweep_info(details, max_points=max_points)
+    if sweep.curves:
+        labels = [c.label for c in sweep.curves]
+        sweep_colors = {
+            **F.group_colors(labels),
+            **{k: v for k, v in colors.items() if k in labels},
+        }
+        blocks.append(
+            FigureBlock(
+                "sweep",
+                "fig-sweep",
+                F._get_sweep_plot(sweep, sweep_colors),
+                "For each seed, the sweep's runs are laid end to end in trial order (each "
+                "takes the longer of its training time and its wall-clock time); at each "
+                "epoch the curve shows the test accuracy of the model with the best validation "
+                "accuracy found so far over all those runs. Seeds are combined as in the "
+                "incumbent figure.",
+            )
+        )
     for field, axis, fig_id, limit in (
         ("lr", "epoch", "fig-lr-epoch", per_run(max_points, EPOCH_POINTS_PER_FIGURE)),
         ("lr", "step", "fig-lr-step", per_run(max_step_points, STEP_POINTS_PER_FIGURE)),
@@ -173,6 +192,7 @@ def render_html(
     title = title or _default_title(details)
     specs, template = _figure_specs(blocks)
     summary = ri._get_summary_info(details)
+    sweeps = ri._get_sweep_info(details, max_points=max_points)
     searches = ri._get_find_alpha_info(details).searches
     by_section: dict[str, list[str]] = {}
     for block in blocks:
@@ -181,6 +201,7 @@ def render_html(
         ("summary", "Summary per method", _summary_html(summary)),
         ("curves", "Accuracy and loss per epoch", "".join(by_section.get("curves", []))),
         ("incumbent", "Best model so far against time", "".join(by_section.get("incumbent", []))),
+        ("sweep", "Sweeps: best model found so far", _sweep_html(sweeps, by_section)),
         ("schedules", "Learning-rate schedules", "".join(by_section.get("schedules", []))),
         ("find-alpha", "find-alpha searches", _find_alpha_html(searches, by_section)),
     ]
@@ -299,6 +320,61 @@ def _runs_table(rows: Sequence[ri.RunSummary]) -> str:
         body.append(f'<tr id="run-{r.run_id}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     rows = "".join(body)
     return f'<table class="runs"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+
+def _sweep_html(info: ri.SweepInfo, by_section: dict[str, list[str]]) -> str:
+    if not info.groups:
+        return ""
+    rows = []
+    for g in info.groups:
+        b = g.best
+        config = (
+            "–" if b is None else ", ".join(f"{k}={_fmt_param(v)}" for k, v in b.params.items())
+        )
+        runs = "–" if b is None else ", ".join(f"#{i}" for i in b.run_ids)
+        cells = (
+            _e(g.label),
+            _e(g.study or "–"),
+            _e(g.trials),
+            _e(g.runs),
+            _e(g.diverged),
+            _e("–" if b is None else b.trial),
+            _e("–" if b is None else fmt_pct(b.val_acc)),
+            _e("–" if b is None else fmt_pct(b.test_acc)),
+            _e(config or "–"),
+            _e(runs),
+        )
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(
+        f"<th>{c}</th>"
+        for c in (
+            "method",
+            "study",
+            "trials",
+            "runs",
+            "diverged runs",
+            "best trial",
+            "val acc % (mean over seeds)",
+            "test acc % @ best val",
+            "best configuration",
+            "its runs",
+        )
+    )
+    return (
+        "".join(by_section.get("sweep", []))
+        + f'<table class="summary" id="sweep-table"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+        '<p class="note">Best configuration: the trial whose runs all completed, over every '
+        "seed, with the highest mean best validation accuracy (the sweep's objective).</p>"
+    )
+
+
+def _fmt_param(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
 
 
 def _find_alpha_html(searches: Sequence[ri.SearchInfo], by_section: dict[str, list[str]]) -> str:

@@ -28,6 +28,16 @@ Conventions
   epoch a run keeps its final incumbent (its best model stays found). Grids
   longer than ``max_points`` keep evenly spaced grid times (first and last
   always), evaluated exactly.
+* Sweeps (``adatune sweep``, runs of kind ``sweep``): per method and study,
+  the runs of each seed are laid end to end in trial order, as one search
+  would run them: a run starts when the previous one of that seed ended
+  (after the longer of its last ``elapsed_s`` and its wall-clock duration
+  ``ended_at - started_at``, which also counts a run that diverged in its
+  first epoch). The incumbent is then the test accuracy of the best
+  validation epoch over every run so far, and seeds are combined as above.
+  The best configuration of a group is the trial whose runs all completed,
+  over as many seeds as the group's fullest trial, with the highest mean best
+  validation accuracy (the sweep's objective; ties: the earlier trial).
 """
 
 from __future__ import annotations
@@ -250,45 +260,49 @@ def _get_incumbent_info(
     """Best-so-far test accuracy against wall-clock seconds, per group (see module doc)."""
     curves = []
     for group in _get_groups(details):
-        per_run = []
-        for d in group.runs:
-            steps = _incumbent_steps(d)
-            first = next((i for i, (_, v) in enumerate(steps) if v is not None), None)
-            if first is not None:
-                per_run.append(steps[first:])
-        if not per_run:
-            continue
-        start = max(s[0][0] for s in per_run)
-        grid = sorted({t for s in per_run for t, _ in s if t >= start} | {start})
-        grid = _even_subset(grid, max_points)
-        times = [[t for t, _ in s] for s in per_run]
-        xs, means, los, his, ns = [], [], [], [], []
-        for t in grid:
-            values = []
-            for s, ts in zip(per_run, times, strict=True):
-                v = s[bisect.bisect_right(ts, t) - 1][1]
-                if v is not None:
-                    values.append(v)
-            if not values:
-                continue
-            mean, lo, hi = _band_point(values)
-            xs.append(t)
-            means.append(mean)
-            los.append(lo)
-            his.append(hi)
-            ns.append(len(values))
-        curves.append(
-            BandCurve(
-                group.label,
-                tuple(xs),
-                tuple(means),
-                tuple(los),
-                tuple(his),
-                tuple(ns),
-                len(per_run),
-            )
-        )
+        curve = _band_over_time(group.label, [_incumbent_steps(d) for d in group.runs], max_points)
+        if curve is not None:
+            curves.append(curve)
     return IncumbentInfo(tuple(curves))
+
+
+def _band_over_time(
+    label: str, series: Sequence[Sequence[tuple[float, float | None]]], max_points: int
+) -> BandCurve | None:
+    """Mean and min-max band of step functions of time (incumbent curves, see module doc).
+
+    Each series starts at its first value; the grid is the union of their
+    times from the latest start on; a series keeps its last value after it ends.
+    """
+    per_run = []
+    for steps in series:
+        first = next((i for i, (_, v) in enumerate(steps) if v is not None), None)
+        if first is not None:
+            per_run.append(list(steps[first:]))
+    if not per_run:
+        return None
+    start = max(s[0][0] for s in per_run)
+    grid = sorted({t for s in per_run for t, _ in s if t >= start} | {start})
+    grid = _even_subset(grid, max_points)
+    times = [[t for t, _ in s] for s in per_run]
+    xs, means, los, his, ns = [], [], [], [], []
+    for t in grid:
+        values = []
+        for s, ts in zip(per_run, times, strict=True):
+            v = s[bisect.bisect_right(ts, t) - 1][1]
+            if v is not None:
+                values.append(v)
+        if not values:
+            continue
+        mean, lo, hi = _band_point(values)
+        xs.append(t)
+        means.append(mean)
+        los.append(lo)
+        his.append(hi)
+        ns.append(len(values))
+    return BandCurve(
+        label, tuple(xs), tuple(means), tuple(los), tuple(his), tuple(ns), len(per_run)
+    )
 
 
 # --------------------------------------------------------------------------- per-run traces
@@ -425,6 +439,154 @@ def _get_find_alpha_info(details: Sequence[RunDetail]) -> FindAlphaInfo:
         rows.sort(key=lambda p: (p.value is None, p.value or 0.0, p.run_id))
         out.append(SearchInfo(sid, label, parameter, chosen, status, tuple(rows)))
     return FindAlphaInfo(tuple(out))
+
+
+# --------------------------------------------------------------------------- sweeps
+
+SWEEP_KIND = "sweep"
+
+
+def _sweep_meta(run: RunRecord) -> tuple[str | None, int | None, dict[str, Any]]:
+    """(study, trial number, sampled values) of a sweep run, from its config."""
+    extra = run.config.get("extra")
+    meta = extra.get("sweep") if isinstance(extra, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    study = meta.get("study") if isinstance(meta.get("study"), str) else run.experiment
+    trial = meta.get("trial")
+    trial = trial if isinstance(trial, int) and not isinstance(trial, bool) else None
+    params = meta.get("params") if isinstance(meta.get("params"), dict) else {}
+    return study, trial, dict(params)
+
+
+def _run_seconds(detail: RunDetail) -> float:
+    """Time a run took: its last epoch's ``elapsed_s`` or its wall-clock duration if longer."""
+    times = [t for t in (_clean(e.elapsed_s) for e in detail.epochs) if t is not None]
+    spent = max(times, default=0.0)
+    r = detail.run
+    if r.ended_at is not None:
+        spent = max(spent, (r.ended_at - r.started_at).total_seconds())
+    return spent
+
+
+def _sweep_steps(runs: Sequence[RunDetail]) -> list[tuple[float, float | None]]:
+    """``(seconds since the search began, incumbent)`` at each epoch of runs laid end to end."""
+    steps: list[tuple[float, float | None]] = []
+    offset = 0.0
+    best_val: float | None = None
+    incumbent: float | None = None
+    for d in runs:
+        for e in _sorted_epochs(d):
+            t = _clean(e.elapsed_s)
+            v = _clean(e.val_acc)
+            if v is not None and (best_val is None or v > best_val):
+                best_val = v
+                incumbent = _clean(e.test_acc)
+            if t is not None:
+                steps.append((offset + t, incumbent))
+        offset += _run_seconds(d)
+    return steps
+
+
+class SweepBest(NamedTuple):
+    """The best configuration found by a sweep (see module doc)."""
+
+    trial: int
+    val_acc: float  # mean over seeds of each run's best validation accuracy
+    test_acc: float | None  # mean over seeds of the test accuracy at that epoch
+    seeds: tuple[int, ...]
+    params: dict[str, Any]  # the sampled values
+    run_ids: tuple[int, ...]
+
+
+class SweepGroup(NamedTuple):
+    label: str
+    method: str
+    study: str | None
+    trials: int  # trials with at least one run
+    runs: int
+    diverged: int  # runs
+    seeds: tuple[int, ...]
+    best: SweepBest | None
+
+
+class SweepInfo(NamedTuple):
+    curves: tuple[BandCurve, ...]  # one per group that has an incumbent
+    groups: tuple[SweepGroup, ...]
+
+
+def _sweep_best(runs: Sequence[RunDetail]) -> SweepBest | None:
+    trials: dict[int, list[RunDetail]] = {}
+    for d in runs:
+        trial = _sweep_meta(d.run)[1]
+        if trial is not None:
+            trials.setdefault(trial, []).append(d)
+    if not trials:
+        return None
+    full = max(len({d.run.seed for d in ds}) for ds in trials.values())
+    best: SweepBest | None = None
+    for trial in sorted(trials):
+        ds = sorted(trials[trial], key=lambda d: (d.run.seed, d.run.id))
+        if len({d.run.seed for d in ds}) < full or any(d.run.status != "completed" for d in ds):
+            continue
+        rows = [_run_summary(d) for d in ds]
+        vals = [r.best_val_acc for r in rows]
+        if any(v is None for v in vals):
+            continue
+        tests = [r.test_acc_at_best for r in rows if r.test_acc_at_best is not None]
+        val = math.fsum(vals) / len(vals)
+        if best is None or val > best.val_acc:
+            best = SweepBest(
+                trial=trial,
+                val_acc=val,
+                test_acc=math.fsum(tests) / len(tests) if tests else None,
+                seeds=tuple(d.run.seed for d in ds),
+                params=_sweep_meta(ds[0].run)[2],
+                run_ids=tuple(d.run.id for d in ds),
+            )
+    return best
+
+
+def _get_sweep_info(
+    details: Sequence[RunDetail], *, max_points: int = DEFAULT_MAX_POINTS
+) -> SweepInfo:
+    """Per method and study of the sweep runs: the incumbent against the search's time.
+
+    See the module doc (Sweeps) for how runs are laid end to end and combined.
+    """
+    buckets: dict[tuple[str, str], list[RunDetail]] = {}
+    for d in details:
+        if d.run.kind == SWEEP_KIND:
+            study = _sweep_meta(d.run)[0]
+            buckets.setdefault((d.run.method, study or ""), []).append(d)
+    studies_per_method = Counter(method for method, _ in buckets)
+    curves, groups = [], []
+    for method, study in sorted(buckets):
+        runs = buckets[(method, study)]
+        label = method if studies_per_method[method] == 1 else f"{method} · {study or '–'}"
+
+        def order(d: RunDetail) -> tuple[bool, int, int]:
+            trial = _sweep_meta(d.run)[1]
+            return (trial is None, trial if trial is not None else 0, d.run.id)
+
+        seeds = sorted({d.run.seed for d in runs})
+        per_seed = [sorted((d for d in runs if d.run.seed == s), key=order) for s in seeds]
+        curve = _band_over_time(label, [_sweep_steps(rs) for rs in per_seed], max_points)
+        if curve is not None:
+            curves.append(curve)
+        trials = {_sweep_meta(d.run)[1] for d in runs} - {None}
+        groups.append(
+            SweepGroup(
+                label=label,
+                method=method,
+                study=study or None,
+                trials=len(trials),
+                runs=len(runs),
+                diverged=sum(d.run.status == "diverged" for d in runs),
+                seeds=tuple(seeds),
+                best=_sweep_best(runs),
+            )
+        )
+    return SweepInfo(tuple(curves), tuple(groups))
 
 
 # --------------------------------------------------------------------------- summary
