@@ -65,7 +65,6 @@ import json
 import math
 import os
 import random
-import socket
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -73,6 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adatune._process import owner_record, process_may_be_alive
 from adatune.config import TrainConfig, canonical_method
 from adatune.engine import Events, RunResult, train
 from adatune.errors import ConfigError, StoreError
@@ -569,8 +569,7 @@ def run_sweep(base: TrainConfig, sweep: SweepConfig, store: Store, *,
             if _count(study) >= sweep.trials:
                 break
             trial = study.ask()
-            trial.set_user_attr("adatune_worker", {"host": socket.gethostname(),
-                                                   "pid": os.getpid()})
+            trial.set_user_attr("adatune_worker", owner_record())
             if _count(study, before=trial.number) >= sweep.trials:
                 trial.set_user_attr("adatune_surplus", True)
                 _tell(study, trial, optuna.trial.TrialState.FAIL)
@@ -778,21 +777,6 @@ def _open_study(storage: Any, sweep: SweepConfig, base: TrainConfig, space: Spac
     return study
 
 
-def _alive(worker: Any) -> bool:
-    """Whether the process that runs a trial may still be running it."""
-    if not isinstance(worker, dict) or worker.get("host") != socket.gethostname():
-        return True  # another machine: only the store's heartbeats can tell
-    if os.name == "nt":  # os.kill would terminate the process there
-        return True
-    try:
-        os.kill(int(worker["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, TypeError, ValueError):
-        return True
-    return True
-
-
 def _fail_stale_trials(study: Any, store: Store) -> None:
     """Mark FAIL the RUNNING trials whose worker is gone (see the module doc)."""
     from optuna.trial import TrialState
@@ -801,9 +785,8 @@ def _fail_stale_trials(study: Any, store: Store) -> None:
         worker = t.user_attrs.get("adatune_worker")
         # This process runs no trial while it looks (one sweep per process at a time):
         # a RUNNING trial of its own was left by an earlier, aborted call.
-        ours = isinstance(worker, dict) and worker.get("host") == socket.gethostname() \
-            and worker.get("pid") == os.getpid()
-        gone = ours or not _alive(worker)
+        ours = worker == owner_record()
+        gone = ours or not process_may_be_alive(worker)
         run_ids = t.user_attrs.get("adatune_runs") or []
         if not gone and run_ids:
             runs = store.list_runs(ids=run_ids)

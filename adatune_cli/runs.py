@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from adatune.config import TUNER_NAMES
 from adatune.store import open_store
 from adatune.store.records import RunRecord
 from adatune_cli._common import StoreOption, out
@@ -51,9 +52,14 @@ def _pct(value: float | None) -> str:
 
 
 def _reproduce(run: RunRecord) -> str | None:
-    if run.kind not in ("train", "baseline"):
+    """The train/baseline command for a run (a sweep trial's too).
+
+    Probes train on a subset no flag expresses, and searches train nothing: None.
+    """
+    if run.kind not in ("train", "baseline", "sweep"):
         return None
-    return command_line(run.kind, run.config, name=run.name, experiment=run.experiment)
+    command = "train" if run.config["method"] in TUNER_NAMES else "baseline"
+    return command_line(command, run.config, name=run.name, experiment=run.experiment)
 
 
 @runs_app.command("list")

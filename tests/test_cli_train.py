@@ -250,3 +250,13 @@ def test_resume_refuses_a_completed_run(workdir, capsys):
     assert cli(capsys, "train", "--epochs", "1")[0] == 0
     code, _, err = cli(capsys, "train", "--resume", "1")
     assert code == 2 and "already completed" in err
+
+
+def test_runs_show_reproduces_a_sweep_trial_with_the_right_command(workdir, capsys):
+    code, _, err = cli(capsys, "sweep", "--method", "cosine", "--trials", "1", "--seeds", "1",
+                       "--epochs", "1")
+    assert code == 0, err
+    code, out, _ = cli(capsys, "runs", "show", "1", "--json")
+    shown = json.loads(out)
+    assert shown["kind"] == "sweep"
+    assert shown["command"].startswith("adatune baseline --lr-scheduler cosine")

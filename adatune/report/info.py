@@ -50,7 +50,10 @@ from typing import Any, NamedTuple
 
 from adatune.store.records import EpochRecord, RunDetail, RunRecord
 
-NOT_COMPARED_KINDS = ("probe", "find-alpha")
+# Runs the per-method seed comparison leaves out: find-alpha probes and searches
+# (their own section), and sweep trials, which mix many configurations of one
+# method (the sweep section shows them as the paper does).
+NOT_COMPARED_KINDS = ("probe", "find-alpha", "sweep")
 GROUP_FIELDS = ("dataset", "network", "optimizer")
 EPOCH_METRICS = ("val_acc", "test_acc", "train_loss", "val_loss", "test_loss", "train_acc")
 EPOCH_TRACE_FIELDS = ("lr", "lr_mean", "mu", "hyper_lr")

@@ -16,7 +16,19 @@ from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, case, delete, func, insert, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -95,9 +107,8 @@ class Store:
         self._url = url
         self._location = location
         self._read = sessionmaker(engine, expire_on_commit=False)
-        self._write = sessionmaker(
-            engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
-        )
+        self._write_engine = engine.execution_options(**{WRITE_OPTION: True})
+        self._write = sessionmaker(self._write_engine, expire_on_commit=False)
 
     @property
     def url(self) -> str:
@@ -123,11 +134,21 @@ class Store:
 
     @contextmanager
     def _session(self, *, write: bool) -> Iterator[Session]:
-        """The one transaction helper: commit on success, roll back on error."""
+        """The transaction helper: commit on success, roll back on error."""
         maker = self._write if write else self._read
+        with self._errors(write), maker() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[Connection]:
+        """A Core write transaction, for the per-epoch hot path (no ORM bookkeeping)."""
+        with self._errors(True), self._write_engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _errors(self, write: bool) -> Iterator[None]:
         try:
-            with maker() as session, session.begin():
-                yield session
+            yield
         except IntegrityError:
             raise
         except DBAPIError as exc:
@@ -192,50 +213,44 @@ class Store:
         validation accuracy, its epoch and the test accuracy at that epoch.
         """
         now = _now()
-        with self._session(write=True) as s:
-            run = s.get(RunRow, run_id, with_for_update=True)
+        values, special = _pack(epoch, _EPOCH_FLOATS)
+        epoch_row = {"run_id": run_id, "epoch": epoch.epoch, "special_floats": special,
+                     "nonfinite_hypergradients": int(epoch.nonfinite_hypergradients), **values}
+        step_rows = []
+        for step in steps:
+            values, special = _pack(step, _STEP_FLOATS)
+            step_rows.append({"run_id": run_id, "step": step.step, "epoch": step.epoch,
+                              "special_floats": special, **values})
+        # Core statements on the few columns involved: this runs after every epoch.
+        with self._write_transaction() as conn:
+            run = conn.execute(
+                select(RunRow.epochs, RunRow.best_val_acc, RunRow.special_floats)
+                .where(RunRow.id == run_id)
+                .with_for_update()
+            ).one_or_none()
             if run is None:
                 raise RunNotFound(f"no run with id {run_id} in {self._location}")
-            values, special = _pack(epoch, _EPOCH_FLOATS)
-            s.execute(
-                insert(EpochRow.__table__),
-                {
-                    "run_id": run_id,
-                    "epoch": epoch.epoch,
-                    "nonfinite_hypergradients": int(epoch.nonfinite_hypergradients),
-                    "special_floats": special,
-                    **values,
-                },
-            )
-            if steps:
-                rows = []
-                for step in steps:
-                    values, special = _pack(step, _STEP_FLOATS)
-                    rows.append(
-                        {
-                            "run_id": run_id,
-                            "step": step.step,
-                            "epoch": step.epoch,
-                            "special_floats": special,
-                            **values,
-                        }
-                    )
-                s.execute(insert(StepRow.__table__), rows)
-            run.epochs = max(run.epochs, epoch.epoch)
-            run.heartbeat_at = now
+            conn.execute(insert(EpochRow.__table__), epoch_row)
+            if step_rows:
+                conn.execute(insert(StepRow.__table__), step_rows)
+            changes: dict[str, Any] = {"epochs": max(run.epochs, epoch.epoch),
+                                       "heartbeat_at": now}
             val_acc = epoch.val_acc
             if val_acc is not None and math.isfinite(val_acc):
                 if run.best_val_acc is None or val_acc > run.best_val_acc:
-                    run.best_val_acc = float(val_acc)
-                    run.best_epoch = epoch.epoch
                     test_acc = epoch.test_acc
                     floats = _unpack_special(run.special_floats)
                     floats.pop("test_acc", None)
                     if test_acc is not None and not math.isfinite(test_acc):
                         floats["test_acc"] = repr(float(test_acc))
                         test_acc = None
-                    run.test_acc = None if test_acc is None else float(test_acc)
-                    run.special_floats = json.dumps(floats) if floats else None
+                    changes.update(
+                        best_val_acc=float(val_acc),
+                        best_epoch=epoch.epoch,
+                        test_acc=None if test_acc is None else float(test_acc),
+                        special_floats=json.dumps(floats) if floats else None,
+                    )
+            conn.execute(update(RunRow).where(RunRow.id == run_id).values(**changes))
 
     def heartbeat(self, run_id: int) -> None:
         """Tell readers the run is still alive."""
