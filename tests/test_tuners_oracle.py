@@ -184,11 +184,13 @@ def test_hd_is_the_exact_one_step_derivative(opt_name, weight_decay):
         assert hgs[t] == pytest.approx(expected, rel=1e-9, abs=1e-15), t
 
 
-def test_foreach_and_loop_paths_agree():
+@pytest.mark.parametrize("extra", [{}, {"first_order": True}, {"grad_clip": 0.05}],
+                         ids=["exact", "first-order", "clipped"])
+def test_foreach_and_loop_paths_agree(extra):
     for opt_name, mu in itertools.product(OPTIMIZERS, [0.0, 0.6]):
         spec = OPTIMIZERS[opt_name]
         runs = [_run_tuner(adatune.MARTHE, spec, mu=mu, weight_decay=True, hyper_lr=1e-3,
-                           foreach=fe) for fe in (True, False)]
+                           foreach=fe, **extra) for fe in (True, False)]
         (_, lr_a, hg_a, w_a), (_, lr_b, hg_b, w_b) = runs
         assert hg_a == pytest.approx(hg_b, rel=1e-12), opt_name
         assert lr_a == pytest.approx(lr_b, rel=1e-12)

@@ -7,12 +7,11 @@ reads the optimizer state *before* the step, and never touches the weights.
 
 Conventions shared by every function:
 
-- ``grads`` is the effective gradient ``g`` the optimizer will use: the
-  (clipped) loss gradient plus ``lambda * w`` for coupled weight decay.
-- ``hvps`` is the effective tangent of that gradient, ``Hz`` (including
-  ``lambda * z`` for coupled decay), or ``None`` when the curvature term is
-  dropped (first order). With ``mu == 0`` the whole ``A_t`` term is dropped
-  and ``hvps`` is ignored.
+- ``grads`` is the (clipped) loss gradient and ``hvps`` its tangent ``Hz``
+  (``None`` when the curvature term is dropped: first order). The weight
+  decay is the dynamics' business and is added here. With ``mu == 0`` the
+  whole ``A_t`` term is dropped and ``hvps`` is ignored. ``hvps`` may be
+  overwritten (it is scratch space the caller owns).
 - ``lr`` is the learning rate the group actually uses at this step and
   ``ratio`` its derivative with respect to the tuned learning rate (the
   group's fixed ratio to it).
@@ -46,6 +45,7 @@ def _pick(items: Sequence, idx: Sequence[int]) -> list:
 
 
 def sgd_tangent_(
+    params: list[Tensor],
     grads: list[Tensor],
     hvps: list[Tensor] | None,
     momentum_buffers: list[Tensor | None],
@@ -54,6 +54,7 @@ def sgd_tangent_(
     *,
     lr: float,
     ratio: float,
+    weight_decay: float,
     momentum: float,
     dampening: float,
     nesterov: bool,
@@ -62,40 +63,47 @@ def sgd_tangent_(
 ) -> None:
     """Tangent step through ``torch.optim.SGD`` (momentum, dampening, Nesterov).
 
-    torch semantics: on the first step the buffer is a copy of ``g`` (no
-    dampening); afterwards ``b' = m*b + (1-dampening)*g``. The direction is
-    ``b'`` (or ``g + m*b'`` with Nesterov) and ``w' = w - lr*direction``.
-    ``ys`` (tangent of the buffer) is required when ``momentum != 0``.
+    torch semantics: ``g = grad + wd*w``; on the first step the buffer is a copy
+    of ``g`` (no dampening), afterwards ``b' = m*b + (1-dampening)*g``; the
+    direction is ``b'`` (or ``g + m*b'`` with Nesterov) and
+    ``w' = w - lr*direction``. ``ys`` (tangent of the buffer) is required when
+    ``momentum != 0``. The foreach path allocates nothing: it expands ``b'``
+    instead of building it, and writes ``Hz + wd*z`` into ``hvps``.
     """
     if momentum != 0 and ys is None:
         raise ValueError("momentum tangents (ys) are required when momentum != 0")
     # The first step of a buffer behaves like b = 0 with coefficient 1.
     keys = [(b is None, 1.0 if b is None else 1.0 - dampening) for b in momentum_buffers]
     impl = _sgd_foreach if foreach else _sgd_loop
-    for (_, c), idx in _grouped(keys).items():
+    for (first, c), idx in _grouped(keys).items():
         impl(
+            _pick(params, idx),
             _pick(grads, idx),
             None if hvps is None else _pick(hvps, idx),
-            _pick(momentum_buffers, idx),
+            None if first else _pick(momentum_buffers, idx),
             _pick(zs, idx),
             None if ys is None else _pick(ys, idx),
             c=c,
             lr=lr,
             ratio=ratio,
+            wd=weight_decay,
             momentum=momentum,
             nesterov=nesterov,
             mu=mu,
         )
 
 
-def _sgd_loop(grads, hvps, bufs, zs, ys, *, c, lr, ratio, momentum, nesterov, mu):
-    for i, (g, z) in enumerate(zip(grads, zs)):
-        hz = None if (hvps is None or mu == 0) else hvps[i]
+def _sgd_loop(params, grads, hvps, bufs, zs, ys, *, c, lr, ratio, wd, momentum, nesterov, mu):
+    """The reference: the update's derivative written out term by term."""
+    for i, (w, g, z) in enumerate(zip(params, grads, zs)):
+        g = g + wd * w
+        hz = None if (hvps is None or mu == 0) else hvps[i] + wd * z
+        if hz is None and mu != 0 and wd != 0:
+            hz = wd * z
         ddir = hz
         direction = g
         if momentum != 0:
-            b = bufs[i]
-            b_new = g if b is None else b * momentum + c * g
+            b_new = g if bufs is None else bufs[i] * momentum + c * g
             direction = g + momentum * b_new if nesterov else b_new
             y = ys[i]
             if mu == 0:
@@ -114,42 +122,55 @@ def _sgd_loop(grads, hvps, bufs, zs, ys, *, c, lr, ratio, momentum, nesterov, mu
             z.copy_(mu * a_z - ratio * direction)
 
 
-def _sgd_foreach(grads, hvps, bufs, zs, ys, *, c, lr, ratio, momentum, nesterov, mu):
-    hz = None if (hvps is None or mu == 0) else hvps
-    ddir = hz
-    direction = grads
-    if momentum != 0:
-        if bufs[0] is None:  # first step of these buffers (grouped apart)
-            b_new = grads
-        else:
-            b_new = torch._foreach_mul(bufs, momentum)
-            torch._foreach_add_(b_new, grads, alpha=c)
-        if nesterov:
-            direction = torch._foreach_add(grads, b_new, alpha=momentum)
-        else:
-            direction = b_new
-        if mu == 0:
-            torch._foreach_zero_(ys)
-        else:
-            db_new = torch._foreach_mul(ys, momentum)
-            if hz is not None:
-                torch._foreach_add_(db_new, hz, alpha=c)
-            if nesterov:
-                ddir = torch._foreach_mul(db_new, momentum)
-                if hz is not None:
-                    torch._foreach_add_(ddir, hz)
-            else:
-                ddir = db_new
-            torch._foreach_copy_(ys, db_new)
-            torch._foreach_mul_(ys, mu)
+def _sgd_foreach(params, grads, hvps, bufs, zs, ys, *, c, lr, ratio, wd, momentum, nesterov,
+                 mu):
+    """Allocation-free: every update is an in-place foreach op.
+
+    With ``g = grad + wd*w`` and ``b`` the buffer before the step, the direction
+    is ``coef_g*g + coef_b*b``: ``(c, m)`` for heavy ball, ``(1 + m*c, m^2)``
+    for Nesterov (``coef_b = 0`` on the buffer's first step).
+    """
+    if momentum == 0:
+        coef_g, coef_b = 1.0, 0.0
+    elif nesterov:
+        coef_g, coef_b = 1.0 + momentum * c, momentum * momentum
+    else:
+        coef_g, coef_b = c, momentum
+    if bufs is None:
+        coef_b = 0.0
     if mu == 0:
-        torch._foreach_copy_(zs, direction)
-        torch._foreach_mul_(zs, -ratio)
-        return
-    if ddir is not None:
-        torch._foreach_add_(zs, ddir, alpha=-lr)
-    torch._foreach_mul_(zs, mu)
-    torch._foreach_add_(zs, direction, alpha=-ratio)
+        torch._foreach_zero_(zs)
+        if ys is not None:
+            torch._foreach_zero_(ys)
+    else:
+        h = None  # the tangent of g: Hz + wd*z, built in hvps
+        if hvps is not None:
+            if wd != 0:
+                torch._foreach_add_(hvps, zs, alpha=wd)
+            h = hvps
+        if momentum != 0:
+            # ys <- db' = m*y + c*(Hz + wd*z), still without the mu factor
+            torch._foreach_mul_(ys, momentum)
+            if h is not None:
+                torch._foreach_add_(ys, h, alpha=c)
+            elif wd != 0:
+                torch._foreach_add_(ys, zs, alpha=c * wd)
+        # z <- z - lr*ddir, ddir = db' (heavy ball) or h + m*db' (Nesterov) or h (plain)
+        if momentum == 0 or nesterov:
+            if h is not None:
+                torch._foreach_add_(zs, h, alpha=-lr)
+            elif wd != 0:
+                torch._foreach_mul_(zs, 1.0 - lr * wd)
+        if momentum != 0:
+            torch._foreach_add_(zs, ys, alpha=-lr * (momentum if nesterov else 1.0))
+            torch._foreach_mul_(ys, mu)
+        torch._foreach_mul_(zs, mu)
+    # z <- z - ratio*direction
+    torch._foreach_add_(zs, grads, alpha=-ratio * coef_g)
+    if wd != 0:
+        torch._foreach_add_(zs, params, alpha=-ratio * coef_g * wd)
+    if coef_b != 0:
+        torch._foreach_add_(zs, bufs, alpha=-ratio * coef_b)
 
 
 # -------------------------------------------------------------------------- Adam
@@ -171,6 +192,7 @@ def adam_tangent_(
     beta1: float,
     beta2: float,
     eps: float,
+    weight_decay: float,
     decoupled_weight_decay: float,
     mu: float,
     foreach: bool = True,
@@ -180,10 +202,14 @@ def adam_tangent_(
     ``steps`` are the optimizer's step counts *before* this step (0 on the
     first). ``exp_avgs``/``exp_avg_sqs`` entries are ``None`` before the first
     step. ``ps``/``qs`` are the tangents of the two moments.
-    ``decoupled_weight_decay`` is AdamW's ``lambda`` (0 for Adam, whose
-    coupled decay is already inside ``grads``/``hvps``); only then are
-    ``params`` read.
+    ``weight_decay`` is Adam's coupled L2 (added to ``grads`` and ``hvps``
+    here), ``decoupled_weight_decay`` AdamW's ``lambda``.
     """
+    if weight_decay != 0:
+        grads = [g + weight_decay * w for g, w in zip(grads, params)]
+        if mu != 0:
+            hvps = ([weight_decay * z for z in zs] if hvps is None
+                    else [h + weight_decay * z for h, z in zip(hvps, zs)])
     impl = _adam_foreach if foreach else _adam_loop
     keys = [(s + 1, m is None) for s, m in zip(steps, exp_avgs)]
     for (k, _), idx in _grouped(keys).items():

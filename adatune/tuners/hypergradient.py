@@ -210,13 +210,12 @@ class HypergradientTuner:
                 hvps = self._fd_hvp(used, grads, loss, rng)
         del raw
 
-        clip = self._clip_factor(grads)
-        clipped, g_eff = self._effective_grads(used, grads, clip)
         if self.outer == "training" and self.state["tangent_live"]:
-            h = self._dot(g_eff, [self._tangents[p]["z"] for p in used])
-            self._hyper_update(h, None)
-        self._advance(params, used, grads, g_eff, hvps, clip)
-        self._apply(params, used, clipped, g_eff)
+            # HD: dL_t(w_t)/d eta_{t-1}, the unclipped gradient of the regularised loss
+            self._hyper_update(self._decayed_dot(used, grads), None)
+        grads = self._prepare(used, grads, hvps, own_grads=True)
+        self._advance(params, used, grads, hvps)
+        self._apply(params, used, grads)
         self.optimizer.step()
         if self.outer == "validation":
             val = val_loss()
@@ -248,11 +247,11 @@ class HypergradientTuner:
             if not all(g.requires_grad for g in graphs):
                 raise ValueError("first_grad needs create_graph=True (or use first_order=True)")
             hvps = self._exact_hvp(used, graphs)
-        clip = self._clip_factor(grads)
-        _, g_eff = self._effective_grads(used, grads, clip)
-        self._advance(params, used, grads, g_eff, hvps, clip)
+        # These tensors are the caller's (they become p.grad): never modified in place.
+        grads = self._prepare(used, grads, hvps, own_grads=False)
+        self._advance(params, used, grads, hvps)
         if self.auto_mu:
-            self._prev_grad = dict(zip(used, g_eff))
+            self._prev_grad = dict(zip(used, self._decayed(used, grads)))
 
     def hyper_step(self, val_grad: Sequence[Tensor | None] | Mapping[Tensor, Tensor]) -> float:
         """Low-level API: update the learning rate from the validation gradient.
@@ -345,7 +344,8 @@ class HypergradientTuner:
                     torch._foreach_copy_(list(self.model.buffers()), buffers)
         out = []
         for p, g, s in zip(used, grads, shifted):
-            out.append(torch.zeros_like(p) if s is None else (s.detach() - g) / eps)
+            # the shifted gradients are fresh tensors of ours: difference them in place
+            out.append(torch.zeros_like(p) if s is None else s.detach().sub_(g).div_(eps))
         return out
 
     def _clip_factor(self, grads: list[Tensor]) -> tuple[float, float] | None:
@@ -368,30 +368,57 @@ class HypergradientTuner:
         return 0.0 if self._dyn.decoupled else float(group["weight_decay"])
 
     @torch.no_grad()
-    def _effective_grads(self, used, grads, clip) -> tuple[list[Tensor], list[Tensor]]:
-        """(clipped gradient handed to the optimizer, gradient it uses incl. coupled decay)."""
-        clipped = grads if clip is None else torch._foreach_mul(grads, clip[0])
-        g_eff = list(clipped)
+    def _prepare(self, used, grads, hvps, *, own_grads: bool) -> list[Tensor]:
+        """Clip the gradient (and, exactly, its tangent ``hvps``, in place).
+
+        Returns the gradient the optimizer gets; ``own_grads`` allows scaling
+        ``grads`` in place. With s = C / (|g| + 1e-6) the tangent of s g is
+        s Hz + g ds.
+        """
+        clip = self._clip_factor(grads)
+        if clip is None:
+            return grads
+        scale, norm = clip
+        if hvps is not None:
+            ds = -self.grad_clip * self._dot(grads, hvps) / (norm * (norm + _CLIP_EPS) ** 2)
+            torch._foreach_mul_(hvps, scale)
+            torch._foreach_add_(hvps, grads, alpha=ds)
+        if own_grads:
+            torch._foreach_mul_(grads, scale)
+            return grads
+        return torch._foreach_mul(grads, scale)
+
+    def _decayed(self, used, grads) -> list[Tensor]:
+        """New tensors ``g + lambda*w`` (coupled decay): the gradient the optimizer uses."""
+        out = list(grads)
         for _, group, idx in self._group_slices(used):
             wd = self._coupled_decay(group)
             if wd != 0:
-                decayed = torch._foreach_add([clipped[i] for i in idx],
-                                             [used[i] for i in idx], alpha=wd)
+                decayed = torch._foreach_add([grads[i] for i in idx], [used[i] for i in idx],
+                                             alpha=wd)
                 for i, g in zip(idx, decayed):
-                    g_eff[i] = g
-        return clipped, g_eff
+                    out[i] = g
+        return out
+
+    def _decayed_dot(self, used, grads) -> float:
+        """<g + lambda*w, z>, without building g + lambda*w."""
+        total = 0.0
+        for _, group, idx in self._group_slices(used):
+            zs = [self._tangents[used[i]]["z"] for i in idx]
+            total += self._dot([grads[i] for i in idx], zs)
+            wd = self._coupled_decay(group)
+            if wd != 0:
+                total += wd * self._dot([used[i] for i in idx], zs)
+        return total
 
     @torch.no_grad()
-    def _advance(self, params, used, grads, g_eff, hvps, clip) -> None:
-        """Z <- mu * A_t Z + B_t with the learning rate of this step."""
+    def _advance(self, params, used, grads, hvps) -> None:
+        """Z <- mu * A_t Z + B_t with the learning rate of this step.
+
+        ``grads``: the (clipped) loss gradient; ``hvps``: its tangent, or None.
+        The weight decay belongs to the dynamics (:mod:`._tangent`).
+        """
         mu = self.state["mu"]
-        if hvps is not None and clip is not None:
-            # d/dw of s(w) g(w) with s = C / (|g| + 1e-6): s Hz + g ds.
-            scale, norm = clip
-            g_hz = self._dot(grads, hvps)
-            ds = -self.grad_clip * g_hz / (norm * (norm + _CLIP_EPS) ** 2)
-            hvps = torch._foreach_mul(hvps, scale)
-            torch._foreach_add_(hvps, grads, alpha=ds)
         self._ensure_tangents(params)
         used_set = set(used)
         skipped = [p for p in params if p not in used_set]
@@ -401,20 +428,9 @@ class HypergradientTuner:
                 torch._foreach_mul_(list(self._tangents[p].values()), mu)
         for gi, group, idx in self._group_slices(used):
             ratio = self.state["ratios"][gi]
-            lr = ratio * self.state["lr"]
-            ps = [used[i] for i in idx]
-            gs = [g_eff[i] for i in idx]
-            hz = None
-            if mu != 0:
-                wd = self._coupled_decay(group)
-                zs = [self._tangents[p]["z"] for p in ps]
-                if hvps is not None:
-                    hz = [hvps[i] for i in idx]
-                    if wd != 0:
-                        hz = torch._foreach_add(hz, zs, alpha=wd)
-                elif wd != 0:
-                    hz = torch._foreach_mul(zs, wd)
-            self._advance_group(group, ps, gs, hz, lr=lr, ratio=ratio, mu=mu)
+            hz = None if hvps is None or mu == 0 else [hvps[i] for i in idx]
+            self._advance_group(group, [used[i] for i in idx], [grads[i] for i in idx], hz,
+                                lr=ratio * self.state["lr"], ratio=ratio, mu=mu)
         self.state["tangent_live"] = True
 
     def _advance_group(self, group, ps, gs, hz, *, lr, ratio, mu) -> None:
@@ -423,11 +439,12 @@ class HypergradientTuner:
         if self._dyn.kind == "sgd":
             momentum = float(group["momentum"])
             _tangent.sgd_tangent_(
-                gs, hz,
+                ps, gs, hz,
                 [s.get("momentum_buffer") for s in opt_state],
                 [t["z"] for t in tan],
                 [t["y"] for t in tan] if momentum != 0 else None,
-                lr=lr, ratio=ratio, momentum=momentum,
+                lr=lr, ratio=ratio, weight_decay=float(group["weight_decay"]),
+                momentum=momentum,
                 dampening=float(group["dampening"]), nesterov=bool(group["nesterov"]),
                 mu=mu, foreach=self.foreach,
             )
@@ -440,6 +457,7 @@ class HypergradientTuner:
                 [int(s["step"]) if "step" in s else 0 for s in opt_state],
                 [t["z"] for t in tan], [t["p"] for t in tan], [t["q"] for t in tan],
                 lr=lr, ratio=ratio, beta1=beta1, beta2=beta2, eps=float(group["eps"]),
+                weight_decay=self._coupled_decay(group),
                 decoupled_weight_decay=float(group["weight_decay"]) if self._dyn.decoupled
                 else 0.0,
                 mu=mu, foreach=self.foreach,
@@ -452,14 +470,14 @@ class HypergradientTuner:
                 if p.requires_grad and p not in self._tangents:
                     self._tangents[p] = {k: torch.zeros_like(p) for k in keys}
 
-    def _apply(self, params, used, clipped, g_eff) -> None:
+    def _apply(self, params, used, grads) -> None:
         """Hand the (clipped) gradients to the optimizer; keep g_t for auto-mu."""
         for p in params:
             p.grad = None
-        for p, g in zip(used, clipped):
+        for p, g in zip(used, grads):
             p.grad = g
         if self.auto_mu:
-            self._prev_grad = dict(zip(used, g_eff))
+            self._prev_grad = dict(zip(used, self._decayed(used, grads)))
 
     def _validation_update(self, params: list[Tensor], val_grads: Sequence[Tensor | None]) -> None:
         pairs = [(g, self._tangents[p]["z"]) for p, g in zip(params, val_grads)
@@ -505,6 +523,7 @@ class HypergradientTuner:
                 group["lr"] = value
 
     @staticmethod
+    @torch.no_grad()
     def _dot(xs: Iterable[Tensor], ys: Iterable[Tensor]) -> float:
         terms = [torch.vdot(x.reshape(-1), y.reshape(-1)).double() for x, y in zip(xs, ys)]
         return float(torch.stack(terms).sum()) if terms else 0.0
