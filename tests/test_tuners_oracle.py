@@ -164,18 +164,19 @@ def test_gradient_clipping_is_differentiated_exactly(opt_name, mu):
         assert hgs[t] == pytest.approx(expected, rel=1e-9, abs=1e-12 * scale)
 
 
+@pytest.mark.parametrize("grad_clip", [None, 0.05], ids=["", "clipped"])
 @pytest.mark.parametrize("weight_decay", [False, True], ids=["no-wd", "wd"])
 @pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
-def test_hd_is_the_exact_one_step_derivative(opt_name, weight_decay):
-    """HD: h_t = dL_t(w_t)/d eta_{t-1}, through the optimizer's real update."""
+def test_hd_is_the_exact_one_step_derivative(opt_name, weight_decay, grad_clip):
+    """HD: h_t = dL_t(w_t)/d eta_{t-1}, through the optimizer's real (clipped) update."""
     spec = OPTIMIZERS[opt_name]
     hyper_lr = 1e-2 if spec.kind == "sgd" else 1e-5
-    init, lrs, hgs, weights = _run_tuner(adatune.HD, spec, mu=0.0,
+    init, lrs, hgs, weights = _run_tuner(adatune.HD, spec, mu=0.0, grad_clip=grad_clip,
                                          weight_decay=weight_decay, hyper_lr=hyper_lr)
     assert hgs[0] is None  # no previous update to differentiate at the first step
     assert max(abs(lr / lrs[0] - 1) for lr in lrs) > 1e-5
     derivs, ref_weights = _oracle(spec, init, lrs, weight_decay=weight_decay,
-                                  outer="training")
+                                  outer="training", grad_clip=grad_clip)
     for t in range(1, STEPS):
         for w, r in zip(weights[t], ref_weights[t]):
             torch.testing.assert_close(w, r, rtol=1e-12, atol=1e-14)
