@@ -195,3 +195,11 @@ def later_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[
         return "9000"
 
     return activate
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working directory (default store, checkpoints) and no ADATUNE_STORE."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ADATUNE_STORE", raising=False)
+    return tmp_path

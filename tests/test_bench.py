@@ -3,7 +3,7 @@
 import json
 
 from adatune.bench import BenchConfig
-from tests.test_cli_train import cli
+from tests._cli import cli
 
 
 def test_bench_json_shape_with_memory(capsys, tmp_path, monkeypatch):

@@ -14,27 +14,10 @@ from pathlib import Path
 import pytest
 
 from adatune.store import open_store
-from adatune_cli.main import main
+from tests._cli import cli
 
 METRICS = ("epoch", "lr", "lr_mean", "mu", "hyper_lr", "train_loss", "train_acc", "val_loss",
            "val_acc", "test_loss", "test_acc")
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("ADATUNE_STORE", raising=False)
-    return tmp_path
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run `adatune ARGS` in-process; return (exit code, stdout, stderr)."""
-    try:
-        code = main(list(args))
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _epochs(store: str, run_id: int) -> list[dict]:

@@ -20,28 +20,11 @@ from adatune.errors import ConfigError
 from adatune.findalpha import SearchConfig, SearchEvents, find_alpha, probe_config
 from adatune.report.info import _get_find_alpha_info
 from adatune.store import open_store
-from adatune_cli.main import main
+from tests._cli import cli
 
 UNSTABLE = ["--tuner", "rtho", "--hyper-lr", "1e-3", "--alpha-max", "1", "--probe-epochs", "3",
             "--probe-fraction", "0.5", "--device", "cpu"]
 LOSS_REASON = r"training loss [0-9.e+]+ exceeds 3x its initial 2\.304 at epoch 3, step \d+"
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("ADATUNE_STORE", raising=False)
-    return tmp_path
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run `adatune ARGS` in-process; return (exit code, stdout, stderr)."""
-    try:
-        code = main(list(args))
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _json(capsys, *args: str) -> tuple[int, dict, str]:

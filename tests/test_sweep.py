@@ -27,7 +27,7 @@ from adatune.errors import ConfigError
 from adatune.store import open_store
 from adatune.store.records import NewRun
 from adatune.sweep import SweepConfig, SweepEvents, parse_space, run_sweep
-from adatune_cli.main import main
+from tests._cli import cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 TrialState = optuna.trial.TrialState
@@ -50,22 +50,6 @@ def trials_of(url: str, study: str) -> list[optuna.trial.FrozenTrial]:
 
 def sweep_meta(run) -> dict:
     return run.config["extra"]["sweep"]
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("ADATUNE_STORE", raising=False)
-    return tmp_path
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(args))
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # ------------------------------------------------------------------ the library
