@@ -179,3 +179,36 @@ def test_unwritable_store_file(tmp_path: Path, read_only: ReadOnly) -> None:
             open_store(path)
         assert "cannot write to the store" in one_line(info)
     assert path.read_bytes() == before
+
+
+def test_an_immediate_lock_error_while_opening_sqlite_is_retried(tmp_path, monkeypatch):
+    """SQLite may refuse a lock without waiting while others create the same file."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from adatune.store import repository
+
+    real = repository.ensure_current
+    calls = []
+
+    def flaky(engine, location):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("PRAGMA journal_mode = WAL", {},
+                                   sqlite3.OperationalError("database is locked"))
+        return real(engine, location)
+
+    monkeypatch.setattr(repository, "ensure_current", flaky)
+    with repository.open_store(tmp_path / "race.db") as store:
+        assert store.list_runs() == []
+    assert len(calls) == 2
+    # A lock that never clears still ends in the one-line error once the budget is spent.
+    monkeypatch.setattr(repository, "SQLITE_BUSY_TIMEOUT_S", 0.2)
+
+    def always(engine, location):
+        raise OperationalError("BEGIN", {}, sqlite3.OperationalError("database is locked"))
+
+    monkeypatch.setattr(repository, "ensure_current", always)
+    with pytest.raises(StoreError, match="stayed locked"):
+        repository.open_store(tmp_path / "race.db")

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import socket
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -35,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import adatune
 from adatune.errors import RunNotFound
 from adatune.store.connection import (
+    SQLITE_BUSY_TIMEOUT_S,
     WRITE_OPTION,
     check_sqlite_file,
     describe,
@@ -88,11 +90,20 @@ def open_store(path_or_url: str | os.PathLike[str]) -> Store:
     if path is not None:
         check_sqlite_file(path, create=True)
     engine = make_engine(url)
+    # SQLite can refuse a lock at once, without calling the busy handler, while
+    # other processes are creating the same new file (journal-mode switch, lock
+    # upgrades). Opening is idempotent, so retry within the busy-timeout budget.
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
     try:
-        ensure_current(engine, location)
-    except DBAPIError as exc:
-        engine.dispose()
-        raise store_error(exc, location, "open") from None
+        while True:
+            try:
+                ensure_current(engine, location)
+                break
+            except DBAPIError as exc:
+                locked = "database is locked" in str(getattr(exc, "orig", exc)).lower()
+                if path is None or not locked or time.monotonic() > deadline:
+                    raise store_error(exc, location, "open") from None
+                time.sleep(0.05)
     except BaseException:
         engine.dispose()
         raise
