@@ -332,7 +332,7 @@ class _Session:
             self._judge_step(loss_value, lr_now, epoch)
             n = y.shape[0]
             loss_sum += loss_value * n
-            correct += int((logits.argmax(1) == y).sum())
+            correct += (logits.argmax(1) == y).sum()  # stays on the device until the epoch ends
             seen += n
             n_steps += 1
             lr_sum += lr_used
@@ -356,7 +356,7 @@ class _Session:
         mu, hyper_lr, _ = self._tuner_view()
         record = EpochRecord(
             epoch=epoch, lr=self._lr(), lr_mean=lr_sum / max(n_steps, 1), mu=mu, hyper_lr=hyper_lr,
-            train_loss=loss_sum / max(seen, 1), train_acc=correct / max(seen, 1),
+            train_loss=loss_sum / max(seen, 1), train_acc=int(correct) / max(seen, 1),
             val_loss=val_loss, val_acc=val_acc, test_loss=test_loss, test_acc=test_acc,
             elapsed_s=self.elapsed,
             nonfinite_hypergradients=(self.tuner.nonfinite_count - nonfinite_before

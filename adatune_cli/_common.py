@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Annotated, NoReturn
 
@@ -28,6 +29,15 @@ StoreOption = Annotated[
 
 def store_default() -> str:
     return os.environ.get("ADATUNE_STORE", DEFAULT_STORE)
+
+
+def fmt(value: float | None, spec: str = ".4g") -> str:
+    """A number for a table cell: '-' for missing, 'nan'/'inf' as they are."""
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return format(value, spec)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

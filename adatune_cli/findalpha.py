@@ -31,14 +31,13 @@ from adatune.findalpha import (
     with_found_value,
 )
 from adatune.store import open_store
-from adatune_cli._common import StoreOption, err, fail, out
+from adatune_cli._common import StoreOption, err, fail, fmt, out
 from adatune_cli.main import app
 from adatune_cli.options import make_config, run_options
 from adatune_cli.train import (
     ExperimentOption,
     NameOption,
     RichEvents,
-    _fmt,
     _progress,
     print_summary,
 )
@@ -110,7 +109,7 @@ def print_probes(result: SearchResult) -> None:
         verdict = p.verdict if p.phase == "ladder" else f"{p.verdict} (refine)"
         style = {"stable": "green", "diverged": "red"}.get(p.verdict, "yellow")
         table.add_row(f"{p.value:.3g}", f"[{style}]{verdict}[/]", p.reason or "-",
-                      str(p.epochs), _fmt(p.final_lr, ".3g"), _fmt(p.val_acc, ".1%"),
+                      str(p.epochs), fmt(p.final_lr, ".3g"), fmt(p.val_acc, ".1%"),
                       str(p.run_id))
     out.print(table)
     if result.value is not None:

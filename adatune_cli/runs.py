@@ -13,7 +13,7 @@ from rich.table import Table
 from adatune.config import TUNER_NAMES
 from adatune.store import open_store
 from adatune.store.records import RunRecord
-from adatune_cli._common import StoreOption, out
+from adatune_cli._common import StoreOption, fmt, out
 from adatune_cli.main import app
 from adatune_cli.options import command_line
 
@@ -45,10 +45,6 @@ def _run_json(run: RunRecord) -> dict[str, Any]:
         "test_acc": run.test_acc, "started_at": run.started_at, "ended_at": run.ended_at,
         "error": run.error, "parent_id": run.parent_id,
     })
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:.2%}"
 
 
 def _reproduce(run: RunRecord) -> str | None:
@@ -89,8 +85,8 @@ def list_runs(
         table.add_column(column, overflow="fold")
     for r in runs:
         table.add_row(str(r.id), r.name or "", r.experiment or "", r.kind, r.method, r.dataset,
-                      r.network, str(r.seed), r.status, str(r.epochs), _pct(r.best_val_acc),
-                      _pct(r.test_acc))
+                      r.network, str(r.seed), r.status, str(r.epochs), fmt(r.best_val_acc, ".2%"),
+                      fmt(r.test_acc, ".2%"))
     out.print(table)
 
 
@@ -121,20 +117,18 @@ def show_run(
               f"{run.dataset}/{run.network} ({run.optimizer}), seed {run.seed}", markup=False)
     if run.error:
         out.print(f"reason: {run.error}", markup=False)
-    out.print(f"best val acc {_pct(run.best_val_acc)} at epoch {run.best_epoch}, "
-              f"test acc there {_pct(run.test_acc)}", markup=False)
+    out.print(f"best val acc {fmt(run.best_val_acc, '.2%')} at epoch {run.best_epoch}, "
+              f"test acc there {fmt(run.test_acc, '.2%')}", markup=False)
     table = Table()
     for column in ("epoch", "lr", "mean lr", "mu", "hyper-lr", "train loss", "train acc",
                    "val loss", "val acc", "test acc", "time s", "non-finite h"):
         table.add_column(column, justify="right")
 
-    def f(v, spec=".4g"):
-        return "-" if v is None else format(v, spec)
-
     for e in detail.epochs:
-        table.add_row(str(e.epoch), f(e.lr), f(e.lr_mean), f(e.mu, ".3g"), f(e.hyper_lr, ".3g"),
-                      f(e.train_loss), _pct(e.train_acc), f(e.val_loss), _pct(e.val_acc),
-                      _pct(e.test_acc), f(e.elapsed_s, ".1f"), str(e.nonfinite_hypergradients))
+        table.add_row(str(e.epoch), fmt(e.lr), fmt(e.lr_mean), fmt(e.mu, ".3g"),
+                      fmt(e.hyper_lr, ".3g"), fmt(e.train_loss), fmt(e.train_acc, ".2%"),
+                      fmt(e.val_loss), fmt(e.val_acc, ".2%"), fmt(e.test_acc, ".2%"),
+                      fmt(e.elapsed_s, ".1f"), str(e.nonfinite_hypergradients))
     out.print(table)
     out.print("config: " + json.dumps(_clean(run.config), sort_keys=True), markup=False,
               soft_wrap=True)

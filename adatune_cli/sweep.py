@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import shlex
 from typing import Annotated, Any
 
@@ -40,7 +39,7 @@ from adatune.sweep import (
     space_toml,
     without,
 )
-from adatune_cli._common import DEFAULT_STORE, StoreOption, err, out
+from adatune_cli._common import DEFAULT_STORE, StoreOption, err, fmt, out
 from adatune_cli.main import app
 from adatune_cli.options import make_config, run_options
 from adatune_cli.train import RichEvents
@@ -67,10 +66,6 @@ def _fmt_values(values: dict[str, Any]) -> str:
     return " ".join(f"{k}={_fmt_value(v)}" for k, v in values.items()) or "(no parameters)"
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:.2%}"
-
-
 class _SweepProgress(RichEvents, SweepEvents):
     """One line per trial and per run; live bars for the current run only."""
 
@@ -93,7 +88,7 @@ class _SweepProgress(RichEvents, SweepEvents):
 
     def trial_finished(self, outcome: TrialOutcome) -> None:
         if outcome.state == "complete":
-            text = f"val acc {_pct(outcome.value)} (mean best over seeds)"
+            text = f"val acc {fmt(outcome.value, '.2%')} (mean best over seeds)"
         else:
             text = outcome.state + (f" ({outcome.reason})" if outcome.reason else "")
         self.progress.console.print(f"trial {outcome.number} {text}", markup=False,
@@ -108,7 +103,7 @@ def _print_result(result: SweepResult, location: str, store_url: str) -> None:
         for column in ("trial", "state", "val acc", "runs", "configuration"):
             table.add_column(column, justify="left" if column == "configuration" else "right")
         for t in result.trials:
-            table.add_row(str(t.number), t.state, _pct(t.value),
+            table.add_row(str(t.number), t.state, fmt(t.value, '.2%'),
                           ", ".join(map(str, t.run_ids)) or "-", _fmt_values(t.values))
         out.print(table)
     extra = ", ".join(f"{n} {what}" for n, what in ((s.failed, "interrupted"),
@@ -117,8 +112,8 @@ def _print_result(result: SweepResult, location: str, store_url: str) -> None:
               f"({s.complete} complete, {s.pruned} diverged or invalid)"
               + (f"; {extra}" if extra else ""), markup=False, highlight=False)
     if s.best is not None:
-        out.print(f"best: trial {s.best.number}, val acc {_pct(s.best.value)} (mean best over "
-                  f"seeds): {_fmt_values(s.best.values)} (runs "
+        out.print(f"best: trial {s.best.number}, val acc {fmt(s.best.value, '.2%')} "
+                  f"(mean best over seeds): {_fmt_values(s.best.values)} (runs "
                   f"{', '.join(map(str, s.best.run_ids))})", markup=False, highlight=False)
     if result.stopped == "timeout":
         out.print("stopped: --timeout reached (other workers may go on)", markup=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any
 
 import typer
@@ -23,7 +22,7 @@ from adatune.errors import ConfigError
 from adatune.schedules import canonical_schedule
 from adatune.store import open_store
 from adatune.store.records import EpochRecord
-from adatune_cli._common import StoreOption, err, out
+from adatune_cli._common import StoreOption, err, fmt, out
 from adatune_cli.main import app
 from adatune_cli.options import make_config, run_options
 
@@ -71,29 +70,21 @@ def _progress() -> Progress:
     )
 
 
-def _fmt(value: float | None, spec: str = ".4g") -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return format(value, spec)
-
-
 def print_summary(result: RunResult) -> None:
     table = Table(title=f"run {result.run_id}: {result.status}", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("epoch", "lr", "mu", "hyper-lr", "loss", "train", "val", "test", "s"):
         table.add_column(column, justify="right", no_wrap=True)
     for e in result.epochs:
-        table.add_row(str(e.epoch), _fmt(e.lr, ".3g"), _fmt(e.mu, ".3g"),
-                      _fmt(e.hyper_lr, ".2g"), _fmt(e.train_loss, ".3f"),
-                      _fmt(e.train_acc, ".1%"), _fmt(e.val_acc, ".1%"), _fmt(e.test_acc, ".1%"),
-                      _fmt(e.elapsed_s, ".1f"))
+        table.add_row(str(e.epoch), fmt(e.lr, ".3g"), fmt(e.mu, ".3g"),
+                      fmt(e.hyper_lr, ".2g"), fmt(e.train_loss, ".3f"),
+                      fmt(e.train_acc, ".1%"), fmt(e.val_acc, ".1%"), fmt(e.test_acc, ".1%"),
+                      fmt(e.elapsed_s, ".1f"))
     out.print(table)
     line = f"run {result.run_id} {result.status}"
     if result.best_val_acc is not None:
         line += (f": best val acc {result.best_val_acc:.2%} at epoch {result.best_epoch}, "
-                 f"test acc there {_fmt(result.test_acc, '.2%')}")
+                 f"test acc there {fmt(result.test_acc, '.2%')}")
     if result.stopped_early:
         line += " (stopped early)"
     if result.reason:
