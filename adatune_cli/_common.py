@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -38,6 +38,19 @@ def fmt(value: float | None, spec: str = ".4g") -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return format(value, spec)
+
+
+def json_safe(value: Any) -> Any:
+    """Strict JSON: non-finite floats become null, datetimes ISO strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

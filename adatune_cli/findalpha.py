@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Annotated, Any
 
 import typer
@@ -31,7 +30,7 @@ from adatune.findalpha import (
     with_found_value,
 )
 from adatune.store import open_store
-from adatune_cli._common import StoreOption, err, fail, fmt, out
+from adatune_cli._common import StoreOption, err, fail, fmt, json_safe, out
 from adatune_cli.main import app
 from adatune_cli.options import make_config, run_options
 from adatune_cli.train import (
@@ -120,17 +119,13 @@ def print_probes(result: SearchResult) -> None:
                       f"(raise {flag} to look)", markup=False)
 
 
-def _finite(value: float | None) -> float | None:
-    return value if value is None or math.isfinite(value) else None
-
-
 def _as_json(result: SearchResult, trained: RunResult | None) -> dict[str, Any]:
     key = result.config_key
     data: dict[str, Any] = {
         key: result.value, "search": result.parameter, "search_run_id": result.search_run_id,
         "probes": [
             {key: p.value, "status": p.verdict, "reason": p.reason, "run_id": p.run_id,
-             "epochs": p.epochs, "final_lr": _finite(p.final_lr), "val_acc": p.val_acc,
+             "epochs": p.epochs, "final_lr": json_safe(p.final_lr), "val_acc": p.val_acc,
              "phase": p.phase}
             for p in result.probes
         ],

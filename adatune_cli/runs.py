@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from typing import Annotated, Any
 
 import typer
@@ -13,7 +12,7 @@ from rich.table import Table
 from adatune.config import TUNER_NAMES
 from adatune.store import open_store
 from adatune.store.records import RunRecord
-from adatune_cli._common import StoreOption, fmt, out
+from adatune_cli._common import StoreOption, fmt, json_safe, out
 from adatune_cli.main import app
 from adatune_cli.options import command_line
 
@@ -23,21 +22,8 @@ app.add_typer(runs_app, name="runs")
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe: non-finite floats become null, datetimes ISO strings."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return value
-
-
 def _run_json(run: RunRecord) -> dict[str, Any]:
-    return _clean({
+    return json_safe({
         "id": run.id, "name": run.name, "experiment": run.experiment, "kind": run.kind,
         "method": run.method, "optimizer": run.optimizer, "network": run.network,
         "dataset": run.dataset, "seed": run.seed, "status": run.status, "epochs": run.epochs,
@@ -106,7 +92,7 @@ def show_run(
     command = _reproduce(run)
     if as_json:
         payload = _run_json(run)
-        payload.update(_clean({"config": run.config, "summary": run.summary,
+        payload.update(json_safe({"config": run.config, "summary": run.summary,
                                "epochs": [dataclasses.asdict(e) for e in detail.epochs],
                                "command": command, "device": run.device, "host": run.host,
                                "adatune_version": run.adatune_version,
@@ -130,7 +116,7 @@ def show_run(
                       fmt(e.val_loss), fmt(e.val_acc, ".2%"), fmt(e.test_acc, ".2%"),
                       fmt(e.elapsed_s, ".1f"), str(e.nonfinite_hypergradients))
     out.print(table)
-    out.print("config: " + json.dumps(_clean(run.config), sort_keys=True), markup=False,
+    out.print("config: " + json.dumps(json_safe(run.config), sort_keys=True), markup=False,
               soft_wrap=True)
     if command:
         out.print("reproduce with:", markup=False)

@@ -239,18 +239,7 @@ def _incumbent_steps(detail: RunDetail) -> list[tuple[float, float | None]]:
     The value is ``None`` while no epoch has a finite validation accuracy, or
     when the best-validation epoch has no test accuracy.
     """
-    steps: list[tuple[float, float | None]] = []
-    best_val: float | None = None
-    incumbent: float | None = None
-    for e in _sorted_epochs(detail):
-        t = _clean(e.elapsed_s)
-        v = _clean(e.val_acc)
-        if v is not None and (best_val is None or v > best_val):
-            best_val = v
-            incumbent = _clean(e.test_acc)
-        if t is not None:
-            steps.append((t, incumbent))
-    return steps
+    return _sweep_steps([detail])
 
 
 class IncumbentInfo(NamedTuple):
@@ -472,7 +461,10 @@ def _run_seconds(detail: RunDetail) -> float:
 
 
 def _sweep_steps(runs: Sequence[RunDetail]) -> list[tuple[float, float | None]]:
-    """``(seconds since the search began, incumbent)`` at each epoch of runs laid end to end."""
+    """``(seconds since the search began, incumbent)`` at each epoch of runs laid end to end.
+
+    With one run this is that run's own incumbent curve (:func:`_incumbent_steps`).
+    """
     steps: list[tuple[float, float | None]] = []
     offset = 0.0
     best_val: float | None = None
