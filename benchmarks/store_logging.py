@@ -1,12 +1,20 @@
 """How long does logging one epoch cost? Times ``Store.record_epoch``.
 
-Each call writes one epoch row and ~20 sampled step rows (realistic values) in
-one transaction to an SQLite file, as the training loop does at the end of
-every epoch. Prints the median and a few quantiles over many calls made in
-one process.
+Alone (the default): each call writes one epoch row and ~20 sampled step rows
+(realistic values) in one transaction to an SQLite file, as the training loop
+does at the end of every epoch. Prints the median and a few quantiles over
+many calls made in one process.
+
+``--in-training``: the number that matters. Trains the default task
+(``adatune train`` with its defaults: MARTHE on digits) for a few seeds with a
+real SQLite store, times every ``record_epoch`` call and every epoch inside
+``adatune.engine.train``, and prints the median call as a share of the median
+epoch. Caches are cold there (the model's tensors have just streamed through),
+so a call costs more than alone.
 
     python benchmarks/store_logging.py               # temp file, 300 epochs
     python benchmarks/store_logging.py --epochs 1000 --steps 20 --store /tmp/b.db
+    python benchmarks/store_logging.py --in-training --seeds 6
 """
 
 from __future__ import annotations
@@ -58,12 +66,47 @@ def _steps(epoch: int, n: int, steps_per_epoch: int, rng: random.Random) -> list
     ]
 
 
+def in_training(seeds: int, store_path: str, checkpoint_dir: str) -> None:
+    """Time record_epoch and the epochs around it on the default task."""
+    from adatune.config import TrainConfig
+    from adatune.engine import train
+
+    calls: list[float] = []
+    epochs: list[float] = []
+    with open_store(store_path) as store:
+        record_epoch = store.record_epoch
+
+        def timed(*args: object, **kwargs: object) -> None:
+            start = time.perf_counter()
+            record_epoch(*args, **kwargs)
+            calls.append(time.perf_counter() - start)
+
+        store.record_epoch = timed  # type: ignore[method-assign]
+        for seed in range(seeds):
+            result = train(TrainConfig(seed=seed, checkpoint_dir=checkpoint_dir), store)
+            ends = [e.elapsed_s for e in result.epochs]
+            epochs += [b - a for a, b in zip([0.0, *ends], ends)]
+    call, epoch = statistics.median(calls), statistics.median(epochs)
+    print(
+        f"default task ({seeds} seeds, {len(calls)} epochs): median epoch {epoch * 1e3:.1f} ms, "
+        f"median record_epoch {call * 1e3:.2f} ms = {100 * call / epoch:.2f}% of an epoch"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=300, help="timed record_epoch calls")
     parser.add_argument("--steps", type=int, default=20, help="step rows per epoch")
     parser.add_argument("--store", default=None, help="store file (default: a temp file)")
+    parser.add_argument("--in-training", action="store_true",
+                        help="time the calls inside training runs of the default task")
+    parser.add_argument("--seeds", type=int, default=4, help="runs for --in-training")
     args = parser.parse_args()
+    if args.in_training:
+        with tempfile.TemporaryDirectory() as tmp:
+            in_training(args.seeds, args.store or str(Path(tmp) / "bench.db"),
+                        str(Path(tmp) / "checkpoints"))
+        return
 
     rng = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:

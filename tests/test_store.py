@@ -10,6 +10,7 @@ import socket
 
 import pytest
 from sqlalchemy import create_engine, update
+from sqlalchemy.exc import IntegrityError
 
 import adatune
 from adatune.errors import RunNotFound, StoreError
@@ -408,3 +409,21 @@ def test_reopen_run_for_resume(store: Store) -> None:
     assert [e.epoch for e in store.get_run(run_id).epochs] == [1, 2]
     with pytest.raises(RunNotFound):
         store.reopen_run(run_id + 100)
+
+
+def test_a_failed_epoch_write_leaves_nothing_and_the_next_one_works(store: Store) -> None:
+    # record_epoch runs on its own prepared DBAPI connection: a statement that
+    # fails halfway (here the step rows, after the epoch row went in) must roll
+    # the whole epoch back and leave that connection usable.
+    run_id = store.create_run(new_run())
+    store.record_epoch(run_id, epoch_record(1), step_records(1))
+    clashing = [dataclasses.replace(s, epoch=2) for s in step_records(1)[:1]]
+    with pytest.raises(IntegrityError):
+        store.record_epoch(run_id, epoch_record(2), step_records(2) + clashing)
+    detail = store.get_run(run_id)
+    assert [e.epoch for e in detail.epochs] == [1] and detail.run.epochs == 1
+    assert detail.steps == tuple(step_records(1))
+    store.record_epoch(run_id, epoch_record(2), step_records(2))
+    detail = store.get_run(run_id)
+    assert [e.epoch for e in detail.epochs] == [1, 2] and detail.run.epochs == 2
+    assert detail.steps == tuple(step_records(1) + step_records(2))

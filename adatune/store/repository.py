@@ -19,9 +19,9 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Connection,
     Engine,
     and_,
+    bindparam,
     case,
     delete,
     func,
@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import adatune
 from adatune.errors import RunNotFound
+from adatune.store._prepared import Prepared, RawWriter
 from adatune.store.connection import (
     SQLITE_BUSY_TIMEOUT_S,
     WRITE_OPTION,
@@ -120,6 +121,7 @@ class Store:
         self._read = sessionmaker(engine, expire_on_commit=False)
         self._write_engine = engine.execution_options(**{WRITE_OPTION: True})
         self._write = sessionmaker(self._write_engine, expire_on_commit=False)
+        self._hot: _HotPath | None = None
 
     @property
     def url(self) -> str:
@@ -141,6 +143,8 @@ class Store:
         self.close()
 
     def close(self) -> None:
+        if self._hot is not None:
+            self._hot.writer.close()
         self._engine.dispose()
 
     @contextmanager
@@ -151,18 +155,16 @@ class Store:
             yield session
 
     @contextmanager
-    def _write_transaction(self) -> Iterator[Connection]:
-        """A Core write transaction, for the per-epoch hot path (no ORM bookkeeping)."""
-        with self._errors(True), self._write_engine.begin() as conn:
-            yield conn
-
-    @contextmanager
     def _errors(self, write: bool) -> Iterator[None]:
         try:
             yield
         except IntegrityError:
             raise
         except DBAPIError as exc:
+            raise store_error(exc, self._location, "write to" if write else "read") from None
+        except self._engine.dialect.loaded_dbapi.Error as exc:  # the raw hot path
+            if isinstance(exc, self._engine.dialect.loaded_dbapi.IntegrityError):
+                raise IntegrityError(None, None, exc) from None
             raise store_error(exc, self._location, "write to" if write else "read") from None
 
     # -- writing ---------------------------------------------------------------
@@ -232,25 +234,25 @@ class Store:
             values, special = _pack(step, _STEP_FLOATS)
             step_rows.append({"run_id": run_id, "step": step.step, "epoch": step.epoch,
                               "special_floats": special, **values})
-        # Core statements on the few columns involved: this runs after every epoch.
-        with self._write_transaction() as conn:
-            run = conn.execute(
-                select(RunRow.epochs, RunRow.best_val_acc, RunRow.special_floats)
-                .where(RunRow.id == run_id)
-                .with_for_update()
-            ).one_or_none()
+        hot = self._hot_path()
+        with self._errors(True), hot.writer.transaction() as cursor:
+            cursor.execute(hot.select_run.sql, hot.select_run.params({"run_id": run_id}))
+            run = cursor.fetchone()
             if run is None:
                 raise RunNotFound(f"no run with id {run_id} in {self._location}")
-            conn.execute(insert(EpochRow.__table__), epoch_row)
+            epochs, best_val_acc, special_floats = run
+            cursor.execute(hot.insert_epoch.sql, hot.insert_epoch.params(epoch_row))
             if step_rows:
-                conn.execute(insert(StepRow.__table__), step_rows)
-            changes: dict[str, Any] = {"epochs": max(run.epochs, epoch.epoch),
+                cursor.executemany(hot.insert_step.sql,
+                                   [hot.insert_step.params(row) for row in step_rows])
+            changes: dict[str, Any] = {"run_id": run_id, "epochs": max(epochs, epoch.epoch),
                                        "heartbeat_at": now}
+            update_run = hot.touch_run
             val_acc = epoch.val_acc
             if val_acc is not None and math.isfinite(val_acc):
-                if run.best_val_acc is None or val_acc > run.best_val_acc:
+                if best_val_acc is None or val_acc > best_val_acc:
                     test_acc = epoch.test_acc
-                    floats = _unpack_special(run.special_floats)
+                    floats = _unpack_special(special_floats)
                     floats.pop("test_acc", None)
                     if test_acc is not None and not math.isfinite(test_acc):
                         floats["test_acc"] = repr(float(test_acc))
@@ -261,7 +263,13 @@ class Store:
                         test_acc=None if test_acc is None else float(test_acc),
                         special_floats=json.dumps(floats) if floats else None,
                     )
-            conn.execute(update(RunRow).where(RunRow.id == run_id).values(**changes))
+                    update_run = hot.improve_run
+            cursor.execute(update_run.sql, update_run.params(changes))
+
+    def _hot_path(self) -> _HotPath:
+        if self._hot is None:
+            self._hot = _HotPath(self._engine)
+        return self._hot
 
     def heartbeat(self, run_id: int) -> None:
         """Tell readers the run is still alive."""
@@ -506,3 +514,31 @@ def _step_record(row: StepRow) -> StepRecord:
 
 
 __all__ = ["STALE_AFTER_S", "Store", "open_store"]
+
+
+class _HotPath:
+    """``record_epoch``'s statements, compiled once (see :mod:`adatune.store._prepared`)."""
+
+    def __init__(self, engine: Engine) -> None:
+        runs, epochs, steps = RunRow.__table__, EpochRow.__table__, StepRow.__table__
+        sqlite = engine.dialect.name == "sqlite"
+        self.writer = RawWriter(engine, begin_sql="BEGIN IMMEDIATE" if sqlite else None)
+        self.select_run = Prepared(
+            select(runs.c.epochs, runs.c.best_val_acc, runs.c.special_floats)
+            .where(runs.c.id == bindparam("run_id"))
+            .with_for_update(),
+            engine,
+        )
+        epoch_keys = ("run_id", "epoch", "special_floats", "nonfinite_hypergradients",
+                      *_EPOCH_FLOATS)
+        self.insert_epoch = Prepared(insert(epochs), engine, epoch_keys)
+        step_keys = ("run_id", "step", "epoch", "special_floats", *_STEP_FLOATS)
+        self.insert_step = Prepared(insert(steps), engine, step_keys)
+        where_run = runs.c.id == bindparam("run_id")
+        self.touch_run = Prepared(update(runs).where(where_run), engine,
+                                  ("epochs", "heartbeat_at"))
+        self.improve_run = Prepared(
+            update(runs).where(where_run), engine,
+            ("epochs", "heartbeat_at", "best_val_acc", "best_epoch", "test_acc",
+             "special_floats"),
+        )
