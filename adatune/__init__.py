@@ -2,11 +2,11 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from adatune.tuners import HD, MARTHE, RTHO, HypergradientTuner
+from adatune.tuners import HD, MARTHE, RTHO, HypergradientTuner, fast_double_backward
 
 try:
     __version__ = version("adatune")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["HD", "MARTHE", "RTHO", "HypergradientTuner", "__version__"]
+__all__ = ["HD", "MARTHE", "RTHO", "HypergradientTuner", "__version__", "fast_double_backward"]

@@ -9,6 +9,7 @@ is measured in a fresh subprocess per method (process peak RSS on the CPU,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import subprocess
@@ -27,10 +28,12 @@ from adatune.engine import resolve_device
 from adatune.errors import ConfigError
 from adatune.models import build_model, canonical_network, check_compatible
 
-METHODS = ("plain", "hd", "marthe-mu0", "marthe", "rtho", "floor")
+METHODS = ("plain", "hd", "marthe-mu0", "marthe", "rtho", "floor", "floor-torch")
 # "floor": the autograd work an exact MARTHE step cannot avoid (a gradient with
 # create_graph, one HVP, a validation gradient, the optimizer step), with no tuner
-# code at all; MARTHE's ratio to it is the tuner's own overhead.
+# code at all, its forward under fast_double_backward as the tuners run it;
+# MARTHE's ratio to it is the tuner's own overhead. "floor-torch": the same with
+# torch's own double-backward formulas.
 HVP_METHODS = ("marthe", "rtho")  # the methods whose cost depends on the HVP mode
 HVP_MODES = ("exact", "finite-difference")
 
@@ -136,7 +139,9 @@ class _Runner:
         tiny = 1e-12  # keep the LR essentially fixed: we time the machinery, not the schedule
         self.tuner = None
         self.floor = ([torch.full_like(p, 1e-3) for p in self.model.parameters()]
-                      if method == "floor" else None)
+                      if method.startswith("floor") else None)
+        self.forward_mode = (adatune.fast_double_backward if method == "floor"
+                             else contextlib.nullcontext)
         if method == "hd":
             self.tuner = adatune.HD(opt, hyper_lr=tiny)
         elif method in ("marthe-mu0", "marthe"):
@@ -151,7 +156,9 @@ class _Runner:
         model, ce = self.model, nn.functional.cross_entropy
         if self.floor:
             params = list(model.parameters())
-            grads = torch.autograd.grad(ce(model(x), y), params, create_graph=True)
+            with self.forward_mode():
+                loss = ce(model(x), y)
+            grads = torch.autograd.grad(loss, params, create_graph=True)
             torch.autograd.grad(grads, params, grad_outputs=self.floor)
             for p, g in zip(params, grads):
                 p.grad = g.detach()

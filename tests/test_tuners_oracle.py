@@ -195,3 +195,48 @@ def test_foreach_and_loop_paths_agree(extra):
         (_, lr_a, hg_a, w_a), (_, lr_b, hg_b, w_b) = runs
         assert hg_a == pytest.approx(hg_b, rel=1e-12), opt_name
         assert lr_a == pytest.approx(lr_b, rel=1e-12)
+
+
+@pytest.mark.parametrize("opt_name", ["momentum", "adam"])
+def test_conv_batchnorm_network_through_the_fused_double_backward(opt_name):
+    # step(closure) records the convolutions and batch norms under
+    # fast_double_backward, whose double-backward formulas are our own: the
+    # hypergradient must still be the unrolled one.
+    spec, mu, wd, n_steps = OPTIMIZERS[opt_name], 0.5, 1e-3, 4
+    g = torch.Generator().manual_seed(7)
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3),
+                          nn.Tanh(), nn.Conv2d(3, 3, 3, stride=2), nn.BatchNorm2d(3),
+                          nn.Tanh(), nn.Flatten(), nn.Linear(12, 3)).double()
+    xs = torch.randn(n_steps, 6, 2, 6, 6, generator=g, dtype=torch.float64)
+    ys = torch.randint(0, 3, (n_steps, 6), generator=g)
+    xv = torch.randn(8, 2, 6, 6, generator=g, dtype=torch.float64)
+    yv = torch.randint(0, 3, (8,), generator=g)
+    ce = nn.functional.cross_entropy
+    names = [n for n, _ in model.named_parameters()]
+    init = [p.detach().clone() for p in model.parameters()]
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    lr = 0.05 if spec.kind == "sgd" else 0.01
+    opt = spec.build([{"params": list(model.parameters()), "lr": lr, "weight_decay": wd}])
+    tuner = adatune.MARTHE(opt, hyper_lr=1e-2 if spec.kind == "sgd" else 1e-4, mu=mu)
+    lrs, hgs = [], []
+    for t in range(n_steps):
+        lrs.append(tuner.lr)
+        tuner.step(lambda t=t: ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv))
+        hgs.append(tuner.last_hypergradient)
+    assert max(abs(x / lrs[0] - 1) for x in lrs) > 1e-4
+
+    def loss_at(ws, x, y):
+        return ce(functional_call(model, ({**dict(zip(names, ws)), **buffers}), (x,)), y)
+
+    etas = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in lrs]
+    ws, state = [w.clone().requires_grad_(True) for w in init], {}
+    for t in range(n_steps):
+        grads = torch.autograd.grad(loss_at(ws, xs[t], ys[t]), ws, create_graph=True)
+        ws = unrolled_step(spec, ws, grads, state, lrs=[etas[t]] * len(ws),
+                           wds=[wd] * len(ws), k=t + 1)
+        derivs = torch.autograd.grad(loss_at(ws, xv, yv), etas[: t + 1], retain_graph=True)
+        expected, scale = _weighted([float(d) for d in derivs], mu)
+        assert hgs[t] == pytest.approx(expected, rel=1e-9, abs=1e-12 * scale), (t, hgs)
+    for w, p in zip(ws, model.parameters()):
+        torch.testing.assert_close(w.detach(), p.detach(), rtol=1e-12, atol=1e-14)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from adatune.tuners import _tangent
+from adatune.tuners._double_backward import fast_double_backward
 
 LossArg = Tensor | Callable[[], Tensor]
 HVP_MODES = ("exact", "finite-difference")
@@ -181,7 +182,9 @@ class HypergradientTuner:
         closure computing it (required for ``hvp="finite-difference"``, which
         evaluates it a second time on the same batch and dropout mask).
         MARTHE/RTHO need ``val_loss``: a closure returning the validation loss,
-        called after the update. Returns the (detached) training loss.
+        called after the update. Returns the (detached) training loss. On the
+        CPU a closure that needs an exact HVP runs under
+        :func:`fast_double_backward`.
         """
         if self.outer == "validation" and val_loss is None:
             raise ValueError(f"{type(self).__name__}.step needs val_loss=, a closure "
@@ -191,9 +194,15 @@ class HypergradientTuner:
         params = self._params()
         fd = self.hvp == "finite-difference"
         rng = _RngSnapshot(params[0].device) if fd and callable(loss) else None
-        loss_value = loss() if callable(loss) else loss
         use_hvp = self._wants_hvp()
         create_graph = use_hvp and self.hvp == "exact"
+        if not callable(loss):
+            loss_value = loss
+        elif create_graph and params[0].device.type == "cpu":  # measured there only
+            with fast_double_backward():
+                loss_value = loss()
+        else:
+            loss_value = loss()
         raw = torch.autograd.grad(loss_value, params, create_graph=create_graph,
                                   allow_unused=True)
         live = [i for i, g in enumerate(raw) if g is not None]
