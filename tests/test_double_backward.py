@@ -141,6 +141,10 @@ def test_the_fast_nodes_are_used_and_inert_where_they_should_be() -> None:
     assert "_ConvBackward" in names and "_BatchNormBackward" not in names
     assert "NativeBatchNormBackward0" in names
     assert plain.grad_fn is None
+    model.train()
+    with adatune.fast_double_backward(), torch.autocast("cpu", dtype=torch.bfloat16):
+        names = _node_names(model.float()(x.float()))
+    assert not {"_ConvBackward", "_BatchNormBackward"} & names
 
 
 def test_tuner_closure_and_loss_tensor_give_the_same_hypergradient() -> None:

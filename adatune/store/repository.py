@@ -513,9 +513,6 @@ def _step_record(row: StepRow) -> StepRecord:
     return StepRecord(step=row.step, epoch=row.epoch, **_unpack(row, _STEP_FLOATS))
 
 
-__all__ = ["STALE_AFTER_S", "Store", "open_store"]
-
-
 class _HotPath:
     """``record_epoch``'s statements, compiled once (see :mod:`adatune.store._prepared`)."""
 
@@ -542,3 +539,7 @@ class _HotPath:
             ("epochs", "heartbeat_at", "best_val_acc", "best_epoch", "test_acc",
              "special_floats"),
         )
+
+
+__all__ = ["STALE_AFTER_S", "Store", "open_store"]
+

@@ -53,8 +53,10 @@ def _per_channel(t: Tensor, like: Tensor) -> Tensor:
     return t.view(1, -1, *([1] * (like.dim() - 2)))
 
 
-def _needs_grad(*tensors: Tensor | None) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+def _handled(x: Tensor, *params: Tensor | None) -> bool:
+    """A gradient is wanted, and autocast (whose casts these functions skip) is off."""
+    return (torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)
+            and any(t is not None and t.requires_grad for t in (x, *params)))
 
 
 class _BatchNorm(Function):
@@ -199,8 +201,8 @@ class fast_double_backward(TorchFunctionMode):  # noqa: N801 - used like a funct
     Values, first-order gradients and batch-norm running statistics are the
     same as without it; only the graph of the double backward changes. The
     tuners apply it themselves when ``step`` is given a closure. Calls it does
-    not handle (string padding, eval-mode batch norm, no gradient needed) run
-    unchanged.
+    not handle (string padding, eval-mode batch norm, no gradient needed,
+    autocast) run unchanged.
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
@@ -209,7 +211,7 @@ class fast_double_backward(TorchFunctionMode):  # noqa: N801 - used like a funct
             a = _bound(_BN_ARGS, args, kwargs)
             x = a["input"]
             if (a.get("training", False) and x.dim() >= 2 and x.numel() > x.shape[1]
-                    and _needs_grad(x, a.get("weight"), a.get("bias"))):
+                    and _handled(x, a.get("weight"), a.get("bias"))):
                 return _BatchNorm.apply(x, a.get("weight"), a.get("bias"), a["running_mean"],
                                         a["running_var"], a.get("momentum", 0.1),
                                         a.get("eps", 1e-5))
@@ -219,7 +221,7 @@ class fast_double_backward(TorchFunctionMode):  # noqa: N801 - used like a funct
             x, weight, bias = a["input"], a["weight"], a.get("bias")
             padding = a.get("padding", 0)
             if (not isinstance(padding, str) and x.dim() == n + 2
-                    and _needs_grad(x, weight, bias)):
+                    and _handled(x, weight, bias)):
                 return _Conv.apply(x, weight, bias, _tuple(a.get("stride", 1), n),
                                    _tuple(padding, n), _tuple(a.get("dilation", 1), n),
                                    a.get("groups", 1))
