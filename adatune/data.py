@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from adatune._names import canonical_name
 from adatune.errors import ConfigError, DatasetError
 
 __all__ = [
@@ -149,13 +150,7 @@ _SOURCES: dict[str, _Source] = {
 
 def canonical_dataset(name: str) -> str:
     """Return the canonical name of a dataset, accepting the original project's aliases."""
-    if not isinstance(name, str):
-        raise ConfigError(f"Invalid dataset: {name!r} (expected a name)")
-    key = name.strip().lower().replace("-", "_")
-    key = _DATASET_ALIASES.get(key, key)
-    if key not in DATASET_NAMES:
-        raise ConfigError(f"unknown dataset '{name}' (choose from: {', '.join(DATASET_NAMES)})")
-    return key
+    return canonical_name("dataset", name, _DATASET_ALIASES, DATASET_NAMES)
 
 
 def dataset_spec(name: str) -> DataSpec:

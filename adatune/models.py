@@ -34,6 +34,7 @@ from torchvision.models import ResNet
 from torchvision.models.resnet import BasicBlock
 from torchvision.models.vgg import cfgs as _VGG_CONFIGS
 
+from adatune._names import canonical_name
 from adatune.data import DataSpec
 from adatune.errors import ConfigError
 
@@ -77,13 +78,7 @@ _MIN_SIZE = {"mlp": 1, "lenet": 4, "vgg11": 32, "resnet18": 1, "wrn28_10": 1, "d
 
 def canonical_network(name: str) -> str:
     """Return the canonical name of a network, accepting the original project's aliases."""
-    if not isinstance(name, str):
-        raise ConfigError(f"Invalid network: {name!r} (expected a name)")
-    key = name.strip().lower().replace("-", "_")
-    key = _NETWORK_ALIASES.get(key, key)
-    if key not in NETWORK_NAMES:
-        raise ConfigError(f"unknown network '{name}' (choose from: {', '.join(NETWORK_NAMES)})")
-    return key
+    return canonical_name("network", name, _NETWORK_ALIASES, NETWORK_NAMES)
 
 
 def check_compatible(network: str, spec: DataSpec) -> None:
