@@ -64,22 +64,34 @@ def build_parts(config: TrainConfig) -> Parts:
                  tuner=tuner, schedule=schedule)
 
 
-def run_labels(config: TrainConfig, parts: Parts) -> tuple[str, str]:
-    """How the store names the run's network and dataset: the model's class, the data's factory."""
-    network = config.network or type(parts.model).__name__
-    dataset = config.dataset or imports.attr_name(config.data)
-    return network[:64], dataset[:64]
-
-
 # ------------------------------------------------------------------- the loss
 def _cross_entropy(output: Tensor, target: Tensor) -> Tensor:
     return nn.functional.cross_entropy(output, target)
 
 
-def _mse(output: Tensor, target: Tensor) -> Tensor:
+def _align(output: Tensor, target: Tensor) -> Tensor:
+    """(N,) targets for (N, 1) outputs, and the like: the target in the output's shape.
+
+    Without it, torch's element-wise losses broadcast (N, 1) against (N,) to an
+    (N, N) loss matrix, with a warning only.
+    """
     if output.shape != target.shape and output.numel() == target.numel():
-        target = target.reshape(output.shape)  # (N,) targets for (N, 1) outputs
-    return nn.functional.mse_loss(output, target.to(output.dtype))
+        return target.reshape(output.shape)
+    return target
+
+
+def _mse(output: Tensor, target: Tensor) -> Tensor:
+    return nn.functional.mse_loss(output, _align(output, target).to(output.dtype))
+
+
+class AlignedLoss:
+    """A user's loss, given targets in the output's shape when only the shape differs."""
+
+    def __init__(self, loss: Any) -> None:
+        self.loss = loss
+
+    def __call__(self, output: Tensor, target: Tensor) -> Tensor:
+        return self.loss(output, _align(output, target))
 
 
 def build_loss(name: str) -> tuple[Any, bool]:
@@ -98,7 +110,7 @@ def build_loss(name: str) -> tuple[Any, bool]:
         if not callable(obj):
             raise ConfigError(f"--loss {name!r} built {imports.describe_type(obj)}, "
                               "which is not callable")
-    return obj, False
+    return AlignedLoss(obj), False
 
 
 # ------------------------------------------------------------------- the data

@@ -13,7 +13,7 @@ from typing import Any
 
 from adatune.data import canonical_dataset, dataset_spec
 from adatune.errors import ConfigError
-from adatune.imports import check_import_path
+from adatune.imports import attr_name, check_import_path
 from adatune.models import canonical_network, check_compatible
 from adatune.schedules import SCHEDULE_NAMES, canonical_schedule
 
@@ -209,6 +209,16 @@ class TrainConfig:
                 and not self.classification and self.network != "mlp":
             raise ConfigError(f"--network {self.network} is a classifier; with --loss "
                               f"{self.loss} use --network mlp or your own --model")
+
+    @property
+    def network_label(self) -> str:
+        """How runs name the network: the built-in name, or the model factory's name."""
+        return (self.network or attr_name(self.model))[:64]
+
+    @property
+    def dataset_label(self) -> str:
+        """How runs name the data: the built-in name, or the data factory's name."""
+        return (self.dataset or attr_name(self.data))[:64]
 
     @property
     def classification(self) -> bool:

@@ -1,16 +1,17 @@
 """Runs from a configuration: build the parts (:mod:`adatune.build`), then run the loop.
 
-The loop itself is :mod:`adatune.loop`. :func:`train` starts a run from a :class:`~adatune.config.TrainConfig` and
-:func:`resume` continues one from its ``last`` checkpoint; the CLI,
-``find-alpha`` and ``sweep`` go through these. Library users with their own
-model and data call :func:`adatune.fit`, which runs the same loop.
+The loop itself is :mod:`adatune.loop`. :func:`train` starts a run from a
+:class:`~adatune.config.TrainConfig` and :func:`resume` continues one from its
+``last`` checkpoint; the CLI, ``find-alpha`` and ``sweep`` go through these.
+Library users with their own model and data call :func:`adatune.fit`, which
+runs the same loop.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from adatune.build import build_parts, loop_config, run_labels
+from adatune.build import build_parts, loop_config
 from adatune.config import TrainConfig
 from adatune.errors import ConfigError
 from adatune.loop import (
@@ -61,10 +62,10 @@ def train(
     config = config.replace(checkpoint_dir=str(ckpt_root))
     parts = build_parts(config)
     loop = Loop(parts, loop_config(config, rules))
-    network, dataset = run_labels(config, parts)
     run_id = store.create_run(NewRun(
         kind=kind or config.kind, method=config.method, optimizer=config.optimizer,
-        network=network, dataset=dataset, seed=config.seed, config=config.to_dict(),
+        network=config.network_label, dataset=config.dataset_label, seed=config.seed,
+        config=config.to_dict(),
         name=name, experiment=experiment, parent_id=parent_id, device=str(parts.device),
     ))
     return loop.run(store, run_id, ckpt_root / f"run-{run_id}", events or Events(),

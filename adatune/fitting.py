@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.optim import lr_scheduler
 from torch.utils.data import Dataset, TensorDataset
 
-from adatune.build import build_loss, build_tuner
+from adatune.build import AlignedLoss, build_loss, build_tuner
 from adatune.config import DEFAULT_LR, TUNER_NAMES, TrainConfig
 from adatune.engine import DEFAULT_CHECKPOINT_DIR, check_resumable, continue_run
 from adatune.errors import ConfigError
@@ -194,7 +194,7 @@ def _loss(loss: Any) -> tuple[Callable[[Tensor, Tensor], Tensor], bool, str]:
     if not callable(loss):
         raise ConfigError(f"Invalid loss: {loss!r} (a name or a callable)")
     label = getattr(loss, "__qualname__", None) or type(loss).__name__
-    return loss, False, f"{getattr(loss, '__module__', '')}:{label}".lstrip(":")
+    return AlignedLoss(loss), False, f"{getattr(loss, '__module__', '')}:{label}".lstrip(":")
 
 
 def _optimizer_name(optimizer: torch.optim.Optimizer) -> str:

@@ -43,7 +43,7 @@ class RichEvents(Events):
     def run_started(self, run_id: int, config: TrainConfig, *, steps_per_epoch: int,
                     start_epoch: int) -> None:
         self.progress.console.print(
-            f"run {run_id}: {config.method} on {config.dataset}/{config.network} "
+            f"run {run_id}: {config.method} on {config.dataset_label}/{config.network_label} "
             f"({config.optimizer}, lr {config.lr:g}) for {config.epochs} epochs", markup=False)
         self.epoch_task = self.progress.add_task("epochs", total=config.epochs,
                                                  completed=start_epoch - 1, info="")

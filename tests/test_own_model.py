@@ -49,7 +49,7 @@ def test_own_model_and_data_through_the_cli(workdir, capsys, command):
     detail = _only_run()
     run = detail.run
     assert (run.status, run.epochs, run.network, run.dataset) == (
-        "completed", 2, "Conv1dNet", "sequences")
+        "completed", 2, "conv1d", "sequences")
     assert run.config["model"] == MODEL and run.config["data"] == DATA
     assert run.config["network"] is None and run.config["dataset"] is None
     assert all(e.val_acc is not None and e.test_acc is not None for e in detail.epochs)
@@ -68,7 +68,7 @@ def test_built_in_data_with_own_model_and_own_data_with_built_in_network(workdir
     assert cli(capsys, "baseline", "--network", "mlp", "--data", DATA, "--epochs", "1")[0] == 0
     with open_store("adatune.db") as db:
         first, second = db.list_runs()
-    assert (first.network, first.dataset) == ("Sequential", "digits")
+    assert (first.network, first.dataset) == ("tiny_cnn", "digits")
     assert (second.network, second.dataset) == ("mlp", "sequences")
     assert first.status == second.status == "completed"
 
@@ -79,7 +79,7 @@ def test_a_module_in_the_current_directory_is_importable(workdir, capsys):
         "def make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n")
     code, _, err = cli(capsys, "train", "--tuner", "hd", "--model", "mynet:make", "--epochs", "1")
     assert code == 0, err
-    assert _only_run().run.network == "Sequential"
+    assert _only_run().run.network == "make"
 
 
 def test_regression_with_mse_picks_the_best_epoch_by_validation_loss(workdir, capsys):
@@ -102,13 +102,28 @@ def test_regression_with_mse_picks_the_best_epoch_by_validation_loss(workdir, ca
     assert saved["epoch"] == best.epoch
 
 
-@pytest.mark.parametrize("loss", ["tests.userpkg.losses:huber", "torch.nn:SmoothL1Loss"])
-def test_a_loss_by_import_path(workdir, capsys, loss):
+@pytest.mark.parametrize("loss, reference", [
+    ("tests.userpkg.losses:huber", nn.functional.huber_loss),
+    ("torch.nn:SmoothL1Loss", nn.SmoothL1Loss()),
+])
+def test_a_loss_by_import_path(workdir, capsys, loss, reference):
+    from tests.userpkg.data import regression
+    from tests.userpkg.models import regressor
+
     code, _, err = cli(capsys, "baseline", "--model", "tests.userpkg.models:regressor",
                        "--data", "tests.userpkg.data:regression", "--loss", loss, "--epochs", "1")
     assert code == 0, err
+    assert "warning" not in err  # (N, 1) outputs against (N,) targets: aligned, no broadcast
     detail = _only_run()
     assert detail.run.config["loss"] == loss and detail.epochs[0].val_acc is None
+    # the recorded validation loss is that of aligned targets, not of an (N, N) broadcast
+    net = regressor()
+    best = Path("adatune-runs") / f"run-{detail.run.id}" / "best.pt"
+    net.load_state_dict(torch.load(best, weights_only=True)["model"])
+    _, (xv, yv), _ = regression(0)
+    with torch.no_grad():
+        expected = float(reference(net(xv).reshape(-1), yv))
+    assert detail.epochs[0].val_loss == pytest.approx(expected, rel=1e-5)
 
 
 def test_a_dataset_that_is_not_tensors_goes_through_dataloader_workers(workdir, capsys):
@@ -308,3 +323,28 @@ def test_fit_rejects_bad_arguments_before_writing_a_run(workdir, kwargs, says):
     if Path("runs.db").exists():
         with open_store("runs.db") as db:
             assert db.list_runs() == []
+
+
+REGRESSION = ["--model", "tests.userpkg.models:regressor", "--data",
+              "tests.userpkg.data:regression", "--loss", "mse"]
+
+
+def test_find_alpha_and_sweep_take_own_parts_and_judge_regression_by_loss(workdir, capsys):
+    code, out, err = cli(capsys, "find-alpha", *REGRESSION, "--epochs", "2", "--probe-epochs", "1",
+                         "--alpha-max", "1e-3", "--alpha-min", "1e-4", "--json")
+    assert code == 0, err
+    found = json.loads(out)
+    assert all(p["val_acc"] is None and p["val_loss"] is not None for p in found["probes"])
+    with open_store("adatune.db") as db:
+        probes = db.list_runs(kind="probe")
+    assert probes and all(r.config["model"] == REGRESSION[1] for r in probes)
+    code, out, err = cli(capsys, "sweep", "--method", "constant", *REGRESSION, "--trials", "1",
+                         "--seeds", "1", "--epochs", "2", "--study", "reg")
+    assert code == 0, err
+    import optuna
+
+    with open_store("adatune.db") as db:
+        [trial_run] = db.list_runs(kind="sweep")
+        study = optuna.load_study(study_name="reg", storage=db.url)
+    [trial] = study.trials
+    assert trial.value == pytest.approx(-trial_run.summary["best_val_loss"])
