@@ -10,6 +10,10 @@ Conventions
 * Non-finite values (NaN, inf: diverged runs) and ``None`` become ``None``
   ("no value"): they never enter a mean, a min or a max, and plotted series
   show a gap there.
+* A figure's series is *constant* when all its finite values are equal (to
+  1e-9 relative): every ``*Info`` with curves or traces carries that value in
+  ``constant`` (else ``None``), so that the figure can draw a tight axis and
+  say so in one line instead of a flat line on a default axis.
 * Runs are *compared* per group: the method, plus the dataset / network /
   optimizer when the compared runs differ in those. ``probe`` and
   ``find-alpha`` runs are not compared (they are short trials and search
@@ -38,6 +42,9 @@ Conventions
   The best configuration of a group is the trial whose runs all completed,
   over as many seeds as the group's fullest trial, with the highest mean best
   validation accuracy (the sweep's objective; ties: the earlier trial).
+* find-alpha probes carry the CLI's verdict (``adatune find-alpha``): a probe
+  run that completed is *stable*; ``diverged``, ``interrupted`` and ``failed``
+  keep their names.
 """
 
 from __future__ import annotations
@@ -122,6 +129,26 @@ def _even_subset(values: Sequence[float], max_points: int) -> list[float]:
     return [values[i] for i in idx]
 
 
+def _constant(values: Iterable[float | None]) -> float | None:
+    """The common value when every finite value is equal (1e-9 relative), else ``None``.
+
+    ``None`` as well when there is no finite value at all.
+    """
+    first: float | None = None
+    for v in values:
+        if v is None:
+            continue
+        if first is None:
+            first = v
+        elif not math.isclose(v, first, rel_tol=1e-9, abs_tol=0.0):
+            return None
+    return first
+
+
+def _curves_constant(curves: Sequence[BandCurve]) -> float | None:
+    return _constant(v for c in curves for ys in (c.mean, c.lo, c.hi) for v in ys)
+
+
 def _sorted_epochs(detail: RunDetail) -> list[EpochRecord]:
     """Epochs in order, one per epoch number (the last record wins)."""
     by_epoch = {e.epoch: e for e in detail.epochs}
@@ -188,6 +215,7 @@ class BandCurve(NamedTuple):
 class EpochCurvesInfo(NamedTuple):
     metric: str
     curves: tuple[BandCurve, ...]
+    constant: float | None = None  # see the module doc
 
 
 def _band_point(values: list[float]) -> tuple[float, float, float]:
@@ -227,7 +255,7 @@ def _get_epoch_curves_info(
                 runs=contributing,
             )
         )
-    return EpochCurvesInfo(metric, tuple(curves))
+    return EpochCurvesInfo(metric, tuple(curves), _curves_constant(curves))
 
 
 # --------------------------------------------------------------------------- incumbent
@@ -244,6 +272,7 @@ def _incumbent_steps(detail: RunDetail) -> list[tuple[float, float | None]]:
 
 class IncumbentInfo(NamedTuple):
     curves: tuple[BandCurve, ...]
+    constant: float | None = None  # see the module doc
 
 
 def _get_incumbent_info(
@@ -255,7 +284,7 @@ def _get_incumbent_info(
         curve = _band_over_time(group.label, [_incumbent_steps(d) for d in group.runs], max_points)
         if curve is not None:
             curves.append(curve)
-    return IncumbentInfo(tuple(curves))
+    return IncumbentInfo(tuple(curves), _curves_constant(curves))
 
 
 def _band_over_time(
@@ -313,6 +342,8 @@ class RunTracesInfo(NamedTuple):
     axis: str  # "epoch" or "step"
     groups: tuple[str, ...]  # every compared group, in order (stable colours)
     traces: tuple[RunTrace, ...]
+    constant: float | None = None  # see the module doc
+    positive: bool = False  # every finite value is > 0 (a log axis can show them all)
 
 
 def _get_run_traces_info(
@@ -352,20 +383,37 @@ def _get_run_traces_info(
                 continue
             x, y = _downsample(xs, ys, limit)
             traces.append(RunTrace(d.run.id, run_label(d.run), group.label, x, y))
-    return RunTracesInfo(field, axis, tuple(g.label for g in groups), tuple(traces))
+    values = [v for t in traces for v in t.y if v is not None]
+    return RunTracesInfo(
+        field,
+        axis,
+        tuple(g.label for g in groups),
+        tuple(traces),
+        _constant(values),
+        bool(values) and min(values) > 0,
+    )
 
 
 # --------------------------------------------------------------------------- find-alpha
+
+
+PROBE_VERDICTS = {"completed": "stable"}  # probe run status -> verdict (as adatune find-alpha)
+
+
+def probe_verdict(status: str) -> str:
+    """The find-alpha verdict on a probe run of ``status``: completed means stable."""
+    return PROBE_VERDICTS.get(status, status)
 
 
 class Probe(NamedTuple):
     run_id: int
     label: str
     value: float | None  # the probed alpha (or hyper-LR)
-    status: str
+    status: str  # the probe run's status
     best_val_acc: float | None
     epochs: int
     error: str | None
+    verdict: str = ""  # stable | diverged | interrupted | failed | running (probe_verdict)
 
 
 class SearchInfo(NamedTuple):
@@ -426,6 +474,7 @@ def _get_find_alpha_info(details: Sequence[RunDetail]) -> FindAlphaInfo:
                     best,
                     max(r.epochs, len(d.epochs)),
                     r.error,
+                    probe_verdict(r.status),
                 )
             )
         rows.sort(key=lambda p: (p.value is None, p.value or 0.0, p.run_id))
@@ -507,6 +556,7 @@ class SweepGroup(NamedTuple):
 class SweepInfo(NamedTuple):
     curves: tuple[BandCurve, ...]  # one per group that has an incumbent
     groups: tuple[SweepGroup, ...]
+    constant: float | None = None  # of the curves; see the module doc
 
 
 def _sweep_best(runs: Sequence[RunDetail]) -> SweepBest | None:
@@ -581,7 +631,7 @@ def _get_sweep_info(
                 best=_sweep_best(runs),
             )
         )
-    return SweepInfo(tuple(curves), tuple(groups))
+    return SweepInfo(tuple(curves), tuple(groups), _curves_constant(curves))
 
 
 # --------------------------------------------------------------------------- summary
