@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default_collate
 
 from adatune._names import canonical_name
 from adatune.errors import ConfigError, DatasetError
@@ -268,6 +268,7 @@ class _Batches:
         drop_last: bool,
         workers: int = 0,
         pin_memory: bool = False,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
@@ -276,6 +277,7 @@ class _Batches:
         self.drop_last = drop_last
         self.workers = workers
         self.pin_memory = pin_memory
+        self.shard = shard
         self._fast = _fast_getter(dataset)
 
     def __len__(self) -> int:
@@ -291,24 +293,57 @@ class _Batches:
             order = torch.randperm(n, generator=self.generator, device=gen_device).cpu()
         else:
             order = torch.arange(n)
+        stop = len(self) * self.batch_size if self.drop_last else n
         if self._fast is None:
+            index = order.tolist()
+            kw: dict = {"batch_size": self.batch_size, "sampler": index,
+                        "drop_last": self.drop_last}
+            if self.shard is not None:  # this rank's slice of every batch, read by this rank
+                kw = {"batch_sampler": [_slice(index[i : i + self.batch_size], self.shard)
+                                        for i in range(0, stop, self.batch_size)]}
             loader = DataLoader(
                 self.dataset,
-                batch_size=self.batch_size,
-                sampler=order.tolist(),
                 generator=_worker_seeds(self.generator),
-                drop_last=self.drop_last,
                 num_workers=self.workers,
                 pin_memory=self.pin_memory,
+                collate_fn=_collate_maybe_empty if self.shard is not None else None,
+                **kw,
             )
             yield from loader
             return
         get, base = self._fast
         if base is not None:
             order = base[order]
-        stop = len(self) * self.batch_size if self.drop_last else n
         for start in range(0, stop, self.batch_size):
-            yield get(order[start : start + self.batch_size], self.generator)
+            index = order[start : start + self.batch_size]
+            if self.shard is None:
+                yield get(index, self.generator)
+            elif getattr(get, "draws", True):
+                # augmentation draws per example: draw for the whole batch, as one
+                # process would, and keep this rank's slice
+                x, y = get(index, self.generator)
+                yield _slice(x, self.shard), _slice(y, self.shard)
+            else:
+                yield get(_slice(index, self.shard), self.generator)
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous slice ``[lo, hi)`` of ``n`` items split over ``world``.
+
+    Sizes differ by at most one; with ``n < world`` some slices are empty.
+    """
+    return rank * n // world, (rank + 1) * n // world
+
+
+def _slice(items, shard: tuple[int, int]):
+    lo, hi = shard_bounds(len(items), *shard)
+    return items[lo:hi]
+
+
+def _collate_maybe_empty(samples):
+    if samples:
+        return default_collate(samples)
+    return torch.empty(0), torch.empty(0, dtype=torch.long)
 
 
 def _worker_seeds(generator: torch.Generator | None) -> torch.Generator:
@@ -339,6 +374,7 @@ def _fast_getter(dataset: Dataset):
             index = index.to(x.device)
             return x[index], y[index]
 
+        get.draws = False  # draws nothing from the generator: a shard can index directly
         return get, base
     return None
 
@@ -352,6 +388,7 @@ def batches(
     drop_last: bool = False,
     workers: int = 0,
     pin_memory: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> _Batches:
     """Minibatches ``(x, y)`` of ``dataset``; ``len()`` is the number of batches.
 
@@ -366,13 +403,19 @@ def batches(
     (0: in this process, where per-sample transforms use torch's global
     generator; with workers, each pass seeds its workers from ``generator``,
     so an epoch is still reproducible) and ``pin_memory``.
+
+    ``shard=(rank, world)`` yields only that rank's contiguous slice of every
+    batch (:func:`shard_bounds`; the batches themselves, and ``len()``, are
+    the same as without it): data parallelism, where the batch size is the
+    global one. Augmentation is drawn for the whole batch, so every rank's
+    generator stays in step and the union of the slices is the one-process batch.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"Invalid batch_size: {batch_size!r} (need a positive integer)")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ConfigError(f"Invalid workers: {workers!r} (need an integer >= 0)")
     return _Batches(dataset, batch_size, bool(shuffle), generator, bool(drop_last), workers,
-                    bool(pin_memory))
+                    bool(pin_memory), shard)
 
 
 # --------------------------------------------------------------------------- splits

@@ -5,12 +5,19 @@ The loop itself is :mod:`adatune.loop`. :func:`train` starts a run from a
 ``last`` checkpoint; the CLI, ``find-alpha`` and ``sweep`` go through these.
 Library users with their own model and data call :func:`adatune.fit`, which
 runs the same loop.
+
+Under ``torch.distributed`` every rank calls the same function: each builds
+its parts once the ranks agree on the configuration
+(:func:`adatune.distributed.agree`), and rank 0 alone reads and writes the
+store (:func:`adatune.distributed.on_main`); the other ranks may pass a
+:class:`~adatune.distributed.LazyStore`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from adatune import distributed
 from adatune.build import build_parts, loop_config
 from adatune.config import TrainConfig
 from adatune.errors import ConfigError
@@ -60,14 +67,16 @@ def train(
     """
     ckpt_root = Path(config.checkpoint_dir or DEFAULT_CHECKPOINT_DIR).resolve()
     config = config.replace(checkpoint_dir=str(ckpt_root))
-    parts = build_parts(config)
+    parts = distributed.agree(_fingerprint(config, entry="train", name=name,
+                                           experiment=experiment, kind=kind),
+                              lambda: build_parts(config), batch_size=config.batch_size)
     loop = Loop(parts, loop_config(config, rules))
-    run_id = store.create_run(NewRun(
+    run_id = distributed.on_main(lambda: store.create_run(NewRun(
         kind=kind or config.kind, method=config.method, optimizer=config.optimizer,
         network=config.network_label, dataset=config.dataset_label, seed=config.seed,
         config=config.to_dict(),
         name=name, experiment=experiment, parent_id=parent_id, device=str(parts.device),
-    ))
+    )))
     return loop.run(store, run_id, ckpt_root / f"run-{run_id}", events or Events(),
                     announce=config, meta=config.to_dict())
 
@@ -78,16 +87,34 @@ def resume(store: Store, run_id: int, *, rules: DivergenceRules | None = None,
 
     The user's own model, data and loss (import paths) are imported again.
     """
-    run = store.get_run(run_id, steps=False).run
-    if run.config.get("entry") == "fit":
-        raise ConfigError(f"run {run_id} was started from Python with adatune.fit; resume it "
-                          f"there with adatune.fit(..., resume={run_id})")
-    config = TrainConfig.from_dict(run.config)
-    ckpt_dir = Path(config.checkpoint_dir or DEFAULT_CHECKPOINT_DIR) / f"run-{run_id}"
-    check_resumable(store, run_id, ckpt_dir)
-    loop = Loop(build_parts(config), loop_config(config, rules))
+    def recorded() -> dict:
+        run = store.get_run(run_id, steps=False).run
+        if run.config.get("entry") == "fit":
+            raise ConfigError(f"run {run_id} was started from Python with adatune.fit; resume "
+                              f"it there with adatune.fit(..., resume={run_id})")
+        config = TrainConfig.from_dict(run.config)
+        check_resumable(store, run_id, _run_dir(config, run_id))
+        return run.config
+
+    config = TrainConfig.from_dict(distributed.on_main(recorded))  # rank 0 reads the store
+    ckpt_dir = _run_dir(config, run_id)
+    parts = distributed.agree({"entry": "resume", "run_id": run_id},
+                              lambda: build_parts(config), batch_size=config.batch_size)
+    loop = Loop(parts, loop_config(config, rules))
     return continue_run(store, run_id, loop, ckpt_dir, events or Events(), announce=config,
                         meta=config.to_dict())
+
+
+def _run_dir(config: TrainConfig, run_id: int) -> Path:
+    return Path(config.checkpoint_dir or DEFAULT_CHECKPOINT_DIR) / f"run-{run_id}"
+
+
+def _fingerprint(config: TrainConfig, **more: object) -> dict:
+    """What every rank of a distributed run must have been given alike (paths may differ)."""
+    from adatune import __version__
+
+    values = {k: v for k, v in config.to_dict().items() if k not in ("checkpoint_dir", "data_dir")}
+    return {**values, **more, "adatune": __version__}
 
 
 def check_resumable(store: Store, run_id: int, ckpt_dir: Path) -> None:
@@ -106,11 +133,16 @@ def check_resumable(store: Store, run_id: int, ckpt_dir: Path) -> None:
 
 def continue_run(store: Store, run_id: int, loop: Loop, ckpt_dir: Path, events: Events, *,
                  announce: object, meta: dict) -> RunResult:
-    """Load ``last.pt`` (if any) into the loop's parts, reopen the run and train on."""
+    """Load ``last.pt`` (if any) into the loop's parts, reopen the run and train on.
+
+    Under several ranks, rank 0 reads the checkpoint for all and alone touches the store.
+    """
     last = ckpt_dir / "last.pt"
-    state = loop.load(last) if last.exists() else None
-    store.reopen_run(run_id)
-    if state is not None and store.get_run(run_id, steps=False).run.epochs < state["epoch"]:
+    state = loop.load(last) if loop.ranks.on_main(last.exists) else None
+    if loop.ranks.is_main:
+        store.reopen_run(run_id)
+    if (state is not None and loop.ranks.is_main
+            and store.get_run(run_id, steps=False).run.epochs < state["epoch"]):
         # Killed after the checkpoint, before the epoch's commit: record it now.
         pending = state["pending"]
         store.record_epoch(run_id, EpochRecord(**pending["epoch"]),

@@ -5,6 +5,12 @@ you give: the run is recorded in the store (``adatune runs``, ``adatune
 report`` show it), checkpoints go to ``checkpoint_dir/run-ID/``, and
 ``resume=RUN_ID`` continues a killed or interrupted run from its last
 checkpoint, given the same parts again.
+
+Under ``torch.distributed`` (a process group initialised, e.g. by
+``torchrun`` and :func:`adatune.distributed.launch`), call ``fit`` on every
+rank with the same arguments and the whole datasets: each rank trains on its
+slice of every batch (``batch_size`` is the global batch), rank 0 alone
+writes the store and the checkpoints, and every rank returns the same result.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from torch import Tensor, nn
 from torch.optim import lr_scheduler
 from torch.utils.data import Dataset, TensorDataset
 
+from adatune import distributed
 from adatune.build import AlignedLoss, build_loss, build_tuner
 from adatune.config import DEFAULT_LR, TUNER_NAMES, TrainConfig
 from adatune.engine import DEFAULT_CHECKPOINT_DIR, check_resumable, continue_run
@@ -134,18 +141,27 @@ def fit(
         **{k: v for k, v in dataclasses.asdict(settings).items() if k != "rules"},
         "divergence_factor": divergence_factor,
     }
-    owned = not isinstance(store, Store)
+    fingerprint = {**config, "checkpoint_dir": None, "resume": resume, "name": name,
+                   "experiment": experiment, "sizes": [len(train_ds), len(val_ds),
+                                                       None if test_ds is None else len(test_ds)],
+                   "parameters": [list(p.shape) for p in model.parameters()]}
+    if loop.ranks.active:
+        distributed.agree(fingerprint, lambda: None, batch_size=settings.batch_size,
+                          group=loop.ranks.group)
+    owned = not isinstance(store, Store) and loop.ranks.is_main
     db = open_store(store) if owned else store
+    if not loop.ranks.is_main:
+        db = distributed.LazyStore(store)  # opened only to mark the run failed if rank 0 dies
     try:
         if resume is not None:
             ckpt_dir = ckpt_root / f"run-{resume}"
-            check_resumable(db, resume, ckpt_dir)
+            loop.ranks.on_main(lambda: check_resumable(db, resume, ckpt_dir))
             return continue_run(db, resume, loop, ckpt_dir, events or Events(),
                                 announce=config, meta=config)
-        run_id = db.create_run(NewRun(
+        run_id = loop.ranks.on_main(lambda: db.create_run(NewRun(
             kind="train" if tuner_obj is not None else "baseline", method=method,
             optimizer=kind_name, network=type(model).__name__[:64], dataset=dataset_name[:64],
-            seed=seed, config=config, name=name, experiment=experiment, device=str(device)))
+            seed=seed, config=config, name=name, experiment=experiment, device=str(device))))
         return loop.run(db, run_id, ckpt_root / f"run-{run_id}", events or Events(),
                         announce=config, meta=config)
     finally:

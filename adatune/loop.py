@@ -11,6 +11,10 @@ progress goes to an :class:`Events` object the caller supplies.
 Where the parts come from is not this module's business: :mod:`adatune.build`
 builds them from a :class:`~adatune.config.TrainConfig` (the CLI),
 :func:`adatune.fit` takes them from the caller (the library).
+
+Under ``torch.distributed`` every rank runs this loop on its slice of every
+batch; :class:`adatune.distributed.Ranks` does what differs (weights,
+averages, sums), and only rank 0 writes the store and the checkpoints.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from adatune.data import batches
+from adatune.distributed import Ranks
 from adatune.errors import ConfigError
 from adatune.schedules import Schedule
 from adatune.store import Store
@@ -183,7 +188,9 @@ class Loop:
         self.config = config
         self.rules = config.rules
         self.device = parts.device
-        self.train_gen = torch.Generator().manual_seed(config.seed)
+        self.ranks = Ranks(getattr(parts.tuner, "process_group", None))
+        self.ranks.seed_rank(config.seed)
+        self.train_gen = torch.Generator().manual_seed(config.seed)  # the same on every rank
         self.val_gen = torch.Generator().manual_seed(config.seed + 1)
         self.steps_per_epoch = len(self._batches(parts.train, shuffle=True))
         if self.steps_per_epoch < 1:
@@ -217,7 +224,8 @@ class Loop:
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": (torch.cuda.get_rng_state_all()
                              if self.device.type == "cuda" else None),
-                    "train": self.train_gen.get_state(), "val": self.val_gen.get_state()},
+                    "train": self.train_gen.get_state(), "val": self.val_gen.get_state(),
+                    "ranks": self.ranks.rng_states(self.device)},
             "pending": pending,
         }
 
@@ -225,16 +233,15 @@ class Loop:
         """Restore every part and the loop's progress from a ``last`` checkpoint."""
         p = self.parts
         try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
+            state = torch.load(self.ranks.readable(path), map_location=self.device,
+                               weights_only=False)
         except Exception as exc:  # noqa: BLE001 - a damaged file is a user-facing problem
             raise ConfigError(f"cannot read checkpoint {path}: {exc}") from None
         p.model.load_state_dict(state["model"])
         (p.tuner if p.tuner is not None else p.optimizer).load_state_dict(state["optim"])
         if p.schedule is not None:
             p.schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if state["rng"]["cuda"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        self.ranks.restore_rng(state["rng"], self.device, self.config.seed)
         self.train_gen.set_state(state["rng"]["train"].cpu())
         self.val_gen.set_state(state["rng"]["val"].cpu())
         for key in self._PROGRESS:
@@ -242,8 +249,9 @@ class Loop:
                 setattr(self, key, state[key])
         return state
 
-    @staticmethod
-    def _save(obj: Any, path: Path) -> None:
+    def _save(self, obj: Any, path: Path) -> None:
+        if not self.ranks.is_main:
+            return
         tmp = path.with_suffix(".tmp")
         torch.save(obj, tmp)
         os.replace(tmp, path)
@@ -259,10 +267,18 @@ class Loop:
         ``best.pt`` beside the weights.
         """
         cfg, model = self.config, self.parts.model
+        if not self.ranks.is_main:  # rank 0 writes and reports; the others do neither
+            store, events = self.ranks.store_view(store), Events()
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         owner = ckpt_dir / OWNER_FILE
-        owner.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
-        records = list(store.get_run(run_id, steps=False).epochs) if resumed else []
+        if self.ranks.is_main:
+            owner.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+        else:
+            owner = ckpt_dir / f".rank-{self.ranks.rank}"  # never written: unlinking is a no-op
+        resumed_here = resumed and self.ranks.is_main
+        records = list(store.get_run(run_id, steps=False).epochs) if resumed_here else []
+        if not resumed:
+            self.ranks.broadcast_module(model)  # every rank starts from rank 0's weights
         events.run_started(run_id, announce, steps_per_epoch=self.steps_per_epoch,
                            start_epoch=self.epoch + 1)
         status, reason, stopped_early = "completed", None, False
@@ -318,9 +334,15 @@ class Loop:
 
     def _batches(self, dataset: Dataset, *, shuffle: bool,
                  generator: torch.Generator | None = None, batch_size: int | None = None):
+        """The batches of ``dataset``: this rank's slice of each, under several ranks."""
         return batches(dataset, batch_size or self.config.batch_size, shuffle=shuffle,
                        generator=generator, workers=self.config.workers,
-                       pin_memory=self.device.type == "cuda")
+                       pin_memory=self.device.type == "cuda", shard=self.ranks.shard)
+
+    def _global_size(self, dataset: Dataset, batch: int) -> int:
+        """The size of batch ``batch`` of ``dataset`` summed over every rank's slice."""
+        size = self.config.batch_size
+        return min(size, len(dataset) - batch * size)
 
     def _epoch(self, store: Store, run_id: int, events: Events):
         p, dev = self.parts, self.device
@@ -335,13 +357,13 @@ class Loop:
         for batch, (x, y) in enumerate(self._batches(p.train, shuffle=True,
                                                      generator=self.train_gen)):
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            lr_used, loss, output = self._train_step(x, y, val_iter)
-            loss_value = float(loss)
+            n = self._global_size(p.train, batch)
+            lr_used, loss, output = self._train_step(x, y, val_iter, n)
+            loss_value = float(loss)  # the global batch's loss, the same on every rank
             lr_now = self._lr()
             self._judge_step(loss_value, lr_now, epoch)
-            n = y.shape[0]
             loss_sum += loss_value * n
-            if p.classification:  # stays on the device until the epoch ends
+            if p.classification and output is not None:  # on the device until the epoch ends
                 correct += (output.argmax(1) == y).sum()
             seen += n
             n_steps += 1
@@ -359,6 +381,9 @@ class Loop:
                 last_beat = time.monotonic()
         if p.schedule is not None:
             p.schedule.after_epoch()
+        if p.classification and self.ranks.active:
+            [correct] = self.ranks.sum([int(correct)], dev)
+        self.ranks.sync_buffers(p.model)  # batch-norm statistics: their mean over the ranks
         val_loss, val_acc = self.evaluate(p.val)
         test_loss, test_acc = (None, None) if p.test is None else self.evaluate(p.test)
         self.elapsed += time.perf_counter() - started
@@ -375,21 +400,28 @@ class Loop:
         self.lr_max_last_epoch = lr_max
         return record, steps
 
-    def _train_step(self, x: Tensor, y: Tensor, val_iter: Iterator) -> tuple[float, Tensor, Tensor]:
+    def _train_step(self, x: Tensor, y: Tensor, val_iter: Iterator,
+                    n: int) -> tuple[float, Tensor, Tensor | None]:
+        """One step on this rank's slice ``(x, y)`` of a batch of ``n`` examples."""
         p = self.parts
         model, criterion = p.model, p.loss
         lr_used = self._lr()
         kept: dict[str, Tensor] = {}
+        weight = self.ranks.weight(n)  # 1 on one process
 
         def closure() -> Tensor:
+            if weight == 0:  # this rank's slice of the batch is empty
+                return self.ranks.zero_loss(model)
             output = model(x)
             kept.setdefault("output", output.detach())
-            return criterion(output, y)
+            loss = criterion(output, y)
+            return loss if weight == 1 else loss * weight
 
         if p.tuner is None:
             p.optimizer.zero_grad(set_to_none=True)
             loss = closure()
             loss.backward()
+            loss = self.ranks.average_gradients(model.parameters(), loss)
             if self.config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), self.config.grad_clip)
             p.optimizer.step()
@@ -400,19 +432,26 @@ class Loop:
             lr_used = self._lr()
         else:
             def val_loss() -> Tensor:
-                xv, yv = next(val_iter)
+                xv, yv, nv = next(val_iter)
+                v_weight = self.ranks.weight(nv)
+                if v_weight == 0:
+                    return self.ranks.zero_loss(model)
                 model.eval()  # no dropout, and batch-norm statistics stay untouched
                 try:
-                    return criterion(model(xv.to(self.device)), yv.to(self.device))
+                    value = criterion(model(xv.to(self.device)), yv.to(self.device))
+                    return value if v_weight == 1 else value * v_weight
                 finally:
                     model.train()
 
             loss = p.tuner.step(closure, val_loss=val_loss)
-        return lr_used, loss.detach(), kept["output"]
+        return lr_used, loss.detach(), kept.get("output")
 
-    def _val_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def _val_batches(self) -> Iterator[tuple[Tensor, Tensor, int]]:
+        """Validation batches forever: (this rank's x, y, the whole batch's size)."""
         while True:
-            yield from self._batches(self.parts.val, shuffle=True, generator=self.val_gen)
+            parts = self._batches(self.parts.val, shuffle=True, generator=self.val_gen)
+            for i, (x, y) in enumerate(parts):
+                yield x, y, self._global_size(self.parts.val, i)
 
     @torch.no_grad()
     def evaluate(self, dataset: Dataset) -> tuple[float, float | None]:
@@ -424,15 +463,20 @@ class Loop:
         try:
             for x, y in self._batches(dataset, shuffle=False,
                                       batch_size=max(self.config.batch_size, 256)):
+                n = y.shape[0]
+                if n == 0:  # this rank's slice is empty
+                    continue
                 x, y = x.to(self.device), y.to(self.device)
                 output = p.model(x)
-                n = y.shape[0]
                 loss_sum += float(p.loss(output, y)) * n
                 if p.classification:
                     correct += int((output.argmax(1) == y).sum())
                 seen += n
         finally:
             p.model.train(was_training)
+        if self.ranks.active:  # this rank evaluated its slice of every batch
+            loss_sum, correct, seen = self.ranks.sum([loss_sum, correct, seen], self.device)
+            correct, seen = int(correct), int(seen)
         return loss_sum / max(seen, 1), (correct / max(seen, 1) if p.classification else None)
 
     def _lr(self) -> float:

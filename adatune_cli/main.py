@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(exc.format_message().split())
         if not msg:  # bare `adatune`: the help was printed
             return _exit(0)
-        print(f"adatune: error: {msg}", file=sys.stderr)
+        if not _follower():
+            print(f"adatune: error: {msg}", file=sys.stderr)
         return _exit(exc.exit_code or 2)
     except (typer.Abort, KeyboardInterrupt):
         print("adatune: aborted", file=sys.stderr)
@@ -66,9 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     except AdatuneError as exc:
         if os.environ.get("ADATUNE_DEBUG") and exc.__cause__ is not None:
             traceback.print_exception(exc.__cause__, file=sys.stderr)
-        print(f"adatune: error: {exc}", file=sys.stderr)
+        if not _follower():
+            print(f"adatune: error: {exc}", file=sys.stderr)
         return _exit(2)
     return _exit(rv if isinstance(rv, int) else 0)
+
+
+def _follower() -> bool:
+    """A rank other than 0 of a torchrun launch: rank 0 prints the (same) error line."""
+    return os.environ.get("RANK", "0").strip() not in ("", "0") \
+        and os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1")
 
 
 def _exit(code: int) -> int:

@@ -1,4 +1,8 @@
-"""``adatune train`` and ``adatune baseline``: one run, live progress, a summary."""
+"""``adatune train`` and ``adatune baseline``: one run, live progress, a summary.
+
+Under ``torchrun`` every rank runs the command; rank 0 alone opens the store,
+shows progress and prints (:mod:`adatune.distributed`).
+"""
 
 from __future__ import annotations
 
@@ -18,11 +22,11 @@ from rich.table import Table
 
 from adatune.config import TUNER_NAMES, TrainConfig
 from adatune.engine import Events, RunResult, resume, train
-from adatune.errors import ConfigError
+from adatune.errors import AdatuneError, ConfigError
 from adatune.schedules import canonical_schedule
 from adatune.store import open_store
 from adatune.store.records import EpochRecord
-from adatune_cli._common import StoreOption, err, fmt, out
+from adatune_cli._common import StoreOption, err, fail, fmt, out
 from adatune_cli.main import app
 from adatune_cli.options import make_config, run_options
 
@@ -104,16 +108,35 @@ def print_summary(result: RunResult) -> None:
 
 def _run(config: TrainConfig | None, store: str, *, resume_id: int | None = None,
          **run_kw: Any) -> None:
-    db = open_store(store)
+    from adatune.distributed import LazyStore, PeerFailure, launch
+
+    def go(db: Any, events: Events) -> RunResult:
+        if resume_id is not None:
+            return resume(db, resume_id, events=events)
+        return train(config, db, events=events, **run_kw)
+
+    rank = 0
     try:
-        with _progress() as progress:
-            events = RichEvents(progress)
-            if resume_id is not None:
-                result = resume(db, resume_id, events=events)
+        with launch() as rank:
+            if rank != 0:  # rank 0 records and reports
+                result = go(LazyStore(store), Events())
             else:
-                result = train(config, db, events=events, **run_kw)
-    finally:
-        db.close()
+                db = open_store(store)
+                try:
+                    with _progress() as progress:
+                        result = go(db, RichEvents(progress))
+                finally:
+                    db.close()
+    except PeerFailure as exc:
+        fail(f"the run failed on rank {rank}: {exc}", code=1)
+    except AdatuneError:
+        if rank == 0:
+            raise
+        raise typer.Exit(2) from None  # rank 0 says what went wrong
+    if rank != 0:
+        if result.status != "completed":
+            raise typer.Exit(130 if result.status == "interrupted" else 1)
+        return
     print_summary(result)
     if result.status == "interrupted":
         raise typer.Exit(130)

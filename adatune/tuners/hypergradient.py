@@ -6,6 +6,13 @@ tangent ``Z`` of the training state with respect to the learning rate
 (:mod:`adatune.tuners._tangent`), lets the optimizer step, and writes the new
 learning rate into ``param_groups[i]["lr"]``. With several param groups one
 learning rate is tuned and every group keeps its initial ratio to it.
+
+Under ``torch.distributed`` (a process group initialised, or ``process_group=``
+given) every rank passes its shard of the batch and of the validation batch;
+the tuner averages the training gradient, the Hessian-vector product and the
+validation gradient's dot products over the ranks
+(:mod:`adatune.tuners._distributed`), so every rank takes the same step and
+the same learning rate.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adatune.tuners import _tangent
+from adatune.tuners import _distributed, _tangent
 from adatune.tuners._double_backward import fast_double_backward
 
 LossArg = Tensor | Callable[[], Tensor]
@@ -76,6 +83,11 @@ class HypergradientTuner:
     ``"validation"`` (MARTHE/RTHO: the gradient of a validation loss at the
     updated weights, after the step) or ``"training"`` (HD: the next training
     gradient, before the step that uses the new learning rate).
+
+    ``process_group``: the ranks to average over (default: torch.distributed's
+    default group when it is initialised; a group of one rank turns averaging
+    off). Only :meth:`step` averages; the low-level :meth:`compute_hg` and
+    :meth:`hyper_step` refuse to run under a group of several ranks.
     """
 
     outer = "validation"
@@ -89,6 +101,7 @@ class HypergradientTuner:
         alpha: float = 0.0,
         first_order: bool = False,
         grad_clip: float | None = None,
+        process_group: Any = None,
         hvp: str = "exact",
         model: nn.Module | None = None,
         foreach: bool | None = None,
@@ -122,6 +135,7 @@ class HypergradientTuner:
         self.model = model
         self.foreach = foreach if foreach is not None else True
         self.auto_mu = auto_mu
+        self.process_group = process_group  # None: the default group, if initialised
         # Everything that changes while training lives in ``state`` (checkpointed).
         self.state: dict[str, Any] = {
             "lr": lr0,
@@ -184,7 +198,10 @@ class HypergradientTuner:
         MARTHE/RTHO need ``val_loss``: a closure returning the validation loss,
         called after the update. Returns the (detached) training loss. On the
         CPU a closure that needs an exact HVP runs under
-        :func:`fast_double_backward`.
+        :func:`fast_double_backward`. Under a process group, ``loss`` and
+        ``val_loss`` are this rank's; the returned loss is their mean over the
+        ranks (scale each rank's loss by ``world * n_rank / n_global`` where the
+        shards are uneven, so that the mean is the global batch's loss).
         """
         if self.outer == "validation" and val_loss is None:
             raise ValueError(f"{type(self).__name__}.step needs val_loss=, a closure "
@@ -218,6 +235,10 @@ class HypergradientTuner:
                     raise ValueError("hvp='finite-difference' needs loss to be a closure")
                 hvps = self._fd_hvp(used, grads, loss, rng)
         del raw
+        group = _distributed.active_group(self.process_group)
+        if group is not None:  # the global batch's gradient, HVP and loss
+            used, grads, hvps, loss_value = _distributed.average_step(
+                params, used, grads, hvps, loss_value, group)
 
         if self.outer == "training" and self.state["tangent_live"]:
             # HD: dL_t(w_t)/d eta_{t-1}, the unclipped gradient of the regularised loss
@@ -242,6 +263,7 @@ class HypergradientTuner:
         ``optimizer.step()`` and :meth:`hyper_step`. With ``grad_clip``, clip
         the gradients with ``clip_grad_norm_(..., grad_clip)`` before the step.
         """
+        self._single_process("compute_hg")
         order = list(model.parameters())
         if len(order) != len(first_grad):
             raise ValueError("first_grad must hold one entry per model.parameters()")
@@ -269,6 +291,7 @@ class HypergradientTuner:
         ``model.parameters()`` order (as given to :meth:`compute_hg`) or as a
         mapping ``param -> grad``. Returns the hypergradient.
         """
+        self._single_process("hyper_step")
         if isinstance(val_grad, Mapping):
             by_param = val_grad
         else:
@@ -315,6 +338,13 @@ class HypergradientTuner:
         self._set_lr(self.state["lr"])
 
     # -------------------------------------------------------------- internals
+    def _single_process(self, name: str) -> None:
+        group = _distributed.active_group(self.process_group)
+        if group is not None:
+            raise ValueError(f"Invalid call: {name}() does not average across the "
+                             f"{torch.distributed.get_world_size(group)} ranks of the process "
+                             "group; use step(), which does")
+
     def _params(self) -> list[Tensor]:
         return [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad]
 
@@ -497,6 +527,15 @@ class HypergradientTuner:
             prev = [(g.detach(), self._prev_grad[p]) for p, g in zip(params, val_grads)
                     if g is not None and p in self._prev_grad]
             g_dot = self._dot([a for a, _ in prev], [b for _, b in prev])
+        group = _distributed.active_group(self.process_group)
+        if group is not None:
+            # Z and g_t are the same on every rank: averaging these dot products is
+            # averaging the validation gradient (exactly, in exact arithmetic).
+            device = params[0].device
+            if g_dot is None:
+                [h] = _distributed.average_scalars([h], group, device)
+            else:
+                h, g_dot = _distributed.average_scalars([h, g_dot], group, device)
         self._hyper_update(h, g_dot)
 
     def _hyper_update(self, h: float, g_dot: float | None) -> None:
@@ -588,6 +627,6 @@ class HD(HypergradientTuner):
 
     def __init__(self, optimizer: torch.optim.Optimizer, hyper_lr: float, *,
                  alpha: float = 0.0, grad_clip: float | None = None,
-                 foreach: bool | None = None) -> None:
+                 foreach: bool | None = None, process_group: Any = None) -> None:
         super().__init__(optimizer, hyper_lr, mu=0.0, alpha=alpha, grad_clip=grad_clip,
-                         foreach=foreach)
+                         foreach=foreach, process_group=process_group)

@@ -1,0 +1,116 @@
+"""Cases for the data-parallel exactness test: ``adatune.fit`` in float64 on tiny data.
+
+``python -m tests._dist_fit OUT_DIR`` runs every case (as one rank of a run,
+when launched with torch.distributed's environment: see ``tests/_ranks.py``)
+and writes ``OUT_DIR/result-RANK.json``: per case, the LR and hypergradient of
+every step, read from the store (rank 0) or from the result (every rank).
+:func:`run_cases` is the same in one process: the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import adatune
+from adatune.store import open_store
+from adatune.tuners import _distributed
+
+# (name, tuner, optimizer, options). Sizes make uneven slices: 43 training examples in
+# batches of 6 (the last batch has 1: rank 0's slice of it is empty), 17 validation
+# examples (the last validation batch splits 2/3).
+CASES = [
+    ("marthe-momentum", "marthe", "sgd", {"mu": 0.9, "weight_decay": 1e-3}),
+    ("marthe-adam-auto-mu", "marthe", "adam", {"mu": "auto"}),
+    ("marthe-momentum-clip", "marthe", "sgd", {"mu": 0.95, "grad_clip": 0.3}),
+    ("rtho-momentum-buckets", "rtho", "sgd", {"bucket_bytes": 256}),
+    ("hd-momentum", "hd", "sgd", {"weight_decay": 1e-3}),
+    ("hd-adam", "hd", "adam", {}),
+    ("baseline-momentum", None, "sgd", {}),
+]
+SIZES = (43, 17, 11)
+BATCH = 6
+EPOCHS = 2
+
+
+def _data(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    sets = []
+    for n in SIZES:
+        x = torch.randn(n, 5, generator=g, dtype=torch.float64)
+        y = (x[:, 0] + 0.5 * x[:, 1] > 0).long() + (x[:, 2] > 0.8).long()
+        sets.append((x, y))
+    return sets
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+
+
+def run_case(name: str, store: Path, ckpt: Path) -> dict:
+    _, tuner_name, opt_name, options = next(c for c in CASES if c[0] == name)
+    options = dict(options)
+    bucket = options.pop("bucket_bytes", None)
+    wd = options.pop("weight_decay", 0.0)
+    model = _model()
+    if opt_name == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=wd)
+        hyper_lr = 1e-2 if tuner_name != "hd" else 1e-2
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=0.01, weight_decay=wd)
+        hyper_lr = 1e-4
+    if tuner_name == "marthe":
+        tuner = adatune.MARTHE(opt, hyper_lr=hyper_lr, model=model, **options)
+    elif tuner_name == "rtho":
+        tuner = adatune.RTHO(opt, hyper_lr=hyper_lr, model=model, **options)
+    elif tuner_name == "hd":
+        tuner = adatune.HD(opt, hyper_lr=hyper_lr, **options)
+    else:
+        tuner = None
+    train, val, test = _data()
+    saved = _distributed.BUCKET_BYTES
+    if bucket is not None:
+        _distributed.BUCKET_BYTES = bucket
+    try:
+        result = adatune.fit(model, train, val, test, optimizer=opt, tuner=tuner,
+                             epochs=EPOCHS, batch_size=BATCH, log_every=1, store=str(store),
+                             checkpoint_dir=str(ckpt), name=name)
+    finally:
+        _distributed.BUCKET_BYTES = saved
+    out = {"status": result.status, "run_id": result.run_id,
+           "val_loss": [e.val_loss for e in result.epochs],
+           "train_loss": [e.train_loss for e in result.epochs],
+           "weights": [p.detach().reshape(-1).tolist() for p in model.parameters()],
+           "final_lr": tuner.lr if tuner is not None else opt.param_groups[0]["lr"]}
+    if store.exists() and (not torch.distributed.is_initialized()
+                           or torch.distributed.get_rank() == 0):
+        with open_store(store) as db:
+            steps = db.get_run(result.run_id).steps
+        out["lr"] = [s.lr for s in steps]
+        out["h"] = [s.hypergradient for s in steps]
+    return out
+
+
+def run_cases(workdir: Path) -> dict:
+    store = workdir / "runs.db"
+    return {name: run_case(name, store, workdir / "ckpt") for name, *_ in CASES}
+
+
+def main(workdir: str) -> None:
+    path = Path(workdir)
+    torch.distributed.init_process_group("gloo")
+    try:
+        results = run_cases(path)
+        rank = torch.distributed.get_rank()
+    finally:
+        torch.distributed.destroy_process_group()
+    (path / f"result-{rank}.json").write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
