@@ -134,14 +134,16 @@ def launch() -> Iterator[int]:
     except (RuntimeError, ValueError) as exc:
         raise PeerFailure(f"rank {rank} could not join the {world} ranks within {limit:g} s: "
                           f"{' '.join(str(exc).split())[:300]}") from exc
+    _distributed.stopping(False)
     handler_set = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if handler_set else None
     try:
         yield rank
     finally:
-        if handler_set:
+        if handler_set and not _distributed.is_stopping():
             signal.signal(signal.SIGTERM, previous)
-        _distributed.stopping(False)
+        # else: the run is ending on a failure or a SIGTERM, and a launcher (torchrun) may
+        # send more; the handler, which now ignores them, stays until the process exits.
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
 

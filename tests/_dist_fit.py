@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import adatune
+import adatune.loop
 from adatune.store import open_store
 from adatune.tuners import _distributed
 
@@ -37,10 +38,10 @@ BATCH = 6
 EPOCHS = 2
 
 
-def _data(seed: int = 0):
+def _data(seed: int = 0, sizes: tuple[int, ...] = SIZES):
     g = torch.Generator().manual_seed(seed)
     sets = []
-    for n in SIZES:
+    for n in sizes:
         x = torch.randn(n, 5, generator=g, dtype=torch.float64)
         y = (x[:, 0] + 0.5 * x[:, 1] > 0).long() + (x[:, 2] > 0.8).long()
         sets.append((x, y))
@@ -101,16 +102,57 @@ def run_cases(workdir: Path) -> dict:
     return {name: run_case(name, store, workdir / "ckpt") for name, *_ in CASES}
 
 
-def main(workdir: str) -> None:
+class _StopAfterFirstEpoch(adatune.loop.Events):
+    def epoch_done(self, record) -> None:
+        if record.epoch == 1:
+            raise KeyboardInterrupt
+
+
+def resume_phase(workdir: Path, phase: str) -> dict:
+    """A model with dropout and batch norm, MARTHE, 3 epochs: ``full``, or ``stop`` after
+    epoch 1 (rank 0 is interrupted) and ``continue`` it with ``resume=``.
+
+    Batches of 8 split 4/4; the last of each set (4 and 2) splits 2/2 and 1/1.
+    """
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(0.3),
+                          nn.Linear(8, 3)).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    tuner = adatune.MARTHE(opt, hyper_lr=1e-2, mu=0.9, model=model)
+    train, val, test = _data(1, (44, 18, 10))  # batch norm: slices of 2 examples or more
+    store = workdir / f"{'full' if phase == 'full' else 'stopped'}.db"
+    resume = None
+    if phase == "continue":
+        resume = json.loads((workdir / "stop-0.json").read_text())["run_id"]
+    kw = dict(optimizer=opt, tuner=tuner, epochs=3, batch_size=8, log_every=1,
+              store=str(store), checkpoint_dir=str(workdir / f"ckpt-{store.stem}"),
+              resume=resume, events=_StopAfterFirstEpoch() if phase == "stop" else None)
+    try:
+        result = adatune.fit(model, train, val, test, **kw)
+    except _distributed.PeerFailure as exc:  # rank 0 stopped: the other ranks lose it
+        return {"status": "peer-failure", "error": str(exc)}
+    out = {"status": result.status, "run_id": result.run_id,
+           "weights": [p.detach().reshape(-1).tolist() for p in model.parameters()],
+           "buffers": [b.reshape(-1).tolist() for b in model.buffers()]}
+    if torch.distributed.get_rank() == 0:
+        with open_store(store) as db:
+            steps = db.get_run(result.run_id).steps
+        out["lr"] = [s.lr for s in steps]
+        out["h"] = [s.hypergradient for s in steps]
+    return out
+
+
+def main(workdir: str, phase: str = "cases") -> None:
     path = Path(workdir)
     torch.distributed.init_process_group("gloo")
     try:
-        results = run_cases(path)
+        results = run_cases(path) if phase == "cases" else resume_phase(path, phase)
         rank = torch.distributed.get_rank()
     finally:
         torch.distributed.destroy_process_group()
-    (path / f"result-{rank}.json").write_text(json.dumps(results))
+    (path / f"{'result' if phase == 'cases' else phase}-{rank}.json").write_text(
+        json.dumps(results))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])
