@@ -251,6 +251,14 @@ def test_fit_records_the_run_and_the_report_renders_it(workdir, capsys):
     assert run.config["entry"] == "fit" and run.config["epochs"] == 2
     assert [e.epoch for e in detail.epochs] == [1, 2] and detail.steps
     assert len({s.lr for s in detail.steps}) > 1  # the LR was tuned
+    # training time apart from set-up, and CPU time beside the wall-clock time
+    summary = run.summary
+    assert summary["train_s"] == detail.epochs[-1].elapsed_s
+    assert summary["cpu_s"] > 0 and summary["setup_s"] >= 0
+    code, out, err = cli(capsys, "report", "table", "--store", "runs.db", "--json")
+    [group] = json.loads(out)
+    assert group["cpu_s"]["mean"] == summary["cpu_s"]
+    assert group["time_s"]["mean"] == summary["train_s"]
     code, out, err = cli(capsys, "runs", "list", "--store", "runs.db", "--json")
     assert code == 0 and json.loads(out)[0]["name"] == "mine"
     code, out, err = cli(capsys, "report", "html", "--store", "runs.db", "-o", "r.html")

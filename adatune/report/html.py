@@ -282,7 +282,10 @@ def _summary_html(summary: ri.SummaryInfo) -> str:
         '<p class="note">Accuracies in percent: mean ± sample standard deviation over runs '
         "(n = runs with a finite value when fewer than all). Test accuracy is read at each "
         "run's best validation epoch (the lowest validation loss for runs without "
-        "accuracies). Time is the mean wall-clock time per run.</p>",
+        "accuracies). Wall is the mean wall-clock time per run in its epochs (set-up not "
+        "counted); it grows with whatever else the machine was doing. CPU is the training "
+        "process's CPU time (all its threads), which machine load changes far less: compare "
+        "methods by CPU time when their runs did not share a quiet machine.</p>",
     ]
     for g in summary.groups:
         parts.append(
@@ -305,7 +308,8 @@ _RUN_COLUMNS = (
     "test acc % @ best",
     "val loss @ best",
     "test loss @ best",
-    "time",
+    "wall",
+    "CPU",
     "non-finite h",
     "error",
     "configuration",
@@ -330,6 +334,7 @@ def _runs_table(rows: Sequence[ri.RunSummary]) -> str:
             _e(fmt_value(r.best_val_loss)),
             _e(fmt_value(r.test_loss_at_best)),
             _e(fmt_seconds(r.time_s)),
+            _e(fmt_seconds(r.cpu_s)),
             _e(r.nonfinite_hypergradients),
             _e(r.error or ""),
             f"<details><summary>config</summary><pre>{_e(config)}</pre></details>",

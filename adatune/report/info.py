@@ -681,6 +681,7 @@ class RunSummary(NamedTuple):
     config: dict[str, Any]
     best_val_loss: float | None = None  # at the best epoch
     test_loss_at_best: float | None = None
+    cpu_s: float | None = None  # CPU seconds of the training process (all its threads)
 
 
 class GroupSummary(NamedTuple):
@@ -695,10 +696,11 @@ class GroupSummary(NamedTuple):
     test_acc_at_best: Stat
     epochs_min: int
     epochs_max: int
-    time_s: Stat  # per-run wall-clock seconds
+    time_s: Stat  # per-run wall-clock seconds (training; sensitive to machine load)
     run_rows: tuple[RunSummary, ...]
     best_val_loss: Stat = Stat(None, None, 0)
     test_loss_at_best: Stat = Stat(None, None, 0)
+    cpu_s: Stat = Stat(None, None, 0)  # per-run CPU seconds (less sensitive to load)
 
     @property
     def by_loss(self) -> bool:
@@ -760,6 +762,7 @@ def _run_summary(d: RunDetail) -> RunSummary:
         config=dict(r.config),
         best_val_loss=best_loss,
         test_loss_at_best=test_loss,
+        cpu_s=_clean(r.summary.get("cpu_s")),
     )
 
 
@@ -786,6 +789,7 @@ def _get_summary_info(details: Sequence[RunDetail]) -> SummaryInfo:
                 run_rows=rows,
                 best_val_loss=_stat(r.best_val_loss for r in rows),
                 test_loss_at_best=_stat(r.test_loss_at_best for r in rows),
+                cpu_s=_stat(r.cpu_s for r in rows),
             )
         )
     return SummaryInfo(tuple(out))

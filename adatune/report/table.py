@@ -18,7 +18,8 @@ SUMMARY_COLUMNS = (
     "best val acc %",
     "test acc % @ best val",
     "epochs",
-    "time / run",
+    "wall / run",
+    "CPU / run",
 )
 #: Added when some group has no accuracies (regression, custom losses).
 LOSS_COLUMNS = ("best val loss", "test loss @ best val")
@@ -97,6 +98,7 @@ def summary_cells(g: GroupSummary, *, losses: bool = False) -> tuple[str, ...]:
         *loss_cells,
         fmt_epochs(g.epochs_min, g.epochs_max),
         fmt_seconds(g.time_s.mean),
+        fmt_seconds(g.cpu_s.mean),
     )
 
 
@@ -144,6 +146,7 @@ def summary_json(info: SummaryInfo) -> list[dict[str, Any]]:
             "test_loss_at_best_val": _stat_json(g.test_loss_at_best),
             "epochs": {"min": g.epochs_min, "max": g.epochs_max},
             "time_s": _stat_json(g.time_s),
+            "cpu_s": _stat_json(g.cpu_s),
             "run_ids": [r.run_id for r in g.run_rows],
         }
         for g in info.groups
