@@ -15,6 +15,7 @@ store (:func:`adatune.distributed.on_main`); the other ranks may pass a
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from adatune import distributed
@@ -65,6 +66,7 @@ def train(
     Everything that can fail on user input (device, data, model, loss, tuner
     arguments) is checked before the run is written.
     """
+    started = time.perf_counter()
     ckpt_root = Path(config.checkpoint_dir or DEFAULT_CHECKPOINT_DIR).resolve()
     config = config.replace(checkpoint_dir=str(ckpt_root))
     parts = distributed.agree(_fingerprint(config, entry="train", name=name,
@@ -78,7 +80,8 @@ def train(
         name=name, experiment=experiment, parent_id=parent_id, device=str(parts.device),
     )))
     return loop.run(store, run_id, ckpt_root / f"run-{run_id}", events or Events(),
-                    announce=config, meta=config.to_dict())
+                    announce=config, meta=config.to_dict(),
+                    setup_s=time.perf_counter() - started)
 
 
 def resume(store: Store, run_id: int, *, rules: DivergenceRules | None = None,
@@ -96,13 +99,15 @@ def resume(store: Store, run_id: int, *, rules: DivergenceRules | None = None,
         check_resumable(store, run_id, _run_dir(config, run_id))
         return run.config
 
-    config = TrainConfig.from_dict(distributed.on_main(recorded))  # rank 0 reads the store
+    recorded_config = distributed.on_main(recorded)  # rank 0 reads the store
+    started = time.perf_counter()
+    config = TrainConfig.from_dict(recorded_config)
     ckpt_dir = _run_dir(config, run_id)
     parts = distributed.agree({"entry": "resume", "run_id": run_id},
                               lambda: build_parts(config), batch_size=config.batch_size)
     loop = Loop(parts, loop_config(config, rules))
     return continue_run(store, run_id, loop, ckpt_dir, events or Events(), announce=config,
-                        meta=config.to_dict())
+                        meta=config.to_dict(), started=started)
 
 
 def _run_dir(config: TrainConfig, run_id: int) -> Path:
@@ -132,9 +137,10 @@ def check_resumable(store: Store, run_id: int, ckpt_dir: Path) -> None:
 
 
 def continue_run(store: Store, run_id: int, loop: Loop, ckpt_dir: Path, events: Events, *,
-                 announce: object, meta: dict) -> RunResult:
+                 announce: object, meta: dict, started: float | None = None) -> RunResult:
     """Load ``last.pt`` (if any) into the loop's parts, reopen the run and train on.
 
+    ``started`` (a ``time.perf_counter()``) is when building the parts began.
     Under several ranks, rank 0 reads the checkpoint for all and alone touches the store.
     """
     last = ckpt_dir / "last.pt"
@@ -147,5 +153,6 @@ def continue_run(store: Store, run_id: int, loop: Loop, ckpt_dir: Path, events: 
         pending = state["pending"]
         store.record_epoch(run_id, EpochRecord(**pending["epoch"]),
                            [StepRecord(**s) for s in pending["steps"]], best=pending.get("best"))
+    setup_s = None if started is None else time.perf_counter() - started
     return loop.run(store, run_id, ckpt_dir, events, announce=announce, meta=meta,
-                    resumed=state is not None)
+                    resumed=state is not None, setup_s=setup_s)

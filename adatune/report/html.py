@@ -33,12 +33,7 @@ from plotly.offline import get_plotlyjs
 import adatune
 from adatune.report import figures as F
 from adatune.report import info as ri
-from adatune.report.table import (
-    SUMMARY_COLUMNS,
-    fmt_pct,
-    fmt_seconds,
-    summary_cells,
-)
+from adatune.report.table import fmt_pct, fmt_seconds, fmt_value, summary_rows
 from adatune.store.records import RunDetail
 
 CSP = (
@@ -278,17 +273,19 @@ def _figure_html(block: FigureBlock, spec: str) -> str:
 def _summary_html(summary: ri.SummaryInfo) -> str:
     if not summary.groups:
         return ""
-    head = "".join(f"<th>{_e(c)}</th>" for c in SUMMARY_COLUMNS)
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{_e(c)}</td>" for c in summary_cells(g)) + "</tr>"
-        for g in summary.groups
-    )
+    columns, cells = summary_rows(summary)
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    rows = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in cells)
     parts = [
         '<table class="summary" id="summary-table">'
         f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>",
         '<p class="note">Accuracies in percent: mean ± sample standard deviation over runs '
         "(n = runs with a finite value when fewer than all). Test accuracy is read at each "
-        "run's best validation epoch. Time is the mean wall-clock time per run.</p>",
+        "run's best validation epoch (the lowest validation loss for runs without "
+        "accuracies). Wall is the mean wall-clock time per run in its epochs (set-up not "
+        "counted); it grows with whatever else the machine was doing. CPU is the training "
+        "process's CPU time (all its threads), which machine load changes far less: compare "
+        "methods by CPU time when their runs did not share a quiet machine.</p>",
     ]
     for g in summary.groups:
         parts.append(
@@ -309,7 +306,10 @@ _RUN_COLUMNS = (
     "best val acc %",
     "best epoch",
     "test acc % @ best",
-    "time",
+    "val loss @ best",
+    "test loss @ best",
+    "wall",
+    "CPU",
     "non-finite h",
     "error",
     "configuration",
@@ -331,7 +331,10 @@ def _runs_table(rows: Sequence[ri.RunSummary]) -> str:
             _e(fmt_pct(r.best_val_acc)),
             _e(r.best_epoch if r.best_epoch is not None else "–"),
             _e(fmt_pct(r.test_acc_at_best)),
+            _e(fmt_value(r.best_val_loss)),
+            _e(fmt_value(r.test_loss_at_best)),
             _e(fmt_seconds(r.time_s)),
+            _e(fmt_seconds(r.cpu_s)),
             _e(r.nonfinite_hypergradients),
             _e(r.error or ""),
             f"<details><summary>config</summary><pre>{_e(config)}</pre></details>",

@@ -175,14 +175,21 @@ class Group(NamedTuple):
     runs: tuple[RunDetail, ...]
 
 
+def _own_model(run: RunRecord) -> bool:
+    """A run of the user's own model (``--model`` or ``adatune.fit``): labels name it."""
+    return bool(run.config.get("model")) or run.config.get("entry") == "fit"
+
+
 def _compared(details: Iterable[RunDetail]) -> list[RunDetail]:
     return [d for d in details if d.run.kind not in NOT_COMPARED_KINDS]
 
 
 def _get_groups(details: Sequence[RunDetail]) -> tuple[Group, ...]:
-    """Group the compared runs; labels name only the fields that vary."""
+    """Group the compared runs; labels name only the fields that vary (and your own model)."""
     compared = _compared(details)
-    varying = [f for f in GROUP_FIELDS if len({getattr(d.run, f) for d in compared}) > 1]
+    own_model = any(_own_model(d.run) for d in compared)  # then labels always name the model
+    varying = [f for f in GROUP_FIELDS
+               if len({getattr(d.run, f) for d in compared}) > 1 or (f == "network" and own_model)]
     buckets: dict[tuple[str, ...], list[RunDetail]] = {}
     for d in compared:
         key = (d.run.method, d.run.dataset, d.run.network, d.run.optimizer)
@@ -672,6 +679,9 @@ class RunSummary(NamedTuple):
     nonfinite_hypergradients: int
     error: str | None
     config: dict[str, Any]
+    best_val_loss: float | None = None  # at the best epoch
+    test_loss_at_best: float | None = None
+    cpu_s: float | None = None  # CPU seconds of the training process (all its threads)
 
 
 class GroupSummary(NamedTuple):
@@ -686,8 +696,16 @@ class GroupSummary(NamedTuple):
     test_acc_at_best: Stat
     epochs_min: int
     epochs_max: int
-    time_s: Stat  # per-run wall-clock seconds
+    time_s: Stat  # per-run wall-clock seconds (training; sensitive to machine load)
     run_rows: tuple[RunSummary, ...]
+    best_val_loss: Stat = Stat(None, None, 0)
+    test_loss_at_best: Stat = Stat(None, None, 0)
+    cpu_s: Stat = Stat(None, None, 0)  # per-run CPU seconds (less sensitive to load)
+
+    @property
+    def by_loss(self) -> bool:
+        """No accuracies (regression, custom losses): the validation loss judged the runs."""
+        return self.best_val_acc.n == 0 and self.best_val_loss.n > 0
 
 
 class SummaryInfo(NamedTuple):
@@ -695,18 +713,28 @@ class SummaryInfo(NamedTuple):
 
 
 def _run_summary(d: RunDetail) -> RunSummary:
-    """Best validation epoch and test accuracy there, from the epochs when present.
+    """Best validation epoch and the test scores there, from the epochs when present.
 
+    The best epoch has the best validation accuracy, or, for runs without
+    accuracies (regression, custom losses), the lowest validation loss.
     Without epoch records the run's own ``best_val_acc`` / ``best_epoch`` /
     ``test_acc`` fields are used.
     """
     r = d.run
     epochs = _sorted_epochs(d)
-    best_val, best_epoch, test_at_best = None, None, None
+    by_acc = any(_clean(e.val_acc) is not None for e in epochs)
+    best = None
     for e in epochs:
-        v = _clean(e.val_acc)
-        if v is not None and (best_val is None or v > best_val):
-            best_val, best_epoch, test_at_best = v, e.epoch, _clean(e.test_acc)
+        score = _clean(e.val_acc) if by_acc else _clean(e.val_loss)
+        if score is None:
+            continue
+        if best is None or (score > best[0] if by_acc else score < best[0]):
+            best = (score, e)
+    best_val, best_epoch, test_at_best, best_loss, test_loss = None, None, None, None, None
+    if best is not None:
+        e = best[1]
+        best_val, best_epoch, test_at_best = _clean(e.val_acc), e.epoch, _clean(e.test_acc)
+        best_loss, test_loss = _clean(e.val_loss), _clean(e.test_loss)
     if not epochs:
         best_val, best_epoch, test_at_best = (
             _clean(r.best_val_acc),
@@ -732,6 +760,9 @@ def _run_summary(d: RunDetail) -> RunSummary:
         nonfinite_hypergradients=sum(e.nonfinite_hypergradients for e in epochs),
         error=r.error,
         config=dict(r.config),
+        best_val_loss=best_loss,
+        test_loss_at_best=test_loss,
+        cpu_s=_clean(r.summary.get("cpu_s")),
     )
 
 
@@ -756,6 +787,9 @@ def _get_summary_info(details: Sequence[RunDetail]) -> SummaryInfo:
                 epochs_max=max(r.epochs for r in rows),
                 time_s=_stat(r.time_s for r in rows),
                 run_rows=rows,
+                best_val_loss=_stat(r.best_val_loss for r in rows),
+                test_loss_at_best=_stat(r.test_loss_at_best for r in rows),
+                cpu_s=_stat(r.cpu_s for r in rows),
             )
         )
     return SummaryInfo(tuple(out))
