@@ -30,6 +30,7 @@ import json
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -165,6 +166,22 @@ def _alive(owner: Mapping[str, Any]) -> bool:
 
 def _dead_ranks() -> list[int]:
     return [r for r, owner in enumerate(_peers) if not _alive(owner)]
+
+
+#: How long a rank that lost its peers waits to see rank 0's process gone (a killed
+#: process closes its sockets a moment before it is seen dead) before leaving the
+#: run's status to rank 0.
+MAIN_EXIT_WAIT_S = 10.0
+
+
+def _gone(rank: int, wait_s: float) -> bool:
+    """Whether ``rank``'s process (on this host) is gone, waiting up to ``wait_s`` for it."""
+    deadline = time.monotonic() + wait_s
+    while rank not in _dead_ranks():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -319,7 +336,7 @@ class _Follower:
 
     def finish_run(self, run_id: int, status: str, *, error: str | None = None,
                    summary: Mapping[str, Any] | None = None) -> None:
-        if status != "failed" or self.store is None or 0 not in _dead_ranks():
+        if status != "failed" or self.store is None or not _gone(0, MAIN_EXIT_WAIT_S):
             return  # rank 0 (alive) records the run
         with contextlib.suppress(Exception), self.store.opened() as db:
             if db.get_run(run_id, steps=False).run.status == "running":

@@ -142,11 +142,24 @@ def resume_phase(workdir: Path, phase: str) -> dict:
     return out
 
 
+def _low_level_refused() -> str:
+    """compute_hg() under a process group of two ranks: the error it raises."""
+    model = _model()
+    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.1), hyper_lr=1e-3)
+    try:
+        tuner.compute_hg(model, [torch.zeros_like(p) for p in model.parameters()])
+    except ValueError as exc:
+        return str(exc)
+    return "not refused"
+
+
 def main(workdir: str, phase: str = "cases") -> None:
     path = Path(workdir)
     torch.distributed.init_process_group("gloo")
     try:
         results = run_cases(path) if phase == "cases" else resume_phase(path, phase)
+        if phase == "cases":
+            results["low-level API"] = _low_level_refused()
         rank = torch.distributed.get_rank()
     finally:
         torch.distributed.destroy_process_group()

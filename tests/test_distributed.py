@@ -1,0 +1,307 @@
+"""One run on many processes: data parallelism on torch.distributed (gloo, 2 CPU ranks).
+
+The ranks are real processes (``tests/_ranks.py`` gives them torchrun's
+environment; one test goes through ``torch.distributed.run`` itself). Every
+wait is bounded, and generous: the machine may be shared and slow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from adatune import distributed
+from adatune.data import AugmentedImages, batches, shard_bounds
+from adatune.errors import ConfigError
+from adatune.store import open_store
+from adatune.tuners import _distributed
+from tests import _dist_fit, _ranks
+from tests._cli import cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(a), abs(b), 1e-300)
+
+
+# --------------------------------------------------------------- one process
+def test_shards_partition_every_batch():
+    assert [shard_bounds(5, r, 2) for r in range(2)] == [(0, 2), (2, 5)]
+    assert [shard_bounds(1, r, 2) for r in range(2)] == [(0, 0), (0, 1)]
+    x = torch.arange(23.0).view(-1, 1)
+    y = torch.arange(23)
+    whole = list(batches(torch.utils.data.TensorDataset(x, y), 6, shuffle=True,
+                         generator=torch.Generator().manual_seed(3)))
+    slices = [list(batches(torch.utils.data.TensorDataset(x, y), 6, shuffle=True,
+                           generator=torch.Generator().manual_seed(3), shard=(r, 2)))
+              for r in range(2)]
+    for i, (_, by) in enumerate(whole):
+        assert torch.equal(torch.cat([slices[0][i][1], slices[1][i][1]]), by)
+    # augmentation is drawn for the whole batch: the slices are the one-process batch
+    images = torch.randint(0, 256, (10, 1, 6, 6), dtype=torch.uint8)
+    aug = AugmentedImages(images, torch.arange(10), mean=(0.5,), std=(0.2,), padding=2,
+                          flip=True)
+    full = list(batches(aug, 4, shuffle=True, generator=torch.Generator().manual_seed(1)))
+    parts = [list(batches(aug, 4, shuffle=True, generator=torch.Generator().manual_seed(1),
+                          shard=(r, 2))) for r in range(2)]
+    for i, (bx, _) in enumerate(full):
+        assert torch.equal(torch.cat([parts[0][i][0], parts[1][i][0]]), bx)
+
+
+class _Listed(torch.utils.data.Dataset):  # not tensor-backed: read through a DataLoader
+    def __len__(self) -> int:
+        return 7
+
+    def __getitem__(self, i: int):
+        return torch.tensor([float(i)]), i
+
+
+def test_shards_of_a_dataloader_dataset_read_only_their_examples():
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    whole = [y for _, y in batches(_Listed(), 3, shuffle=True, generator=gen())]
+    slices = [[y for _, y in batches(_Listed(), 3, shuffle=True, generator=gen(),
+                                     shard=(r, 2))] for r in range(2)]
+    assert [torch.cat([a, b]).tolist() for a, b in zip(*slices)] == [w.tolist() for w in whole]
+    assert slices[0][-1].numel() == 0  # the last batch has 1 example: rank 0's slice is empty
+
+
+def test_buckets_keep_dtype_and_size_apart():
+    f32 = [torch.zeros(10), torch.zeros(10), torch.zeros(30)]
+    f64 = torch.zeros(4, dtype=torch.float64)
+    buckets = _distributed._buckets([f32[0], f64, f32[1], f32[2]], cap=100)
+    assert buckets == [[0, 2], [1], [3]]  # 40 + 40 bytes, then 120 > 100 alone
+
+
+def test_sigterm_is_an_interruption_unless_a_peer_on_this_host_is_gone(monkeypatch):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    monkeypatch.setattr(distributed, "_peers", [me, dict(me)])
+    try:
+        with pytest.raises(distributed.Terminated):
+            distributed._on_sigterm(signal.SIGTERM, None)
+        assert _distributed.is_stopping()
+        distributed._on_sigterm(signal.SIGTERM, None)  # stopping: ignored
+        _distributed.stopping(False)
+        monkeypatch.setattr(distributed, "_peers", [me, {**me, "pid": dead.pid}])
+        with pytest.raises(distributed.PeerFailure, match="rank 1 died"):
+            distributed._on_sigterm(signal.SIGTERM, None)
+    finally:
+        _distributed.stopping(False)
+
+
+def test_timeout_from_the_environment(monkeypatch):
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "12.5")
+    assert distributed.timeout_s() == 12.5
+    for bad in ("0", "-1", "soon", "inf"):
+        monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
+        with pytest.raises(ConfigError, match=distributed.TIMEOUT_ENV):
+            distributed.timeout_s()
+    monkeypatch.delenv(distributed.TIMEOUT_ENV)
+    assert distributed.timeout_s() == distributed.DEFAULT_TIMEOUT_S
+
+
+# ----------------------------------------------------------- two ranks: math
+@pytest.mark.slow
+def test_two_ranks_take_the_one_process_steps(tmp_path):
+    """float64: each step's LR and hypergradient on 2 ranks equal one process's to 1e-9."""
+    (tmp_path / "two").mkdir()
+    (tmp_path / "one").mkdir()
+    results = _ranks.run([["-m", "tests._dist_fit", str(tmp_path / "two")]] * 2, REPO)
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    two = json.loads((tmp_path / "two" / "result-0.json").read_text())
+    other = json.loads((tmp_path / "two" / "result-1.json").read_text())
+    one = _dist_fit.run_cases(tmp_path / "one")
+    assert "does not average across the 2 ranks" in two["low-level API"]
+    for name, tuner, *_ in _dist_fit.CASES:
+        a, b = one[name], two[name]
+        assert a["status"] == b["status"] == "completed", name
+        assert len(a["lr"]) == len(b["lr"]) == 16, name  # 8 steps in each of 2 epochs
+        for x, y in zip(a["lr"], b["lr"]):
+            assert _rel(x, y) < 1e-9, (name, a["lr"], b["lr"])
+        if tuner is not None:
+            assert max(a["lr"]) > min(a["lr"]), name  # the LR moved: the test compares motion
+            hs = [(x, y) for x, y in zip(a["h"], b["h"]) if x is not None or y is not None]
+            assert len(hs) >= 15 and all(x is not None and y is not None for x, y in hs), name
+            for x, y in hs:
+                assert _rel(x, y) < 1e-9, (name, a["h"], b["h"])
+        for x, y in zip(a["val_loss"] + a["train_loss"], b["val_loss"] + b["train_loss"]):
+            assert _rel(x, y) < 1e-9, name
+        flat_a = [v for w in a["weights"] for v in w]
+        flat_b = [v for w in b["weights"] for v in w]
+        assert max(_rel(x, y) for x, y in zip(flat_a, flat_b)) < 1e-9, name
+        assert other[name]["weights"] == b["weights"], name  # the ranks stay identical
+        assert other[name]["final_lr"] == b["final_lr"], name
+
+
+@pytest.mark.slow
+def test_two_ranks_resume_bit_identically(tmp_path):
+    """Dropout and batch norm: stopped after epoch 1 and resumed on 2 ranks, every step and
+    the final weights equal an uninterrupted 2-rank run's exactly (per-rank RNG states)."""
+    for phase in ("full", "stop", "continue"):
+        results = _ranks.run([["-m", "tests._dist_fit", str(tmp_path), phase]] * 2, REPO)
+        for code, _, err in results:
+            assert code == 0, (phase, err[-3000:])
+    read = lambda name: json.loads((tmp_path / f"{name}.json").read_text())  # noqa: E731
+    assert read("stop-0")["status"] == "interrupted"
+    assert read("stop-1")["status"] == "peer-failure"  # rank 1 lost rank 0 and exited
+    full, resumed = read("full-0"), read("continue-0")
+    assert resumed["status"] == "completed" and len(resumed["lr"]) == 18
+    assert resumed["lr"] == full["lr"] and resumed["h"] == full["h"]
+    assert resumed["weights"] == full["weights"] and resumed["buffers"] == full["buffers"]
+    assert read("continue-1")["weights"] == resumed["weights"]
+
+
+# ------------------------------------------------------------ two ranks: CLI
+TRAIN = ["-m", "adatune", "train", "--device", "cpu", "--store"]
+
+
+def _wait_for_epoch(store: Path, procs, epoch: int) -> None:
+    deadline = time.monotonic() + _ranks.WAIT_S
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise AssertionError(f"a rank exited early: {[p.poll() for p in procs]}")
+        if store.exists():
+            try:
+                with open_store(store) as db:
+                    runs = db.list_runs()
+                if runs and runs[0].epochs >= epoch:
+                    return
+            except Exception:  # noqa: BLE001 - being created
+                pass
+        time.sleep(0.1)
+    raise AssertionError("no epoch recorded in time")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [1, 0])
+def test_sigkill_of_one_rank_fails_the_run_and_resume_continues(tmp_path, capsys, monkeypatch,
+                                                                victim):
+    store = tmp_path / "runs.db"
+    argv = [*TRAIN, str(store), "--epochs", "8"]
+    procs = _ranks.start([argv, argv], tmp_path)
+    try:
+        _wait_for_epoch(store, procs, 1)
+        procs[victim].send_signal(signal.SIGKILL)
+        procs[victim].wait(timeout=60)
+        killed_at = time.monotonic()
+        [(code, _, err)] = _ranks.finish([procs[1 - victim]], timeout=120)
+        assert time.monotonic() - killed_at < 120  # bounded: no hang
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert code == 1, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("adatune: error:")]
+    assert len(lines) == 1 and "a collective across ranks failed" in lines[0], err[-2000:]
+    with open_store(store) as db:
+        [run] = db.list_runs()
+    assert run.status == "failed" and 1 <= run.epochs < 8, (run.status, run.epochs, run.error)
+    assert "PeerFailure" in run.error
+    if victim == 0:
+        assert run.error.startswith("rank 0 died")  # rank 1 recorded it
+    # one process continues the run from its last checkpoint
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    code, out, err = cli(capsys, "train", "--resume", str(run.id), "--store", str(store))
+    assert code == 0, err
+    with open_store(store) as db:
+        detail = db.get_run(run.id)
+    assert detail.run.status == "completed"
+    assert [e.epoch for e in detail.epochs] == list(range(1, 9))
+
+
+@pytest.mark.slow
+def test_torchrun_train_and_baseline_match_one_process(tmp_path, capsys, monkeypatch):
+    store = tmp_path / "ranks.db"
+    env = {**_ranks.rank_env(0, 1, 0), "PYTHONPATH": str(REPO)}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                "MASTER_PORT"):
+        env.pop(key)
+    for command in (["train", "--epochs", "2"], ["baseline", "--lr-scheduler", "cosine",
+                                                 "--epochs", "1", "--t-0", "1"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone",
+             "--nproc-per-node", "2", "-m", "adatune", *command, "--device", "cpu",
+             "--store", str(store)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=_ranks.WAIT_S)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.count("completed") == 2, proc.stdout  # rank 0's table and line
+    with open_store(store) as db:
+        runs = sorted(db.list_runs(), key=lambda r: r.id)
+        two = [db.get_run(r.id) for r in runs]
+    assert [(r.kind, r.status, r.epochs) for r in runs] == [("train", "completed", 2),
+                                                             ("baseline", "completed", 1)]
+    # the same runs on one process (float32: the sums differ in their last bits, and the
+    # difference grows step by step; the float64 test above is the exact one)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    single = tmp_path / "one.db"
+    assert cli(capsys, "train", "--epochs", "2", "--device", "cpu", "--store", str(single))[0] == 0
+    assert cli(capsys, "baseline", "--lr-scheduler", "cosine", "--epochs", "1", "--t-0", "1",
+               "--device", "cpu", "--store", str(single))[0] == 0
+    with open_store(single) as db:
+        one = [db.get_run(r.id) for r in sorted(db.list_runs(), key=lambda r: r.id)]
+    for a, b in zip(one, two):
+        for ea, eb in zip(a.epochs, b.epochs):
+            tol = 1e-3 if ea.epoch == 1 else 2e-2
+            for key in ("lr", "train_loss", "val_loss", "test_loss"):
+                assert math.isclose(getattr(ea, key), getattr(eb, key), rel_tol=tol), key
+            assert abs(ea.val_acc - eb.val_acc) <= 2 / 180  # a prediction or two may flip
+        assert len(a.steps) == len(b.steps)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra, expected", [
+    ([["--batch-size", "1"], ["--batch-size", "1"]],
+     "--batch-size 1 is smaller than the 2 ranks"),
+    ([["--epochs", "2"], ["--epochs", "3", "--mu", "0.5"]],
+     "rank 1 differs from rank 0 in: epochs, mu"),
+])
+def test_bad_input_across_ranks_is_one_line_on_rank_0(tmp_path, extra, expected):
+    store = tmp_path / "runs.db"
+    results = _ranks.run([[*TRAIN, str(store), *more] for more in extra], tmp_path,
+                         timeout=_ranks.WAIT_S)
+    (code0, _, err0), (code1, _, err1) = results
+    assert (code0, code1) == (2, 2), (err0[-2000:], err1[-2000:])
+    assert [line for line in err0.splitlines() if line.strip()] == [
+        line for line in err0.splitlines() if line.startswith("adatune: error:")]
+    [line] = [line for line in err0.splitlines() if line.strip()]
+    assert expected in line
+    assert err1.strip() == ""
+    if store.exists():
+        with open_store(store) as db:
+            assert db.list_runs() == []  # no run was written
+
+
+@pytest.mark.slow
+def test_ddp_benchmark_counts_the_communication_of_each_step(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ddp.py"), "--ranks", "2",
+                           "--network", "mlp", "--batch-size", "8", "--steps", "2",
+                           "--warmup", "1", "--json"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=_ranks.WAIT_S,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(proc.stdout[proc.stdout.index("{"):])
+    by = {r["method"]: r for r in data["results"]}
+    grad = by["ddp"]["parameter_bytes"]
+    assert by["ddp"]["bytes"] == grad  # DDP all-reduces each gradient once
+    marks = 4 * (1 + 6)  # float32: the loss, and a mark per parameter tensor (mlp: 6)
+    assert (by["plain"]["collectives"], by["plain"]["bytes"]) == (1, grad + marks)
+    assert (by["hd"]["collectives"], by["hd"]["bytes"]) == (1, grad + marks)
+    # MARTHE: the gradient and the HVP in one all-reduce, then h (8 bytes): 2 collectives
+    assert (by["marthe-mu0"]["collectives"], by["marthe-mu0"]["bytes"]) == (2, grad + marks + 8)
+    for method in ("marthe", "rtho"):
+        assert (by[method]["collectives"], by[method]["bytes"]) == (2, 2 * grad + marks + 8)
