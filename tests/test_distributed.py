@@ -157,6 +157,11 @@ def test_two_ranks_resume_bit_identically(tmp_path):
     read = lambda name: json.loads((tmp_path / f"{name}.json").read_text())  # noqa: E731
     assert read("stop-0")["status"] == "interrupted"
     assert read("stop-1")["status"] == "peer-failure"  # rank 1 lost rank 0 and exited
+    [last] = (tmp_path / "ckpt-stopped").glob("run-*/last.pt")
+    state = torch.load(last, weights_only=True)  # plain tensors, numbers and containers
+    ranks = state["rng"]["ranks"]
+    assert len(ranks) == 2 and torch.equal(ranks[0]["torch"], state["rng"]["torch"])
+    assert not torch.equal(ranks[0]["torch"], ranks[1]["torch"])  # dropout differs by rank
     full, resumed = read("full-0"), read("continue-0")
     assert resumed["status"] == "completed" and len(resumed["lr"]) == 18
     assert resumed["lr"] == full["lr"] and resumed["h"] == full["h"]
