@@ -276,7 +276,8 @@ class Loop:
         if self.ranks.is_main:
             owner.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
         else:
-            owner = ckpt_dir / f".rank-{self.ranks.rank}"  # never written: unlinking is a no-op
+            # a path this rank never writes: the unlinks below leave rank 0's file alone
+            owner = ckpt_dir / f".rank-{self.ranks.rank}"
         resumed_here = resumed and self.ranks.is_main
         records = list(store.get_run(run_id, steps=False).epochs) if resumed_here else []
         if not resumed:

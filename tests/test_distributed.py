@@ -115,7 +115,8 @@ def test_timeout_from_the_environment(monkeypatch):
 # ----------------------------------------------------------- two ranks: math
 @pytest.mark.slow
 def test_two_ranks_take_the_one_process_steps(tmp_path):
-    """float64: each step's LR and hypergradient on 2 ranks equal one process's to 1e-9."""
+    """float64: each step's LR and hypergradient on 2 ranks equal one process's to 1e-9
+    (1e-7 with the finite-difference HVP, see ``TOLERANCE``)."""
     (tmp_path / "two").mkdir()
     (tmp_path / "one").mkdir()
     results = _ranks.run([["-m", "tests._dist_fit", str(tmp_path / "two")]] * 2, REPO)
@@ -127,21 +128,22 @@ def test_two_ranks_take_the_one_process_steps(tmp_path):
     assert "does not average across the 2 ranks" in two["low-level API"]
     for name, tuner, *_ in _dist_fit.CASES:
         a, b = one[name], two[name]
+        tol = _dist_fit.TOLERANCE.get(name, 1e-9)
         assert a["status"] == b["status"] == "completed", name
         assert len(a["lr"]) == len(b["lr"]) == 16, name  # 8 steps in each of 2 epochs
         for x, y in zip(a["lr"], b["lr"]):
-            assert _rel(x, y) < 1e-9, (name, a["lr"], b["lr"])
+            assert _rel(x, y) < tol, (name, a["lr"], b["lr"])
         if tuner is not None:
             assert max(a["lr"]) > min(a["lr"]), name  # the LR moved: the test compares motion
             hs = [(x, y) for x, y in zip(a["h"], b["h"]) if x is not None or y is not None]
             assert len(hs) >= 15 and all(x is not None and y is not None for x, y in hs), name
             for x, y in hs:
-                assert _rel(x, y) < 1e-9, (name, a["h"], b["h"])
+                assert _rel(x, y) < tol, (name, a["h"], b["h"])
         for x, y in zip(a["val_loss"] + a["train_loss"], b["val_loss"] + b["train_loss"]):
-            assert _rel(x, y) < 1e-9, name
+            assert _rel(x, y) < tol, name
         flat_a = [v for w in a["weights"] for v in w]
         flat_b = [v for w in b["weights"] for v in w]
-        assert max(_rel(x, y) for x, y in zip(flat_a, flat_b)) < 1e-9, name
+        assert max(_rel(x, y) for x, y in zip(flat_a, flat_b)) < tol, name
         assert other[name]["weights"] == b["weights"], name  # the ranks stay identical
         assert other[name]["final_lr"] == b["final_lr"], name
 
