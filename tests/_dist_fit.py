@@ -31,7 +31,7 @@ CASES = [
     ("rtho-momentum-buckets", "rtho", "sgd", {"bucket_bytes": 256}),
     ("marthe-momentum-fd", "marthe", "sgd", {"mu": 0.9, "hvp": "finite-difference"}),
     ("hd-momentum", "hd", "sgd", {"weight_decay": 1e-3}),
-    ("hd-adam", "hd", "adam", {}),
+    ("hd-adam-own-group", "hd", "adam", {"own_group": True}),
     ("baseline-momentum", None, "sgd", {}),
 ]
 # The finite difference divides a difference of two gradients by eps ~ 1e-8: the
@@ -63,6 +63,9 @@ def run_case(name: str, store: Path, ckpt: Path) -> dict:
     options = dict(options)
     bucket = options.pop("bucket_bytes", None)
     wd = options.pop("weight_decay", 0.0)
+    if options.pop("own_group", False) and torch.distributed.is_initialized():
+        # a group of its own (not the default one): the tuner and the loop use it
+        options["process_group"] = torch.distributed.new_group([0, 1])
     model = _model()
     if opt_name == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=wd)

@@ -276,6 +276,8 @@ def test_torchrun_train_and_baseline_match_one_process(tmp_path, capsys, monkeyp
      "--batch-size 1 is smaller than the 2 ranks"),
     ([["--epochs", "2"], ["--epochs", "3", "--mu", "0.5"]],
      "rank 1 differs from rank 0 in: epochs, mu"),
+    ([["--data", "tests.userpkg.ranked:data", "--model", "tests.userpkg.models:conv1d"]] * 2,
+     "rank 1: --data 'tests.userpkg.ranked:data' raised FileNotFoundError"),
 ])
 def test_bad_input_across_ranks_is_one_line_on_rank_0(tmp_path, extra, expected):
     store = tmp_path / "runs.db"
