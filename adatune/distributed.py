@@ -29,6 +29,7 @@ import io
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -109,8 +110,8 @@ def launch() -> Iterator[int]:
     """Join the process group that ``torchrun`` (or ``RANK``/``WORLD_SIZE``/``MASTER_*``) describes.
 
     Yields this process's rank (0 on one process). With ``WORLD_SIZE`` unset
-    or 1, or a group already initialised, it does nothing but yield the rank. Collectives
-    (and joining) wait at most :func:`timeout_s` for the other ranks. While
+    or 1, or a group already initialised, it does nothing but yield the rank.
+    Collectives (and joining) wait at most :func:`timeout_s` for the other ranks. While
     inside, a SIGTERM raises :class:`Terminated`, or :class:`PeerFailure` when
     a rank on this host has died (torchrun stops the survivors that way).
     On leaving, the group is destroyed.
@@ -156,6 +157,8 @@ def _alive(owner: Mapping[str, Any]) -> bool:
     """Whether a rank's process may be alive (a zombie on this host is not)."""
     if not process_may_be_alive(dict(owner)):
         return False
+    if owner.get("host") != socket.gethostname():
+        return True  # another host: only its own ranks can tell
     try:
         with open(f"/proc/{int(owner['pid'])}/stat") as stat:
             state = stat.read().rsplit(")", 1)[1].split()[0]
