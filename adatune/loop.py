@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from adatune.data import batches
 from adatune.errors import ConfigError
+from adatune.peers import OptimizerView, optimizer_view
 from adatune.schedules import Schedule
 from adatune.store import Store
 from adatune.store.records import EpochRecord, StepRecord
@@ -82,6 +83,10 @@ class LoopConfig:
 class Parts:
     """What the loop trains.
 
+    ``optimizer`` is any ``torch.optim.Optimizer``; the loop reads its
+    effective LR and switches its train/eval mode through
+    :func:`adatune.peers.optimizer_view` (Schedule-Free's ``train()``/``eval()``;
+    Prodigy's, D-Adaptation's and DoG's own step sizes).
     ``loss(output, target)`` is the minibatch mean loss. ``classification``
     says the output holds class scores and the target class indices: the loop
     then records accuracies and picks the best epoch by validation accuracy;
@@ -104,6 +109,7 @@ class Parts:
             raise ConfigError("a run has a tuner or a schedule, not both")
         if self.tuner is not None and self.tuner.optimizer is not self.optimizer:
             raise ConfigError("the tuner must wrap the run's optimizer")
+        self.view: OptimizerView = optimizer_view(self.optimizer)
 
 
 class Events:
@@ -294,9 +300,11 @@ class Loop:
             status = "interrupted"
             reason = f"interrupted during epoch {self.epoch + 1}"
         except BaseException as exc:
+            self.parts.view.eval()
             store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
             owner.unlink(missing_ok=True)
             raise
+        self.parts.view.eval()  # the model holds the weights that were evaluated
         summary = {"best_val_acc": self.best_val_acc, "best_val_loss": self.best_val_loss,
                    "best_epoch": self.best_epoch, "test_acc": self.test_at_best,
                    "test_loss": self.test_loss_at_best, "final_lr": self._lr(),
@@ -328,6 +336,7 @@ class Loop:
         started = time.perf_counter()
         last_beat = time.monotonic()
         p.model.train()
+        p.view.train()
         val_iter = self._val_batches()
         loss_sum, correct, seen, n_steps = 0.0, 0, 0, 0
         lr_sum, lr_max, steps = 0.0, 0.0, []
@@ -359,6 +368,10 @@ class Loop:
                 last_beat = time.monotonic()
         if p.schedule is not None:
             p.schedule.after_epoch()
+        # Evaluation, best.pt and last.pt see the optimizer in eval mode (Schedule-Free: its
+        # averaged weights). A resumed run loads last.pt in that mode and switches to train
+        # mode as an uninterrupted run does at the next epoch: the same bits either way.
+        p.view.eval()
         val_loss, val_acc = self.evaluate(p.val)
         test_loss, test_acc = (None, None) if p.test is None else self.evaluate(p.test)
         self.elapsed += time.perf_counter() - started
@@ -392,7 +405,9 @@ class Loop:
             loss.backward()
             if self.config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), self.config.grad_clip)
+            p.view.before_step()
             p.optimizer.step()
+            lr_used = p.view.after_step()
             if p.schedule is not None:
                 p.schedule.after_step()
         elif p.tuner.outer == "training":  # HD moves the LR before the update
@@ -438,7 +453,7 @@ class Loop:
     def _lr(self) -> float:
         if self.parts.tuner is not None:
             return self.parts.tuner.lr
-        return float(self.parts.optimizer.param_groups[0]["lr"])
+        return self.parts.view.lr()
 
     def _tuner_view(self) -> tuple[float | None, float | None, float | None]:
         tuner = self.parts.tuner

@@ -77,6 +77,7 @@ from adatune._process import owner_record, process_may_be_alive
 from adatune.config import TrainConfig, canonical_method
 from adatune.engine import Events, RunResult, train
 from adatune.errors import ConfigError, StoreError
+from adatune.peers import PEERS, check_available
 from adatune.store import Store
 from adatune.store import repository as _repository
 from adatune.store.connection import SQLITE_BUSY_TIMEOUT_S, sqlite_path
@@ -97,6 +98,7 @@ _VALUE_KINDS = {
     "lr": "real", "momentum": "real", "weight_decay": "real", "grad_clip": "real",
     "hyper_lr": "real", "alpha": "real", "lr_decay": "real",
     "batch_size": "whole", "step_size": "whole", "t_0": "whole", "t_mult": "whole",
+    "warmup_steps": "whole",
     "nesterov": "flag", "first_order": "flag", "mu": "mu",
 }
 _COMMON = ("lr", "momentum", "nesterov", "weight_decay", "batch_size", "grad_clip")
@@ -109,6 +111,8 @@ TUNABLE: dict[str, tuple[str, ...]] = {
     "staircase": (*_COMMON, "step_size", "lr_decay"),
     "exponential": (*_COMMON, "lr_decay"),
     "cosine": (*_COMMON, "t_0", "t_mult"),
+    # a peer: its own settings (PeerSpec.settings), the batch size and gradient clipping
+    **{name: (*spec.settings, "batch_size", "grad_clip") for name, spec in PEERS.items()},
 }
 # Fields that say where or how verbosely a run goes, not what it computes: workers of
 # one study may differ in them.
@@ -139,6 +143,20 @@ _HYPER_LR = {"sgd": _log(1e-6, 1e-2), "adam": _log(1e-9, 1e-5)}
 _HD_HYPER_LR = {"sgd": _log(1e-5, 1e-1), "adam": _log(1e-8, 1e-4)}
 _ALPHA = {"sgd": _log(1e-8, 1e-4, zero=True), "adam": _log(1e-11, 1e-7, zero=True)}
 _MU = {"type": "categorical", "choices": ["auto", 0.99, 0.999]}
+# Peers: lr scales the step size each estimates (1.0 is their authors' setting); Schedule-Free
+# also has its warm-up (0 or 10 to 1000 steps) and its momentum beta (its README names 0.9 to
+# 0.98), D-Adapt SGD its momentum (0 by default).
+_PEER_LR = _log(0.1, 10.0)
+_WARMUP = {"type": "int", "low": 10, "high": 1000, "log": True, "zero": True}
+PEER_SPACES: dict[str, dict[str, dict[str, Any]]] = {
+    "prodigy": {"lr": _PEER_LR},
+    "dadapt-sgd": {"lr": _PEER_LR, "momentum": {"type": "categorical", "choices": [0.0, 0.9]}},
+    "dadapt-adam": {"lr": _PEER_LR},
+    "schedulefree-sgd": {"lr": _PEER_LR, "warmup_steps": _WARMUP,
+                         "momentum": {"type": "categorical", "choices": [0.9, 0.95, 0.98]}},
+    "schedulefree-adamw": {"lr": _log(2.5e-4, 2.5e-2), "warmup_steps": _WARMUP},
+    "dog": {"lr": _PEER_LR},
+}
 
 #: The default search space of each method, per optimizer family ("sgd"; "adam" for
 #: adam and adamw), in the format of space files.
@@ -153,6 +171,7 @@ DEFAULT_SPACES: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
                       "lr_decay": _uniform(0.1, 0.9)},
         "exponential": {"lr": _LR[family], "lr_decay": _uniform(0.8, 0.99)},
         "cosine": {"lr": _LR[family], "t_0": _whole(1, 10), "t_mult": _whole(1, 3)},
+        **PEER_SPACES,  # a peer is its own optimizer: one space for either family
     }
     for family in ("sgd", "adam")
 }
@@ -554,6 +573,8 @@ def run_sweep(base: TrainConfig, sweep: SweepConfig, store: Store, *,
                           f"{sweep.method}")
     space = sweep.resolved_space(base)
     check_space(space, base)
+    if base.is_peer:  # before the study is created
+        check_available(base.method)
     events = events or SweepEvents()
     storage = _storage(store)
     study = _open_study(storage, sweep, base, space, store)

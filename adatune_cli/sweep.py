@@ -151,7 +151,9 @@ def sweep_command(
     ctx: typer.Context,
     opts: dict[str, Any],
     method: Annotated[str, typer.Option(
-        "--method", help="marthe, rtho, hd, constant, staircase, exponential or cosine.")],
+        "--method", help="marthe, rtho, hd, constant, staircase, exponential, cosine, or a "
+                         "peer: prodigy, dadapt-sgd, dadapt-adam, schedulefree-sgd, "
+                         "schedulefree-adamw, dog.")],
     trials: Annotated[int, typer.Option(
         "--trials", help="Trials of the whole study, over all workers.")] = DEFAULT_TRIALS,
     seeds: Annotated[int, typer.Option(

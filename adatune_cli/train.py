@@ -16,9 +16,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from adatune.config import TUNER_NAMES, TrainConfig
+from adatune.config import TUNER_NAMES, TrainConfig, canonical_method
 from adatune.engine import Events, RunResult, resume, train
 from adatune.errors import ConfigError
+from adatune.peers import PEER_NAMES
 from adatune.schedules import canonical_schedule
 from adatune.store import open_store
 from adatune.store.records import EpochRecord
@@ -151,18 +152,39 @@ def train_command(
 @run_options
 def baseline_command(
     opts: dict[str, Any],
-    lr_scheduler: Annotated[str, typer.Option(
+    lr_scheduler: Annotated[str | None, typer.Option(
         "--lr-scheduler", help="constant, staircase, exponential or cosine (the original's "
-                               "ed, cyclic and hd are accepted; hd runs the HD tuner).")]
-    = "constant",
+                               "ed, cyclic and hd are accepted; hd runs the HD tuner) "
+                               "\\[default: constant].")] = None,
+    method: Annotated[str | None, typer.Option(
+        "--method", help=f"A learning-rate-free peer optimizer: {', '.join(PEER_NAMES)} "
+                         "(each at its authors' defaults); or a schedule name, as "
+                         "--lr-scheduler.")] = None,
+    resume_id: Annotated[int | None, typer.Option(
+        "--resume", help="Continue run RUN_ID from its last checkpoint.",
+        metavar="RUN_ID")] = None,
     name: NameOption = None,
     experiment: ExperimentOption = None,
     store: StoreOption = "adatune.db",
 ) -> None:
-    """Train with a fixed LR schedule and record the run.
+    """Train with a fixed LR schedule, or with a learning-rate-free optimizer, and record it.
 
     Example: adatune baseline --lr-scheduler cosine --t-0 2 --t-mult 2
+
+    Example: adatune baseline --method prodigy --epochs 15
     """
-    key = lr_scheduler.strip().lower()
-    method = "hd" if key == "hd" else canonical_schedule(key)
-    _run(make_config(method, opts), store, name=name, experiment=experiment)
+    if resume_id is not None:
+        _run(None, store, resume_id=resume_id)
+        return
+    if method is not None and lr_scheduler is not None:
+        raise ConfigError("give --method or --lr-scheduler, not both (a peer optimizer sets "
+                          "its own step size)")
+    if method is not None:
+        chosen = canonical_method(method)
+        if chosen in TUNER_NAMES:
+            raise ConfigError(f"{chosen} is a tuner: run it with `adatune train --tuner "
+                              f"{chosen}`")
+    else:
+        key = (lr_scheduler or "constant").strip().lower()
+        chosen = "hd" if key == "hd" else canonical_schedule(key)
+    _run(make_config(chosen, opts), store, name=name, experiment=experiment)
