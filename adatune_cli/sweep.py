@@ -18,6 +18,7 @@ from rich.table import Table
 
 from adatune.config import TrainConfig
 from adatune.errors import ConfigError
+from adatune.peers import check_available
 from adatune.store import open_store
 from adatune.store.connection import sqlite_path
 from adatune.sweep import (
@@ -186,6 +187,8 @@ def sweep_command(
     probe = SweepConfig(method, trials=trials, seeds=seeds, sampler=sampler, study=study,
                         timeout=timeout)  # validates before anything is read or written
     base = make_config(probe.method, opts)
+    if base.is_peer and not show_space:  # its package, before the study is announced
+        check_available(base.method)
     space, fixed = _space(probe.method, base, space_file, given)
     sweep = SweepConfig(probe.method, trials=trials, seeds=seeds, sampler=sampler,
                         study=study, timeout=timeout, space=space)
