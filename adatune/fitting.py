@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,7 @@ def fit(
     URL or an open :class:`~adatune.store.Store`. Returns the
     :class:`~adatune.loop.RunResult` (``run_id`` names it in the store).
     """
+    started = time.perf_counter()
     if not isinstance(model, nn.Module):
         raise ConfigError(f"Invalid model: {type(model).__name__} (expected a torch.nn.Module)")
     if tuner is _DEFAULT:
@@ -153,13 +155,13 @@ def fit(
             ckpt_dir = ckpt_root / f"run-{resume}"
             check_resumable(db, resume, ckpt_dir)
             return continue_run(db, resume, loop, ckpt_dir, events or Events(),
-                                announce=config, meta=config)
+                                announce=config, meta=config, started=started)
         run_id = db.create_run(NewRun(
             kind="train" if tuner_obj is not None else "baseline", method=method,
             optimizer=kind_name, network=type(model).__name__[:64], dataset=dataset_name[:64],
             seed=seed, config=config, name=name, experiment=experiment, device=str(device)))
         return loop.run(db, run_id, ckpt_root / f"run-{run_id}", events or Events(),
-                        announce=config, meta=config)
+                        announce=config, meta=config, setup_s=time.perf_counter() - started)
     finally:
         if owned:
             db.close()
