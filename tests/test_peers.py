@@ -181,6 +181,18 @@ def test_each_peer_runs_two_epochs_through_the_cli_with_its_effective_lr(workdir
     assert "--optimizer" not in command and "--hyper-lr" not in command
 
 
+def test_the_report_names_a_peer_once_beside_a_tuner(workdir, capsys):
+    from adatune.report.info import _get_groups
+
+    assert cli(capsys, "baseline", "--method", "dog", "--epochs", "1")[0] == 0
+    assert cli(capsys, "train", "--tuner", "hd", "--epochs", "1")[0] == 0
+    with open_store("adatune.db") as db:
+        details = [db.get_run(r.id) for r in db.list_runs()]
+    assert [g.label for g in _get_groups(details)] == ["dog", "hd · sgd"]
+    code, _, err = cli(capsys, "report", "html", "-o", "r.html")
+    assert code == 0, err
+
+
 def test_schedule_free_warm_up_is_recorded_as_it_ramps(workdir, capsys):
     code, out, err = cli(capsys, "baseline", "--method", "schedulefree-adamw", "--epochs", "2",
                          "--log-every", "1", "--warmup-steps", "40", "--lr", "0.004")
