@@ -76,9 +76,10 @@ from adatune._process import owner_record, process_may_be_alive
 from adatune.config import TrainConfig, canonical_method
 from adatune.engine import Events, RunResult, train
 from adatune.errors import ConfigError, StoreError
+from adatune.redact import mask_secrets
 from adatune.store import Store
 from adatune.store import repository as _repository
-from adatune.store.connection import SQLITE_BUSY_TIMEOUT_S, sqlite_path
+from adatune.store.connection import SQLITE_BUSY_TIMEOUT_S, sqlite_path, url_secrets
 from adatune.store.records import EpochRecord
 
 SAMPLERS = ("random", "tpe")
@@ -713,9 +714,10 @@ def _storage(store: Store) -> Any:
             last = exc
             time.sleep(0.1 * (attempt + 1) + random.random() * 0.3)
         except RuntimeError as exc:  # schema of another Optuna version
-            raise StoreError(f"cannot use Optuna's tables in {store.location}: "
-                             f"{' '.join(str(exc).split())}") from None
-    reason = " ".join(str(getattr(last, "orig", None) or last).split())
+            reason = mask_secrets(" ".join(str(exc).split()), url_secrets(store.url))
+            raise StoreError(f"cannot use Optuna's tables in {store.location}: {reason}") from None
+    reason = mask_secrets(" ".join(str(getattr(last, "orig", None) or last).split()),
+                          url_secrets(store.url))
     raise StoreError(f"cannot create Optuna's tables in {store.location}: {reason}")
 
 

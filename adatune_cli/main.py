@@ -9,6 +9,7 @@ import typer
 
 import adatune
 from adatune.errors import AdatuneError
+from adatune.redact import mask_secrets
 
 app = typer.Typer(
     name="adatune",
@@ -41,7 +42,7 @@ def _register() -> None:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"adatune: warning: {message}", file=sys.stderr)
+    print(mask_secrets(f"adatune: warning: {message}"), file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,13 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(exc.format_message().split())
         if not msg:  # bare `adatune`: the help was printed
             return _exit(0)
-        print(f"adatune: error: {msg}", file=sys.stderr)
+        print(mask_secrets(f"adatune: error: {msg}"), file=sys.stderr)
         return _exit(exc.exit_code or 2)
     except (typer.Abort, KeyboardInterrupt):
         print("adatune: aborted", file=sys.stderr)
         return _exit(130)
     except AdatuneError as exc:
-        print(f"adatune: error: {exc}", file=sys.stderr)
+        print(mask_secrets(f"adatune: error: {exc}"), file=sys.stderr)
         return _exit(2)
     return _exit(rv if isinstance(rv, int) else 0)
 
