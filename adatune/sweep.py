@@ -73,7 +73,7 @@ from pathlib import Path
 from typing import Any
 
 from adatune._process import owner_record, process_may_be_alive
-from adatune.config import TrainConfig, canonical_method
+from adatune.config import MAX_SEED, TrainConfig, canonical_method, whole
 from adatune.engine import Events, RunResult, train
 from adatune.errors import ConfigError, StoreError
 from adatune.redact import mask_secrets
@@ -89,6 +89,9 @@ DEFAULT_SEEDS = 3
 DEFAULT_PATIENCE = 10
 RUN_KIND = "sweep"
 MAX_STUDY_NAME = 200
+#: Bounds of a study's size: trials of the whole study, and seeds per trial.
+MAX_TRIALS = 100_000
+MAX_SEEDS = 1_000
 STUDY_ATTR = "adatune"  # study user attribute: what defines the sweep
 PARAM_TYPES = ("float", "int", "categorical")
 
@@ -447,10 +450,8 @@ class SweepConfig:
     def __post_init__(self) -> None:
         method = canonical_method(self.method)
         object.__setattr__(self, "method", method)
-        for name in ("trials", "seeds"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"invalid {name}: {value!r} (must be a whole number >= 1)")
+        whole("trials", self.trials, 1, MAX_TRIALS)
+        whole("seeds", self.seeds, 1, MAX_SEEDS)
         sampler = str(self.sampler).strip().lower()
         if sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {self.sampler!r} (choose from: "
@@ -473,6 +474,12 @@ class SweepConfig:
             for p in self.space:
                 if p.name not in TUNABLE[method]:
                     raise ConfigError(f"{p.name!r} has no effect on {method}")
+
+    def check_seeds(self, base: TrainConfig) -> None:
+        """The seeds of a trial, base.seed ... base.seed + seeds - 1, must all be valid."""
+        if base.seed + self.seeds - 1 > MAX_SEED:
+            raise ConfigError(f"invalid seed: {base.seed} with {self.seeds} seeds per trial "
+                              f"goes past the largest seed {MAX_SEED}")
 
     def resolved_space(self, base: TrainConfig) -> Space:
         return self.space if self.space is not None else default_space(self.method,
@@ -552,6 +559,7 @@ def run_sweep(base: TrainConfig, sweep: SweepConfig, store: Store, *,
     if base.method != sweep.method:
         raise ConfigError(f"the base configuration is for {base.method}, the sweep for "
                           f"{sweep.method}")
+    sweep.check_seeds(base)
     space = sweep.resolved_space(base)
     check_space(space, base)
     events = events or SweepEvents()

@@ -184,6 +184,7 @@ def sweep_command(
     probe = SweepConfig(method, trials=trials, seeds=seeds, sampler=sampler, study=study,
                         timeout=timeout)  # validates before anything is read or written
     base = make_config(probe.method, opts)
+    probe.check_seeds(base)
     space, fixed = _space(probe.method, base, space_file, given)
     sweep = SweepConfig(probe.method, trials=trials, seeds=seeds, sampler=sampler,
                         study=study, timeout=timeout, space=space)
