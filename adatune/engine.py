@@ -3,17 +3,17 @@
 Per epoch: train, evaluate on validation and test, write the full-state
 ``last`` checkpoint (and ``best`` on a new best validation accuracy), then
 commit the epoch and its sampled steps to the store in one transaction. The
-checkpoint carries the epoch's records too, so a run killed between the two
-writes is healed on ``resume``. The library never prints: progress goes to an
+checkpoint (:mod:`adatune.checkpoint`) carries every epoch's records, so a store
+that lost commits (a run killed between the two writes, a power cut) is healed on
+``resume``. SIGTERM and SIGUSR1 checkpoint in the middle of an epoch
+(:mod:`adatune.signals`). The library never prints: progress goes to an
 :class:`Events` object the caller supplies.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -25,17 +25,17 @@ import torch
 from torch import Tensor, nn
 
 import adatune
+from adatune import checkpoint, signals
 from adatune.config import TrainConfig
 from adatune.data import DataSplits, batches, load_splits
-from adatune.errors import ConfigError
+from adatune.errors import CheckpointError, ConfigError, RunBusy
 from adatune.models import build_model
 from adatune.schedules import Schedule, ScheduleConfig, build_schedule
-from adatune.store import Store
-from adatune.store.records import EpochRecord, NewRun, StepRecord
+from adatune.store import STALE_AFTER_S, Store
+from adatune.store.records import EpochRecord, NewRun, RunRecord, StepRecord
 from adatune.tuners import HypergradientTuner
 
 HEARTBEAT_EVERY_S = 30.0
-_OWNER_FILE = "owner.json"
 DEFAULT_CHECKPOINT_DIR = "adatune-runs"
 
 
@@ -121,6 +121,7 @@ def train(
     ckpt_root = Path(config.checkpoint_dir or DEFAULT_CHECKPOINT_DIR).resolve()
     config = config.replace(checkpoint_dir=str(ckpt_root))
     session = _Session(config, rules or DivergenceRules(loss_factor=config.divergence_factor))
+    signals.raise_if_stopping()  # SIGTERM came between runs (a sweep's, a search's)
     run_id = store.create_run(NewRun(
         kind=kind or config.kind, method=config.method, optimizer=config.optimizer,
         network=config.network, dataset=config.dataset, seed=config.seed,
@@ -130,51 +131,85 @@ def train(
     return session.run(store, run_id, ckpt_root / f"run-{run_id}", events or Events())
 
 
-def resume(store: Store, run_id: int, *, rules: DivergenceRules | None = None,
-           events: Events | None = None) -> RunResult:
-    """Continue an interrupted or failed run from its ``last`` checkpoint."""
-    detail = store.get_run(run_id, steps=False)
-    run = detail.run
-    config = TrainConfig.from_dict(run.config)
-    ckpt_dir = Path(config.checkpoint_dir or DEFAULT_CHECKPOINT_DIR) / f"run-{run_id}"
-    if run.status == "running" and _owner_alive(ckpt_dir):
-        raise ConfigError(f"run {run_id} is still running (its process is alive)")
-    if run.status == "diverged":
-        raise ConfigError(f"run {run_id} diverged ({run.error}); start a new run instead")
-    if run.status == "completed":
-        raise ConfigError(f"run {run_id} already completed ({run.epochs} epochs)")
-    last = ckpt_dir / "last.pt"
-    session = _Session(config, rules or DivergenceRules(loss_factor=config.divergence_factor))
-    state = session.load(last) if last.exists() else None
-    if state is None and run.epochs > 0:
-        raise ConfigError(f"run {run_id} has no checkpoint at {last}; it cannot be resumed")
-    store.reopen_run(run_id)
-    if state is not None and run.epochs < state["epoch"]:
-        # Killed after the checkpoint, before the epoch's commit: record it now.
-        store.record_epoch(run_id, EpochRecord(**state["pending"]["epoch"]),
-                           [StepRecord(**s) for s in state["pending"]["steps"]])
-    return session.run(store, run_id, ckpt_dir, events or Events(), resumed=state)
+def resume(store: Store, run_id: int, *, epochs: int | None = None, device: str | None = None,
+           rules: DivergenceRules | None = None, events: Events | None = None) -> RunResult:
+    """Continue an interrupted or failed run from its ``last`` checkpoint.
 
-
-def _owner_alive(ckpt_dir: Path) -> bool:
-    """Whether the process that last ran this run may still be running it.
-
-    The owner file names its host and pid: on this host a dead pid means the
-    run was killed; on another host only the store's heartbeat can tell.
+    ``epochs`` sets a new total (to extend a run, a completed one too) and
+    ``device`` moves it; both are recorded in the run's config, with the epoch
+    they were applied at under ``extra["resumed"]``. Nothing else of a run can
+    change on resume. Of two processes resuming one run at once, one goes on
+    and the other gets :class:`RunBusy`; a run another process still trains is
+    refused the same way.
     """
+    run = store.get_run(run_id, steps=False).run
+    config = TrainConfig.from_dict(run.config)
+    _check_resumable(run, config, epochs)
+    ckpt_dir = checkpoint.run_dir(config.checkpoint_dir or DEFAULT_CHECKPOINT_DIR, run_id)
+    lock = checkpoint.RunLock(ckpt_dir).acquire(run_id, store.location)
     try:
-        owner = json.loads((ckpt_dir / _OWNER_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    if owner.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(owner["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, ValueError):
-        return True
-    return True
+        seen = store.get_run(run_id, steps=False).run  # no process on this host has it now
+        _check_resumable(seen, config, epochs, lock)
+        changed = _resumed_config(seen, config, epochs=epochs, device=device)
+        session = _Session(changed, rules or DivergenceRules(loss_factor=config.divergence_factor))
+        last = ckpt_dir / "last.pt"
+        state = session.load(last) if last.exists() else None
+        if state is None and seen.epochs > 0:
+            raise ConfigError(f"run {run_id} has no checkpoint at {last}; it cannot be resumed")
+        if state is not None and state["epoch"] < seen.epochs:
+            raise CheckpointError(f"cannot resume run {run_id}: its checkpoint {last} is at epoch "
+                                  f"{state['epoch']} but the store has {seen.epochs} epochs "
+                                  "(was the file replaced by an older one?)")
+        store.reopen_run(run_id, seen=seen,
+                         config=None if changed is config else changed.to_dict(),
+                         device=None if device is None else str(session.device))
+        for record, steps in session.history.after(seen.epochs):
+            # Lost by the store (killed between checkpoint and commit, or a power cut
+            # that took back its last commits): the checkpoint has them.
+            store.record_epoch(run_id, record, steps)
+    except BaseException:
+        lock.release()
+        raise
+    return session.run(store, run_id, ckpt_dir, events or Events(), resumed=state, lock=lock)
+
+
+def _check_resumable(run: RunRecord, config: TrainConfig, epochs: int | None,
+                     lock: checkpoint.RunLock | None = None) -> None:
+    """Refuse a run that cannot be resumed (with ``lock`` held: look closer)."""
+    extend = epochs is not None and epochs > run.epochs
+    if run.status == "diverged":
+        raise ConfigError(f"run {run.id} diverged ({run.error}); start a new run instead")
+    if run.status == "completed" and not extend:
+        raise ConfigError(f"run {run.id} already completed ({run.epochs} epochs); give "
+                          f"--epochs above {run.epochs} to train it longer")
+    if run.status == "completed" and (run.summary or {}).get("stopped_early"):
+        raise ConfigError(f"run {run.id} stopped early (no better validation accuracy for "
+                          f"{config.patience} epochs); more epochs would stop it again")
+    if lock is None or run.status != "running":
+        return
+    host = lock.previous_host  # none here holds the lock: a process here that ran it died
+    if host != socket.gethostname():  # its process may live on another machine
+        raise RunBusy(f"run {run.id} may still be running{f' on {host}' if host else ''} "
+                      f"(its heartbeat is recent); it can be resumed once its heartbeat is "
+                      f"{STALE_AFTER_S:.0f} s old, when `adatune runs list` shows it interrupted")
+
+
+def _resumed_config(run: RunRecord, config: TrainConfig, *, epochs: int | None,
+                    device: str | None) -> TrainConfig:
+    """``config`` with the options applied on resume, and a note of them in ``extra``."""
+    changes: dict[str, Any] = {}
+    if epochs is not None and epochs != config.epochs:
+        if epochs < run.epochs:
+            raise ConfigError(f"--epochs {epochs}: run {run.id} has already trained "
+                              f"{run.epochs} epochs")
+        changes["epochs"] = epochs
+    if device is not None and device != config.device:
+        changes["device"] = device
+    if not changes:
+        return config
+    note = {"at_epoch": run.epochs, **{k: [getattr(config, k), v] for k, v in changes.items()}}
+    extra = {**config.extra, "resumed": [*config.extra.get("resumed", []), note]}
+    return config.replace(**changes, extra=extra)  # validates the new values
 
 
 class _Session:
@@ -218,9 +253,11 @@ class _Session:
         self.test_at_best: float | None = None
         self.bad_epochs = 0
         self.lr_max_last_epoch = 0.0
+        self.history = checkpoint.History()  # every epoch and step recorded, for the store
+        self.partial: dict[str, Any] | None = None  # progress in an epoch (mid-epoch resume)
 
     # ------------------------------------------------------------ checkpoints
-    def _state(self, pending: dict[str, Any]) -> dict[str, Any]:
+    def _state(self, partial: dict[str, Any] | None = None) -> dict[str, Any]:
         owner = self.tuner if self.tuner is not None else self.optimizer
         return {
             "epoch": self.epoch, "step": self.step, "elapsed": self.elapsed,
@@ -234,46 +271,58 @@ class _Session:
                     "cuda": (torch.cuda.get_rng_state_all()
                              if self.device.type == "cuda" else None),
                     "train": self.train_gen.get_state(), "val": self.val_gen.get_state()},
-            "pending": pending,
+            "history": self.history.state(),
+            "partial": partial,
         }
 
     def load(self, path: Path) -> dict[str, Any]:
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - a damaged file is a user-facing problem
-            raise ConfigError(f"cannot read checkpoint {path}: {exc}") from None
-        self.model.load_state_dict(state["model"])
-        (self.tuner if self.tuner is not None else self.optimizer).load_state_dict(state["optim"])
-        if self.schedule is not None:
-            self.schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if state["rng"]["cuda"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
-        self.train_gen.set_state(state["rng"]["train"].cpu())
-        self.val_gen.set_state(state["rng"]["val"].cpu())
-        for key in ("epoch", "step", "elapsed", "initial_loss", "best_val_acc", "best_epoch",
-                    "test_at_best", "bad_epochs"):
-            setattr(self, key, state[key])
+        state = checkpoint.load(path, kind="last", map_location=self.device)
+        with checkpoint.restoring(path):  # a state that does not fit this run: one line
+            self.model.load_state_dict(state["model"])
+            owner = self.tuner if self.tuner is not None else self.optimizer
+            owner.load_state_dict(state["optim"])
+            if self.schedule is not None:
+                self.schedule.load_state_dict(state["schedule"])
+            self._set_rng(state["rng"])
+            self.train_gen.set_state(state["rng"]["train"].cpu())
+            self.val_gen.set_state(state["rng"]["val"].cpu())
+            for key in ("epoch", "step", "elapsed", "initial_loss", "best_val_acc",
+                        "best_epoch", "test_at_best", "bad_epochs"):
+                setattr(self, key, state[key])
+            self.history = checkpoint.History.from_state(state)
+            self.partial = state.get("partial")
+            if self.partial:
+                self.partial = {**self.partial, "rng": state["rng"]}
         return state
 
+    def _set_rng(self, rng: dict[str, Any]) -> None:
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng["cuda"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+
     @staticmethod
-    def _save(obj: Any, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+    def _save(obj: Any, path: Path, kind: str = "last") -> None:
+        checkpoint.save(obj, path, kind=kind)
 
     # -------------------------------------------------------------- the loop
     def run(self, store: Store, run_id: int, ckpt_dir: Path, events: Events,
-            resumed: dict[str, Any] | None = None) -> RunResult:
+            resumed: dict[str, Any] | None = None,
+            lock: checkpoint.RunLock | None = None) -> RunResult:
+        with signals.deferred():  # SIGTERM: stop at the next safe point, checkpointed
+            return self._run(store, run_id, ckpt_dir, events, resumed,
+                             lock or checkpoint.RunLock(ckpt_dir))
+
+    def _run(self, store: Store, run_id: int, ckpt_dir: Path, events: Events,
+             resumed: dict[str, Any] | None, lock: checkpoint.RunLock) -> RunResult:
         cfg = self.config
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        owner = ckpt_dir / _OWNER_FILE
-        owner.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+        self.ckpt_dir = ckpt_dir
         records = list(store.get_run(run_id, steps=False).epochs) if resumed else []
-        events.run_started(run_id, cfg, steps_per_epoch=self.steps_per_epoch,
-                           start_epoch=self.epoch + 1)
         status, reason, stopped_early = "completed", None, False
         try:
+            if not lock.held:
+                lock.acquire(run_id, store.location)
+            events.run_started(run_id, cfg, steps_per_epoch=self.steps_per_epoch,
+                               start_epoch=self.epoch + 1)
             while self.epoch < cfg.epochs:
                 record, steps = self._epoch(store, run_id, events)
                 self._judge_epoch(record)
@@ -282,32 +331,34 @@ class _Session:
                     self.best_val_acc, self.best_epoch = record.val_acc, record.epoch
                     self.test_at_best, self.bad_epochs = record.test_acc, 0
                     self._save({"epoch": record.epoch, "model": self.model.state_dict(),
-                                "config": cfg.to_dict()}, ckpt_dir / "best.pt")
+                                "config": cfg.to_dict()}, ckpt_dir / "best.pt", "best")
                 else:
                     self.bad_epochs += 1
-                pending = {"epoch": dataclasses.asdict(record),
-                           "steps": [dataclasses.asdict(s) for s in steps]}
-                self._save(self._state(pending), ckpt_dir / "last.pt")
+                self.history.add(record, steps)
+                self._save(self._state(), ckpt_dir / "last.pt")
                 store.record_epoch(run_id, record, steps)
                 records.append(record)
                 events.epoch_done(record)
                 if cfg.patience is not None and self.bad_epochs >= cfg.patience:
                     stopped_early = True
                     break
+                signals.take_checkpoint_request()  # last.pt was just written
+                if self.epoch < cfg.epochs:  # (after the last one, the run completes)
+                    self._stop_if_asked(f"after epoch {record.epoch}")
         except _Diverged as exc:
             status, reason = "diverged", str(exc)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (signals.Terminated)
             status = "interrupted"
-            reason = f"interrupted during epoch {self.epoch + 1}"
+            reason = signals.interruption_reason(exc, self.epoch + 1)
         except BaseException as exc:
             store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
-            owner.unlink(missing_ok=True)
+            lock.release()
             raise
         summary = {"best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
                    "test_acc": self.test_at_best, "final_lr": self._lr(),
                    "stopped_early": stopped_early, "checkpoint_dir": str(ckpt_dir)}
         store.finish_run(run_id, status, error=reason, summary=summary)
-        owner.unlink(missing_ok=True)
+        lock.release()
         return RunResult(run_id=run_id, status=status, reason=reason, epochs=tuple(records),
                          best_val_acc=self.best_val_acc, best_epoch=self.best_epoch,
                          test_acc=self.test_at_best, stopped_early=stopped_early,
@@ -316,15 +367,27 @@ class _Session:
     def _epoch(self, store: Store, run_id: int, events: Events):
         cfg, model, dev = self.config, self.model, self.device
         epoch = self.epoch + 1
-        started = time.perf_counter()
+        part, self.partial = self.partial or {}, None  # resumed in the middle of this epoch
+        if part:  # replay the epoch's order, then skip what was done
+            self.train_gen.set_state(part["train_gen"].cpu())
+        train_start = self.train_gen.get_state()
+        started = time.perf_counter() - part.get("seconds", 0.0)
         last_beat = time.monotonic()
         model.train()
-        val_iter = self._val_batches()
-        loss_sum, correct, seen, n_steps = 0.0, 0, 0, 0
-        lr_sum, lr_max, steps = 0.0, 0.0, []
-        nonfinite_before = self.tuner.nonfinite_count if self.tuner else 0
+        val_iter = self._val_batches(part.get("val"))
+        loss_sum, correct, seen, n_steps = (part.get(k, 0) for k in ("loss_sum", "correct",
+                                                                     "seen", "n_steps"))
+        lr_sum, lr_max = part.get("lr_sum", 0.0), part.get("lr_max", 0.0)
+        steps = [StepRecord(**s) for s in part.get("steps", [])]
+        nonfinite_before = part.get("nonfinite_before",
+                                    self.tuner.nonfinite_count if self.tuner else 0)
+        done = part.get("batches", 0)
         for batch, (x, y) in enumerate(batches(self.data.train, cfg.batch_size, shuffle=True,
                                                generator=self.train_gen)):
+            if batch < done:
+                continue
+            if batch == done and part:  # skipping may have drawn from torch's generator
+                self._set_rng(part["rng"])
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             lr_used, loss, logits = self._train_step(x, y, val_iter)
             loss_value = float(loss)
@@ -347,6 +410,20 @@ class _Session:
             if time.monotonic() - last_beat > HEARTBEAT_EVERY_S:
                 store.heartbeat(run_id)
                 last_beat = time.monotonic()
+            if signals.stop_requested() is not None or signals.take_checkpoint_request():
+                # SIGTERM or SIGUSR1: checkpoint the epoch's progress after this step
+                self._save(self._state(partial={
+                    "batches": batch + 1, "train_gen": train_start, "val": val_iter.position(),
+                    "loss_sum": loss_sum, "correct": int(correct), "seen": seen,
+                    "n_steps": n_steps, "lr_sum": lr_sum, "lr_max": lr_max,
+                    "steps": [dataclasses.asdict(s) for s in steps],
+                    "nonfinite_before": nonfinite_before,
+                    "seconds": time.perf_counter() - started}), self.ckpt_dir / "last.pt")
+                store.heartbeat(run_id)
+                self._stop_if_asked(f"in epoch {epoch} after step {batch + 1} of "
+                                    f"{self.steps_per_epoch}")
+        if part and done >= self.steps_per_epoch:  # resumed after the epoch's last step
+            self._set_rng(part["rng"])
         if self.schedule is not None:
             self.schedule.after_epoch()
         val_loss, val_acc = evaluate(model, self.data.val, dev, cfg.batch_size)
@@ -397,10 +474,18 @@ class _Session:
             loss = self.tuner.step(closure, val_loss=val_loss)
         return lr_used, loss.detach(), kept["logits"]
 
-    def _val_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        while True:
-            yield from batches(self.data.val, self.config.batch_size, shuffle=True,
-                               generator=self.val_gen)
+    def _val_batches(self, position: dict[str, Any] | None = None) -> checkpoint.Passes:
+        return checkpoint.Passes(
+            lambda: batches(self.data.val, self.config.batch_size, shuffle=True,
+                            generator=self.val_gen), self.val_gen, position)
+
+    def _stop_if_asked(self, where: str) -> None:
+        """At a safe point (everything checkpointed): end the run if SIGTERM asked to."""
+        signum = signals.stop_requested()
+        if signum is not None:
+            signals.acted_on_stop()
+            raise signals.Terminated(signum, f"stopped by {signals.signal_name(signum)} "
+                                             f"{where}; checkpointed there, --resume continues")
 
     def _lr(self) -> float:
         if self.tuner is not None:

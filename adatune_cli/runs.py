@@ -133,15 +133,39 @@ def show_run(
 def delete_run(
     run_id: Annotated[int, typer.Argument(metavar="RUN_ID")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    keep_checkpoints: Annotated[bool, typer.Option(
+        "--keep-checkpoints", help="Keep the run's checkpoint folder (last.pt, best.pt).")]
+    = False,
     store: StoreOption = "adatune.db",
 ) -> None:
-    """Delete a run with its epochs and steps (and a search's probes).
+    """Delete a run with its epochs and steps (and a search's probes), and their checkpoints.
 
+    The run's checkpoint folder (<checkpoint-dir>/run-ID) goes too, unless
+    --keep-checkpoints; only the files a run writes are removed. A run that is
+    still training is refused.
     Example: adatune runs delete 3 --yes
     """
+    from adatune.checkpoint import delete_run as delete
+
     with open_store(store, create=False) as db:
         run = db.get_run(run_id, steps=False).run
-        if not yes and not typer.confirm(f"delete run {run.id} ({run.method}, {run.status})?"):
+        what = "" if keep_checkpoints else " and its checkpoints"
+        if not yes and not typer.confirm(f"delete run {run.id} ({run.method}, {run.status})"
+                                         f"{what}?"):
             raise typer.Exit(1)
-        db.delete_run(run_id)
-    out.print(f"deleted run {run_id}", markup=False)
+        result = delete(db, run_id, keep_checkpoints=keep_checkpoints)
+    others = len(result.runs) - 1
+    out.print(f"deleted run {run_id}" + (f" and its {others} child run{'s' * (others > 1)}"
+                                        if others else ""), markup=False)
+    if result.kept:
+        out.print(f"checkpoints kept in {', '.join(result.kept)}", markup=False,
+                  highlight=False, soft_wrap=True)
+    failed = False
+    for folder in result.folders:
+        if folder.state == "removed":
+            out.print(f"removed {folder.folder}", markup=False, highlight=False)
+        elif folder.state != "absent":
+            failed = failed or folder.state == "failed"
+            out.print(f"kept {folder.folder}: {folder.note}", markup=False, highlight=False)
+    if failed:
+        raise typer.Exit(1)

@@ -288,3 +288,47 @@ def test_store_messages_never_carry_the_password(tmp_path) -> None:
     assert SECRET not in str(info.value)
     payload = json.dumps({"error": str(info.value)})
     assert SECRET not in payload
+
+
+_RACER = """
+import sys, time
+from pathlib import Path
+from adatune.errors import RunBusy
+from adatune.store import open_store
+
+url, run_id, workdir, me = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+with open_store(url) as store:
+    seen = store.get_run(run_id).run
+    (workdir / f"ready-{me}").touch()
+    while not (workdir / "go").exists():  # both read the run before either reopens it
+        time.sleep(0.001)
+    try:
+        store.reopen_run(run_id, seen=seen, config={"by": me})
+        print("reopened")
+    except RunBusy:
+        print("busy")
+"""
+
+
+def test_two_processes_reopening_one_run_exactly_one_wins(store_url, tmp_path) -> None:
+    script = tmp_path / "racer.py"
+    script.write_text(_RACER)
+    with open_store(store_url) as db:
+        run_id = db.create_run(new_run())
+        db.finish_run(run_id, "interrupted", error="test")
+    procs = [subprocess.Popen([sys.executable, str(script), store_url, str(run_id),
+                               str(tmp_path), str(k)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for k in range(2)]
+    from tests._wait import wait_for
+
+    wait_for(lambda: all((tmp_path / f"ready-{k}").exists() for k in range(2)),
+             what="both racers ready")
+    (tmp_path / "go").touch()
+    results = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), results
+    said = sorted(out.strip() for out, _ in results)
+    assert said == ["busy", "reopened"], results
+    winner = str(["reopened" in out for out, _ in results].index(True))
+    with open_store(store_url) as db:
+        run = db.get_run(run_id).run
+    assert run.status == "running" and run.config == {"by": winner}
