@@ -178,36 +178,45 @@ def restoring(path: str | os.PathLike[str]) -> Iterator[None]:
 
 @dataclass
 class History:
-    """Every epoch and sampled step of a run, as the checkpoint carries them."""
+    """Every epoch and sampled step of a run, as the checkpoint carries them.
+
+    ``best[i]`` says whether epoch ``i`` was the run's best so far (the loop
+    decides it; the store records it).
+    """
 
     epochs: list[dict[str, Any]] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
+    best: list[bool | None] = field(default_factory=list)
 
-    def add(self, epoch: EpochRecord, steps: list[StepRecord]) -> None:
+    def add(self, epoch: EpochRecord, steps: list[StepRecord], best: bool | None = None) -> None:
         self.epochs.append(dataclasses.asdict(epoch))
         self.steps.extend(dataclasses.asdict(s) for s in steps)
+        self.best.append(best)
 
     def state(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "steps": self.steps}
+        return {"epochs": self.epochs, "steps": self.steps, "best": self.best}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> History:
         """From a checkpoint (its ``history``; older ones have the last epoch's ``pending``)."""
         if isinstance(state.get("history"), dict):
             history = state["history"]
-            return cls(list(history.get("epochs", [])), list(history.get("steps", [])))
+            epochs = list(history.get("epochs", []))
+            best = list(history.get("best", [None] * len(epochs)))
+            return cls(epochs, list(history.get("steps", [])), best)
         pending = state.get("pending")
         if isinstance(pending, dict) and pending.get("epoch"):
-            return cls([pending["epoch"]], list(pending.get("steps", [])))
+            return cls([pending["epoch"]], list(pending.get("steps", [])),
+                       [pending.get("best")])
         return cls()
 
-    def after(self, epoch: int) -> list[tuple[EpochRecord, list[StepRecord]]]:
-        """The epochs after ``epoch`` with their steps (what a store that lost them lacks)."""
+    def after(self, epoch: int) -> list[tuple[EpochRecord, list[StepRecord], bool | None]]:
+        """The epochs after ``epoch`` with their steps and best flags (what a store lacks)."""
         out = []
-        for e in self.epochs:
+        for e, best in zip(self.epochs, self.best):
             if e["epoch"] > epoch:
                 steps = [StepRecord(**s) for s in self.steps if s["epoch"] == e["epoch"]]
-                out.append((EpochRecord(**e), steps))
+                out.append((EpochRecord(**e), steps, best))
         return out
 
 
