@@ -32,8 +32,19 @@ DEFAULT_HYPER_LR = {
 }
 DEFAULT_LR_DECAY = {"staircase": 0.5, "exponential": 0.85}
 
+# Bounds of the whole-number options: what the code and the store can hold.
+#: Seeds seed torch's generators (64 bits) and are stored as 64-bit integers.
+MAX_SEED = 2**63 - 1
+#: Epoch counts (epochs, patience, staircase step, cosine periods): finite, and the
+#: step numbers of the longest run still fit the store's 32-bit columns.
+MAX_EPOCHS = 100_000
+#: Batch sizes and step intervals fit the 32-bit integers of kernels and the store.
+MAX_BATCH_SIZE = 2**31 - 1
+MAX_LOG_EVERY = 2**31 - 1
+
 
 MAX_WORKERS = 256
+MAX_WARMUP_STEPS = 2**31 - 1
 LOSS_NAMES = ("cross_entropy", "mse")
 _LOSS_ALIASES = {"ce": "cross_entropy", "crossentropy": "cross_entropy",
                  "cross-entropy": "cross_entropy", "l2": "mse"}
@@ -87,6 +98,13 @@ def canonical_method(name: str) -> str:
 _TUNER_FIELDS = ("hyper_lr", "mu", "alpha", "first_order", "hvp")
 _SCHEDULE_FIELDS = ("step_size", "lr_decay", "t_0", "t_mult")
 _OPTIMIZER_FIELDS = ("momentum", "nesterov", "warmup_steps")
+
+
+def whole(name: str, value: int, low: int, high: int) -> None:
+    """Refuse anything but a whole number in [low, high] (ConfigError naming ``name``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"invalid {name}: {value!r} (must be a whole number from {low} "
+                          f"to {high})")
 
 
 def _finite(name: str, value: float, *, low: float | None = None, low_open: bool = False,
@@ -184,10 +202,9 @@ class TrainConfig:
         _finite("weight_decay", self.weight_decay, low=0)
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ConfigError("nesterov needs --optimizer sgd with a momentum > 0")
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"invalid {name}: {value!r} (must be a whole number >= 1)")
+        whole("epochs", self.epochs, 1, MAX_EPOCHS)
+        whole("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        whole("seed", self.seed, 0, MAX_SEED)
         if self.device not in DEVICES:
             raise ConfigError(f"unknown device {self.device!r} (choose from: {', '.join(DEVICES)})")
         _finite("hyper_lr", self.hyper_lr, low=0)
@@ -205,12 +222,8 @@ class TrainConfig:
         if self.hvp not in HVP_NAMES:
             raise ConfigError(f"unknown hvp {self.hvp!r} (choose from: {', '.join(HVP_NAMES)})")
         for name in ("step_size", "t_0", "t_mult"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"invalid {name}: {getattr(self, name)!r} (must be >= 1)")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
-                or self.warmup_steps < 0:
-            raise ConfigError(f"invalid warmup_steps: {self.warmup_steps!r} (must be a whole "
-                              "number >= 0)")
+            whole(name, getattr(self, name), 1, MAX_EPOCHS)
+        whole("warmup_steps", self.warmup_steps, 0, MAX_WARMUP_STEPS)
         if self.warmup_steps and "warmup_steps" not in self._settings():
             takes = [p.name for p in PEERS.values() if "warmup_steps" in p.settings]
             raise ConfigError(f"warmup_steps applies to {' and '.join(takes)} only")
@@ -220,10 +233,9 @@ class TrainConfig:
             raise ConfigError(f"invalid val_source: {self.val_source!r} (train or test)")
         if self.train_subset is not None:
             _finite("train_subset", self.train_subset, low=0, low_open=True, high=1)
-        if self.patience is not None and self.patience < 1:
-            raise ConfigError(f"invalid patience: {self.patience!r} (must be >= 1)")
-        if self.log_every < 1:
-            raise ConfigError(f"invalid log_every: {self.log_every!r} (must be >= 1)")
+        if self.patience is not None:
+            whole("patience", self.patience, 1, MAX_EPOCHS)
+        whole("log_every", self.log_every, 1, MAX_LOG_EVERY)
         _finite("divergence_factor", self.divergence_factor, low=1, low_open=True)
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) \
                 or not 0 <= self.workers <= MAX_WORKERS:

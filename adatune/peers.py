@@ -184,6 +184,13 @@ class OptimizerView:
     def after_step(self) -> float:
         return self._pending
 
+    def state(self) -> dict[str, Any]:
+        """What the view remembers beyond the optimizer's state (checkpointed with it)."""
+        return {}
+
+    def load(self, state: dict[str, Any] | None) -> None:
+        """Restore :meth:`state` (None: an older checkpoint; nothing to restore)."""
+
     def train(self) -> None:
         if self.switches:
             self.optimizer.train()
@@ -208,6 +215,15 @@ class _AdaptiveView(OptimizerView):
 
     def lr(self) -> float:
         return self._state_lr() if self._last is None else self._last
+
+    def state(self) -> dict[str, Any]:
+        # Prodigy's and D-Adaptation's state holds d after the last step, not the d that
+        # step used: a run resumed right after an epoch's last step records this one.
+        return {"last_lr": self._last}
+
+    def load(self, state: dict[str, Any] | None) -> None:
+        if state and state.get("last_lr") is not None:
+            self._last = float(state["last_lr"])
 
     def before_step(self) -> None:
         self._pending = self._next_lr()

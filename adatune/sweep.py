@@ -74,13 +74,14 @@ from pathlib import Path
 from typing import Any
 
 from adatune._process import owner_record, process_may_be_alive
-from adatune.config import TrainConfig, canonical_method
+from adatune.config import MAX_SEED, TrainConfig, canonical_method, whole
 from adatune.engine import Events, RunResult, train
 from adatune.errors import ConfigError, StoreError
 from adatune.peers import PEERS, check_available
+from adatune.redact import mask_secrets
 from adatune.store import Store
 from adatune.store import repository as _repository
-from adatune.store.connection import SQLITE_BUSY_TIMEOUT_S, sqlite_path
+from adatune.store.connection import SQLITE_BUSY_TIMEOUT_S, sqlite_path, url_secrets
 from adatune.store.records import EpochRecord
 
 SAMPLERS = ("random", "tpe")
@@ -90,6 +91,9 @@ DEFAULT_SEEDS = 3
 DEFAULT_PATIENCE = 10
 RUN_KIND = "sweep"
 MAX_STUDY_NAME = 200
+#: Bounds of a study's size: trials of the whole study, and seeds per trial.
+MAX_TRIALS = 100_000
+MAX_SEEDS = 1_000
 STUDY_ATTR = "adatune"  # study user attribute: what defines the sweep
 PARAM_TYPES = ("float", "int", "categorical")
 
@@ -466,10 +470,8 @@ class SweepConfig:
     def __post_init__(self) -> None:
         method = canonical_method(self.method)
         object.__setattr__(self, "method", method)
-        for name in ("trials", "seeds"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"invalid {name}: {value!r} (must be a whole number >= 1)")
+        whole("trials", self.trials, 1, MAX_TRIALS)
+        whole("seeds", self.seeds, 1, MAX_SEEDS)
         sampler = str(self.sampler).strip().lower()
         if sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {self.sampler!r} (choose from: "
@@ -492,6 +494,12 @@ class SweepConfig:
             for p in self.space:
                 if p.name not in TUNABLE[method]:
                     raise ConfigError(f"{p.name!r} has no effect on {method}")
+
+    def check_seeds(self, base: TrainConfig) -> None:
+        """The seeds of a trial, base.seed ... base.seed + seeds - 1, must all be valid."""
+        if base.seed + self.seeds - 1 > MAX_SEED:
+            raise ConfigError(f"invalid seed: {base.seed} with {self.seeds} seeds per trial "
+                              f"goes past the largest seed {MAX_SEED}")
 
     def resolved_space(self, base: TrainConfig) -> Space:
         return self.space if self.space is not None else default_space(self.method,
@@ -571,6 +579,7 @@ def run_sweep(base: TrainConfig, sweep: SweepConfig, store: Store, *,
     if base.method != sweep.method:
         raise ConfigError(f"the base configuration is for {base.method}, the sweep for "
                           f"{sweep.method}")
+    sweep.check_seeds(base)
     space = sweep.resolved_space(base)
     check_space(space, base)
     if base.is_peer:  # before the study is created
@@ -737,9 +746,10 @@ def _storage(store: Store) -> Any:
             last = exc
             time.sleep(0.1 * (attempt + 1) + random.random() * 0.3)
         except RuntimeError as exc:  # schema of another Optuna version
-            raise StoreError(f"cannot use Optuna's tables in {store.location}: "
-                             f"{' '.join(str(exc).split())}") from None
-    reason = " ".join(str(getattr(last, "orig", None) or last).split())
+            reason = mask_secrets(" ".join(str(exc).split()), url_secrets(store.url))
+            raise StoreError(f"cannot use Optuna's tables in {store.location}: {reason}") from None
+    reason = mask_secrets(" ".join(str(getattr(last, "orig", None) or last).split()),
+                          url_secrets(store.url))
     raise StoreError(f"cannot create Optuna's tables in {store.location}: {reason}")
 
 

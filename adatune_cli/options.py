@@ -158,6 +158,17 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user gave option ``name`` (on the command line or via its variable)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a parameter name: ``weight_decay`` -> ``--weight-decay``."""
+    return "--" + name.replace("_", "-")
+
+
 def parse_mu(text: str) -> float | str:
     value = text.strip().lower()
     if value == "auto":
