@@ -451,3 +451,53 @@ def test_a_peer_resumes_bit_identically_after_sigkill(workdir, extra):
         steps = [s.lr for s in db.get_run(run_id).steps]
     with open_store(straight) as db:
         assert steps == [s.lr for s in db.get_run(1).steps]
+
+
+# ------------------------------------------------ SIGTERM in the middle of an epoch
+class _SigtermAt(Events):
+    """SIGTERM to this process right after step ``batch`` of ``epoch`` (-1: its last step)."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch, self.done = epoch, batch, False
+
+    def run_started(self, run_id, config, *, steps_per_epoch, start_epoch) -> None:
+        if self.batch < 0:
+            self.batch = steps_per_epoch
+
+    def step_done(self, epoch, batch, loss, lr, mu) -> None:
+        if not self.done and (epoch, batch) == (self.epoch, self.batch):
+            self.done = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _trajectory(store, run_id: int):
+    detail = store.get_run(run_id)
+    return ([{k: getattr(e, k) for k in METRICS} for e in detail.epochs],
+            [(s.step, s.epoch, s.lr, s.train_loss) for s in detail.steps])
+
+
+# Mid-epoch checkpoints are written in the mode the run is in (Schedule-Free: train mode),
+# so neither a resume nor a SIGUSR1 that goes on moves the weights through an extra switch.
+# After an epoch's last step, D-Adaptation's state holds the next d: the view's own state says
+# which d that step used.
+@pytest.mark.parametrize("method, batch", [("schedulefree-sgd", 7), ("prodigy", 7),
+                                           ("dadapt-sgd", -1)])
+def test_a_peer_stopped_by_sigterm_mid_epoch_resumes_to_the_same_result(workdir, method,
+                                                                         batch):
+    from adatune import signals
+    from adatune.engine import resume, train
+
+    extra = {"warmup_steps": 30, "lr": 0.5} if method == "schedulefree-sgd" else {}
+    cfg = TrainConfig(method=method, epochs=3, seed=3, log_every=1, checkpoint_dir="ckpt",
+                      device="cpu", **extra)
+    with open_store(workdir / "adatune.db") as store:
+        with signals.handle_preemption():
+            result = train(cfg, store, events=_SigtermAt(1, batch))
+        assert result.status == "interrupted" and "SIGTERM in epoch 1" in result.reason
+        state = torch.load(Path(result.checkpoint_dir) / "last.pt", weights_only=True)
+        assert state["partial"]["batches"] > 0
+        if method == "schedulefree-sgd":
+            assert state["optim"]["param_groups"][0]["train_mode"] is True
+        assert resume(store, result.run_id).status == "completed"
+        straight = train(cfg, store)
+        assert _trajectory(store, result.run_id) == _trajectory(store, straight.run_id)
