@@ -9,12 +9,16 @@ process:
 * :class:`Ranks`: this process's place in the group and the collectives the
   loop needs: each rank's slice of a batch and the weight of its loss, sums
   for the epoch's metrics, averaged gradients for untuned steps, batch-norm
-  statistics, rank 0's weights at the start, every rank's RNG state for the
-  checkpoint, and a view of the store that writes nothing on other ranks.
+  statistics, rank 0's weights at the start, every rank's RNG state (and,
+  mid-epoch, batch-norm statistics) for the checkpoint, the per-step agreement
+  on SIGTERM/SIGUSR1 requests, and a view of the store that writes nothing on
+  other ranks.
 * :func:`launch`: joins the process group from the environment that
   ``torchrun`` sets (gloo on the CPU, NCCL on CUDA), with a bounded timeout,
-  and turns a SIGTERM into :class:`Terminated` (an interruption) or, when a
-  peer on this host is gone, :class:`PeerFailure` (the run failed).
+  and handles SIGTERM and SIGUSR1 as :mod:`adatune.signals` says: the loop's
+  ranks agree after every step on whether any of them was asked to stop or to
+  checkpoint, and all do it after the same step. A SIGTERM while a peer on this
+  host is gone is :class:`PeerFailure` (the run failed) instead.
 * :func:`agree` and :func:`on_main`: every rank takes the same decisions at
   the start (the same configuration, no rank failed to build its parts; rank
   0 alone reads and writes the store and shares what it found).
@@ -40,7 +44,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from adatune import errors
+from adatune import checkpoint, errors, signals
 from adatune._process import owner_record, process_may_be_alive
 from adatune.data import shard_bounds
 from adatune.errors import AdatuneError, ConfigError
@@ -58,11 +62,9 @@ DEFAULT_TIMEOUT_S = 300.0
 BACKEND_ENV = "ADATUNE_DIST_BACKEND"
 
 
-class Terminated(KeyboardInterrupt):
-    """A SIGTERM reached a rank of a distributed run whose peers are all alive.
-
-    A :class:`KeyboardInterrupt`: the loop ends the run as ``interrupted``.
-    """
+#: A SIGTERM stopped the run (:class:`adatune.signals.Terminated`, a :class:`KeyboardInterrupt`:
+#: the loop ends the run as ``interrupted``).
+Terminated = signals.Terminated
 
 
 # ------------------------------------------------------------ the group
@@ -112,8 +114,11 @@ def launch() -> Iterator[int]:
     Yields this process's rank (0 on one process). With ``WORLD_SIZE`` unset
     or 1, or a group already initialised, it does nothing but yield the rank.
     Collectives (and joining) wait at most :func:`timeout_s` for the other ranks. While
-    inside, a SIGTERM raises :class:`Terminated`, or :class:`PeerFailure` when
-    a rank on this host has died (torchrun stops the survivors that way).
+    inside, SIGTERM and SIGUSR1 are handled as :func:`adatune.signals.handle_preemption`
+    handles them (a run stops, or checkpoints, after a step every rank agrees on),
+    except that a SIGTERM while a rank on this host has died raises
+    :class:`PeerFailure` (torchrun stops the survivors that way), and one after
+    the run began to end (a failed collective, an agreed stop) is ignored.
     On leaving, the group is destroyed.
     """
     world = _env_int("WORLD_SIZE", 1)
@@ -138,14 +143,15 @@ def launch() -> Iterator[int]:
                           f"{' '.join(str(exc).split())[:300]}") from exc
     _distributed.stopping(False)
     handler_set = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if handler_set else None
     try:
-        yield rank
+        with signals.handle_preemption():
+            previous = signal.signal(signal.SIGTERM, _on_sigterm) if handler_set else None
+            try:
+                yield rank
+            finally:
+                if handler_set:
+                    signal.signal(signal.SIGTERM, previous)
     finally:
-        if handler_set and not _distributed.is_stopping():
-            signal.signal(signal.SIGTERM, previous)
-        # else: the run is ending on a failure or a SIGTERM, and a launcher (torchrun) may
-        # send more; the handler, which now ignores them, stays until the process exits.
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
 
@@ -190,12 +196,12 @@ def _gone(rank: int, wait_s: float) -> bool:
 def _on_sigterm(signum: int, frame: Any) -> None:
     if _distributed.is_stopping():
         return  # already ending the run: let it finish writing its status
-    _distributed.stopping(True)
     dead = _dead_ranks()
     if dead:
+        _distributed.stopping(True)
         raise PeerFailure(f"rank {', '.join(map(str, dead))} died (this rank was then stopped "
                           "by SIGTERM)")
-    raise Terminated("terminated by SIGTERM")
+    signals.on_stop(signum, frame)  # the loop stops after a step the ranks agree on
 
 
 # ------------------------------------------------------ objects across ranks
@@ -456,11 +462,64 @@ class Ranks:
         """``fn()`` on rank 0, its result on every rank (:func:`on_main` over this group)."""
         return fn() if not self.active else on_main(fn, self.group)
 
-    def readable(self, path: Path) -> Path | io.BytesIO:
-        """``path`` itself, or (several ranks) rank 0's bytes of it: no shared disk needed."""
+    def readable(self, path: Path) -> io.BytesIO | None:
+        """Several ranks: rank 0's bytes of checkpoint ``path`` (no shared disk needed).
+
+        For :func:`adatune.checkpoint.load`'s ``file``; None on one process (read
+        ``path`` itself). Rank 0 failing to read it is a
+        :class:`~adatune.errors.CheckpointError` on every rank.
+        """
         if not self.active:
-            return path
-        return io.BytesIO(self.on_main(lambda: Path(path).read_bytes()))
+            return None
+        return io.BytesIO(self.on_main(lambda: checkpoint.read_bytes(path)))
+
+    def any_of(self, values: Sequence[int], device: torch.device) -> list[int]:
+        """Each number's maximum over the ranks (one int64 all-reduce; itself on one process)."""
+        if not self.active:
+            return [int(v) for v in values]
+        return _distributed.max_(values, self.group, device)
+
+    def requests(self, device: torch.device, *, agree: bool = True) -> tuple[bool, bool]:
+        """(stop, checkpoint): what SIGTERM and SIGUSR1 ask of the loop after a step.
+
+        One process (or ``agree=False``): the requests this process received
+        (:mod:`adatune.signals`). Several ranks: their maximum over the ranks, in
+        one all-reduce of two int64 numbers, so that a signal that reached one
+        rank, or reached the ranks at different steps, stops or checkpoints every
+        rank after the same step. A stop another rank received counts as this
+        rank's (:func:`adatune.signals.stop_agreed`); a SIGTERM that reaches this
+        rank later (torchrun's, forwarded to every rank) is then ignored
+        (:func:`launch`): the run is already ending.
+        """
+        stop = signals.stop_requested()
+        asked = stop is None and signals.take_checkpoint_request()
+        if agree and self.active:
+            signum, asked = self.any_of([stop or 0, int(asked)], device)
+            if signum and stop is None:
+                signals.stop_agreed(signum)
+                _distributed.stopping(True)
+            stop = signum or None
+        return stop is not None, bool(asked)
+
+    def buffer_states(self, model: nn.Module) -> list[list[Tensor]] | None:
+        """Every rank's floating-point buffers (batch norm's, which differ by rank mid-epoch).
+
+        In rank order, on the CPU; None on one process or for a model without such buffers.
+        """
+        mine = [b.detach().cpu().clone() for b in model.buffers() if b.is_floating_point()]
+        if not self.active or not mine:
+            return None
+        return _gather(mine, self.group)
+
+    def restore_buffers(self, model: nn.Module, states: Sequence[Sequence[Tensor]] | None
+                        ) -> None:
+        """This rank's buffers from :meth:`buffer_states` of as many ranks (else: unchanged)."""
+        if not self.active or self.rank == 0 or states is None or len(states) != self.world:
+            return
+        own = [b for b in model.buffers() if b.is_floating_point()]
+        with torch.no_grad():
+            for b, saved in zip(own, states[self.rank], strict=True):
+                b.copy_(saved.to(b.device))
 
     def store_view(self, store: Any) -> Any:
         """What a rank other than 0 records into: nothing, unless rank 0 died (then: failed)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adatune import distributed
+from adatune import distributed, signals
 from adatune.data import AugmentedImages, batches, shard_bounds
 from adatune.errors import ConfigError
 from adatune.store import open_store
@@ -89,14 +89,20 @@ def test_sigterm_is_an_interruption_unless_a_peer_on_this_host_is_gone(monkeypat
     me = {"host": socket.gethostname(), "pid": os.getpid()}
     monkeypatch.setattr(distributed, "_peers", [me, dict(me)])
     try:
-        with pytest.raises(distributed.Terminated):
-            distributed._on_sigterm(signal.SIGTERM, None)
-        assert _distributed.is_stopping()
-        distributed._on_sigterm(signal.SIGTERM, None)  # stopping: ignored
+        with signals.handle_preemption():
+            with signals.deferred():  # in the loop: the stop waits for the agreed step
+                distributed._on_sigterm(signal.SIGTERM, None)
+                assert signals.stop_requested() == signal.SIGTERM
+                assert not _distributed.is_stopping()
+        with signals.handle_preemption(), pytest.raises(distributed.Terminated):
+            distributed._on_sigterm(signal.SIGTERM, None)  # elsewhere: at once
+        _distributed.stopping(True)
+        distributed._on_sigterm(signal.SIGTERM, None)  # the run is ending: ignored
         _distributed.stopping(False)
         monkeypatch.setattr(distributed, "_peers", [me, {**me, "pid": dead.pid}])
         with pytest.raises(distributed.PeerFailure, match="rank 1 died"):
             distributed._on_sigterm(signal.SIGTERM, None)
+        assert _distributed.is_stopping()
     finally:
         _distributed.stopping(False)
 

@@ -93,7 +93,8 @@ def _collective(op: str, flat: Tensor, group: Any, *, async_op: bool = False):
     try:
         if op == "broadcast":
             return dist.broadcast(flat, src=0, group=group, async_op=async_op)
-        return dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group, async_op=async_op)
+        reduce_op = dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM
+        return dist.all_reduce(flat, op=reduce_op, group=group, async_op=async_op)
     except RuntimeError as exc:  # DistBackendError, DistNetworkError, timeouts
         raise _failure(exc) from exc
 
@@ -180,6 +181,13 @@ def average_scalars(values: Sequence[float], group: Any, device: torch.device) -
     buf = torch.tensor(list(values), dtype=torch.float64, device=device)
     _all_reduce(buf, group)
     return [v / dist.get_world_size(group) for v in buf.tolist()]
+
+
+def max_(values: Sequence[int], group: Any, device: torch.device) -> list[int]:
+    """The maximum over the ranks of each whole number (one int64 all-reduce)."""
+    buf = torch.tensor([int(v) for v in values], dtype=torch.int64, device=device)
+    _collective("max", buf, group)
+    return [int(v) for v in buf.tolist()]
 
 
 def _scalar_dtype(params: Sequence[Tensor]) -> torch.dtype:
