@@ -11,7 +11,11 @@ CIFAR-shaped global batch, one method at a time, and counts per step:
 - ``hd``, ``marthe-mu0``, ``marthe``, ``rtho``: the tuners' ``step``, which
   all-reduces the gradient (and, with the curvature term, the Hessian-vector
   product) with the loss in one bucketed all-reduce, plus (MARTHE, RTHO) one
-  all-reduce of two float64 scalars for the validation side.
+  all-reduce of two float64 scalars for the validation side;
+- ``signals``: what the training loop adds to every step of any method when the
+  ranks handle SIGTERM/SIGUSR1 (``adatune train`` and ``baseline`` under
+  torchrun, ``adatune.distributed.launch()``): one all-reduce of two int64
+  numbers, by which the ranks agree after the same step to stop or checkpoint.
 
 It also times the steps (median), but across processes on a small shared CPU
 those times mean little; the counts are exact. Bytes are what each rank
@@ -44,7 +48,7 @@ from adatune.distributed import Ranks, launch
 from adatune.models import build_model
 from adatune.tuners import _distributed
 
-METHODS = ("ddp", "plain", "hd", "marthe-mu0", "marthe", "rtho")
+METHODS = ("ddp", "plain", "hd", "marthe-mu0", "marthe", "rtho", "signals")
 
 
 def _args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -145,6 +149,8 @@ def measure(method: str, args, device: torch.device, ranks: Ranks) -> dict:
                 opt.zero_grad(set_to_none=True)
                 ce(net(x), y).backward()
                 opt.step()
+            elif method == "signals":  # the loop's check after a step (none of the above)
+                ranks.requests(device)
             elif method == "plain":
                 opt.zero_grad(set_to_none=True)
                 loss = closure()
@@ -192,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("ddp.py: error: --device cuda, but no CUDA device is available", file=sys.stderr)
         return 2
-    with launch():
+    with launch():  # (it arms the signal handling that the "signals" row measures)
         ranks = Ranks()
         if not ranks.active:
             print("ddp.py: error: needs 2 ranks or more", file=sys.stderr)

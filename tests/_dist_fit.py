@@ -9,6 +9,7 @@ every step, read from the store (rank 0) or from the result (every rank).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ from torch import nn
 
 import adatune
 import adatune.loop
+from adatune import signals
+from adatune.peers import PEER_NAMES, build_peer
 from adatune.store import open_store
 from adatune.tuners import _distributed
 
@@ -33,6 +36,10 @@ CASES = [
     ("hd-momentum", "hd", "sgd", {"weight_decay": 1e-3}),
     ("hd-adam-own-group", "hd", "adam", {"own_group": True}),
     ("baseline-momentum", None, "sgd", {}),
+    # the peers: their packages' optimizers step on the averaged gradients
+    ("peer-prodigy", None, "prodigy", {}),
+    ("peer-schedulefree-sgd", None, "schedulefree-sgd", {}),
+    ("peer-dog", None, "dog", {}),
 ]
 # The finite difference divides a difference of two gradients by eps ~ 1e-8: the
 # summation-order rounding of one process and of two ranks (1e-16) comes out ~1e-8
@@ -70,6 +77,8 @@ def run_case(name: str, store: Path, ckpt: Path) -> dict:
     if opt_name == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=wd)
         hyper_lr = 1e-2 if tuner_name != "hd" else 1e-2
+    elif opt_name in PEER_NAMES:
+        opt = build_peer(opt_name, model.parameters())
     else:
         opt = torch.optim.Adam(model.parameters(), lr=0.01, weight_decay=wd)
         hyper_lr = 1e-4
@@ -150,6 +159,19 @@ def resume_phase(workdir: Path, phase: str) -> dict:
     return out
 
 
+def _signal_checks(workdir: Path) -> dict:
+    """The collectives of one run with SIGTERM/SIGUSR1 handled and without."""
+    out = {}
+    for armed in (False, True):
+        with _distributed.counting() as count:
+            with signals.handle_preemption() if armed else contextlib.nullcontext():
+                run_case("baseline-momentum", workdir / f"signals-{armed}.db",
+                         workdir / "ckpt-signals")
+        key = "armed" if armed else "unarmed"
+        out[key], out[f"{key}_bytes"] = count.collectives, count.bytes
+    return out
+
+
 def _low_level_refused() -> str:
     """compute_hg() under a process group of two ranks: the error it raises."""
     model = _model()
@@ -168,6 +190,7 @@ def main(workdir: str, phase: str = "cases") -> None:
         results = run_cases(path) if phase == "cases" else resume_phase(path, phase)
         if phase == "cases":
             results["low-level API"] = _low_level_refused()
+            results["signal checks"] = _signal_checks(path)
         rank = torch.distributed.get_rank()
     finally:
         torch.distributed.destroy_process_group()

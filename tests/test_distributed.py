@@ -7,9 +7,11 @@ wait is bounded, and generous: the machine may be shared and slow.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,13 +22,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from adatune import distributed, signals
+from adatune import checkpoint, distributed, signals
 from adatune.data import AugmentedImages, batches, shard_bounds
-from adatune.errors import ConfigError
+from adatune.errors import CheckpointError, ConfigError
 from adatune.store import open_store
 from adatune.tuners import _distributed
 from tests import _dist_fit, _ranks
 from tests._cli import cli
+from tests._wait import runs, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,6 +135,11 @@ def test_two_ranks_take_the_one_process_steps(tmp_path):
     other = json.loads((tmp_path / "two" / "result-1.json").read_text())
     one = _dist_fit.run_cases(tmp_path / "one")
     assert "does not average across the 2 ranks" in two["low-level API"]
+    # With the signals handled, the loop adds one all-reduce after every step and every
+    # epoch but the last (the ranks agree there whether to stop); nothing else changes.
+    counts = two["signal checks"]
+    assert counts["armed"] - counts["unarmed"] == 2 * 8 + 1, counts
+    assert counts["armed_bytes"] - counts["unarmed_bytes"] == 16 * (2 * 8 + 1), counts
     for name, tuner, *_ in _dist_fit.CASES:
         a, b = one[name], two[name]
         tol = _dist_fit.TOLERANCE.get(name, 1e-9)
@@ -276,6 +284,163 @@ def test_torchrun_train_and_baseline_match_one_process(tmp_path, capsys, monkeyp
         assert len(a.steps) == len(b.steps)
 
 
+# --------------------------------------------------- two ranks: SIGTERM, SIGUSR1
+NOISY = ["--model", "tests.userpkg.models:noisy_mlp", "--tuner", "marthe", "--mu", "0.9",
+         "--epochs", "3", "--batch-size", "16", "--seed", "5", "--log-every", "7"]
+METRICS = ("epoch", "lr", "lr_mean", "mu", "hyper_lr", "train_loss", "train_acc", "val_loss",
+           "val_acc", "test_loss", "test_acc", "nonfinite_hypergradients")
+
+
+def _trajectory(store: Path, run_id: int) -> tuple[list[dict], list[dict]]:
+    with open_store(store, create=False) as db:
+        detail = db.get_run(run_id)
+    return ([{k: getattr(e, k) for k in METRICS} for e in detail.epochs],
+            [dataclasses.asdict(s) for s in detail.steps])
+
+
+def _final_state(folder: Path) -> dict:
+    state = checkpoint.load(folder / "last.pt")
+    return {"model": state["model"], "optim": state["optim"]}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _run_dir(tmp: Path, run_id: int) -> Path:
+    return tmp / "adatune-runs" / f"run-{run_id}"
+
+
+@pytest.fixture(scope="module")
+def straight_two(tmp_path_factory):
+    """The uninterrupted 2-rank run: its epochs, sampled steps and final state."""
+    tmp = tmp_path_factory.mktemp("straight-two")
+    store = tmp / "runs.db"
+    results = _ranks.run([[*TRAIN, str(store), *NOISY]] * 2, tmp)
+    assert [r[0] for r in results] == [0, 0], [r[2][-2000:] for r in results]
+    return _trajectory(store, 1), _final_state(_run_dir(tmp, 1))
+
+
+def _resume_on_two_ranks(tmp: Path, store: Path, run_id: int, straight_two) -> None:
+    results = _ranks.run([[*TRAIN, str(store), "--resume", str(run_id)]] * 2, tmp)
+    assert [r[0] for r in results] == [0, 0], [r[2][-2000:] for r in results]
+    with open_store(store, create=False) as db:
+        assert db.get_run(run_id, steps=False).run.status == "completed"
+    trajectory, final = straight_two
+    assert _trajectory(store, run_id) == trajectory  # every epoch and step, to the bit
+    assert _same(_final_state(_run_dir(tmp, run_id)), final)  # weights, batch norm, tuner
+
+
+def _partial(folder: Path):
+    try:
+        state = checkpoint.load(folder / "last.pt")
+    except CheckpointError:  # not written yet
+        return None
+    return state if state.get("partial") else None
+
+
+def _alive(procs) -> None:
+    codes = [p.poll() for p in procs]
+    assert codes == [None] * len(procs), f"a rank exited early: {codes}"
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_reaches_every_rank_at_the_same_step(tmp_path, straight_two):
+    """SIGUSR1, then SIGTERM, to rank 1 only: rank 0, which received neither, writes the
+    mid-epoch checkpoint (every rank's RNG and batch-norm state) and records the run
+    interrupted; both ranks exit with 143; resumed on 2 ranks, the run ends bit-identically."""
+    store = tmp_path / "runs.db"
+    procs = _ranks.start([[*TRAIN, str(store), *NOISY]] * 2, tmp_path)
+    try:
+        run_id = wait_for(lambda: _alive(procs) or next(
+            (r[0] for r in runs(store) if r[1] >= 1), None), what="epoch 1")
+        folder = _run_dir(tmp_path, run_id)
+        state = None
+        for _ in range(3):  # a signal during evaluation is settled by the epoch's checkpoint
+            epochs = runs(store)[0][1]
+            assert epochs < 3, "the run ended before a mid-epoch checkpoint was seen"
+            procs[1].send_signal(signal.SIGUSR1)
+            seen = wait_for(lambda e=epochs: _alive(procs) or _partial(folder)
+                            or (runs(store)[0][1] > e and "the epoch ended"),
+                            what="a mid-epoch checkpoint")
+            if isinstance(seen, dict):
+                state = seen
+                break
+        assert state is not None, "no mid-epoch checkpoint after SIGUSR1"
+        _alive(procs)  # SIGUSR1 stopped nothing
+        assert len(state["rng"]["ranks"]) == 2
+        assert not torch.equal(state["rng"]["ranks"][0]["torch"], state["rng"]["ranks"][1]["torch"])
+        buffers = state["partial"]["buffers"]  # batch norm's running statistics, per rank
+        assert len(buffers) == 2 and not torch.equal(buffers[0][0], buffers[1][0])
+        procs[1].send_signal(signal.SIGTERM)
+        results = _ranks.finish(procs)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [r[0] for r in results] == [143, 143], [r[2][-2000:] for r in results]
+    assert results[1][2].strip() == ""  # rank 1 prints nothing
+    assert "Traceback" not in results[0][2], results[0][2][-2000:]
+    with open_store(store, create=False) as db:
+        run = db.get_run(run_id, steps=False).run
+    assert run.status == "interrupted"
+    assert re.fullmatch(r"stopped by SIGTERM (in epoch \d+ after step \d+ of \d+|after epoch "
+                        r"\d+); checkpointed there, --resume continues", run.error), run.error
+    _resume_on_two_ranks(tmp_path, store, run_id, straight_two)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_interrupts_every_rank_and_resume_continues(tmp_path, straight_two):
+    """torchrun forwards a SIGTERM to each rank, which receive it at their own steps: the
+    ranks stop together, checkpointed, and every process exits."""
+    store = tmp_path / "runs.db"
+    env = {k: v for k, v in _ranks.rank_env(0, 1, 0).items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                        "MASTER_PORT")}
+    with open(tmp_path / "torchrun.err", "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+             "2", "--shutdown-timeout", str(int(_ranks.WAIT_S)), "-m", "adatune",
+             *TRAIN[2:], str(store), *NOISY],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            run_id = wait_for(lambda: _alive([proc]) or next(
+                (r[0] for r in runs(store) if r[1] >= 1), None), what="epoch 1")
+            workers = _children(proc.pid)
+            assert len(workers) == 2
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=_ranks.WAIT_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    for pid in workers:  # no rank outlives torchrun
+        assert not Path(f"/proc/{pid}").exists(), pid
+    with open_store(store, create=False) as db:
+        run = db.get_run(run_id, steps=False).run
+    log = (tmp_path / "torchrun.err").read_text()
+    assert run.status == "interrupted", (run.status, run.error, log[-3000:])
+    assert run.error.startswith("stopped by SIGTERM"), run.error
+    _resume_on_two_ranks(tmp_path, store, run_id, straight_two)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("extra, expected", [
     ([["--batch-size", "1"], ["--batch-size", "1"]],
@@ -320,3 +485,5 @@ def test_ddp_benchmark_counts_the_communication_of_each_step(tmp_path):
     assert (by["marthe-mu0"]["collectives"], by["marthe-mu0"]["bytes"]) == (2, grad + marks + 8)
     for method in ("marthe", "rtho"):
         assert (by[method]["collectives"], by[method]["bytes"]) == (2, 2 * grad + marks + 8)
+    # the loop's signal check after every step (SIGTERM/SIGUSR1 handled): two int64 numbers
+    assert (by["signals"]["collectives"], by["signals"]["bytes"]) == (1, 16)

@@ -60,3 +60,12 @@ def frozen(spec):
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def noisy_mlp(spec):
+    """Batch norm and dropout (for the built-in digits): what differs by rank under torchrun."""
+    features = 1
+    for size in spec.input_shape:
+        features *= size
+    return nn.Sequential(nn.Flatten(), nn.Linear(features, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                         nn.Dropout(0.2), nn.Linear(32, spec.num_classes))
