@@ -17,7 +17,6 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from adatune.config import TrainConfig
 from adatune.data import DataSplits, batches, load_splits
 from adatune.errors import ConfigError
 from adatune.models import build_model
+from adatune.runtypes import DEFAULT_CHECKPOINT_DIR, DivergenceRules, Events, RunResult
 from adatune.schedules import Schedule, ScheduleConfig, build_schedule
 from adatune.store import Store
 from adatune.store.records import EpochRecord, NewRun, StepRecord
@@ -36,48 +36,6 @@ from adatune.tuners import HypergradientTuner
 
 HEARTBEAT_EVERY_S = 30.0
 _OWNER_FILE = "owner.json"
-DEFAULT_CHECKPOINT_DIR = "adatune-runs"
-
-
-@dataclass(frozen=True)
-class DivergenceRules:
-    """When a run is judged divergent (it then ends with status ``diverged``).
-
-    Always: a non-finite training loss, LR or validation loss, or a training
-    loss above ``loss_factor`` times its first value. Optionally (find-alpha
-    probes): the LR above ``lr_factor`` times its initial value, an epoch whose
-    LR stayed at 0 throughout, or any non-finite hypergradient.
-    """
-
-    loss_factor: float = 10.0
-    lr_factor: float | None = None
-    zero_lr_epoch: bool = False
-    nonfinite_hypergradient: bool = False
-
-
-class Events:
-    """Progress callbacks; override what you need. The defaults do nothing."""
-
-    def run_started(self, run_id: int, config: TrainConfig, *, steps_per_epoch: int,
-                    start_epoch: int) -> None: ...
-
-    def step_done(self, epoch: int, batch: int, loss: float, lr: float,
-                  mu: float | None) -> None: ...
-
-    def epoch_done(self, record: EpochRecord) -> None: ...
-
-
-@dataclass(frozen=True)
-class RunResult:
-    run_id: int
-    status: str  # completed | diverged | interrupted
-    reason: str | None
-    epochs: tuple[EpochRecord, ...]
-    best_val_acc: float | None
-    best_epoch: int | None
-    test_acc: float | None
-    stopped_early: bool
-    checkpoint_dir: str
 
 
 class _Diverged(Exception):

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 
 from adatune.errors import AdatuneError
+
+if TYPE_CHECKING:
+    from adatune.config import TrainConfig
+    from adatune.store import Store
 
 DEFAULT_STORE = "adatune.db"
 
@@ -61,3 +65,18 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 def user_errors(exc: AdatuneError) -> NoReturn:
     fail(str(exc))
+
+
+def open_for_run(store: str, config: TrainConfig | None) -> Store:
+    """The store a run goes to, once everything the run is given has been checked.
+
+    The files ``config`` names (the dataset's, the checkpoint folder), then the
+    store's location and schema version: bad input is rejected here, before
+    the caller imports the training stack (torch).
+    """
+    from adatune.preflight import check_run_inputs
+    from adatune.store import open_store
+
+    if config is not None:
+        check_run_inputs(config)
+    return open_store(store)

@@ -1,20 +1,23 @@
-"""``adatune report``: compare runs in an offline HTML page or a terminal table."""
+"""``adatune report``: compare runs in an offline HTML page or a terminal table.
+
+The store and the report modules are imported by the command that uses them:
+Plotly only by ``report html``.
+"""
 
 from __future__ import annotations
 
 import json
 import webbrowser
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from adatune.report import summary_json, summary_rich, summary_table, write_html
-from adatune.report.select import load_details
-from adatune.store import RunDetail, open_store
-from adatune.store.connection import resolve_url, sqlite_path
 from adatune_cli._common import DEFAULT_STORE, StoreOption, fail, out
 from adatune_cli.main import app
+
+if TYPE_CHECKING:
+    from adatune.store.records import RunDetail
 
 report_app = typer.Typer(
     help="Compare runs: a self-contained HTML report or a summary table.",
@@ -58,6 +61,10 @@ def _load(
     methods: list[str] | None,
     dataset: str | None,
 ) -> list[RunDetail]:
+    from adatune.report.select import load_details
+    from adatune.store import open_store
+    from adatune.store.connection import resolve_url, sqlite_path
+
     path = sqlite_path(resolve_url(store))
     if path is not None and not path.exists():
         fail(f"no store at {path} (give --store or set ADATUNE_STORE)")
@@ -97,6 +104,8 @@ def html(
     Example: adatune report html --experiment mnist-lr -m marthe -m cosine -o mnist.html --open
     """
     details = _load(store, experiment, run, method, dataset)
+    from adatune.report.html import write_html  # Plotly
+
     try:
         path = write_html(details, output, title=title)
     except OSError as exc:
@@ -124,6 +133,8 @@ def table(
 
     Example: adatune report table --experiment mnist-lr --json
     """
+    from adatune.report.table import summary_json, summary_rich, summary_table
+
     info = summary_table(_load(store, experiment, run, method, dataset))
     if not info.groups:
         fail(

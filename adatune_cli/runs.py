@@ -9,8 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from adatune.config import TUNER_NAMES
-from adatune.store import open_store
+from adatune.catalog import TUNER_NAMES
 from adatune.store.records import RunRecord
 from adatune_cli._common import StoreOption, fmt, json_safe, out
 from adatune_cli.main import app
@@ -59,6 +58,8 @@ def list_runs(
 
     Example: adatune runs list --method marthe --status completed
     """
+    from adatune.store import open_store
+
     with open_store(store) as db:
         runs = db.list_runs(experiment=experiment, method=method, dataset=dataset,
                             status=status, kind=kind)
@@ -86,6 +87,8 @@ def show_run(
 
     Example: adatune runs show 3 --json
     """
+    from adatune.store import open_store
+
     with open_store(store) as db:
         detail = db.get_run(run_id, steps=False)
     run = detail.run
@@ -133,6 +136,8 @@ def delete_run(
 
     Example: adatune runs delete 3 --yes
     """
+    from adatune.store import open_store
+
     with open_store(store) as db:
         run = db.get_run(run_id, steps=False).run
         if not yes and not typer.confirm(f"delete run {run.id} ({run.method}, {run.status})?"):

@@ -16,6 +16,12 @@ A store is classified by comparing its revision with this adatune's head:
 * ``newer``: a revision this adatune does not know: the user must upgrade
   adatune.
 
+Opening a store that is at head, the common case, needs no Alembic: the head
+is read from the revision files (their ``revision``/``down_revision``
+assignments) and the store's revision with one query. Anything else (no
+version table, another revision, revision files this reading cannot follow)
+goes through Alembic, which alone decides every other state.
+
 To write a new revision (developers)::
 
     from alembic import command
@@ -25,17 +31,16 @@ To write a new revision (developers)::
 
 from __future__ import annotations
 
+import ast
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.resources import files
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from adatune.errors import StoreError
@@ -48,6 +53,10 @@ from adatune.store.connection import (
     sqlite_path,
     store_error,
 )
+
+if TYPE_CHECKING:  # Alembic is imported where it is used (see the module doc)
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 VERSION_TABLE = "adatune_alembic_version"
 #: Key of the PostgreSQL advisory lock that serialises schema changes.
@@ -71,6 +80,8 @@ def migrations_location() -> str:
 
 def alembic_config(url: str | None = None, connection: Connection | None = None) -> Config:
     """An Alembic config for our revisions; ``connection`` (if any) is used as is."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", migrations_location())
     if url is not None:
@@ -80,6 +91,8 @@ def alembic_config(url: str | None = None, connection: Connection | None = None)
 
 
 def _script() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config())
 
 
@@ -91,6 +104,8 @@ def head_revision(script: ScriptDirectory | None = None) -> str:
 
 
 def current_revision(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
     heads = context.get_current_heads()
     if len(heads) > 1:
@@ -144,13 +159,60 @@ def _locked(engine: Engine) -> Iterator[Connection]:
 
 
 def _upgrade(conn: Connection, target: str = "head") -> None:
+    from alembic import command  # its autogenerate machinery: only when the schema changes
+
     command.upgrade(alembic_config(connection=conn), target)
+
+
+def head_from_files() -> str | None:
+    """The head revision, read from the revision files without Alembic; None if unsure.
+
+    Each file's top-level ``revision`` and ``down_revision`` literals make the
+    graph; the head is the one revision no other revises. Any file this cannot
+    read, or a graph without exactly one head, gives None (ask Alembic).
+    """
+    revisions: set[str] = set()
+    revised: set[str] = set()
+    try:
+        paths = sorted(Path(migrations_location(), "versions").glob("*.py"))
+        for path in paths:
+            if path.name.startswith(("__", ".#")):
+                continue
+            found: dict[str, object] = {}
+            for node in ast.parse(path.read_text(encoding="utf-8")).body:
+                target = (node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1
+                          else node.target if isinstance(node, ast.AnnAssign) else None)
+                if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+                    found[target.id] = ast.literal_eval(node.value)
+            revision, down = found.get("revision"), found.get("down_revision")
+            if not isinstance(revision, str) or revision in revisions:
+                return None
+            revisions.add(revision)
+            downs = (down,) if isinstance(down, str) else down or ()
+            if not isinstance(downs, (tuple, list)) or not all(isinstance(d, str) for d in downs):
+                return None
+            revised.update(downs)
+    except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+        return None
+    heads = revisions - revised
+    return heads.pop() if len(heads) == 1 and revised <= revisions else None
+
+
+def _at_head(connection: Connection, location: str) -> SchemaState | None:
+    """The state ``current`` when the store's one revision is the head; else None."""
+    head = head_from_files()
+    if head is None or not inspect(connection).has_table(VERSION_TABLE):
+        return None
+    rows = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
+    if [tuple(row) for row in rows] != [(head,)]:
+        return None
+    return SchemaState(location=location, current=head, head=head, state="current")
 
 
 def ensure_current(engine: Engine, location: str) -> SchemaState:
     """Create a new store at head; refuse an older or newer one."""
     with engine.connect() as conn:
-        state = classify(conn, location)
+        state = _at_head(conn, location) or classify(conn, location)
     if state.state == "new":
         with _locked(engine) as conn:  # another process may be creating it right now
             state = classify(conn, location)
