@@ -15,6 +15,10 @@ Splits are held in memory: images without per-sample randomness are normalised
 training split is an :class:`AugmentedImages` that applies the usual random
 crop and horizontal flip batch-wise. :func:`batches` iterates both without
 per-sample Python work.
+
+The datasets' names, aliases, shapes and files are tables of the torch-free
+:mod:`adatune.catalog` (re-exported here), so a configuration is checked
+without importing this module.
 """
 
 from __future__ import annotations

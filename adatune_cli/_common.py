@@ -75,8 +75,9 @@ def open_for_run(store: str, config: TrainConfig | None) -> Store:
     the caller imports the training stack (torch).
     """
     from adatune.preflight import check_run_inputs
-    from adatune.store import open_store
 
     if config is not None:
         check_run_inputs(config)
+    from adatune.store import open_store  # SQLAlchemy: only for input that got this far
+
     return open_store(store)

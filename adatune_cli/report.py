@@ -60,6 +60,8 @@ def _load(
     runs: list[int] | None,
     methods: list[str] | None,
     dataset: str | None,
+    *,
+    steps: bool = True,
 ) -> list[RunDetail]:
     from adatune.report.select import load_details
     from adatune.store import open_store
@@ -70,7 +72,8 @@ def _load(
         fail(f"no store at {path} (give --store or set ADATUNE_STORE)")
     with open_store(store) as st:
         details = load_details(
-            st, experiment=experiment, run_ids=runs, methods=methods, dataset=dataset
+            st, experiment=experiment, run_ids=runs, methods=methods, dataset=dataset,
+            steps=steps,
         )
         location = st.location
     if not details:
@@ -135,7 +138,8 @@ def table(
     """
     from adatune.report.table import summary_json, summary_rich, summary_table
 
-    info = summary_table(_load(store, experiment, run, method, dataset))
+    # the summary reads runs and epochs: the step traces stay in the store
+    info = summary_table(_load(store, experiment, run, method, dataset, steps=False))
     if not info.groups:
         fail(
             "no train or baseline runs match "
