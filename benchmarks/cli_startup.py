@@ -5,7 +5,9 @@ Each command runs in a fresh process (`python -m adatune_cli ...`, what the
 process's peak RSS (wait4). Every round runs every command once, in the same
 order, so machine noise hits all of them alike; the table gives the median of
 --repeat rounds (5), in seconds and as ratios to `python -c pass` and
-`python -c "import torch"`, both timed in the same rounds.
+`python -c "import torch"`, both timed in the same rounds. The CPU seconds
+(user + system) of each process are given too: on a loaded machine they are
+closer to what the command costs on an idle one than the wall time is.
 
 The store read by `runs` and `report` holds --runs synthetic runs (200) of
 --epochs epochs (200), the tuner runs with 20 step records per epoch
@@ -108,8 +110,9 @@ def _build_stores(d: Path, runs: int, epochs: int) -> str:
     return "built " + "; ".join(made) if made else f"reused the stores in {d}"
 
 
-def _time(argv: list[str], env: dict[str, str], cwd: Path, code: int) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB) of one process; exits if its exit code is not ``code``."""
+def _time(argv: list[str], env: dict[str, str], cwd: Path,
+          code: int) -> tuple[float, float, float]:
+    """(wall s, CPU s, peak RSS MB) of one process; exits if its exit code is not ``code``."""
     with tempfile.TemporaryFile() as errors:
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors, env=env,
@@ -121,7 +124,7 @@ def _time(argv: list[str], env: dict[str, str], cwd: Path, code: int) -> tuple[f
             errors.seek(0)
             tail = errors.read().decode(errors="replace")[-2000:]
             sys.exit(f"{' '.join(argv)} exited {proc.returncode}, expected {code}:\n{tail}")
-    return wall, usage.ru_maxrss / 1024  # kB on Linux
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # kB on Linux
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,14 +157,16 @@ def main(argv: list[str] | None = None) -> int:
         cases = _cases(d)
         times: dict[tuple[str, str], list[float]] = {}
         peaks: dict[tuple[str, str], list[float]] = {}
+        cpus: dict[tuple[str, str], list[float]] = {}
         for r in range(args.repeat):
             for case in cases:
                 for tree, tree_env in trees.items():
                     if tree != "this" and not case.adatune:
                         continue
-                    wall, peak = _time([sys.executable, *case.argv], tree_env, Path(tmp),
-                                       case.code)
+                    wall, cpu, peak = _time([sys.executable, *case.argv], tree_env, Path(tmp),
+                                            case.code)
                     times.setdefault((case.label, tree), []).append(wall)
+                    cpus.setdefault((case.label, tree), []).append(cpu)
                     peaks.setdefault((case.label, tree), []).append(peak)
             print(f"round {r + 1} of {args.repeat} done", file=sys.stderr, flush=True)
 
@@ -169,31 +174,33 @@ def main(argv: list[str] | None = None) -> int:
         return statistics.median(times[(label, tree)])
 
     ref_pass, ref_torch = med("python -c pass"), med('python -c "import torch"')
-    head = "| command | s | × `python -c pass` | × `import torch` | peak MB |"
-    rule = "|---|---:|---:|---:|---:|"
+    head = "| command | s | × `python -c pass` | × `import torch` | CPU s | peak MB |"
+    rule = "|---|---:|---:|---:|---:|---:|"
     if "baseline" in trees:
-        head += " baseline s | baseline peak MB | speed-up |"
-        rule += "---:|---:|---:|"
+        head += " baseline s | baseline CPU s | baseline peak MB | speed-up |"
+        rule += "---:|---:|---:|---:|"
     head += " target |"
     rule += "---|"
     print(f"\nmedian of {args.repeat} runs; Python {sys.version.split()[0]}, "
-          f"{os.cpu_count()} CPUs, load average before: "
+          f"{os.cpu_count()} CPUs, load average at the end (1, 5, 15 min): "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
     print(head)
     print(rule)
     for case in cases:
         s = med(case.label)
         peak = statistics.median(peaks[(case.label, "this")])
+        cpu = statistics.median(cpus[(case.label, "this")])
         row = (f"| {case.label} | {s:.2f} | {s / ref_pass:.1f} | {s / ref_torch:.2f} | "
-               f"{peak:.0f} |")
+               f"{cpu:.2f} | {peak:.0f} |")
         target = TARGETS.get(case.label, BAD_INPUT_TARGET if case.bad_input else None)
         if "baseline" in trees:
             if case.adatune:
                 b = med(case.label, "baseline")
                 bpeak = statistics.median(peaks[(case.label, "baseline")])
-                row += f" {b:.2f} | {bpeak:.0f} | {b / s:.1f}× |"
+                bcpu = statistics.median(cpus[(case.label, "baseline")])
+                row += f" {b:.2f} | {bcpu:.2f} | {bpeak:.0f} | {b / s:.1f}× |"
             else:
-                row += " | | |"
+                row += " | | | |"
         if target == "baseline":
             verdict = ("" if "baseline" not in trees else
                        " (met)" if s <= med(case.label, "baseline") else " (MISSED)")

@@ -100,7 +100,8 @@ def _cases(d: Path) -> list[tuple[str, dict, tuple[str, ...]]]:
     """(label, case, modules allowed) in the order they run (one process)."""
     good, newer = str(d / "good.db"), str(d / "newer.db")
     light = ("plotly", "optuna", *TRAINING)
-    bare = (*light, "sqlalchemy", "alembic")
+    at_once = (*light, "alembic")  # a store is opened and classified without Alembic
+    bare = (*at_once, "sqlalchemy")
 
     def c(label: str, *argv: str, code: int = 0, forbid: tuple[str, ...] = light,
           err: str | None = None, env: dict[str, str] | None = None):
@@ -136,19 +137,19 @@ def _cases(d: Path) -> list[tuple[str, dict, tuple[str, ...]]]:
         c("train --checkpoint-dir under a file", "train", "--checkpoint-dir",
           str(d / "a-file" / "runs"), "--store", good, code=2, err="not a directory"),
         c("train, store of a newer schema", "train", "--store", newer, code=2,
-          err="newer adatune"),
+          err="newer adatune", forbid=at_once),
         c("find-alpha, store of a newer schema", "find-alpha", "--store", newer, code=2,
-          err="newer adatune"),
+          err="newer adatune", forbid=at_once),
         c("sweep, store of a newer schema", "sweep", "--method", "hd", "--store", newer,
-          code=2, err="newer adatune"),
+          code=2, err="newer adatune", forbid=at_once),
         c("baseline, store is a folder", "baseline", "--store", str(d / "a-folder"), code=2,
           err="is a directory"),
         c("train --resume of an unknown run", "train", "--resume", "999", "--store", good,
           code=2, err="no run with id 999"),
         # the store commands
-        c("runs list", "runs", "list", "--store", good),
+        c("runs list", "runs", "list", "--store", good, forbid=at_once),
         c("runs list --json", "runs", "list", "--json", "--store", good),
-        c("runs show", "runs", "show", "1", "--store", good),
+        c("runs show", "runs", "show", "1", "--store", good, forbid=at_once),
         c("runs show --json", "runs", "show", "1", "--json", "--store", good),
         c("runs delete", "runs", "delete", "3", "--yes", "--store", good),
         c("db current", "db", "current", "--store", good),
@@ -259,19 +260,54 @@ def test_public_names_load_on_first_use() -> None:
         adatune.nope  # noqa: B018
 
 
-def test_the_head_read_from_the_files_is_alembics(tmp_path: Path, monkeypatch,
-                                                  later_release) -> None:
+def test_the_revisions_read_from_the_files_are_alembics(tmp_path: Path, monkeypatch,
+                                                       later_release) -> None:
     from adatune.store import migrate
 
-    assert migrate.head_from_files() == migrate.head_revision()
+    def alembics() -> tuple[str, frozenset[str]]:
+        script = migrate._script()
+        return migrate.head_revision(script), frozenset(r.revision for r in script.walk_revisions())
+
+    assert migrate.revisions_from_files() == alembics()
     later_release()
-    assert migrate.head_from_files() == migrate.head_revision() == "9000"
+    assert migrate.revisions_from_files() == alembics()
+    assert migrate.revisions_from_files()[0] == "9000"
     two = tmp_path / "two_heads"
     (two / "versions").mkdir(parents=True)
     for rev in ("a1", "b2"):
         (two / "versions" / f"{rev}.py").write_text(f'revision = "{rev}"\ndown_revision = None\n')
     monkeypatch.setattr(migrate, "migrations_location", lambda: str(two))
-    assert migrate.head_from_files() is None  # not sure: Alembic decides (and refuses)
+    assert migrate.revisions_from_files() is None  # not sure: Alembic decides (and refuses)
+
+
+def test_opening_classifies_like_alembic(tmp_path: Path, later_release) -> None:
+    """Each state open_store decides without Alembic is the state Alembic gives."""
+    from sqlalchemy import create_engine
+
+    from adatune.store import VERSION_TABLE, migrate, open_store
+
+    path = tmp_path / "s.db"
+    with open_store(path):
+        pass
+    engine = create_engine(f"sqlite:///{path}")
+
+    def both(revision: str) -> tuple[migrate.SchemaState | None, migrate.SchemaState]:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"UPDATE {VERSION_TABLE} SET version_num = '{revision}'")
+        with engine.connect() as conn:
+            return migrate._classify_from_files(conn, "s"), migrate.classify(conn, "s")
+
+    try:
+        head = migrate.head_revision()
+        fast, alembic = both(head)
+        assert fast == alembic and alembic.state == "current"
+        fast, alembic = both("f00dfeedbeef")  # written by a later adatune
+        assert fast == alembic and alembic.state == "newer"
+        later_release()  # this adatune is the later one now
+        fast, alembic = both(head)
+        assert fast == alembic and alembic.state == "older"
+    finally:
+        engine.dispose()
 
 
 def test_checkpoint_dir_must_be_a_writable_folder(tmp_path: Path, read_only) -> None:

@@ -16,11 +16,12 @@ A store is classified by comparing its revision with this adatune's head:
 * ``newer``: a revision this adatune does not know: the user must upgrade
   adatune.
 
-Opening a store that is at head, the common case, needs no Alembic: the head
-is read from the revision files (their ``revision``/``down_revision``
-assignments) and the store's revision with one query. Anything else (no
-version table, another revision, revision files this reading cannot follow)
-goes through Alembic, which alone decides every other state.
+Opening a store (:func:`ensure_current`) needs no Alembic, which takes a third
+of a store command's start: the revisions and the head are read from the
+revision files (their ``revision``/``down_revision`` assignments) and the
+store's revision with one query. A new store, a damaged version table or
+revision files this reading cannot follow go through Alembic, which also does
+every migration and ``adatune db``'s reports.
 
 To write a new revision (developers)::
 
@@ -164,8 +165,8 @@ def _upgrade(conn: Connection, target: str = "head") -> None:
     command.upgrade(alembic_config(connection=conn), target)
 
 
-def head_from_files() -> str | None:
-    """The head revision, read from the revision files without Alembic; None if unsure.
+def revisions_from_files() -> tuple[str, frozenset[str]] | None:
+    """``(head, every revision)`` read from the revision files without Alembic; None if unsure.
 
     Each file's top-level ``revision`` and ``down_revision`` literals make the
     graph; the head is the one revision no other revises. Any file this cannot
@@ -195,24 +196,28 @@ def head_from_files() -> str | None:
     except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
         return None
     heads = revisions - revised
-    return heads.pop() if len(heads) == 1 and revised <= revisions else None
+    if len(heads) != 1 or not revised <= revisions:
+        return None
+    return heads.pop(), frozenset(revisions)
 
 
-def _at_head(connection: Connection, location: str) -> SchemaState | None:
-    """The state ``current`` when the store's one revision is the head; else None."""
-    head = head_from_files()
-    if head is None or not inspect(connection).has_table(VERSION_TABLE):
+def _classify_from_files(connection: Connection, location: str) -> SchemaState | None:
+    """``current``, ``older`` or ``newer`` for a store with one revision; else None (Alembic)."""
+    read = revisions_from_files()
+    if read is None or not inspect(connection).has_table(VERSION_TABLE):
         return None
     rows = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
-    if [tuple(row) for row in rows] != [(head,)]:
+    if len(rows) != 1 or not isinstance(rows[0][0], str):
         return None
-    return SchemaState(location=location, current=head, head=head, state="current")
+    (current,), (head, known) = rows[0], read
+    state = "current" if current == head else "older" if current in known else "newer"
+    return SchemaState(location=location, current=current, head=head, state=state)
 
 
 def ensure_current(engine: Engine, location: str) -> SchemaState:
     """Create a new store at head; refuse an older or newer one."""
     with engine.connect() as conn:
-        state = _at_head(conn, location) or classify(conn, location)
+        state = _classify_from_files(conn, location) or classify(conn, location)
     if state.state == "new":
         with _locked(engine) as conn:  # another process may be creating it right now
             state = classify(conn, location)
