@@ -2,8 +2,9 @@
 
 The public names are imported on first use (PEP 562): ``import adatune`` and
 the light modules (``adatune.config``, ``adatune.store``, ``adatune.report``
-minus its HTML) never load torch until a tuner is touched. To add a public
-name, add one line to ``_EXPORTS``: the name and the module that defines it.
+minus its HTML) never load torch until a tuner or :func:`fit` is touched. To
+add a public name, add one line to ``_EXPORTS``: the name and the module that
+defines it.
 """
 
 from adatune._lazy import lazy_exports as _lazy_exports
@@ -14,6 +15,7 @@ _EXPORTS = {
     "RTHO": "adatune.tuners",
     "HypergradientTuner": "adatune.tuners",
     "fast_double_backward": "adatune.tuners",
+    "fit": "adatune.fitting",
     "__version__": "adatune._version",
 }
 

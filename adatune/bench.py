@@ -25,6 +25,8 @@ import adatune
 from adatune.bench_config import (
     HVP_METHODS,
     HVP_MODES,
+    MAX_BENCH_BATCH,
+    MAX_BENCH_STEPS,
     METHODS,
     BenchConfig,
     BenchResult,
@@ -36,6 +38,8 @@ from adatune.models import build_model
 __all__ = [
     "HVP_METHODS",
     "HVP_MODES",
+    "MAX_BENCH_BATCH",
+    "MAX_BENCH_STEPS",
     "METHODS",
     "BenchConfig",
     "BenchResult",

@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from adatune.config import TUNER_NAMES, TrainConfig
+from adatune.config import MAX_EPOCHS, TUNER_NAMES, TrainConfig, whole
 from adatune.errors import AdatuneError, ConfigError
 from adatune.runtypes import DivergenceRules, Events, RunResult
 from adatune.store.records import NewRun
@@ -58,6 +58,8 @@ DEFAULT_LR_FACTOR = 100.0
 
 _REL_TOL = 1e-9  # "down to low, inclusive": tolerance for the rounding of high / factor**k
 MAX_LADDER = 1000
+#: Bisection probes at most: 60 halvings of a decade in log space are below float resolution.
+MAX_REFINE = 60
 
 
 def _canonical_search(name: str) -> str:
@@ -105,11 +107,8 @@ class SearchConfig:
             raise ConfigError(f"{name}-max ({self.high:g}) must be greater than "
                               f"{name}-min ({self.low:g})")
         _positive("factor", self.factor, above=1.0)
-        for key, least in (("probe_epochs", 1), ("refine", 0)):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ConfigError(f"invalid {key.replace('_', '-')}: {value!r} "
-                                  f"(must be a whole number >= {least})")
+        whole("probe-epochs", self.probe_epochs, 1, MAX_EPOCHS)
+        whole("refine", self.refine, 0, MAX_REFINE)
         if self.probe_fraction is not None:
             _positive("probe-fraction", self.probe_fraction)
             if self.probe_fraction > 1:
@@ -178,6 +177,7 @@ class ProbeResult:
     final_lr: float | None
     val_acc: float | None  # best validation accuracy of the probe
     phase: str  # ladder | refine
+    val_loss: float | None = None  # validation loss at the probe's best epoch
 
     @property
     def stable(self) -> bool:
@@ -262,7 +262,7 @@ def find_alpha(
     settings = {**search.to_dict(), "high": high, "low": low, "ladder": list(ladder)}
     search_id = store.create_run(NewRun(
         kind="find-alpha", method=config.method, optimizer=config.optimizer,
-        network=config.network, dataset=config.dataset, seed=config.seed,
+        network=config.network_label, dataset=config.dataset_label, seed=config.seed,
         config={**config.to_dict(), "search": settings}, name=name, experiment=experiment,
     ))
     events.search_started(search_id, search.search, ladder)
@@ -340,4 +340,5 @@ def _probe(config: TrainConfig, search: SearchConfig, store: Store, search_id: i
     return ProbeResult(value=value, verdict=verdict, reason=result.reason,
                        run_id=result.run_id, epochs=len(result.epochs),
                        final_lr=None if final_lr is None else float(final_lr),
-                       val_acc=result.best_val_acc, phase=phase)
+                       val_acc=result.best_val_acc, phase=phase,
+                       val_loss=result.best_val_loss)

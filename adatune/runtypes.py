@@ -4,18 +4,16 @@ The progress callbacks (:class:`Events`), the rules that judge a run divergent
 (:class:`DivergenceRules`) and what a finished run returns (:class:`RunResult`)
 are plain Python, so that code which only configures, reports on or listens to
 runs (the find-alpha search, sweeps, the command's progress bars) can be
-imported without the training stack. :mod:`adatune.engine` re-exports them.
+imported without the training stack. :mod:`adatune.loop` and
+:mod:`adatune.engine` re-export them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from adatune.store.records import EpochRecord
-
-if TYPE_CHECKING:
-    from adatune.config import TrainConfig
 
 #: Where a run's checkpoints go unless ``checkpoint_dir`` says otherwise (``run-ID/`` inside).
 DEFAULT_CHECKPOINT_DIR = "adatune-runs"
@@ -40,7 +38,7 @@ class DivergenceRules:
 class Events:
     """Progress callbacks; override what you need. The defaults do nothing."""
 
-    def run_started(self, run_id: int, config: TrainConfig, *, steps_per_epoch: int,
+    def run_started(self, run_id: int, config: Any, *, steps_per_epoch: int,
                     start_epoch: int) -> None: ...
 
     def step_done(self, epoch: int, batch: int, loss: float, lr: float,
@@ -60,3 +58,5 @@ class RunResult:
     test_acc: float | None
     stopped_early: bool
     checkpoint_dir: str
+    best_val_loss: float | None = None
+    test_loss: float | None = None

@@ -25,6 +25,8 @@ from adatune.errors import ConfigError, DatasetError
 from adatune.preflight import check_writable_dir
 
 ROOT = Path(__file__).resolve().parent.parent
+_NO_MODULE = "adatune_no_such_module"
+_PASSWORD = "s3cret-pw"
 TRAINING = ("torch", "torchvision", "sklearn", "adatune.tuners", "adatune.engine")
 HEAVY = (*TRAINING, "plotly", "optuna", "sqlalchemy", "alembic")
 
@@ -115,6 +117,37 @@ def _cases(d: Path) -> list[tuple[str, dict, tuple[str, ...]]]:
         c("completion of a command name", env={"_ADATUNE_COMPLETE": "complete_bash",
                                                "COMP_WORDS": "adatune ru", "COMP_CWORD": "1"},
           forbid=bare),
+        # bad input that needs no store: refused before SQLAlchemy too (the user's own
+        # parts, the peers, the bounds, what --resume may be given with)
+        c("train --loss nope", "train", "--loss", "nope", "--store", good, code=2,
+          err="unknown loss 'nope'", forbid=bare),
+        c("train --model not a path", "train", "--model", "not a path", "--store", good,
+          code=2, err="invalid --model", forbid=bare),
+        c("train --model of a missing module", "train", "--model", f"{_NO_MODULE}:make",
+          "--store", good, code=2, err=f"no module named '{_NO_MODULE}'", forbid=bare),
+        c("train --data of a missing module", "train", "--data", f"{_NO_MODULE}.sub:load",
+          "--store", good, code=2, err=f"no module named '{_NO_MODULE}'", forbid=bare),
+        c("train --loss of a missing module", "train", "--loss", f"{_NO_MODULE}:fn", "--store",
+          good, code=2, err=f"no module named '{_NO_MODULE}'", forbid=bare),
+        c("train --network with --model", "train", "--network", "mlp", "--model", "m:f",
+          "--store", good, code=2, err="not both", forbid=bare),
+        c("train --workers 9999", "train", "--workers", "9999", "--store", good, code=2,
+          err="workers", forbid=bare),
+        c("train --seed -1", "train", "--seed", "-1", "--store", good, code=2, err="seed",
+          forbid=bare),
+        c("baseline --method nope", "baseline", "--method", "nope", "--store", good, code=2,
+          err="unknown method 'nope'", forbid=bare),
+        c("baseline --method marthe", "baseline", "--method", "marthe", "--store", good,
+          code=2, err="is a tuner", forbid=bare),
+        c("baseline --method prodigy --momentum", "baseline", "--method", "prodigy",
+          "--momentum", "0.5", "--store", good, code=2, err="momentum does not apply",
+          forbid=bare),
+        c("sweep --method nope", "sweep", "--method", "nope", "--store", good, code=2,
+          err="unknown method 'nope'", forbid=bare),
+        c("bench --batch-size 0", "bench", "--batch-size", "0", code=2, err="batch_size",
+          forbid=bare),
+        c("train --resume with --lr", "train", "--resume", "1", "--lr", "0.1", "--store", good,
+          code=2, err="--resume 1 continues the run as it was recorded", forbid=bare),
         # bad input: rejected before torch (and without writing a run)
         c("train --lr -1", "train", "--lr", "-1", "--store", good, code=2, err="lr"),
         c("train --network nope", "train", "--network", "nope", "--store", good, code=2,
@@ -146,6 +179,17 @@ def _cases(d: Path) -> list[tuple[str, dict, tuple[str, ...]]]:
           err="is a directory"),
         c("train --resume of an unknown run", "train", "--resume", "999", "--store", good,
           code=2, err="no run with id 999"),
+        c("train --resume --epochs of an unknown run", "train", "--resume", "999", "--epochs",
+          "30", "--store", good, code=2, err="no run with id 999", forbid=at_once),
+        c("baseline --resume of an unknown run", "baseline", "--resume", "999", "--store", good,
+          code=2, err="no run with id 999"),
+        c("train, a PostgreSQL store that refuses", "train", "--store",
+          f"postgresql://someone:{_PASSWORD}@127.0.0.1:1/adatune", code=2, err=":***@",
+          forbid=at_once),
+        c("runs list of a missing store", "runs", "list", "--store", str(d / "missing.db"),
+          code=2, err="no store at", forbid=at_once),
+        c("report table of a missing store", "report", "table", "--store",
+          str(d / "missing.db"), code=2, err="no store at", forbid=at_once),
         # the store commands
         c("runs list", "runs", "list", "--store", good, forbid=at_once),
         c("runs list --json", "runs", "list", "--json", "--store", good),
@@ -153,6 +197,7 @@ def _cases(d: Path) -> list[tuple[str, dict, tuple[str, ...]]]:
         c("runs show --json", "runs", "show", "1", "--json", "--store", good),
         c("runs delete", "runs", "delete", "3", "--yes", "--store", good),
         c("db current", "db", "current", "--store", good),
+        c("db check", "db", "check", "--store", good),
         c("db upgrade of a new store", "db", "upgrade", "--store", str(d / "fresh.db")),
         c("report table", "report", "table", "--store", good),
         c("report table --json", "report", "table", "--json", "--store", good),
@@ -170,6 +215,7 @@ def outcome(place: Path) -> tuple[list, dict]:
     got = _run_in_one_process([case for _, case, _ in cases], place)
     got["runs_before"], got["runs_after"] = runs_before, _run_count(place / "good.db")
     got["newer_unchanged"] = _dump(place / "newer.db") == newer_before
+    got["missing_store_made"] = (place / "missing.db").exists()
     return cases, got
 
 
@@ -206,6 +252,7 @@ def test_what_the_light_commands_print(outcome) -> None:
     assert [r["id"] for r in listed] == [1, 2, 3]
     assert json.loads(by_label["runs show --json"]["stdout"])["epochs"][-1]["epoch"] == 4
     assert "revision" in by_label["db current"]["stdout"]
+    assert by_label["db check"]["stdout"].splitlines()[-1].startswith("ok (")
     assert "created the store schema" in by_label["db upgrade of a new store"]["stdout"]
     groups = json.loads(by_label["report table --json"]["stdout"])
     assert {g["method"] for g in groups} == {"marthe", "hd"}  # run 3 (cosine) was deleted
@@ -216,6 +263,12 @@ def test_bad_input_writes_nothing(outcome) -> None:
     _, got = outcome
     assert got["runs_after"] == got["runs_before"] - 1  # only `runs delete 3` changed it
     assert got["newer_unchanged"]
+    assert not got["missing_store_made"]  # the read-only commands created no store
+
+
+def test_no_password_is_printed(outcome) -> None:
+    _, got = outcome
+    assert all(_PASSWORD not in r["stderr"] + r["stdout"] for r in got["results"])
 
 
 def test_the_check_sees_torch_once_a_tuner_is_touched(outcome) -> None:
@@ -227,9 +280,11 @@ def test_light_modules_never_import_torch() -> None:
     light = ["adatune", "adatune.errors", "adatune.catalog", "adatune.config",
              "adatune.runtypes", "adatune.preflight", "adatune.bench_config",
              "adatune.findalpha", "adatune.sweep", "adatune.store.records",
-             "adatune.report", "adatune.report.info", "adatune.report.table",
-             "adatune.report.select", "adatune.report.synthetic"]
-    store = ["adatune.store", "adatune.store.repository", "adatune.store.migrate"]
+             "adatune.peers", "adatune.imports", "adatune.redact", "adatune.signals",
+             "adatune.checkpoint", "adatune.report", "adatune.report.info",
+             "adatune.report.table", "adatune.report.select", "adatune.report.synthetic"]
+    store = ["adatune.store", "adatune.store.repository", "adatune.store.migrate",
+             "adatune.store.health"]
     script = (f"import sys, json\nfor m in {light!r}: __import__(m)\n"
               f"first = [m for m in {list(HEAVY)!r} if m in sys.modules]\n"
               f"for m in {store!r}: __import__(m)\n"
