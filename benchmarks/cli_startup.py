@@ -68,6 +68,7 @@ def _cases(d: Path) -> list[Case]:
         a("report table", "report", "table", "--store", lst),
         a("report html", "report", "html", "--store", lst, "-o", str(d / "report.html")),
         a("db current", "db", "current", "--store", lst),
+        a("db check", "db", "check", "--store", lst),
         a("sweep --show-space", "sweep", "--method", "marthe", "--show-space"),
         a("train --lr -1", "train", "--lr", "-1", "--store", str(d / "unused.db"), code=2),
         a("train --network nope", "train", "--network", "nope", "--store", str(d / "unused.db"),
@@ -80,6 +81,12 @@ def _cases(d: Path) -> list[Case]:
         a("find-alpha --factor 0.5", "find-alpha", "--factor", "0.5", "--store",
           str(d / "unused.db"), code=2),
         a("sweep --trials 0", "sweep", "--method", "marthe", "--trials", "0", "--store",
+          str(d / "unused.db"), code=2),
+        a("train --loss nope", "train", "--loss", "nope", "--store", str(d / "unused.db"),
+          code=2),
+        a("train --model, missing module", "train", "--model", "adatune_no_such_module:make",
+          "--store", str(d / "unused.db"), code=2),
+        a("baseline --method nope", "baseline", "--method", "nope", "--store",
           str(d / "unused.db"), code=2),
     ]
 
@@ -155,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline_tree is not None:
             trees["baseline"] = {**env, "PYTHONPATH": str(args.baseline_tree.absolute())}
         cases = _cases(d)
+        load_before = os.getloadavg()
         times: dict[tuple[str, str], list[float]] = {}
         peaks: dict[tuple[str, str], list[float]] = {}
         cpus: dict[tuple[str, str], list[float]] = {}
@@ -181,9 +189,12 @@ def main(argv: list[str] | None = None) -> int:
         rule += "---:|---:|---:|---:|"
     head += " target |"
     rule += "---|"
+    def load(avg: tuple[float, float, float]) -> str:
+        return " ".join(f"{x:.1f}" for x in avg)
+
     print(f"\nmedian of {args.repeat} runs; Python {sys.version.split()[0]}, "
-          f"{os.cpu_count()} CPUs, load average at the end (1, 5, 15 min): "
-          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
+          f"{os.cpu_count()} CPUs, load average (1, 5, 15 min) at the start "
+          f"{load(load_before)}, at the end {load(os.getloadavg())}\n")
     print(head)
     print(rule)
     for case in cases:
