@@ -1,7 +1,9 @@
 """The configuration of one training run: a frozen dataclass, validated on creation.
 
 Every check that can fail on user input happens here (or in the data/model
-lookups it calls), before a run is written to the store.
+lookups it calls), before a run is written to the store. This module stays
+light: it reads the name tables of :mod:`adatune.catalog` and never imports
+torch, so a configuration is checked before the training stack is loaded.
 """
 
 from __future__ import annotations
@@ -11,15 +13,20 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from adatune.data import canonical_dataset, dataset_spec
+from adatune.catalog import (
+    OPTIMIZER_NAMES,
+    SCHEDULE_NAMES,
+    TUNER_NAMES,
+    canonical_dataset,
+    canonical_network,
+    canonical_schedule,
+    check_compatible,
+    dataset_spec,
+)
 from adatune.errors import ConfigError
 from adatune.imports import attr_name, check_import_path
-from adatune.models import canonical_network, check_compatible
 from adatune.peers import PEER_NAMES, PEERS, canonical_peer
-from adatune.schedules import SCHEDULE_NAMES, canonical_schedule
 
-TUNER_NAMES = ("marthe", "rtho", "hd")
-OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 HVP_NAMES = ("exact", "finite-difference")
 

@@ -27,10 +27,9 @@ from adatune.loop import (
     RunResult,
     resolve_device,
 )
+from adatune.runtypes import DEFAULT_CHECKPOINT_DIR
 from adatune.store import STALE_AFTER_S, Store
 from adatune.store.records import NewRun, RunRecord
-
-DEFAULT_CHECKPOINT_DIR = "adatune-runs"
 
 __all__ = [
     "DEFAULT_CHECKPOINT_DIR",

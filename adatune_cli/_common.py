@@ -17,6 +17,8 @@ from adatune.errors import AdatuneError
 from adatune.redact import mask_secrets
 
 if TYPE_CHECKING:
+    from adatune.config import TrainConfig
+    from adatune.store import Store
     from adatune.store.records import EpochRecord
 
 DEFAULT_STORE = "adatune.db"
@@ -140,3 +142,17 @@ def epoch_seconds(epochs: Sequence[EpochRecord]) -> list[float | None]:
             seconds.append(e.elapsed_s if e.epoch == 1 else None)
         previous = e
     return seconds
+def open_for_run(store: str, config: TrainConfig | None) -> Store:
+    """The store a run goes to, once everything the run is given has been checked.
+
+    The files ``config`` names (the dataset's, the checkpoint folder), then the
+    store's location and schema version: bad input is rejected here, before
+    the caller imports the training stack (torch).
+    """
+    from adatune.preflight import check_run_inputs
+
+    if config is not None:
+        check_run_inputs(config)
+    from adatune.store import open_store  # SQLAlchemy: only for input that got this far
+
+    return open_store(store)

@@ -1,4 +1,8 @@
-"""``adatune find-alpha``: the largest stable alpha (or hyper-LR) from short probe runs."""
+"""``adatune find-alpha``: the largest stable alpha (or hyper-LR) from short probe runs.
+
+The search and the base configuration are checked, files and store included,
+before the first probe imports the training stack.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,6 @@ from rich.table import Table
 
 from adatune import signals
 from adatune.config import TUNER_NAMES, TrainConfig, canonical_method
-from adatune.engine import RunResult, train
 from adatune.errors import ConfigError
 from adatune.findalpha import (
     DEFAULT_ALPHA_MAX,
@@ -32,8 +35,8 @@ from adatune.findalpha import (
     with_found_value,
 )
 from adatune.redact import mask_secrets
-from adatune.store import open_store
-from adatune_cli._common import StoreOption, err, fail, fmt, json_safe, out
+from adatune.runtypes import RunResult
+from adatune_cli._common import StoreOption, err, fail, fmt, json_safe, open_for_run, out
 from adatune_cli.main import app
 from adatune_cli.options import (
     PANEL_PEER,
@@ -290,13 +293,15 @@ def find_alpha_command(
         loss_factor=probe_loss_factor, lr_factor=probe_lr_factor)
     config = _base_config(tuner, settings, opts)
     settings.ladder(config)  # bound errors before the store is opened
-    db = open_store(store)
+    db = open_for_run(store, config)
     trained: RunResult | None = None
     try:
         with _progress() as progress:
             result = find_alpha(config, settings, db, name=name, experiment=experiment,
                                 events=_SearchProgress(progress))
         if then_train and result.value is not None and result.status == "completed":
+            from adatune.engine import train
+
             with _progress() as progress:
                 trained = train(with_found_value(config, result), db, name=name,
                                 experiment=experiment, events=RichEvents(progress))

@@ -8,9 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from adatune.config import TUNER_NAMES
+from adatune.catalog import TUNER_NAMES
 from adatune.redact import mask_secrets, mask_values
-from adatune.store import open_store
 from adatune.store.records import RunRecord
 from adatune_cli._common import (
     Column,
@@ -78,6 +77,8 @@ def list_runs(
 
     Example: adatune runs list --method marthe --status completed
     """
+    from adatune.store import open_store
+
     with open_store(store, create=False) as db:
         runs = db.list_runs(experiment=experiment, method=method, dataset=dataset,
                             status=status, kind=kind)
@@ -104,6 +105,8 @@ def show_run(
 
     Example: adatune runs show 3 --json
     """
+    from adatune.store import open_store
+
     with open_store(store, create=False) as db:
         detail = db.get_run(run_id, steps=False)
     run = detail.run
@@ -163,6 +166,7 @@ def delete_run(
     Example: adatune runs delete 3 --yes
     """
     from adatune.checkpoint import delete_run as delete
+    from adatune.store import open_store
 
     with open_store(store, create=False) as db:
         run = db.get_run(run_id, steps=False).run

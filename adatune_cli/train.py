@@ -1,4 +1,8 @@
-"""``adatune train`` and ``adatune baseline``: one run, live progress, a summary."""
+"""``adatune train`` and ``adatune baseline``: one run, live progress, a summary.
+
+Everything a run is given is checked (values, names, files, the store and its
+schema) before the training stack is imported: bad input exits at once.
+"""
 
 from __future__ import annotations
 
@@ -18,14 +22,21 @@ from rich.progress import (
 from rich.table import Table
 
 from adatune import signals
+from adatune.catalog import canonical_schedule
 from adatune.config import TUNER_NAMES, TrainConfig, canonical_method
-from adatune.engine import Events, RunResult, resume, train
 from adatune.errors import ConfigError
 from adatune.peers import PEER_NAMES
-from adatune.schedules import canonical_schedule
-from adatune.store import open_store
+from adatune.runtypes import Events, RunResult
 from adatune.store.records import EpochRecord
-from adatune_cli._common import StoreOption, epoch_seconds, err, fmt, out, store_default
+from adatune_cli._common import (
+    StoreOption,
+    epoch_seconds,
+    err,
+    fmt,
+    open_for_run,
+    out,
+    store_default,
+)
 from adatune_cli.main import app
 from adatune_cli.options import (
     PANEL_PEER,
@@ -156,10 +167,14 @@ def print_summary(result: RunResult) -> None:
 
 def _run(config: TrainConfig | None, store: str, *, resume_id: int | None = None,
          resume_changes: dict[str, Any] | None = None, **run_kw: Any) -> None:
-    db = open_store(store)
+    db = open_for_run(store, config)
     try:
-        if resume_id is not None and resume_changes:
-            _print_resume_changes(db, resume_id, resume_changes)
+        if resume_id is not None:
+            db.get_run(resume_id, steps=False)  # an unknown run id: rejected here
+            if resume_changes:
+                _print_resume_changes(db, resume_id, resume_changes)
+        from adatune.engine import resume, train  # torch, once the input is known good
+
         with _progress() as progress:
             events = RichEvents(progress)
             try:
