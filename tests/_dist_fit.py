@@ -166,7 +166,7 @@ def _signal_checks(workdir: Path) -> dict:
         with _distributed.counting() as count:
             with signals.handle_preemption() if armed else contextlib.nullcontext():
                 run_case("baseline-momentum", workdir / f"signals-{armed}.db",
-                         workdir / "ckpt-signals")
+                         workdir / f"ckpt-signals-{armed}")
         key = "armed" if armed else "unarmed"
         out[key], out[f"{key}_bytes"] = count.collectives, count.bytes
     return out

@@ -270,9 +270,11 @@ def test_torchrun_train_and_baseline_match_one_process(tmp_path, capsys, monkeyp
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     single = tmp_path / "one.db"
-    assert cli(capsys, "train", "--epochs", "2", "--device", "cpu", "--store", str(single))[0] == 0
+    own = ["--checkpoint-dir", str(tmp_path / "one-runs")]  # another store: its own folders
+    assert cli(capsys, "train", "--epochs", "2", "--device", "cpu", "--store", str(single),
+               *own)[0] == 0
     assert cli(capsys, "baseline", "--lr-scheduler", "cosine", "--epochs", "1", "--t-0", "1",
-               "--device", "cpu", "--store", str(single))[0] == 0
+               "--device", "cpu", "--store", str(single), *own)[0] == 0
     with open_store(single) as db:
         one = [db.get_run(r.id) for r in sorted(db.list_runs(), key=lambda r: r.id)]
     for a, b in zip(one, two):

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from adatune.store import RunDetail, Store
+from adatune.store.records import RunDetail
+
+if TYPE_CHECKING:
+    from adatune.store import Store
 
 
 def load_details(
