@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from adatune.fitting import fit
 from adatune.tuners import HD, MARTHE, RTHO, HypergradientTuner, fast_double_backward
 
 try:
@@ -9,4 +10,5 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["HD", "MARTHE", "RTHO", "HypergradientTuner", "__version__", "fast_double_backward"]
+__all__ = ["HD", "MARTHE", "RTHO", "HypergradientTuner", "__version__", "fast_double_backward",
+           "fit"]

@@ -13,6 +13,7 @@ from typing import Any
 
 from adatune.data import canonical_dataset, dataset_spec
 from adatune.errors import ConfigError
+from adatune.imports import attr_name, check_import_path
 from adatune.models import canonical_network, check_compatible
 from adatune.schedules import SCHEDULE_NAMES, canonical_schedule
 
@@ -29,6 +30,37 @@ DEFAULT_HYPER_LR = {
     ("marthe", "adam"): 1e-7, ("rtho", "adam"): 1e-7, ("hd", "adam"): 1e-6,
 }
 DEFAULT_LR_DECAY = {"staircase": 0.5, "exponential": 0.85}
+
+
+MAX_WORKERS = 256
+LOSS_NAMES = ("cross_entropy", "mse")
+_LOSS_ALIASES = {"ce": "cross_entropy", "crossentropy": "cross_entropy",
+                 "cross-entropy": "cross_entropy", "l2": "mse"}
+
+
+def canonical_loss(name: str) -> str:
+    """cross_entropy, mse, or an import path ``module:fn`` (a loss function or class)."""
+    if not isinstance(name, str):
+        raise ConfigError(f"invalid loss: {name!r}")
+    key = name.strip()
+    if ":" in key:
+        return check_import_path("--loss", key)
+    key = key.lower()
+    key = _LOSS_ALIASES.get(key, key)
+    if key not in LOSS_NAMES:
+        raise ConfigError(f"unknown loss {name!r} (choose from: {', '.join(LOSS_NAMES)}, "
+                          "or an import path module:fn)")
+    return key
+
+
+def _built_in(kind: str, name: str | None, custom_kind: str, custom: str | None,
+              default: str, canonical) -> str | None:
+    """The canonical built-in name, or None when the user's own (``custom``) replaces it."""
+    if custom is None:
+        return canonical(default if name is None else name)
+    if name is not None:
+        raise ConfigError(f"give --{kind} or --{custom_kind}, not both")
+    return None
 
 
 def canonical_method(name: str) -> str:
@@ -62,8 +94,8 @@ class TrainConfig:
     """Everything that defines a run; stored as JSON with the run."""
 
     method: str = "marthe"
-    network: str = "mlp"
-    dataset: str = "digits"
+    network: str | None = None  # default: mlp, unless ``model`` is given
+    dataset: str | None = None  # default: digits, unless ``data`` is given
     optimizer: str = "sgd"
     lr: float | None = None  # default: DEFAULT_LR by optimizer
     momentum: float = 0.9
@@ -95,13 +127,23 @@ class TrainConfig:
     log_every: int = 10
     divergence_factor: float = 10.0
     checkpoint_dir: str | None = None
+    # the user's own parts: import paths module.path:name
+    model: str | None = None  # a factory returning an nn.Module (instead of ``network``)
+    data: str | None = None  # a factory returning (train, val[, test]) (instead of ``dataset``)
+    loss: str = "cross_entropy"  # cross_entropy, mse, or an import path
+    workers: int = 0  # DataLoader worker processes for datasets that are not tensors
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         canon = {
             "method": canonical_method(self.method),
-            "network": canonical_network(self.network),
-            "dataset": canonical_dataset(self.dataset),
+            "network": _built_in("network", self.network, "model", self.model, "mlp",
+                                 canonical_network),
+            "dataset": _built_in("dataset", self.dataset, "data", self.data, "digits",
+                                 canonical_dataset),
+            "model": None if self.model is None else check_import_path("--model", self.model),
+            "data": None if self.data is None else check_import_path("--data", self.data),
+            "loss": canonical_loss(self.loss),
             "optimizer": self.optimizer.strip().lower(),
         }
         for key, value in canon.items():
@@ -157,7 +199,31 @@ class TrainConfig:
         if self.log_every < 1:
             raise ConfigError(f"invalid log_every: {self.log_every!r} (must be >= 1)")
         _finite("divergence_factor", self.divergence_factor, low=1, low_open=True)
-        check_compatible(self.network, dataset_spec(self.dataset))
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) \
+                or not 0 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"invalid workers: {self.workers!r} (must be a whole number in "
+                              f"[0, {MAX_WORKERS}])")
+        if self.network is not None and self.dataset is not None:
+            check_compatible(self.network, dataset_spec(self.dataset))
+        elif self.data is not None and self.network is not None \
+                and not self.classification and self.network != "mlp":
+            raise ConfigError(f"--network {self.network} is a classifier; with --loss "
+                              f"{self.loss} use --network mlp or your own --model")
+
+    @property
+    def network_label(self) -> str:
+        """How runs name the network: the built-in name, or the model factory's name."""
+        return (self.network or attr_name(self.model))[:64]
+
+    @property
+    def dataset_label(self) -> str:
+        """How runs name the data: the built-in name, or the data factory's name."""
+        return (self.dataset or attr_name(self.data))[:64]
+
+    @property
+    def classification(self) -> bool:
+        """Class scores against class indices: accuracy is measured and picks the best epoch."""
+        return self.loss == "cross_entropy"
 
     @property
     def is_tuner(self) -> bool:

@@ -20,6 +20,7 @@ per-sample Python work.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import pickle
@@ -265,12 +266,16 @@ class _Batches:
         shuffle: bool,
         generator: torch.Generator | None,
         drop_last: bool,
+        workers: int = 0,
+        pin_memory: bool = False,
     ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.generator = generator
         self.drop_last = drop_last
+        self.workers = workers
+        self.pin_memory = pin_memory
         self._fast = _fast_getter(dataset)
 
     def __len__(self) -> int:
@@ -278,29 +283,43 @@ class _Batches:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        if self._fast is None:
-            loader = DataLoader(
-                self.dataset,
-                batch_size=self.batch_size,
-                shuffle=self.shuffle,
-                generator=self.generator,
-                drop_last=self.drop_last,
-                num_workers=0,
-            )
-            yield from loader
-            return
-        get, base = self._fast
         n = len(self.dataset)
+        # The order is drawn the same way on both paths, so a dataset gives the same
+        # batches whether it is held as tensors or read through a DataLoader.
         if self.shuffle:
             gen_device = self.generator.device if self.generator is not None else "cpu"
             order = torch.randperm(n, generator=self.generator, device=gen_device).cpu()
         else:
             order = torch.arange(n)
+        if self._fast is None:
+            loader = DataLoader(
+                self.dataset,
+                batch_size=self.batch_size,
+                sampler=order.tolist(),
+                generator=_worker_seeds(self.generator),
+                drop_last=self.drop_last,
+                num_workers=self.workers,
+                pin_memory=self.pin_memory,
+            )
+            yield from loader
+            return
+        get, base = self._fast
         if base is not None:
             order = base[order]
         stop = len(self) * self.batch_size if self.drop_last else n
         for start in range(0, stop, self.batch_size):
             yield get(order[start : start + self.batch_size], self.generator)
+
+
+def _worker_seeds(generator: torch.Generator | None) -> torch.Generator:
+    """Where a DataLoader pass seeds its workers: derived from ``generator``'s state.
+
+    Derived, not drawn, so the pass consumes ``generator`` exactly as the
+    in-memory path does, and torch's global generator is left alone.
+    """
+    state = b"" if generator is None else generator.get_state().numpy().tobytes()
+    seed = int.from_bytes(hashlib.sha256(state).digest()[:8], "little") & (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
 
 
 def _fast_getter(dataset: Dataset):
@@ -331,6 +350,8 @@ def batches(
     shuffle: bool,
     generator: torch.Generator | None = None,
     drop_last: bool = False,
+    workers: int = 0,
+    pin_memory: bool = False,
 ) -> _Batches:
     """Minibatches ``(x, y)`` of ``dataset``; ``len()`` is the number of batches.
 
@@ -340,13 +361,18 @@ def batches(
     datasets (:class:`~torch.utils.data.TensorDataset` of ``(x, y)``,
     :class:`AugmentedImages`, and :class:`~torch.utils.data.Subset` of either)
     are indexed batch-wise, with augmentation randomness also drawn from
-    ``generator``; any other dataset goes through a single-process
-    :class:`~torch.utils.data.DataLoader` (its per-sample transforms use
-    torch's global generator).
+    ``generator``; any other dataset goes through a
+    :class:`~torch.utils.data.DataLoader` with ``workers`` worker processes
+    (0: in this process, where per-sample transforms use torch's global
+    generator; with workers, each pass seeds its workers from ``generator``,
+    so an epoch is still reproducible) and ``pin_memory``.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"Invalid batch_size: {batch_size!r} (need a positive integer)")
-    return _Batches(dataset, batch_size, bool(shuffle), generator, bool(drop_last))
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"Invalid workers: {workers!r} (need an integer >= 0)")
+    return _Batches(dataset, batch_size, bool(shuffle), generator, bool(drop_last), workers,
+                    bool(pin_memory))
 
 
 # --------------------------------------------------------------------------- splits

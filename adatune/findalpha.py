@@ -176,6 +176,7 @@ class ProbeResult:
     final_lr: float | None
     val_acc: float | None  # best validation accuracy of the probe
     phase: str  # ladder | refine
+    val_loss: float | None = None  # validation loss at the probe's best epoch
 
     @property
     def stable(self) -> bool:
@@ -260,7 +261,7 @@ def find_alpha(
     settings = {**search.to_dict(), "high": high, "low": low, "ladder": list(ladder)}
     search_id = store.create_run(NewRun(
         kind="find-alpha", method=config.method, optimizer=config.optimizer,
-        network=config.network, dataset=config.dataset, seed=config.seed,
+        network=config.network_label, dataset=config.dataset_label, seed=config.seed,
         config={**config.to_dict(), "search": settings}, name=name, experiment=experiment,
     ))
     events.search_started(search_id, search.search, ladder)
@@ -336,4 +337,5 @@ def _probe(config: TrainConfig, search: SearchConfig, store: Store, search_id: i
     return ProbeResult(value=value, verdict=verdict, reason=result.reason,
                        run_id=result.run_id, epochs=len(result.epochs),
                        final_lr=None if final_lr is None else float(final_lr),
-                       val_acc=result.best_val_acc, phase=phase)
+                       val_acc=result.best_val_acc, phase=phase,
+                       val_loss=result.best_val_loss)

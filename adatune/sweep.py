@@ -23,7 +23,8 @@ How trials, seeds and runs map
   the sampled values). The trial's user attributes carry the run ids
   (``adatune_runs``), the sampled values (``adatune_values``), the runs'
   statuses (``adatune_statuses``) and the worker (``adatune_worker``).
-* Objective (maximised): the mean over seeds of the best validation accuracy.
+* Objective (maximised): the mean over seeds of the best validation accuracy
+  (with a loss other than cross-entropy: minus the best validation loss).
 * Trial states: COMPLETE when every seed completed (early stopping included);
   PRUNED when a seed diverged or the sampled combination is invalid (final: it
   counts and is never retried); FAIL when interrupted (Ctrl-C) or crashed.
@@ -649,12 +650,14 @@ def _run_trial(study: Any, trial: Any, base: TrainConfig, sweep: SweepConfig, sp
         _tell(study, trial, TrialState.FAIL)
         return TrialOutcome(trial.number, "interrupted", None, values, ids, statuses,
                             reason=next(r.reason for r in results if r.status == "interrupted"))
-    bests = [r.best_val_acc for r in results]
+    # The objective: validation accuracy, or minus the validation loss without accuracies.
+    bests = [r.best_val_acc if config.classification
+             else (None if r.best_val_loss is None else -r.best_val_loss) for r in results]
     if "diverged" in statuses or any(b is None or not math.isfinite(b) for b in bests):
         reason = next((r.reason for r in results if r.status == "diverged"), None)
         _tell(study, trial, TrialState.PRUNED)
         return TrialOutcome(trial.number, "diverged", None, values, ids, statuses,
-                            reason=reason or "no finite validation accuracy")
+                            reason=reason or "no finite validation score")
     value = math.fsum(bests) / len(bests)
     _tell(study, trial, TrialState.COMPLETE, value)
     return TrialOutcome(trial.number, "complete", value, values, ids, statuses)

@@ -100,16 +100,17 @@ def print_probes(result: SearchResult) -> None:
     label = _label(result.parameter)
     table = Table(title=f"find-alpha search {result.search_run_id}: probes of {label}",
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    accuracy = not result.probes or any(p.val_acc is not None for p in result.probes)
     for column, justify in ((label, "right"), ("verdict", "left"), ("reason", "left"),
                             ("epochs", "right"), ("final LR", "right"),
-                            ("val acc", "right"), ("run", "right")):
+                            ("val acc" if accuracy else "val loss", "right"), ("run", "right")):
         table.add_column(column, justify=justify, no_wrap=column != "reason")
     for p in result.probes:
         verdict = p.verdict if p.phase == "ladder" else f"{p.verdict} (refine)"
         style = {"stable": "green", "diverged": "red"}.get(p.verdict, "yellow")
+        score = fmt(p.val_acc, ".1%") if accuracy else fmt(p.val_loss, ".4g")
         table.add_row(f"{p.value:.3g}", f"[{style}]{verdict}[/]", p.reason or "-",
-                      str(p.epochs), fmt(p.final_lr, ".3g"), fmt(p.val_acc, ".1%"),
-                      str(p.run_id))
+                      str(p.epochs), fmt(p.final_lr, ".3g"), score, str(p.run_id))
     out.print(table)
     if result.value is not None:
         out.print(f"recommended {label}: {result.value:.3g}", markup=False)
@@ -126,14 +127,16 @@ def _as_json(result: SearchResult, trained: RunResult | None) -> dict[str, Any]:
         "probes": [
             {key: p.value, "status": p.verdict, "reason": p.reason, "run_id": p.run_id,
              "epochs": p.epochs, "final_lr": json_safe(p.final_lr), "val_acc": p.val_acc,
-             "phase": p.phase}
+             "val_loss": json_safe(p.val_loss), "phase": p.phase}
             for p in result.probes
         ],
     }
     if trained is not None:
         data["train"] = {"run_id": trained.run_id, "status": trained.status,
                          "reason": trained.reason, "best_val_acc": trained.best_val_acc,
-                         "test_acc": trained.test_acc}
+                         "test_acc": trained.test_acc,
+                         "best_val_loss": json_safe(trained.best_val_loss),
+                         "test_loss": json_safe(trained.test_loss)}
     return data
 
 

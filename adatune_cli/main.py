@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 import warnings
 
 import typer
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         print("adatune: aborted", file=sys.stderr)
         return _exit(130)
     except AdatuneError as exc:
+        if os.environ.get("ADATUNE_DEBUG") and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
         print(f"adatune: error: {exc}", file=sys.stderr)
         return _exit(2)
     return _exit(rv if isinstance(rv, int) else 0)

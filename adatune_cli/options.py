@@ -33,12 +33,28 @@ def _opt(*names: str, help: str, panel: str = _PANEL_RUN, **kw: Any) -> Any:
 
 # name -> (annotation, default). Order is the order in --help.
 OPTIONS: dict[str, tuple[Any, Any]] = {
-    "network": (Annotated[str, _opt("--network", help="mlp, lenet, vgg11, resnet18, wrn28_10, "
-                                    "densenet_bc100 (or vgg, resnet, wide_resnet, densenet).")],
-                "mlp"),
-    "dataset": (Annotated[str, _opt("--dataset", help="digits (embedded, offline), mnist, "
-                                    "fashion_mnist, cifar10, cifar100 (or cifar_10, cifar_100).")],
-                "digits"),
+    "network": (Annotated[str | None, _opt("--network", help="mlp, lenet, vgg11, resnet18, "
+                                           "wrn28_10, densenet_bc100 (or vgg, resnet, "
+                                           "wide_resnet, densenet) \\[default: mlp].")],
+                None),
+    "model": (Annotated[str | None, _opt(
+        "--model", metavar="MODULE:FACTORY",
+        help="Your own network instead of --network: an import path module.path:factory; the "
+             "factory takes the data's spec (input_shape, num_classes) or nothing and returns "
+             "an nn.Module. The current directory is on the import path.")], None),
+    "dataset": (Annotated[str | None, _opt("--dataset", help="digits (embedded, offline), mnist, "
+                                           "fashion_mnist, cifar10, cifar100 (or cifar_10, "
+                                           "cifar_100) \\[default: digits].")],
+                None),
+    "data": (Annotated[str | None, _opt(
+        "--data", metavar="MODULE:FACTORY",
+        help="Your own data instead of --dataset: an import path module.path:factory; the "
+             "factory takes the seed (and data_dir) and returns (train, val) or (train, val, "
+             "test), each a torch Dataset or an (x, y) tensor pair.")], None),
+    "loss": (Annotated[str, _opt(
+        "--loss", help="cross_entropy (class scores; accuracy picks the best epoch), mse, or "
+                       "an import path module:fn (the lowest validation loss picks the best "
+                       "epoch).")], "cross_entropy"),
     "optimizer": (Annotated[str, _opt("--optimizer", help="sgd, adam or adamw.")], "sgd"),
     "lr": (Annotated[float | None, _opt("--lr", help="Initial learning rate "
                                         "\\[default: 0.05 for sgd, 1e-3 for adam/adamw].")], None),
@@ -94,6 +110,9 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "patience": (Annotated[int | None, _opt("--patience", panel=_PANEL_DATA,
                                             help="Stop after this many epochs without a better "
                                                  "validation accuracy.")], None),
+    "workers": (Annotated[int, _opt("--workers", panel=_PANEL_DATA,
+                                    help="DataLoader worker processes for --data datasets that "
+                                         "are not in-memory tensors.")], 0),
     "log_every": (Annotated[int, _opt("--log-every", panel=_PANEL_DATA,
                                       help="Record a step trace every N steps.")], 10),
     "checkpoint_dir": (Annotated[str | None, _opt("--checkpoint-dir", "--model-loc",

@@ -38,7 +38,7 @@ def _reproduce(run: RunRecord) -> str | None:
 
     Probes train on a subset no flag expresses, and searches train nothing: None.
     """
-    if run.kind not in ("train", "baseline", "sweep"):
+    if run.kind not in ("train", "baseline", "sweep") or run.config.get("entry") == "fit":
         return None
     command = "train" if run.config["method"] in TUNER_NAMES else "baseline"
     return command_line(command, run.config, name=run.name, experiment=run.experiment)

@@ -43,7 +43,7 @@ class RichEvents(Events):
     def run_started(self, run_id: int, config: TrainConfig, *, steps_per_epoch: int,
                     start_epoch: int) -> None:
         self.progress.console.print(
-            f"run {run_id}: {config.method} on {config.dataset}/{config.network} "
+            f"run {run_id}: {config.method} on {config.dataset_label}/{config.network_label} "
             f"({config.optimizer}, lr {config.lr:g}) for {config.epochs} epochs", markup=False)
         self.epoch_task = self.progress.add_task("epochs", total=config.epochs,
                                                  completed=start_epoch - 1, info="")
@@ -57,8 +57,10 @@ class RichEvents(Events):
 
     def epoch_done(self, record: EpochRecord) -> None:
         self.last = record
+        score = (f"val acc {record.val_acc:.2%}" if record.val_acc is not None
+                 else f"val loss {record.val_loss:.4g}")
         self.progress.update(self.epoch_task, completed=record.epoch,
-                             info=f"val acc {record.val_acc:.2%}  lr {record.lr:.4g}")
+                             info=f"{score}  lr {record.lr:.4g}")
         self.progress.reset(self.batch_task)
 
 
@@ -73,18 +75,26 @@ def _progress() -> Progress:
 def print_summary(result: RunResult) -> None:
     table = Table(title=f"run {result.run_id}: {result.status}", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("epoch", "lr", "mu", "hyper-lr", "loss", "train", "val", "test", "s"):
+    accuracy = any(e.val_acc is not None for e in result.epochs)
+    scores = ("train", "val", "test") if accuracy else ("val loss", "test loss")
+    for column in ("epoch", "lr", "mu", "hyper-lr", "loss", *scores, "s"):
         table.add_column(column, justify="right", no_wrap=True)
     for e in result.epochs:
+        if accuracy:
+            cells = (fmt(e.train_acc, ".1%"), fmt(e.val_acc, ".1%"), fmt(e.test_acc, ".1%"))
+        else:
+            cells = (fmt(e.val_loss, ".4g"), fmt(e.test_loss, ".4g"))
         table.add_row(str(e.epoch), fmt(e.lr, ".3g"), fmt(e.mu, ".3g"),
-                      fmt(e.hyper_lr, ".2g"), fmt(e.train_loss, ".3f"),
-                      fmt(e.train_acc, ".1%"), fmt(e.val_acc, ".1%"), fmt(e.test_acc, ".1%"),
+                      fmt(e.hyper_lr, ".2g"), fmt(e.train_loss, ".3f"), *cells,
                       fmt(e.elapsed_s, ".1f"))
     out.print(table)
     line = f"run {result.run_id} {result.status}"
     if result.best_val_acc is not None:
         line += (f": best val acc {result.best_val_acc:.2%} at epoch {result.best_epoch}, "
                  f"test acc there {fmt(result.test_acc, '.2%')}")
+    elif result.best_val_loss is not None:
+        line += (f": best val loss {result.best_val_loss:.4g} at epoch {result.best_epoch}, "
+                 f"test loss there {fmt(result.test_loss)}")
     if result.stopped_early:
         line += " (stopped early)"
     if result.reason:

@@ -256,11 +256,11 @@ def test_an_interrupted_probe_ends_the_search_as_interrupted(tmp_path):
 ])
 def test_the_zero_lr_and_nonfinite_hypergradient_rules_reach_the_probes(tmp_path, monkeypatch,
                                                                          patch, reason):
-    from adatune import engine
+    from adatune.loop import Loop
     from adatune.tuners import HypergradientTuner
 
-    if patch == "zero-lr":  # the LR the engine sees is 0 at every step
-        monkeypatch.setattr(engine._Session, "_lr", lambda self: 0.0)
+    if patch == "zero-lr":  # the LR the loop sees is 0 at every step
+        monkeypatch.setattr(Loop, "_lr", lambda self: 0.0)
     else:  # every step counts a non-finite hypergradient
         monkeypatch.setattr(HypergradientTuner, "nonfinite_count", property(lambda self: 1))
     config, search = _quick(tmp_path)

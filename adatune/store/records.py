@@ -20,9 +20,9 @@ class EpochRecord:
     mu: float | None
     hyper_lr: float | None
     train_loss: float
-    train_acc: float
+    train_acc: float | None  # None without accuracies (regression, custom losses)
     val_loss: float
-    val_acc: float
+    val_acc: float | None
     test_loss: float | None
     test_acc: float | None
     elapsed_s: float

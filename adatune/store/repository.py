@@ -218,12 +218,16 @@ class Store:
             return s.scalar(select(ExperimentRow.id).where(ExperimentRow.name == name))
 
     def record_epoch(
-        self, run_id: int, epoch: EpochRecord, steps: Sequence[StepRecord] = ()
+        self, run_id: int, epoch: EpochRecord, steps: Sequence[StepRecord] = (),
+        *, best: bool | None = None,
     ) -> None:
         """Store one finished epoch and its sampled steps in one transaction.
 
         Also bumps the heartbeat and updates the epoch count, the best
         validation accuracy, its epoch and the test accuracy at that epoch.
+        ``best`` says whether this epoch is the run's best so far (the loop
+        decides: by validation loss when there is no accuracy); None judges by
+        validation accuracy.
         """
         now = _now()
         values, special = _pack(epoch, _EPOCH_FLOATS)
@@ -249,21 +253,23 @@ class Store:
                                        "heartbeat_at": now}
             update_run = hot.touch_run
             val_acc = epoch.val_acc
-            if val_acc is not None and math.isfinite(val_acc):
-                if best_val_acc is None or val_acc > best_val_acc:
-                    test_acc = epoch.test_acc
-                    floats = _unpack_special(special_floats)
-                    floats.pop("test_acc", None)
-                    if test_acc is not None and not math.isfinite(test_acc):
-                        floats["test_acc"] = repr(float(test_acc))
-                        test_acc = None
-                    changes.update(
-                        best_val_acc=float(val_acc),
-                        best_epoch=epoch.epoch,
-                        test_acc=None if test_acc is None else float(test_acc),
-                        special_floats=json.dumps(floats) if floats else None,
-                    )
-                    update_run = hot.improve_run
+            if best is None:
+                best = (val_acc is not None and math.isfinite(val_acc)
+                        and (best_val_acc is None or val_acc > best_val_acc))
+            if best:
+                test_acc = epoch.test_acc
+                floats = _unpack_special(special_floats)
+                floats.pop("test_acc", None)
+                if test_acc is not None and not math.isfinite(test_acc):
+                    floats["test_acc"] = repr(float(test_acc))
+                    test_acc = None
+                changes.update(
+                    best_val_acc=None if val_acc is None else float(val_acc),
+                    best_epoch=epoch.epoch,
+                    test_acc=None if test_acc is None else float(test_acc),
+                    special_floats=json.dumps(floats) if floats else None,
+                )
+                update_run = hot.improve_run
             cursor.execute(update_run.sql, update_run.params(changes))
 
     def _hot_path(self) -> _HotPath:

@@ -1,0 +1,53 @@
+"""The README's examples run as written (the blocks after `<!-- example: NAME -->`)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+from adatune.store import open_store
+from tests._cli import cli
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def example(name: str) -> str:
+    """The fenced code block that follows the marker ``<!-- example: name -->``."""
+    text = README.read_text()
+    found = re.search(rf"<!-- example: {re.escape(name)} -->\s*```\w*\n(.*?)```", text, re.S)
+    assert found, f"no example {name!r} in the README"
+    return found.group(1)
+
+
+def commands(block: str) -> list[list[str]]:
+    """The ``adatune ...`` lines of a bash block, without comments, as argument lists."""
+    lines = []
+    for line in block.splitlines():
+        args = shlex.split(line, comments=True)
+        if args:
+            assert args[0] == "adatune", line
+            lines.append(args[1:])
+    return lines
+
+
+def test_the_fit_example_runs_and_records_its_run(workdir, capsys):
+    exec(compile(example("fit"), "README.md", "exec"), {"__name__": "readme"})  # noqa: S102
+    assert re.search(r"run 1 completed: test accuracy \d", capsys.readouterr().out)
+    with open_store("runs.db") as db:
+        [run] = db.list_runs()
+    assert (run.name, run.method, run.epochs) == ("mine", "marthe", 10)
+
+
+def test_the_own_model_commands_run_with_the_example_module(workdir, capsys, monkeypatch):
+    (workdir / "mymodels.py").write_text(example("mymodels.py"))
+    monkeypatch.syspath_prepend(str(workdir))
+    lines = commands(example("own-model commands"))
+    assert len(lines) >= 3
+    for args in lines:
+        code, _, err = cli(capsys, *args)
+        assert code == 0, (args, err)
+    with open_store("adatune.db") as db:
+        runs = db.list_runs()
+    assert [r.status for r in runs] == ["completed"] * len(lines)
+    assert runs[0].network == "make_net" and runs[0].dataset == "make_data"
