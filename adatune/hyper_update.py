@@ -59,7 +59,7 @@ B1 = 0.9
 B2 = 0.99
 DOWN = 10.0
 #: Scale-free rule: the default (dimensionless) hyper-LR of each tuner.
-SCALE_FREE_HYPER_LR: dict[str, float] = {"marthe": 0.01, "rtho": 0.01, "hd": 0.01}
+SCALE_FREE_HYPER_LR: dict[str, float] = {"marthe": 0.015, "rtho": 0.015, "hd": 0.015}
 #: Scale-free rule: the largest hyper-LR (and alpha) accepted.
 MAX_HYPER_LR = 1.0
 
@@ -92,9 +92,10 @@ def scale_free_step(lr: float, h: float, state: dict[str, Any], *, hyper_lr: flo
                     b1: float = B1, b2: float = B2, down: float = DOWN) -> float:
     """The new LR after the hypergradient ``h``; updates ``state`` in place.
 
-    ``state["hyper_r"]`` becomes this step's normalized hypergradient ``r``
-    (for :func:`adapt_hyper_lr`), ``state["hyper_n"]``-like quantities are
-    not kept: ``n`` is recomputed from the moving averages.
+    ``state`` holds the moving averages (``hyper_m``, ``hyper_v``), their step
+    count (``hyper_steps``) and, afterwards, this step's normalized
+    hypergradient ``hyper_r`` (for :func:`adapt_hyper_lr`). ``h`` must be
+    finite, and so must ``(lr * h) ** 2`` (the tuner checks).
     """
     x = lr * h
     k = state["hyper_steps"] + 1

@@ -284,6 +284,19 @@ def test_additive_lr_never_goes_below_zero():
     assert tuner.lr == 0.0
 
 
+def test_scale_free_rule_skips_a_hypergradient_too_large_to_square():
+    """h = 1e200 is finite, but (eta h)^2 is not: the moving averages would be ruined."""
+    xs, ys, xv, yv = _data()
+    model = _model()
+    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), mu=0.9)
+    tuner.step(ce(model(xs[0]), ys[0]), val_loss=lambda: ce(model(xv), yv))
+    before, rule_state = tuner.lr, {k: tuner.state[k] for k in rules.initial_state()}
+    tuner.step(ce(model(xs[1]), ys[1]), val_loss=lambda: ce(model(xv), yv) * 1e200)
+    assert math.isfinite(tuner.last_hypergradient)
+    assert tuner.lr == before and tuner.nonfinite_count == 1
+    assert {k: tuner.state[k] for k in rules.initial_state()} == rule_state
+
+
 def _scale_free_by_hand(state, h, beta, alpha):
     """The scale-free rule as documented (adatune/hyper_update.py), written out again."""
     x = state["lr"] * h

@@ -148,7 +148,6 @@ class HypergradientTuner:
         self.foreach = foreach if foreach is not None else True
         self.auto_mu = auto_mu
         self.hyper_update = rule
-        self._rule_opts: dict[str, float] = {}  # overrides of the rule's constants (research)
         # Everything that changes while training lives in ``state`` (checkpointed).
         self.state: dict[str, Any] = {
             "lr": lr0,
@@ -537,7 +536,8 @@ class HypergradientTuner:
         s = self.state
         s["last_hypergradient"] = h
         additive = self.hyper_update == _rule.ADDITIVE
-        if not math.isfinite(h) or not (additive or math.isfinite((s["lr"] * h) ** 2)):
+        x = s["lr"] * h  # the scale-free rule averages x and x * x: both must be finite
+        if not math.isfinite(h) or not (additive or math.isfinite(x * x)):
             # Never let a non-finite hypergradient reach the LR (or the rule's moving
             # averages); restart the tangent.
             s["nonfinite"] += 1
@@ -549,8 +549,7 @@ class HypergradientTuner:
         if additive:
             eta = _rule.additive_step(s["lr"], h, hyper_lr=s["hyper_lr"])
         else:
-            eta = _rule.scale_free_step(s["lr"], h, s, hyper_lr=s["hyper_lr"],
-                                        **self._rule_opts)
+            eta = _rule.scale_free_step(s["lr"], h, s, hyper_lr=s["hyper_lr"])
         self._set_lr(eta)
         if self.alpha != 0:
             s["hyper_lr"] = _rule.adapt_hyper_lr(self.hyper_update, s["hyper_lr"], h, eta,
