@@ -479,6 +479,27 @@ def summary(res: Results, methods: Sequence[str]) -> str:
     return "\n".join(out)
 
 
+def by_start(res: Results, methods: Sequence[str]) -> str:
+    """One row per task, optimizer and initial LR; mean test accuracy per method.
+
+    ``(Nd)``: N of the seeds diverged. The row names the best constant LR's
+    accuracy, the reference of the targets.
+    """
+    keys = sorted({(t, o) for _, t, o, _ in res.cells}, key=lambda k: (list(TASKS).index(k[0]),
+                                                                       k[1]))
+    out = ["| task | optimizer | start | best constant | " + " | ".join(methods) + " |",
+           "|---|---|---|---:|" + "---:|" * len(methods)]
+    for t, o in keys:
+        ref = res.cells["constant", t, o, 1.0].mean
+        for f in FACTORS:
+            row = []
+            for m in methods:
+                c = res.cells[m, t, o, f]
+                row.append(f"{c.mean:.1f}" + (f" ({c.divergences}d)" if c.divergences else ""))
+            out.append(f"| {t} | {o} | {f:g}x | {ref:.1f} | " + " | ".join(row) + " |")
+    return "\n".join(out)
+
+
 def _to_json(res: Results) -> dict[str, Any]:
     return {
         "seconds": res.seconds, "workers": res.workers, "seeds": list(res.seeds),
@@ -487,6 +508,33 @@ def _to_json(res: Results) -> dict[str, Any]:
         "cells": [{"method": m, "task": t, "optimizer": o, "factor": f, **asdict(c),
                    "mean": c.mean} for (m, t, o, f), c in res.cells.items()],
     }
+
+
+def _from_json(data: dict[str, Any]) -> Results:
+    def split(key: str) -> tuple[str, str]:
+        t, o = key.split("/")
+        return t, o
+
+    cells = {(c["method"], c["task"], c["optimizer"], c["factor"]):
+             Cell(accs=c["accs"], divergences=c["divergences"], lr_ratio=c["lr_ratio"])
+             for c in data["cells"]}
+    return Results(best_lr={split(k): v for k, v in data["best_lr"].items()},
+                   grid={split(k): [tuple(r) for r in v] for k, v in data["grid"].items()},
+                   cells=cells, seconds=data["seconds"], workers=data["workers"],
+                   seeds=tuple(data["seeds"]))
+
+
+def report(res: Results, names: Sequence[str]) -> str:
+    """Every table and the targets, as the benchmark prints them."""
+    shown = [n for n in names if n != "constant"] + ["constant"]
+    parts = [markdown(res, shown),
+             "\nmean test accuracy minus the best constant LR's (points; d = divergences):\n",
+             summary(res, shown),
+             "\nmean test accuracy by start (%; d = divergences):\n",
+             by_start(res, shown), "\ntargets:"]
+    parts += [line for m in ("marthe", "rtho", "hd") if m in names for line in targets(res, m)]
+    parts.append(f"\n{res.seconds / 60:.1f} min with {res.workers} worker processes")
+    return "\n".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -499,7 +547,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--markdown", help="write the tables here")
+    parser.add_argument("--report", metavar="JSON",
+                        help="print the tables of a --json file instead of running")
     args = parser.parse_args(argv)
+    if args.report:
+        res = _from_json(json.loads(Path(args.report).read_text()))
+        print(report(res, sorted({m for m, _, _, _ in res.cells},
+                                 key=lambda m: [x.name for x in METHODS].index(m)
+                                 if m in [x.name for x in METHODS] else 99)))
+        return 0
     registry = {m.name: m for m in METHODS}
     tasks = args.tasks.split(",")
     names = [n for n in args.methods.split(",") if n]
@@ -509,20 +565,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods = [registry[n] for n in names]
     res = benchmark(tasks, args.optimizers.split(","), methods, range(args.seeds),
                     args.workers, lambda line: print(line, flush=True))
+    print(report(res, [m.name for m in methods]))
     shown = [m.name for m in methods if m.name != "constant"] + ["constant"]
-    text = markdown(res, shown)
-    print(text)
-    print("\nmean test accuracy minus the best constant LR's (points; d = divergences):\n")
-    print(summary(res, shown))
-    print("\ntargets:")
-    for m in ("marthe", "rtho", "hd"):
-        if m in names:
-            print("\n".join(targets(res, m)))
-    print(f"\n{res.seconds / 60:.1f} min with {res.workers} worker processes")
     if args.json:
         Path(args.json).write_text(json.dumps(_to_json(res), indent=1))
     if args.markdown:
-        Path(args.markdown).write_text(text + "\n\n" + summary(res, shown) + "\n")
+        Path(args.markdown).write_text(markdown(res, shown) + "\n\n" + summary(res, shown)
+                                       + "\n\n" + by_start(res, shown) + "\n")
     return 0
 
 

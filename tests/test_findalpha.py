@@ -224,13 +224,14 @@ def test_ladder_runs_from_high_down_to_low_inclusive():
 
 
 def test_the_scale_free_rule_gets_dimensionless_ladders():
-    config = TrainConfig()  # the default rule: scale-free, hyper-LR 0.01 for marthe
+    config = TrainConfig()  # the default rule: scale-free
     assert config.hyper_update == "scale-free"
+    default = config.hyper_lr
     # alpha: from 1 (the rule's largest) down to 1e-4
     assert SearchConfig().ladder(config) == pytest.approx(tuple(10.0 ** -k for k in range(5)))
     # hyper-LR: 10x the default, never above 1, down to 1e-3x the top
     ladder = SearchConfig(search="hyper-lr").ladder(config)
-    assert ladder == pytest.approx((0.1, 0.01, 1e-3, 1e-4))
+    assert ladder == pytest.approx(tuple(10 * default / 10 ** k for k in range(4)))
     assert SearchConfig(search="hyper-lr").ladder(config.replace(hyper_lr=0.5))[0] == 1.0
     # every rung is a valid configuration of the rule
     for search in ("alpha", "hyper-lr"):
