@@ -39,6 +39,10 @@ def loop_config(config: TrainConfig, rules: DivergenceRules | None = None) -> Lo
 
 def build_parts(config: TrainConfig) -> Parts:
     """Data, model, loss, optimizer and tuner or schedule for ``config``, on its device."""
+    if config.is_peer:  # before any data is read
+        from adatune.peers import check_available
+
+        check_available(config.method)
     device = resolve_device(config.device)
     loss, classification = build_loss(config.loss)
     splits = _data(config, classification)
@@ -50,7 +54,7 @@ def build_parts(config: TrainConfig) -> Parts:
     try:
         if config.is_tuner:
             tuner = build_tuner(config, optimizer, model)
-        else:
+        elif not config.is_peer:  # a peer sets its own step size: no schedule
             steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
             schedule = build_schedule(
                 optimizer,
@@ -284,7 +288,12 @@ def _check_forward(config: TrainConfig, model: nn.Module, train: Dataset, loss,
 
 # ------------------------------------------------------ optimizer and tuner
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The run's optimizer: torch's SGD, Adam or AdamW, or a peer from its package."""
     params = model.parameters()
+    if config.is_peer:
+        from adatune.peers import build_peer
+
+        return build_peer(config.method, params, **config.optimizer_settings)
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                nesterov=config.nesterov, weight_decay=config.weight_decay)

@@ -14,6 +14,7 @@ import pytest
 
 from adatune.config import TrainConfig
 from adatune.errors import ConfigError
+from adatune.peers import PEER_NAMES
 from adatune.sweep import (
     DEFAULT_SPACES,
     TUNABLE,
@@ -83,8 +84,19 @@ def test_default_spaces_are_the_documented_ones():
     assert "alpha: 0 or log-uniform [1e-08, 0.0001]" in describe_space(
         default_space("marthe", "sgd", "additive"))
     for rule in ("scale-free", "additive"):
-        assert set(DEFAULT_SPACES[rule]["sgd"]) == set(METHODS) == set(
+        assert set(DEFAULT_SPACES[rule]["sgd"]) == {*METHODS, *PEER_NAMES} == set(
             DEFAULT_SPACES[rule]["adam"])
+
+
+@pytest.mark.parametrize("method", PEER_NAMES)
+def test_every_peer_has_a_valid_default_space(method):
+    space = default_space(method)
+    assert space == default_space(method, "adam")  # a peer is its own optimizer
+    assert space == default_space(method, "sgd", "additive")  # and has no hyper-LR rule
+    assert space and {p.name for p in space} <= set(TUNABLE[method])
+    assert space[0].name == "lr" and space[0].log
+    assert space[0].low < TrainConfig(method=method).lr < space[0].high  # its default inside
+    check_space(space, TrainConfig(method=method))
 
 
 @pytest.mark.parametrize("method", METHODS)
