@@ -30,7 +30,17 @@ update rule, or a baseline schedule, or (for LR-free optimizers) an optimizer
 factory that replaces the task's optimizer. Add entries to :data:`METHODS`
 (or pass ``--methods``) to compare more.
 
+The *peers* (:mod:`adatune.peers`, at their packages' defaults) are methods of
+one optimizer family each: D-Adaptation SGD, DoG and Schedule-Free SGD in the
+SGD rows, Prodigy, D-Adaptation Adam and Schedule-Free AdamW in the Adam rows.
+Those that take no LR (D-Adaptation, Prodigy, DoG: lr 1.0 is their authors'
+setting, a multiplier of the step size they estimate) run once per task and
+seed, and that result is shown at every initial LR. Schedule-Free takes an
+LR: it starts from the same 0.1x, 1x and 10x as the others, and runs once
+more at its package's default LR (``schedulefree-*-default``).
+
     python benchmarks/robustness.py                       # everything (2 workers)
+    python benchmarks/robustness.py --no-peers            # the tuners and schedules only
     python benchmarks/robustness.py --tasks teacher-mlp --optimizers adam --seeds 1
     python benchmarks/robustness.py --json results.json --markdown table.md
 """
@@ -38,6 +48,7 @@ factory that replaces the task's optimizer. Add entries to :data:`METHODS`
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -61,6 +72,7 @@ from adatune.config import TrainConfig
 from adatune.data import load_splits
 from adatune.hyper_update import DEFAULT_HYPER_UPDATE, HYPER_UPDATES
 from adatune.models import build_model
+from adatune.peers import PEERS, build_peer
 from adatune.store import open_store
 
 FACTORS = (0.1, 1.0, 10.0)
@@ -74,6 +86,9 @@ OPTIMIZERS: dict[str, Callable[[Any, float], torch.optim.Optimizer]] = {
 }
 TARGET_GAP = 1.0  # points of test accuracy below the best constant LR
 TARGET_GAIN = 2.0  # points above the constant LR from the same 10x-off start
+#: Points of mean test accuracy within which two methods count as tied in the scoreboard:
+#: about the seed-to-seed spread (one digits test image is 0.28 points).
+TIE_BAND = 1.0
 
 
 # --------------------------------------------------------------------------- tasks
@@ -210,7 +225,10 @@ class Method:
     task's optimizer. ``optimizer`` replaces the task's optimizer: a factory
     ``(params, lr, family) -> Optimizer`` (an LR-free optimizer may ignore
     ``lr``); with ``uses_initial_lr=False`` the method runs once per seed and
-    its result stands in every initial-LR column.
+    its result stands in every initial-LR column. ``families``: the task
+    optimizers (``"sgd"``, ``"adam"``) it runs beside; the factory must be
+    picklable (a module-level function or a :func:`functools.partial` of one)
+    to run in worker processes.
     """
 
     name: str
@@ -220,6 +238,7 @@ class Method:
     optimizer: Callable[[Any, float, str], torch.optim.Optimizer] | None = None
     uses_initial_lr: bool = True
     cost: float = 1.0  # relative cost per run, to schedule the longest runs first
+    families: tuple[str, ...] = ("sgd", "adam")
 
 
 BASELINES = (Method("constant"), Method("cosine", schedule="cosine"))
@@ -228,7 +247,32 @@ TUNERS = tuple(
            hyper_update=rule, schedule=None, cost=1.2 if tuner == "hd" else 4.0)
     for tuner in ("marthe", "rtho", "hd") for rule in HYPER_UPDATES
 )
-METHODS: tuple[Method, ...] = TUNERS + BASELINES
+
+
+def _peer(name: str, initial_lr: bool, params: Any, lr: float, family: str) -> Any:
+    """Peer ``name`` at its package's defaults; with ``initial_lr``, at the run's LR."""
+    return build_peer(name, params, **({"lr": lr} if initial_lr else {}))
+
+
+def _peer_method(name: str, family: str, *, initial_lr: bool = False,
+                 suffix: str = "") -> Method:
+    return Method(name + suffix, schedule=None, families=(family,), uses_initial_lr=initial_lr,
+                  optimizer=functools.partial(_peer, name, initial_lr))
+
+
+#: The LR-free optimizers of adatune.peers, each beside the task optimizer of its family.
+PEER_METHODS: tuple[Method, ...] = (
+    _peer_method("dadapt-sgd", "sgd"),
+    _peer_method("dog", "sgd"),
+    _peer_method("schedulefree-sgd", "sgd", initial_lr=True),
+    _peer_method("schedulefree-sgd", "sgd", suffix="-default"),
+    _peer_method("prodigy", "adam"),
+    _peer_method("dadapt-adam", "adam"),
+    _peer_method("schedulefree-adamw", "adam", initial_lr=True),
+    _peer_method("schedulefree-adamw", "adam", suffix="-default"),
+)
+assert {m.name.removesuffix("-default") for m in PEER_METHODS} == set(PEERS)
+METHODS: tuple[Method, ...] = TUNERS + BASELINES + PEER_METHODS
 
 
 # ---------------------------------------------------------------------------- runs
@@ -252,6 +296,7 @@ class Outcome:
     final_lr: float
     epochs: int
     seconds: float
+    cpu_seconds: float  # this worker process's CPU time in the run (one thread)
     reason: str | None = None
 
 
@@ -280,6 +325,7 @@ def train_once(job: Job, methods: dict[str, Method]) -> Outcome:
     torch.manual_seed(job.seed)
     model = task.model()
     family = job.optimizer
+    cpu = time.process_time()
     if method.optimizer is not None:
         optimizer = method.optimizer(model.parameters(), job.lr, family)
     else:
@@ -300,12 +346,14 @@ def train_once(job: Job, methods: dict[str, Method]) -> Outcome:
                          name=f"{job.method} {job.task} {job.optimizer} lr={job.lr:.3g} "
                               f"seed={job.seed}")
     seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     for leftover in (workdir / "ckpt" / f"run-{result.run_id}").glob("*"):
         leftover.unlink()
     lr = result.epochs[-1].lr if result.epochs else job.lr
     return Outcome(job=job, status=result.status, test_acc=result.test_acc or 0.0,
                    val_acc=result.best_val_acc or 0.0, final_lr=float(lr),
-                   epochs=len(result.epochs), seconds=seconds, reason=result.reason)
+                   epochs=len(result.epochs), seconds=seconds, cpu_seconds=cpu,
+                   reason=result.reason)
 
 
 def _run(payload: tuple[Job, dict[str, Method]]) -> Outcome:
@@ -350,6 +398,8 @@ class Results:
     workers: int
     seeds: tuple[int, ...]
     settings: dict[str, Any] = field(default_factory=dict)
+    cpu_seconds: float | None = None  # summed over the runs: the machine's load leaves it be
+    load: tuple[float, float] | None = None  # 1-minute load average at the start and end
 
 
 def _cell(outcomes: Sequence[Outcome], best: float) -> Cell:
@@ -362,6 +412,7 @@ def benchmark(tasks: Sequence[str], optimizers: Sequence[str], methods: Sequence
               seeds: Sequence[int], workers: int, log: Callable[[str], None]) -> Results:
     by_name = {m.name: m for m in (*methods, *BASELINES)}
     started = time.perf_counter()
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="adatune-robustness-") as root:
         grid_jobs = [Job(t, o, "constant", lr, s) for t in tasks for o in optimizers
                      for lr in GRID[o] for s in seeds]
@@ -384,6 +435,8 @@ def benchmark(tasks: Sequence[str], optimizers: Sequence[str], methods: Sequence
         for t in tasks:
             for o in optimizers:
                 for m in by_name.values():
+                    if o not in m.families:
+                        continue
                     factors = FACTORS if m.uses_initial_lr else (1.0,)
                     for f in factors:
                         jobs += [Job(t, o, m.name, _lr(best_lr[t, o], f, o), s) for s in seeds]
@@ -394,12 +447,16 @@ def benchmark(tasks: Sequence[str], optimizers: Sequence[str], methods: Sequence
     for t in tasks:
         for o in optimizers:
             for m in by_name.values():
+                if o not in m.families:
+                    continue
                 for f in FACTORS:
                     lr = _lr(best_lr[t, o], f if m.uses_initial_lr else 1.0, o)
                     runs = [done[Job(t, o, m.name, lr, s)] for s in seeds]
                     cells[m.name, t, o, f] = _cell(runs, best_lr[t, o])
     return Results(best_lr=best_lr, grid=grid, cells=cells,
-                   seconds=time.perf_counter() - started, workers=workers, seeds=tuple(seeds))
+                   seconds=time.perf_counter() - started, workers=workers, seeds=tuple(seeds),
+                   cpu_seconds=sum(o.cpu_seconds for o in done.values()),
+                   load=(load_start, os.getloadavg()[0]))
 
 
 def _lr(best: float, factor: float, optimizer: str) -> float:
@@ -479,30 +536,88 @@ def summary(res: Results, methods: Sequence[str]) -> str:
     return "\n".join(out)
 
 
-def by_start(res: Results, methods: Sequence[str]) -> str:
-    """One row per task, optimizer and initial LR; mean test accuracy per method.
+Column = tuple[str, Sequence[str]]  # a header, and the methods it shows (the first present)
 
-    ``(Nd)``: N of the seeds diverged. The row names the best constant LR's
-    accuracy, the reference of the targets.
+
+def by_start(res: Results, columns: Sequence[str | Column]) -> str:
+    """One row per task, optimizer and initial LR; mean test accuracy per column.
+
+    A column is a method's name, or ``(header, names)``: the first of ``names``
+    that ran beside the row's optimizer (e.g. a peer of each family). ``(Nd)``:
+    N of the seeds diverged. The row names the best constant LR's accuracy,
+    the reference of the targets.
     """
+    cols = [(c, (c,)) if isinstance(c, str) else c for c in columns]
     keys = sorted({(t, o) for _, t, o, _ in res.cells}, key=lambda k: (list(TASKS).index(k[0]),
                                                                        k[1]))
-    out = ["| task | optimizer | start | best constant | " + " | ".join(methods) + " |",
-           "|---|---|---|---:|" + "---:|" * len(methods)]
+    out = ["| task | optimizer | start | best constant | "
+           + " | ".join(h for h, _ in cols) + " |",
+           "|---|---|---|---:|" + "---:|" * len(cols)]
     for t, o in keys:
         ref = res.cells["constant", t, o, 1.0].mean
         for f in FACTORS:
             row = []
-            for m in methods:
-                c = res.cells[m, t, o, f]
-                row.append(f"{c.mean:.1f}" + (f" ({c.divergences}d)" if c.divergences else ""))
+            for _, names in cols:
+                c = next((res.cells[m, t, o, f] for m in names if (m, t, o, f) in res.cells),
+                         None)
+                row.append("" if c is None else f"{c.mean:.1f}"
+                           + (f" ({c.divergences}d)" if c.divergences else ""))
             out.append(f"| {t} | {o} | {f:g}x | {ref:.1f} | " + " | ".join(row) + " |")
+    return "\n".join(out)
+
+
+#: The README's columns: the default tuners, additive MARTHE, the schedules and the peers
+#: (a peer of each family in one column).
+COMPACT: tuple[str | Column, ...] = (
+    "marthe", "rtho", "hd", "marthe-additive", "constant", "cosine",
+    ("D-Adapt SGD / Adam", ("dadapt-sgd", "dadapt-adam")),
+    ("DoG / Prodigy", ("dog", "prodigy")),
+    ("Schedule-Free SGD / AdamW", ("schedulefree-sgd", "schedulefree-adamw")),
+    ("Schedule-Free, package LR", ("schedulefree-sgd-default", "schedulefree-adamw-default")),
+)
+
+
+def compact_columns(names: Sequence[str]) -> list[str | Column]:
+    """:data:`COMPACT`, restricted to the methods that ran."""
+    out: list[str | Column] = []
+    for c in COMPACT:
+        if isinstance(c, str):
+            if c in names:
+                out.append(c)
+        elif any(m in names for m in c[1]):
+            out.append(c)
+    return out
+
+
+def scoreboard(res: Results, tuners: Sequence[str], others: Sequence[str],
+               band: float = TIE_BAND) -> str:
+    """Wins, ties and losses of each tuner against each other method, cell by cell.
+
+    A cell is a task, optimizer and initial LR where both ran; the tuner wins
+    when its mean test accuracy is more than ``band`` points above the other's,
+    loses when more than ``band`` below. A divergence counts in the mean (its
+    accuracy is the best epoch's before it, often chance).
+    """
+    out = [f"| tuner | against | wins | ties (within {band:g} point) | losses | mean difference |",
+           "|---|---|---:|---:|---:|---:|"]
+    for tuner in tuners:
+        for other in others:
+            diffs = [c.mean - res.cells[other, t, o, f].mean
+                     for (m, t, o, f), c in res.cells.items()
+                     if m == tuner and (other, t, o, f) in res.cells]
+            if not diffs or other == tuner:
+                continue
+            wins = sum(d > band for d in diffs)
+            losses = sum(d < -band for d in diffs)
+            out.append(f"| {tuner} | {other} | {wins} | {len(diffs) - wins - losses} | "
+                       f"{losses} | {statistics.fmean(diffs):+.1f} |")
     return "\n".join(out)
 
 
 def _to_json(res: Results) -> dict[str, Any]:
     return {
         "seconds": res.seconds, "workers": res.workers, "seeds": list(res.seeds),
+        "cpu_seconds": res.cpu_seconds, "load": res.load,
         "best_lr": {f"{t}/{o}": lr for (t, o), lr in res.best_lr.items()},
         "grid": {f"{t}/{o}": rows for (t, o), rows in res.grid.items()},
         "cells": [{"method": m, "task": t, "optimizer": o, "factor": f, **asdict(c),
@@ -521,19 +636,39 @@ def _from_json(data: dict[str, Any]) -> Results:
     return Results(best_lr={split(k): v for k, v in data["best_lr"].items()},
                    grid={split(k): [tuple(r) for r in v] for k, v in data["grid"].items()},
                    cells=cells, seconds=data["seconds"], workers=data["workers"],
-                   seeds=tuple(data["seeds"]))
+                   seeds=tuple(data["seeds"]), cpu_seconds=data.get("cpu_seconds"),
+                   load=tuple(data["load"]) if data.get("load") else None)
+
+
+def timing(res: Results) -> str:
+    """How long the benchmark took, and the CPU time its runs used (load leaves that be)."""
+    text = f"{res.seconds / 60:.1f} min with {res.workers} worker processes"
+    if res.cpu_seconds is not None:
+        text += (f"; the runs used {res.cpu_seconds / 60:.1f} CPU-minutes (one thread each: "
+                 f"about {res.cpu_seconds / 60 / res.workers:.1f} min on {res.workers} idle "
+                 "cores)")
+    if res.load is not None:
+        text += (f"; 1-minute load average {res.load[0]:.1f} at the start, "
+                 f"{res.load[1]:.1f} at the end")
+    return text
 
 
 def report(res: Results, names: Sequence[str]) -> str:
     """Every table and the targets, as the benchmark prints them."""
     shown = [n for n in names if n != "constant"] + ["constant"]
+    tuners = [n for n in names if any(n == m.name for m in TUNERS)]
     parts = [markdown(res, shown),
              "\nmean test accuracy minus the best constant LR's (points; d = divergences):\n",
              summary(res, shown),
              "\nmean test accuracy by start (%; d = divergences):\n",
-             by_start(res, shown), "\ntargets:"]
+             by_start(res, shown),
+             "\nthe same, compact:\n",
+             by_start(res, compact_columns(shown)),
+             "\nwins, ties and losses:\n",
+             scoreboard(res, tuners, [n for n in shown if n not in tuners]),
+             "\ntargets:"]
     parts += [line for m in ("marthe", "rtho", "hd") if m in names for line in targets(res, m)]
-    parts.append(f"\n{res.seconds / 60:.1f} min with {res.workers} worker processes")
+    parts.append("\n" + timing(res))
     return "\n".join(parts)
 
 
@@ -541,8 +676,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
-    parser.add_argument("--methods", default=",".join(m.name for m in METHODS),
-                        help="comma-separated names from METHODS (constant always runs)")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated names from METHODS (constant always runs; "
+                             "default: all)")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="leave the LR-free peers out of the default methods")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--json", help="write the results here")
@@ -558,6 +696,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     registry = {m.name: m for m in METHODS}
     tasks = args.tasks.split(",")
+    if args.methods is None:
+        peers = {m.name for m in PEER_METHODS}
+        args.methods = ",".join(m.name for m in METHODS
+                                if not (args.no_peers and m.name in peers))
     names = [n for n in args.methods.split(",") if n]
     unknown = [x for x in tasks if x not in TASKS] + [n for n in names if n not in registry]
     if unknown:
@@ -565,13 +707,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods = [registry[n] for n in names]
     res = benchmark(tasks, args.optimizers.split(","), methods, range(args.seeds),
                     args.workers, lambda line: print(line, flush=True))
-    print(report(res, [m.name for m in methods]))
-    shown = [m.name for m in methods if m.name != "constant"] + ["constant"]
-    if args.json:
+    if args.json:  # first: the tables can be printed again from it with --report
         Path(args.json).write_text(json.dumps(_to_json(res), indent=1))
+    text = report(res, [m.name for m in methods])
+    print(text)
     if args.markdown:
-        Path(args.markdown).write_text(markdown(res, shown) + "\n\n" + summary(res, shown)
-                                       + "\n\n" + by_start(res, shown) + "\n")
+        Path(args.markdown).write_text(text + "\n")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import pickle
 import sys
 from pathlib import Path
 
@@ -56,3 +57,38 @@ def test_unknown_task_or_method_is_refused(R, capsys):
     with pytest.raises(SystemExit) as exc:
         R.main(["--tasks", "imagenet"])
     assert exc.value.code == 2 and "unknown task or method: imagenet" in capsys.readouterr().err
+
+
+def test_the_peers_run_beside_their_own_family_only(R, monkeypatch):
+    base = R.TASKS["teacher-mlp"]
+    monkeypatch.setitem(R.TASKS, "tiny", R.Task("tiny", base.data, base.model, epochs=2))
+    # every peer entry can travel to a worker process
+    for m in R.PEER_METHODS:
+        assert pickle.loads(pickle.dumps(m)).name == m.name
+    names = ("dog", "schedulefree-adamw", "schedulefree-adamw-default", "marthe")
+    methods = [m for m in R.METHODS if m.name in names]
+    res = R.benchmark(["tiny"], ["sgd", "adam"], methods, seeds=[0], workers=1,
+                      log=lambda line: None)
+    assert ("dog", "tiny", "sgd", 1.0) in res.cells
+    assert ("dog", "tiny", "adam", 1.0) not in res.cells
+    assert ("schedulefree-adamw", "tiny", "sgd", 1.0) not in res.cells
+    # DoG takes no LR: one run in every column; Schedule-Free starts from each initial LR
+    # (its recorded effective LR scales with it), and once more from its package's LR
+    assert len({tuple(res.cells["dog", "tiny", "sgd", f].accs) for f in R.FACTORS}) == 1
+    sf = {f: res.cells["schedulefree-adamw", "tiny", "adam", f].lr_ratio for f in R.FACTORS}
+    for f in R.FACTORS:
+        assert sf[f] == pytest.approx(f * sf[1.0])
+    pkg = res.cells["schedulefree-adamw-default", "tiny", "adam", 0.1].lr_ratio
+    assert pkg == pytest.approx(sf[1.0] * R.PEERS["schedulefree-adamw"].lr
+                                / res.best_lr["tiny", "adam"])
+    # the compact table puts a peer of each family in one column
+    table = R.by_start(res, R.compact_columns([*names, "constant"]))
+    assert "| DoG / Prodigy |" in table.splitlines()[0]
+    rows = {tuple(line.split(" | ")[1:3]): line for line in table.splitlines()[2:]}
+    assert rows["sgd", "1x"].count("|") == rows["adam", "1x"].count("|")
+    board = R.scoreboard(res, ["marthe"], ["dog", "constant"])
+    sgd_cells = len(R.FACTORS)
+    [dog] = [line for line in board.splitlines() if "| marthe | dog |" in line]
+    assert sum(int(x) for x in dog.split("|")[3:6]) == sgd_cells
+    [const] = [line for line in board.splitlines() if "| marthe | constant |" in line]
+    assert sum(int(x) for x in const.split("|")[3:6]) == 2 * sgd_cells
