@@ -111,7 +111,7 @@ def canonical_method(name: str) -> str:
 
 # What a field is for: a peer's record keeps only the fields that apply to it (the
 # general ones and its PeerSpec.settings); warmup_steps is recorded for peers only.
-_TUNER_FIELDS = ("hyper_lr", "mu", "alpha", "first_order", "hvp")
+_TUNER_FIELDS = ("hyper_update", "hyper_lr", "mu", "alpha", "first_order", "hvp")
 _SCHEDULE_FIELDS = ("step_size", "lr_decay", "t_0", "t_mult")
 _OPTIMIZER_FIELDS = ("momentum", "nesterov", "warmup_steps")
 
