@@ -245,7 +245,8 @@ BASELINES = (Method("constant"), Method("cosine", schedule="cosine"))
 TUNERS = tuple(
     Method(f"{tuner}" if rule == DEFAULT_HYPER_UPDATE else f"{tuner}-{rule}", tuner=tuner,
            hyper_update=rule, schedule=None, cost=1.2 if tuner == "hd" else 4.0)
-    for tuner in ("marthe", "rtho", "hd") for rule in HYPER_UPDATES
+    for tuner in ("marthe", "rtho", "hd")
+    for rule in sorted(HYPER_UPDATES, key=lambda r: r != DEFAULT_HYPER_UPDATE)  # default first
 )
 
 
