@@ -384,6 +384,7 @@ class Cell:
     accs: list[float]
     divergences: int
     lr_ratio: float  # median over the seeds of final LR / best constant LR
+    cpu: float = 0.0  # median over the seeds of one run's CPU seconds
 
     @property
     def mean(self) -> float:
@@ -406,7 +407,8 @@ class Results:
 def _cell(outcomes: Sequence[Outcome], best: float) -> Cell:
     ratio = statistics.median(o.final_lr / best for o in outcomes)
     return Cell(accs=[100 * o.test_acc for o in outcomes],
-                divergences=sum(o.status == "diverged" for o in outcomes), lr_ratio=ratio)
+                divergences=sum(o.status == "diverged" for o in outcomes), lr_ratio=ratio,
+                cpu=statistics.median(o.cpu_seconds for o in outcomes))
 
 
 def benchmark(tasks: Sequence[str], optimizers: Sequence[str], methods: Sequence[Method],
@@ -632,13 +634,33 @@ def _from_json(data: dict[str, Any]) -> Results:
         return t, o
 
     cells = {(c["method"], c["task"], c["optimizer"], c["factor"]):
-             Cell(accs=c["accs"], divergences=c["divergences"], lr_ratio=c["lr_ratio"])
+             Cell(accs=c["accs"], divergences=c["divergences"], lr_ratio=c["lr_ratio"],
+                  cpu=c.get("cpu", 0.0))
              for c in data["cells"]}
     return Results(best_lr={split(k): v for k, v in data["best_lr"].items()},
                    grid={split(k): [tuple(r) for r in v] for k, v in data["grid"].items()},
                    cells=cells, seconds=data["seconds"], workers=data["workers"],
                    seeds=tuple(data["seeds"]), cpu_seconds=data.get("cpu_seconds"),
                    load=tuple(data["load"]) if data.get("load") else None)
+
+
+def costs(res: Results, methods: Sequence[str]) -> str:
+    """CPU seconds per run, and the ratio to the constant LR's run in the same cell.
+
+    CPU time (one thread per run) is what machine load moves least; a diverged
+    run stops early and counts as it ran. Medians over the cells a method ran in.
+    """
+    out = ["| method | CPU s per run (median) | × constant LR (median over cells) |",
+           "|---|---:|---:|"]
+    for m in methods:
+        mine = [(c.cpu, res.cells["constant", t, o, f].cpu)
+                for (name, t, o, f), c in res.cells.items() if name == m]
+        mine = [(a, b) for a, b in mine if a > 0 and b > 0]
+        if not mine:
+            continue
+        ratio = statistics.median(a / b for a, b in mine)
+        out.append(f"| {m} | {statistics.median(a for a, _ in mine):.1f} | {ratio:.2f} |")
+    return "\n".join(out)
 
 
 def timing(res: Results) -> str:
@@ -667,6 +689,8 @@ def report(res: Results, names: Sequence[str]) -> str:
              by_start(res, compact_columns(shown)),
              "\nwins, ties and losses:\n",
              scoreboard(res, tuners, [n for n in shown if n not in tuners]),
+             "\ncost:\n",
+             costs(res, shown),
              "\ntargets:"]
     parts += [line for m in ("marthe", "rtho", "hd") if m in names for line in targets(res, m)]
     parts.append("\n" + timing(res))

@@ -92,3 +92,8 @@ def test_the_peers_run_beside_their_own_family_only(R, monkeypatch):
     assert sum(int(x) for x in dog.split("|")[3:6]) == sgd_cells
     [const] = [line for line in board.splitlines() if "| marthe | constant |" in line]
     assert sum(int(x) for x in const.split("|")[3:6]) == 2 * sgd_cells
+    # every run's CPU time is measured: the constant LR is the cost table's unit
+    assert all(c.cpu > 0 for c in res.cells.values())
+    cost = R.costs(res, ["marthe", "dog", "constant"])
+    assert "| constant | " in cost and cost.rstrip().endswith("| 1.00 |")
+    assert R._from_json(json.loads(json.dumps(R._to_json(res)))).cells == res.cells
