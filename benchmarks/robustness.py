@@ -518,6 +518,34 @@ def targets(res: Results, method: str) -> list[str]:
     return lines
 
 
+def target_table(res: Results, methods: Sequence[str]) -> str:
+    """The targets counted per method: how many cells (and runs) meet each.
+
+    *Headroom*: the 10x-off cells where the constant LR from that start is at
+    least ``TARGET_GAIN`` below the best constant's, so that ``TARGET_GAIN``
+    points over it are possible without beating the best constant LR.
+    """
+    out = [f"| method | within {TARGET_GAP:g} point of the best constant | diverged runs | "
+           f"+{TARGET_GAIN:g} over the constant LR from the same 10x-off start | "
+           "the same, cells with headroom |", "|---|---:|---:|---:|---:|"]
+    for m in methods:
+        cells = [(k, c) for k, c in res.cells.items() if k[0] == m]
+        if not cells:
+            continue
+        near = sum(c.mean >= res.cells["constant", t, o, 1.0].mean - TARGET_GAP
+                   for (_, t, o, _), c in cells)
+        runs = sum(len(c.accs) for _, c in cells)
+        off = [(c.mean - res.cells["constant", t, o, f].mean,
+                res.cells["constant", t, o, 1.0].mean - res.cells["constant", t, o, f].mean)
+               for (_, t, o, f), c in cells if f != 1.0]
+        gain = sum(d >= TARGET_GAIN for d, _ in off)
+        room = [(d, r) for d, r in off if r >= TARGET_GAIN]
+        out.append(f"| {m} | {near} / {len(cells)} | {sum(c.divergences for _, c in cells)} / "
+                   f"{runs} | {gain} / {len(off)} | "
+                   f"{sum(d >= TARGET_GAIN for d, _ in room)} / {len(room)} |")
+    return "\n".join(out)
+
+
 def summary(res: Results, methods: Sequence[str]) -> str:
     """Methods x (task, optimizer, initial LR): mean test accuracy minus the best constant's."""
     keys = sorted({(t, o) for _, t, o, _ in res.cells}, key=lambda k: (list(TASKS).index(k[0]),
@@ -691,6 +719,8 @@ def report(res: Results, names: Sequence[str]) -> str:
              scoreboard(res, tuners, [n for n in shown if n not in tuners]),
              "\ncost:\n",
              costs(res, shown),
+             "\ntargets, counted:\n",
+             target_table(res, shown),
              "\ntargets:"]
     parts += [line for m in ("marthe", "rtho", "hd") if m in names for line in targets(res, m)]
     parts.append("\n" + timing(res))

@@ -97,3 +97,7 @@ def test_the_peers_run_beside_their_own_family_only(R, monkeypatch):
     cost = R.costs(res, ["marthe", "dog", "constant"])
     assert "| constant | " in cost and cost.rstrip().endswith("| 1.00 |")
     assert R._from_json(json.loads(json.dumps(R._to_json(res)))).cells == res.cells
+    # the targets, counted: the constant LR never beats itself from the same start
+    counted = R.target_table(res, ["marthe", "constant"]).splitlines()
+    [const_row] = [line for line in counted if line.startswith("| constant |")]
+    assert const_row.split(" | ")[3] == f"0 / {2 * (len(R.FACTORS) - 1)}"  # sgd, adam
