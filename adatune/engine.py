@@ -114,6 +114,7 @@ def continue_run(store: Store, run_id: int, loop: Loop, ckpt_dir: Path, events: 
         # Killed after the checkpoint, before the epoch's commit: record it now.
         pending = state["pending"]
         store.record_epoch(run_id, EpochRecord(**pending["epoch"]),
-                           [StepRecord(**s) for s in pending["steps"]], best=pending.get("best"))
+                           [StepRecord(**s) for s in pending["steps"]], best=pending.get("best"),
+                           lrs=pending.get("lrs"))
     return loop.run(store, run_id, ckpt_dir, events, announce=announce, meta=meta,
                     resumed=state is not None)

@@ -21,6 +21,7 @@ import math
 import os
 import socket
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,7 +269,7 @@ class Loop:
         status, reason, stopped_early = "completed", None, False
         try:
             while self.epoch < cfg.epochs:
-                record, steps = self._epoch(store, run_id, events)
+                record, steps, lrs = self._epoch(store, run_id, events)
                 self._judge_epoch(record)
                 improved = self._improved(record)
                 if improved:
@@ -280,9 +281,10 @@ class Loop:
                 else:
                     self.bad_epochs += 1
                 pending = {"epoch": dataclasses.asdict(record),
-                           "steps": [dataclasses.asdict(s) for s in steps], "best": improved}
+                           "steps": [dataclasses.asdict(s) for s in steps], "best": improved,
+                           "lrs": lrs.tolist()}
                 self._save(self._state(pending), ckpt_dir / "last.pt")
-                store.record_epoch(run_id, record, steps, best=improved)
+                store.record_epoch(run_id, record, steps, best=improved, lrs=lrs)
                 records.append(record)
                 events.epoch_done(record)
                 if cfg.patience is not None and self.bad_epochs >= cfg.patience:
@@ -331,6 +333,7 @@ class Loop:
         val_iter = self._val_batches()
         loss_sum, correct, seen, n_steps = 0.0, 0, 0, 0
         lr_sum, lr_max, steps = 0.0, 0.0, []
+        lrs = array("d")  # the LR of every step, recorded with the epoch
         nonfinite_before = p.tuner.nonfinite_count if p.tuner else 0
         for batch, (x, y) in enumerate(self._batches(p.train, shuffle=True,
                                                      generator=self.train_gen)):
@@ -347,6 +350,7 @@ class Loop:
             n_steps += 1
             lr_sum += lr_used
             lr_max = max(lr_max, lr_used)
+            lrs.append(lr_used)
             mu, hyper_lr, h = self._tuner_view()
             if self.step % self.config.log_every == 0:
                 steps.append(StepRecord(step=self.step, epoch=epoch, lr=lr_used, mu=mu,
@@ -373,7 +377,7 @@ class Loop:
             nonfinite_hypergradients=(p.tuner.nonfinite_count - nonfinite_before
                                       if p.tuner else 0))
         self.lr_max_last_epoch = lr_max
-        return record, steps
+        return record, steps, lrs
 
     def _train_step(self, x: Tensor, y: Tensor, val_iter: Iterator) -> tuple[float, Tensor, Tensor]:
         p = self.parts

@@ -1,9 +1,11 @@
 """How long does logging one epoch cost? Times ``Store.record_epoch``.
 
-Alone (the default): each call writes one epoch row and ~20 sampled step rows
-(realistic values) in one transaction to an SQLite file, as the training loop
-does at the end of every epoch. Prints the median and a few quantiles over
-many calls made in one process.
+Alone (the default): each call writes one epoch row, ~20 sampled step rows
+and the LR of each of the epoch's ``--lrs`` steps (realistic values) in one
+transaction to an SQLite file, as the training loop does at the end of every
+epoch. Prints the median and a few quantiles over many calls made in one
+process, and the median of the same calls without the per-step LRs (the calls
+alternate, so noise hits both alike).
 
 ``--in-training``: the number that matters. Trains the default task
 (``adatune train`` with its defaults: MARTHE on digits) for a few seeds with a
@@ -15,6 +17,7 @@ so a call costs more than alone.
     python benchmarks/store_logging.py               # temp file, 300 epochs
     python benchmarks/store_logging.py --epochs 1000 --steps 20 --store /tmp/b.db
     python benchmarks/store_logging.py --in-training --seeds 6
+    python benchmarks/store_logging.py --in-training --seeds 6 --tuner constant
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def _steps(epoch: int, n: int, steps_per_epoch: int, rng: random.Random) -> list
     ]
 
 
-def in_training(seeds: int, store_path: str, checkpoint_dir: str) -> None:
+def in_training(seeds: int, store_path: str, checkpoint_dir: str, method: str) -> None:
     """Time record_epoch and the epochs around it on the default task."""
     from adatune.config import TrainConfig
     from adatune.engine import train
@@ -83,12 +86,14 @@ def in_training(seeds: int, store_path: str, checkpoint_dir: str) -> None:
 
         store.record_epoch = timed  # type: ignore[method-assign]
         for seed in range(seeds):
-            result = train(TrainConfig(seed=seed, checkpoint_dir=checkpoint_dir), store)
+            result = train(TrainConfig(method=method, seed=seed, checkpoint_dir=checkpoint_dir),
+                           store)
             ends = [e.elapsed_s for e in result.epochs]
             epochs += [b - a for a, b in zip([0.0, *ends], ends)]
     call, epoch = statistics.median(calls), statistics.median(epochs)
     print(
-        f"default task ({seeds} seeds, {len(calls)} epochs): median epoch {epoch * 1e3:.1f} ms, "
+        f"default task, {method} ({seeds} seeds, {len(calls)} epochs): median epoch "
+        f"{epoch * 1e3:.1f} ms, "
         f"median record_epoch {call * 1e3:.2f} ms = {100 * call / epoch:.2f}% of an epoch"
     )
 
@@ -100,12 +105,15 @@ def main() -> None:
     parser.add_argument("--store", default=None, help="store file (default: a temp file)")
     parser.add_argument("--in-training", action="store_true",
                         help="time the calls inside training runs of the default task")
+    parser.add_argument("--lrs", type=int, default=400, help="per-step LRs per epoch (alone)")
     parser.add_argument("--seeds", type=int, default=4, help="runs for --in-training")
+    parser.add_argument("--tuner", default="marthe",
+                        help="method of the --in-training runs (a tuner or a baseline)")
     args = parser.parse_args()
     if args.in_training:
         with tempfile.TemporaryDirectory() as tmp:
             in_training(args.seeds, args.store or str(Path(tmp) / "bench.db"),
-                        str(Path(tmp) / "checkpoints"))
+                        str(Path(tmp) / "checkpoints"), args.tuner)
         return
 
     rng = random.Random(0)
@@ -124,20 +132,29 @@ def main() -> None:
                     device="cpu",
                 )
             )
-            times = []
+            bare_id = store.create_run(
+                NewRun(kind="train", method="marthe", optimizer="sgd", network="mlp",
+                       dataset="digits", seed=1, config={}, device="cpu"))
+            times, bare = [], []
             for epoch in range(1, args.epochs + 1):
                 record = _epoch(epoch, rng)
-                steps = _steps(epoch, args.steps, 400, rng)
+                steps = _steps(epoch, args.steps, args.lrs, rng)
+                lrs = [0.05 * (1 + 0.1 * rng.random()) for _ in range(args.lrs)]
                 start = time.perf_counter()
-                store.record_epoch(run_id, record, steps)
+                store.record_epoch(run_id, record, steps, lrs=lrs)
                 times.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                store.record_epoch(bare_id, record, steps)
+                bare.append(time.perf_counter() - start)
             store.finish_run(run_id, "completed")
+            store.finish_run(bare_id, "completed")
     times_ms = sorted(t * 1e3 for t in times)
     q = statistics.quantiles(times_ms, n=20)
     print(
-        f"record_epoch (1 epoch + {args.steps} steps, SQLite file, {args.epochs} calls): "
-        f"median {statistics.median(times_ms):.2f} ms, p5 {q[0]:.2f} ms, "
-        f"p95 {q[-1]:.2f} ms, max {times_ms[-1]:.2f} ms"
+        f"record_epoch (1 epoch + {args.steps} steps + {args.lrs} per-step LRs, SQLite file, "
+        f"{args.epochs} calls): median {statistics.median(times_ms):.2f} ms, p5 {q[0]:.2f} ms, "
+        f"p95 {q[-1]:.2f} ms, max {times_ms[-1]:.2f} ms; without the per-step LRs "
+        f"{statistics.median(bare) * 1e3:.2f} ms"
     )
 
 

@@ -227,6 +227,8 @@ def test_killed_run_keeps_its_epochs_and_resumes_to_the_same_result(workdir, cap
         assert db.get_run(run_id).run.status == "completed"
     assert _epochs(str(store), run_id)[: len(kept)] == kept  # nothing finished was lost
     assert _epochs(str(store), run_id) == _epochs(str(straight), 1)
+    with open_store(store) as db, open_store(straight) as other:  # every step's LR too
+        assert db.get_step_lrs(run_id) == other.get_step_lrs(1)
 
 
 def test_resume_refuses_a_completed_run(workdir, capsys):
