@@ -18,6 +18,7 @@ from adatune.models import canonical_network, check_compatible
 from adatune.schedules import SCHEDULE_NAMES, canonical_schedule
 
 TUNER_NAMES = ("marthe", "rtho", "hd")
+REPLAY = "replay"  # a recorded schedule replayed step for step (adatune.ReplayLR)
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 HVP_NAMES = ("exact", "finite-difference")
@@ -66,13 +67,13 @@ def _built_in(kind: str, name: str | None, custom_kind: str, custom: str | None,
 def canonical_method(name: str) -> str:
     """A tuner (marthe, rtho, hd) or a baseline schedule name, canonicalised."""
     key = name.strip().lower()
-    if key in TUNER_NAMES:
+    if key in TUNER_NAMES or key == REPLAY:
         return key
     try:
         return canonical_schedule(key)
     except ConfigError:
         raise ConfigError(f"unknown method {name!r} (tuners: {', '.join(TUNER_NAMES)}; "
-                          f"schedules: {', '.join(SCHEDULE_NAMES)})") from None
+                          f"schedules: {', '.join(SCHEDULE_NAMES)}, {REPLAY})") from None
 
 
 def _finite(name: str, value: float, *, low: float | None = None, low_open: bool = False,
@@ -117,6 +118,11 @@ class TrainConfig:
     lr_decay: float | None = None  # default: DEFAULT_LR_DECAY by schedule
     t_0: int = 2
     t_mult: int = 2
+    # replay (method "replay"): the schedule of a recorded run, or of a schedule file
+    from_run: int | None = None
+    from_file: str | None = None
+    stretch: bool = False  # map the schedule onto this run's steps, linearly in progress
+    scale: float = 1.0  # multiplies every replayed LR
     # data and protocol
     data_dir: str | None = None
     download: bool = False
@@ -189,6 +195,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"invalid {name}: {getattr(self, name)!r} (must be >= 1)")
         _finite("lr_decay", self.lr_decay, low=0, low_open=True, high=1)
+        self._check_replay()
         _finite("val_fraction", self.val_fraction, low=0, low_open=True, high=1, high_open=True)
         if self.val_source not in ("train", "test"):
             raise ConfigError(f"invalid val_source: {self.val_source!r} (train or test)")
@@ -209,6 +216,24 @@ class TrainConfig:
                 and not self.classification and self.network != "mlp":
             raise ConfigError(f"--network {self.network} is a classifier; with --loss "
                               f"{self.loss} use --network mlp or your own --model")
+
+    def _check_replay(self) -> None:
+        sources = [flag for flag, value in (("--from-run", self.from_run),
+                                            ("--from-file", self.from_file)) if value is not None]
+        if self.method != REPLAY:
+            given = sources + ["--stretch"] * bool(self.stretch) \
+                + ["--scale"] * (self.scale != 1.0)
+            if given:
+                raise ConfigError(f"{given[0]} needs --lr-scheduler replay")
+            return
+        if len(sources) != 1:
+            raise ConfigError("--lr-scheduler replay needs --from-run RUN_ID or --from-file "
+                              "FILE" + (" (not both)" if sources else ""))
+        if self.from_run is not None and (isinstance(self.from_run, bool)
+                                          or not isinstance(self.from_run, int)
+                                          or self.from_run < 1):
+            raise ConfigError(f"invalid from_run: {self.from_run!r} (a run id)")
+        _finite("scale", self.scale, low=0, low_open=True)
 
     @property
     def network_label(self) -> str:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adatune.build import build_parts, loop_config
-from adatune.config import TrainConfig
+from adatune.build import build_parts, loop_config, replay_steps
+from adatune.config import REPLAY, TrainConfig
 from adatune.errors import ConfigError
 from adatune.loop import (
     DivergenceRules,
@@ -31,6 +31,7 @@ DEFAULT_CHECKPOINT_DIR = "adatune-runs"
 
 __all__ = [
     "DEFAULT_CHECKPOINT_DIR",
+    "replay_source",
     "DivergenceRules",
     "Events",
     "LoopConfig",
@@ -60,8 +61,15 @@ def train(
     """
     ckpt_root = Path(config.checkpoint_dir or DEFAULT_CHECKPOINT_DIR).resolve()
     config = config.replace(checkpoint_dir=str(ckpt_root))
-    parts = build_parts(config)
+    if config.from_file is not None:  # a resume may run from another folder
+        config = config.replace(from_file=str(Path(config.from_file).resolve()))
+    replay = replay_source(config, store)
+    parts = build_parts(config, replay)
     loop = Loop(parts, loop_config(config, rules))
+    if replay is not None:  # what the report and `runs show` say about the source
+        config = config.replace(extra={**config.extra, "replay": {
+            "source": replay.source, "interval": replay.interval, "source_points": len(replay),
+            "points": replay_steps(config, replay, loop.steps_per_epoch)}})
     run_id = store.create_run(NewRun(
         kind=kind or config.kind, method=config.method, optimizer=config.optimizer,
         network=config.network_label, dataset=config.dataset_label, seed=config.seed,
@@ -85,9 +93,29 @@ def resume(store: Store, run_id: int, *, rules: DivergenceRules | None = None,
     config = TrainConfig.from_dict(run.config)
     ckpt_dir = Path(config.checkpoint_dir or DEFAULT_CHECKPOINT_DIR) / f"run-{run_id}"
     check_resumable(store, run_id, ckpt_dir)
-    loop = Loop(build_parts(config), loop_config(config, rules))
+    loop = Loop(build_parts(config, replay_source(config, store)), loop_config(config, rules))
     return continue_run(store, run_id, loop, ckpt_dir, events or Events(), announce=config,
                         meta=config.to_dict())
+
+
+def replay_source(config: TrainConfig, store: Store):
+    """The schedule a replay run replays (None for other methods), read and checked.
+
+    From ``config.from_run`` in ``store`` (its every-step LRs) or from the file
+    ``config.from_file``; errors are one line, before anything is written.
+    """
+    if config.method != REPLAY:
+        return None
+    from adatune.replay import NoStepLRs, schedule_from_file, schedule_from_run
+
+    if config.from_file is not None:
+        return schedule_from_file(config.from_file)
+    try:
+        return schedule_from_run(store, config.from_run)
+    except NoStepLRs as exc:
+        raise ConfigError(f"{exc}: replay its per-epoch mean instead: `adatune schedule export "
+                          f"{exc.run_id} --per-epoch -o schedule.csv`, then --from-file "
+                          "schedule.csv") from None
 
 
 def check_resumable(store: Store, run_id: int, ckpt_dir: Path) -> None:

@@ -16,7 +16,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from adatune.config import TUNER_NAMES, TrainConfig
+from adatune.config import REPLAY, TUNER_NAMES, TrainConfig
 from adatune.engine import Events, RunResult, resume, train
 from adatune.errors import ConfigError
 from adatune.schedules import canonical_schedule
@@ -147,14 +147,34 @@ def train_command(
     _run(make_config(method, opts), store, name=name, experiment=experiment)
 
 
+_PANEL_REPLAY = "Replay a learned schedule"
+
+
 @app.command("baseline")
 @run_options
 def baseline_command(
+    ctx: typer.Context,
     opts: dict[str, Any],
     lr_scheduler: Annotated[str, typer.Option(
-        "--lr-scheduler", help="constant, staircase, exponential or cosine (the original's "
-                               "ed, cyclic and hd are accepted; hd runs the HD tuner).")]
+        "--lr-scheduler", help="constant, staircase, exponential, cosine, or replay (a "
+                               "recorded schedule: --from-run or --from-file). The original's "
+                               "ed, cyclic and hd are accepted; hd runs the HD tuner.")]
     = "constant",
+    from_run: Annotated[int | None, typer.Option(
+        "--from-run", metavar="RUN_ID", rich_help_panel=_PANEL_REPLAY,
+        help="Replay the LR of every step of this run. Its network, data, optimizer, batch "
+             "size and epochs are the defaults here; the seed is not.")] = None,
+    from_file: Annotated[str | None, typer.Option(
+        "--from-file", metavar="FILE", rich_help_panel=_PANEL_REPLAY,
+        help="Replay a schedule file (CSV step,epoch,lr or epoch,lr, or JSON) as written by "
+             "`adatune schedule export`.")] = None,
+    stretch: Annotated[bool, typer.Option(
+        "--stretch", rich_help_panel=_PANEL_REPLAY,
+        help="Map the schedule onto this run's number of steps, linearly in progress.")]
+    = False,
+    scale: Annotated[float, typer.Option(
+        "--scale", rich_help_panel=_PANEL_REPLAY,
+        help="Multiply every replayed LR by this factor.")] = 1.0,
     name: NameOption = None,
     experiment: ExperimentOption = None,
     store: StoreOption = "adatune.db",
@@ -162,7 +182,27 @@ def baseline_command(
     """Train with a fixed LR schedule and record the run.
 
     Example: adatune baseline --lr-scheduler cosine --t-0 2 --t-mult 2
+
+    Example: adatune baseline --lr-scheduler replay --from-run 12 --seed 1
     """
     key = lr_scheduler.strip().lower()
-    method = "hd" if key == "hd" else canonical_schedule(key)
-    _run(make_config(method, opts), store, name=name, experiment=experiment)
+    method = "hd" if key == "hd" else REPLAY if key == REPLAY else canonical_schedule(key)
+    replay = {"from_run": from_run, "from_file": from_file, "stretch": stretch, "scale": scale}
+    if method == REPLAY and from_run is not None:
+        opts = {**opts, **_inherited(ctx, opts, from_run, store)}
+    _run(make_config(method, opts, **replay), store, name=name, experiment=experiment)
+
+
+def _inherited(ctx: typer.Context, opts: dict[str, Any], run_id: int,
+               store: str) -> dict[str, Any]:
+    """The source run's training setup, for every option not given on the command line."""
+    from adatune.replay import replay_defaults
+
+    with open_store(store) as db:
+        source = db.get_run(run_id, steps=False).run
+    given = set()
+    for name in opts:
+        where = ctx.get_parameter_source(name)
+        if where is not None and where.name in ("COMMANDLINE", "ENVIRONMENT"):
+            given.add(name)
+    return {k: v for k, v in replay_defaults(source).items() if k not in given}
