@@ -9,6 +9,7 @@ runs the same loop.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from adatune.build import build_parts, loop_config, replay_steps
@@ -59,6 +60,7 @@ def train(
     Everything that can fail on user input (device, data, model, loss, tuner
     arguments) is checked before the run is written.
     """
+    started = time.perf_counter()
     ckpt_root = Path(config.checkpoint_dir or DEFAULT_CHECKPOINT_DIR).resolve()
     config = config.replace(checkpoint_dir=str(ckpt_root))
     if config.from_file is not None:  # a resume may run from another folder
@@ -77,7 +79,8 @@ def train(
         name=name, experiment=experiment, parent_id=parent_id, device=str(parts.device),
     ))
     return loop.run(store, run_id, ckpt_root / f"run-{run_id}", events or Events(),
-                    announce=config, meta=config.to_dict())
+                    announce=config, meta=config.to_dict(),
+                    setup_s=time.perf_counter() - started)
 
 
 def resume(store: Store, run_id: int, *, rules: DivergenceRules | None = None,
@@ -90,12 +93,13 @@ def resume(store: Store, run_id: int, *, rules: DivergenceRules | None = None,
     if run.config.get("entry") == "fit":
         raise ConfigError(f"run {run_id} was started from Python with adatune.fit; resume it "
                           f"there with adatune.fit(..., resume={run_id})")
+    started = time.perf_counter()
     config = TrainConfig.from_dict(run.config)
     ckpt_dir = Path(config.checkpoint_dir or DEFAULT_CHECKPOINT_DIR) / f"run-{run_id}"
     check_resumable(store, run_id, ckpt_dir)
     loop = Loop(build_parts(config, replay_source(config, store)), loop_config(config, rules))
     return continue_run(store, run_id, loop, ckpt_dir, events or Events(), announce=config,
-                        meta=config.to_dict())
+                        meta=config.to_dict(), started=started)
 
 
 def replay_source(config: TrainConfig, store: Store):
@@ -133,8 +137,11 @@ def check_resumable(store: Store, run_id: int, ckpt_dir: Path) -> None:
 
 
 def continue_run(store: Store, run_id: int, loop: Loop, ckpt_dir: Path, events: Events, *,
-                 announce: object, meta: dict) -> RunResult:
-    """Load ``last.pt`` (if any) into the loop's parts, reopen the run and train on."""
+                 announce: object, meta: dict, started: float | None = None) -> RunResult:
+    """Load ``last.pt`` (if any) into the loop's parts, reopen the run and train on.
+
+    ``started`` (a ``time.perf_counter()``) is when building the parts began.
+    """
     last = ckpt_dir / "last.pt"
     state = loop.load(last) if last.exists() else None
     store.reopen_run(run_id)
@@ -144,5 +151,6 @@ def continue_run(store: Store, run_id: int, loop: Loop, ckpt_dir: Path, events: 
         store.record_epoch(run_id, EpochRecord(**pending["epoch"]),
                            [StepRecord(**s) for s in pending["steps"]], best=pending.get("best"),
                            lrs=pending.get("lrs"))
+    setup_s = None if started is None else time.perf_counter() - started
     return loop.run(store, run_id, ckpt_dir, events, announce=announce, meta=meta,
-                    resumed=state is not None)
+                    resumed=state is not None, setup_s=setup_s)

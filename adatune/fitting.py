@@ -10,6 +10,7 @@ checkpoint, given the same parts again.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,7 @@ def fit(
     URL or an open :class:`~adatune.store.Store`. Returns the
     :class:`~adatune.loop.RunResult` (``run_id`` names it in the store).
     """
+    started = time.perf_counter()
     if tuner is _DEFAULT:
         tuner = "marthe" if schedule is None else None
     if not isinstance(model, nn.Module):
@@ -141,13 +143,13 @@ def fit(
             ckpt_dir = ckpt_root / f"run-{resume}"
             check_resumable(db, resume, ckpt_dir)
             return continue_run(db, resume, loop, ckpt_dir, events or Events(),
-                                announce=config, meta=config)
+                                announce=config, meta=config, started=started)
         run_id = db.create_run(NewRun(
             kind="train" if tuner_obj is not None else "baseline", method=method,
             optimizer=kind_name, network=type(model).__name__[:64], dataset=dataset_name[:64],
             seed=seed, config=config, name=name, experiment=experiment, device=str(device)))
         return loop.run(db, run_id, ckpt_root / f"run-{run_id}", events or Events(),
-                        announce=config, meta=config)
+                        announce=config, meta=config, setup_s=time.perf_counter() - started)
     finally:
         if owned:
             db.close()

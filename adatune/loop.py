@@ -192,7 +192,8 @@ class Loop:
         # progress of the run (checkpointed)
         self.epoch = 0
         self.step = 0
-        self.elapsed = 0.0
+        self.elapsed = 0.0  # wall-clock seconds in the epochs (training and evaluation)
+        self.cpu = 0.0  # CPU seconds of this process in the epochs (all its threads)
         self.initial_loss: float | None = None
         self.initial_lr = self._lr()
         self.best_val_acc: float | None = None
@@ -204,8 +205,8 @@ class Loop:
         self.lr_max_last_epoch = 0.0
 
     # ------------------------------------------------------------ checkpoints
-    _PROGRESS = ("epoch", "step", "elapsed", "initial_loss", "best_val_acc", "best_val_loss",
-                 "best_epoch", "test_at_best", "test_loss_at_best", "bad_epochs")
+    _PROGRESS = ("epoch", "step", "elapsed", "cpu", "initial_loss", "best_val_acc",
+                 "best_val_loss", "best_epoch", "test_at_best", "test_loss_at_best", "bad_epochs")
 
     def _state(self, pending: dict[str, Any]) -> dict[str, Any]:
         p = self.parts
@@ -239,7 +240,7 @@ class Loop:
         self.train_gen.set_state(state["rng"]["train"].cpu())
         self.val_gen.set_state(state["rng"]["val"].cpu())
         for key in self._PROGRESS:
-            if key in state:  # best_val_loss and test_loss_at_best are newer
+            if key in state:  # cpu, best_val_loss and test_loss_at_best are newer
                 setattr(self, key, state[key])
         return state
 
@@ -252,12 +253,13 @@ class Loop:
     # -------------------------------------------------------------- the loop
     def run(self, store: Store, run_id: int, ckpt_dir: Path, events: Events, *,
             announce: Any = None, meta: dict[str, Any] | None = None,
-            resumed: bool = False) -> RunResult:
+            resumed: bool = False, setup_s: float | None = None) -> RunResult:
         """Train to the last epoch (or divergence, patience, Ctrl-C), recording into ``store``.
 
         ``announce`` is what :meth:`Events.run_started` receives as the run's
         configuration; ``meta`` (the run's recorded configuration) goes into
-        ``best.pt`` beside the weights.
+        ``best.pt`` beside the weights. ``setup_s``, the seconds it took to
+        build the parts, is recorded apart from the training time.
         """
         cfg, model = self.config, self.parts.model
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -302,7 +304,8 @@ class Loop:
         summary = {"best_val_acc": self.best_val_acc, "best_val_loss": self.best_val_loss,
                    "best_epoch": self.best_epoch, "test_acc": self.test_at_best,
                    "test_loss": self.test_loss_at_best, "final_lr": self._lr(),
-                   "stopped_early": stopped_early, "checkpoint_dir": str(ckpt_dir)}
+                   "stopped_early": stopped_early, "checkpoint_dir": str(ckpt_dir),
+                   "train_s": self.elapsed, "cpu_s": self.cpu, "setup_s": setup_s}
         store.finish_run(run_id, status, error=reason, summary=summary)
         owner.unlink(missing_ok=True)
         return RunResult(run_id=run_id, status=status, reason=reason, epochs=tuple(records),
@@ -327,7 +330,7 @@ class Loop:
     def _epoch(self, store: Store, run_id: int, events: Events):
         p, dev = self.parts, self.device
         epoch = self.epoch + 1
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         last_beat = time.monotonic()
         p.model.train()
         val_iter = self._val_batches()
@@ -366,6 +369,7 @@ class Loop:
         val_loss, val_acc = self.evaluate(p.val)
         test_loss, test_acc = (None, None) if p.test is None else self.evaluate(p.test)
         self.elapsed += time.perf_counter() - started
+        self.cpu += time.process_time() - cpu_started
         self.epoch = epoch
         mu, hyper_lr, _ = self._tuner_view()
         record = EpochRecord(

@@ -251,6 +251,14 @@ def test_fit_records_the_run_and_the_report_renders_it(workdir, capsys):
     assert run.config["entry"] == "fit" and run.config["epochs"] == 2
     assert [e.epoch for e in detail.epochs] == [1, 2] and detail.steps
     assert len({s.lr for s in detail.steps}) > 1  # the LR was tuned
+    # training time apart from set-up, and CPU time beside the wall-clock time
+    summary = run.summary
+    assert summary["train_s"] == detail.epochs[-1].elapsed_s
+    assert summary["cpu_s"] > 0 and summary["setup_s"] >= 0
+    code, out, err = cli(capsys, "report", "table", "--store", "runs.db", "--json")
+    [group] = json.loads(out)
+    assert group["cpu_s"]["mean"] == summary["cpu_s"]
+    assert group["time_s"]["mean"] == summary["train_s"]
     code, out, err = cli(capsys, "runs", "list", "--store", "runs.db", "--json")
     assert code == 0 and json.loads(out)[0]["name"] == "mine"
     code, out, err = cli(capsys, "report", "html", "--store", "runs.db", "-o", "r.html")
@@ -348,3 +356,23 @@ def test_find_alpha_and_sweep_take_own_parts_and_judge_regression_by_loss(workdi
         study = optuna.load_study(study_name="reg", storage=db.url)
     [trial] = study.trials
     assert trial.value == pytest.approx(-trial_run.summary["best_val_loss"])
+
+
+def test_the_report_judges_regression_by_loss_and_names_the_model(workdir, capsys):
+    assert cli(capsys, "train", *REGRESSION, "--epochs", "3", "--lr", "0.01")[0] == 0
+    assert cli(capsys, "baseline", *REGRESSION, "--epochs", "3", "--lr", "0.01")[0] == 0
+    code, out, err = cli(capsys, "report", "table", "--json")
+    assert code == 0, err
+    groups = {g["method"]: g for g in json.loads(out)}
+    with open_store("adatune.db") as db:
+        runs = {r.method: db.get_run(r.id) for r in db.list_runs()}
+    for method, detail in runs.items():
+        best = min(detail.epochs, key=lambda e: e.val_loss)
+        group = groups[method]
+        assert group["group"] == f"{method} · regressor"  # the model's name labels the run
+        assert group["best_val_acc"]["n"] == 0
+        assert group["best_val_loss"]["mean"] == pytest.approx(best.val_loss)
+        assert group["test_loss_at_best_val"]["mean"] == pytest.approx(best.test_loss)
+    assert cli(capsys, "report", "html", "-o", "r.html")[0] == 0
+    page = Path("r.html").read_text()
+    assert "best val loss" in page and "marthe · regressor" in page

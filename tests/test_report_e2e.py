@@ -22,8 +22,8 @@ def _epoch(e: int, val: float, *, tuner: bool, loss: float | None = None, lr: fl
         epoch=e,
         lr=lr,
         lr_mean=lr,
-        mu=0.99 if tuner else None,
-        hyper_lr=1e-3 * e if tuner else None,
+        mu=0.99 if tuner else None,  # constant, as with the default mu
+        hyper_lr=1e-4 if tuner else None,  # constant, as with alpha = 0
         train_loss=1.0 / e if loss is None else loss,
         train_acc=val,
         val_loss=1.0 - val,
@@ -296,10 +296,10 @@ def browser():
         b.close()
 
 
-def open_page(browser, path: Path):
+def open_page(browser, path: Path, width: int = 1300):
     """Load ``path``; return (page, problems) where problems lists console errors,
     page errors, dialogs and every request that is not the file itself."""
-    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    page = browser.new_page(viewport={"width": width, "height": 900})
     problems: list[str] = []
     page.on(
         "console",
@@ -331,6 +331,70 @@ def open_page(browser, path: Path):
     return page, problems
 
 
+def assert_no_constant_series_on_a_default_axis(page, expected: dict[str, float]) -> None:
+    """A figure whose y values are all one value v != 0 has a tight range around v (or a
+    log axis): never Plotly's v ± 1 default, where 1e-4 reads "0" and 0.99 sits mid 0..2.
+
+    ``expected``: the figures of the page whose series is constant, and their values.
+    """
+    figures = page.evaluate(
+        """Array.from(document.querySelectorAll('.js-plotly-plot')).map(d => {
+            const ys = d.data.flatMap(t => Array.from(t.y || []))
+                .filter(v => typeof v === 'number' && isFinite(v));
+            const ax = d._fullLayout.yaxis;
+            return {id: d.id, ys: ys, type: ax.type, range: ax.range};
+        })"""
+    )
+    constant = {}
+    for f in figures:
+        ys = f["ys"]
+        if f["type"] == "category" or not ys or max(ys) != min(ys):
+            continue
+        value = ys[0]
+        constant[f["id"]] = value
+        if value == 0 or f["type"] == "log":
+            continue
+        lo, hi = f["range"]
+        assert lo < value < hi and hi - lo <= 0.2 * abs(value), f
+    assert constant == pytest.approx(expected)
+
+
+_RECTS = """(sel) => Array.from(document.querySelectorAll(sel)).map(e => {
+    const r = e.getBoundingClientRect();
+    return {x: r.x, y: r.y, w: r.width, h: r.height};
+})"""
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return (
+        a["x"] < b["x"] + b["w"]
+        and b["x"] < a["x"] + a["w"]
+        and a["y"] < b["y"] + b["h"]
+        and b["y"] < a["y"] + a["h"]
+    )
+
+
+def assert_buttons_clear_the_modebar(page, must_have: set[str]) -> None:
+    """The linear/log buttons of every figure lie inside it and clear of Plotly's toolbar."""
+    ids = page.evaluate(
+        "Array.from(document.querySelectorAll('.js-plotly-plot'))"
+        ".filter(d => d.querySelector('.updatemenu-button')).map(d => d.id)"
+    )
+    assert must_have <= set(ids), ids
+    for fid in ids:
+        page.hover(f"#{fid} .nsewdrag")  # the toolbar shows while the pointer is on the plot
+        (bar,) = page.evaluate(_RECTS, f"#{fid} .modebar")
+        (fig,) = page.evaluate(_RECTS, f"#{fid}")
+        buttons = page.evaluate(_RECTS, f"#{fid} .updatemenu-button")
+        assert bar["w"] > 100 and bar["h"] > 10, (fid, bar)
+        assert len(buttons) == 2, fid
+        for button in buttons:
+            assert button["w"] > 10 and button["h"] > 10, (fid, button)
+            assert not _overlap(button, bar), (fid, button, bar)
+            assert fig["x"] <= button["x"] and button["x"] + button["w"] <= fig["x"] + fig["w"]
+            assert fig["y"] <= button["y"], (fid, button, fig)
+
+
 def test_report_renders_in_chromium(browser, report_html, store_path):
     _, ids = store_path
     page, problems = open_page(browser, report_html)
@@ -349,6 +413,8 @@ def test_report_renders_in_chromium(browser, report_html, store_path):
             "fig-val-acc": 9,  # 3 methods x (band low, band high, mean)
             "fig-test-acc": 9,
             "fig-train-loss": 9,
+            "fig-val-loss": 9,
+            "fig-test-loss": 9,
             "fig-incumbent": 9,
             "fig-lr-epoch": 8,  # one per run: 3 marthe + 2 hd + 3 constant
             "fig-lr-step": 5,  # the tuner runs traced steps
@@ -362,6 +428,21 @@ def test_report_renders_in_chromium(browser, report_html, store_path):
             ".map(d => [d.id, d.querySelectorAll('.scatterlayer .trace').length])"
         )
         assert all(n == traces[fid] for fid, n in drawn), drawn
+        # the loss plots draw the losses: marthe's mean over seeds 0, 1, 2 of 1 - val_acc
+        for fid in ("fig-val-loss", "fig-test-loss"):
+            mean = page.evaluate(
+                f"document.getElementById('{fid}').data"
+                ".find(t => t.name === 'marthe' && t.hovertemplate).y"
+            )
+            assert mean == pytest.approx([1 - (0.5 + 0.1 * e + 0.01) for e in range(1, 5)]), fid
+        assert page.evaluate(
+            "['fig-val-loss', 'fig-test-loss']"
+            ".map(id => document.getElementById(id)._fullLayout.yaxis.title.text)"
+        ) == ["validation loss", "test loss"]
+        # find-alpha speaks the CLI's words: stable / diverged
+        assert page.evaluate(
+            f"document.getElementById('fig-find-alpha-{search}').data.map(t => t.name)"
+        ) == ["stable", "diverged"]
         # the run name is text: in the runs table, and in a Plotly hover label
         page.evaluate("document.querySelectorAll('details').forEach(d => { d.open = true; })")
         assert EVIL in page.inner_text("body")
@@ -377,6 +458,13 @@ def test_report_renders_in_chromium(browser, report_html, store_path):
         )
         assert EVIL in hover
         assert page.evaluate("document.querySelectorAll('script:not([type])').length") == 2
+        assert_no_constant_series_on_a_default_axis(page, {"fig-mu": 0.99, "fig-hyper-lr": 1e-4})
+        assert page.evaluate(
+            "Array.from(document.querySelectorAll('#fig-hyper-lr .ytick text'))"
+            ".map(t => t.textContent)"
+        ) == ["0.0001"]
+        assert "Hyper-LR (beta) is constant: 0.0001 at every epoch" in page.inner_text("body")
+        assert_buttons_clear_the_modebar(page, {"fig-train-loss", "fig-lr-epoch", "fig-lr-step"})
         # the log-scale toggle works
         page.locator("#fig-lr-epoch .updatemenu-button").nth(1).click()
         page.wait_for_function(
@@ -396,10 +484,17 @@ def test_plain_plotlyjs_report_renders(browser, tmp_path):
         tmp_path / "p.html",
         compress_plotlyjs=False,
     )
-    page, problems = open_page(browser, path)
+    page, problems = open_page(browser, path, width=720)  # a narrow window
     try:
         assert page.evaluate("document.body.dataset.rendered") == "ok"
         assert page.evaluate("document.getElementById('fig-lr-epoch').data.length") == 6
+        # a hyper-LR that changes is drawn on a log axis from the start
+        assert page.evaluate(
+            "document.getElementById('fig-hyper-lr')._fullLayout.yaxis.type"
+        ) == "log"
+        assert_no_constant_series_on_a_default_axis(page, {"fig-mu": 0.99})
+        assert page.evaluate("document.getElementById('fig-val-loss')._fullLayout.width") < 720
+        assert_buttons_clear_the_modebar(page, {"fig-val-loss", "fig-test-loss", "fig-hyper-lr"})
         assert problems == []
     finally:
         page.close()

@@ -411,13 +411,124 @@ def test_figures_trace_counts_and_escaped_names(store_like):
     data = _fig_json(lr)["data"]
     assert data[2]["meta"] == ["#1 &lt;script&gt;alert(1)&lt;/script&gt; (seed 0)"]
     assert EVIL not in json.dumps(_fig_json(lr))
-    assert [b["label"] for b in lr.layout.updatemenus[0].buttons] == ["linear", "log"]
+    mu = F._get_run_traces_plot(ri._get_run_traces_info(store_like, "mu"))
+    assert [b["label"] for b in mu.layout.updatemenus[0].buttons] == ["linear", "log"]
     (search,) = ri._get_find_alpha_info(store_like).searches
     fa = F._get_find_alpha_plot(search)
-    assert [t.name for t in fa.data] == ["completed", "diverged"]
+    assert [t.name for t in fa.data] == ["stable", "diverged"]
     assert fa.layout.xaxis.type == "log" and len(fa.layout.shapes) == 1
-    for fig in (val, inc, lr, fa):
+    for fig in (val, inc, lr, mu, fa):
         _fig_json(fig)
+
+
+def test_constant_series_are_detected(store_like):
+    lr = ri._get_run_traces_info(store_like, "lr")
+    assert lr.constant == 0.1 and lr.positive  # every run of store_like keeps lr 0.1
+    mu = ri._get_run_traces_info(store_like, "mu")
+    assert mu.constant is None and mu.positive
+    assert ri._get_epoch_curves_info(store_like, "val_acc").constant is None
+    assert ri._get_incumbent_info(store_like).constant is None
+    # gaps (diverged epochs) do not break a constant; a rounding difference does not either
+    assert ri._constant([1e-4, None, 1e-4 * (1 + 1e-12), 1e-4]) == 1e-4
+    assert ri._constant([1e-4, 1e-4 * (1 + 1e-6)]) is None
+    assert ri._constant([None, None]) is None and ri._constant([]) is None
+    flat = [
+        detail(run(1, "hd"), epochs([0.5, 0.5], [0.4, 0.4], [1, 2], hyper_lr=[1e-4, 1e-4])),
+        detail(run(2, "hd", 1), epochs([0.5, NAN], [0.4, 0.4], [1, 2], hyper_lr=[1e-4, 1e-4])),
+    ]
+    assert ri._get_run_traces_info(flat, "hyper_lr").constant == 1e-4
+    assert ri._get_epoch_curves_info(flat, "val_acc").constant == 0.5
+    assert ri._get_incumbent_info(flat).constant == 0.4
+    with_zero = [detail(run(1, "hd"), epochs([0.5, 0.6], [0.4, 0.4], [1, 2], hyper_lr=[1e-4, 0]))]
+    assert not ri._get_run_traces_info(with_zero, "hyper_lr").positive
+
+
+def _assert_tight_axis(fig, value):
+    y = fig.layout.yaxis
+    lo, hi = y.range
+    assert y.type == "linear" and y.autorange is False
+    assert lo < value < hi and hi - lo <= 0.2 * abs(value)
+    assert tuple(y.tickvals) == (value,)
+    assert fig.layout.height == F.CONSTANT_HEIGHT and not fig.layout.updatemenus
+
+
+def test_constant_series_get_a_short_panel_with_a_tight_axis(store_like):
+    # the first hour: a constant hyper-LR 1e-4 sat at "0" on -1..1, mu 0.99 at "1" on 0..2
+    flat = [
+        detail(
+            run(k, "marthe", k),
+            epochs([0.5, 0.6], [0.4, 0.5], [1, 2], mu=[0.99, 0.99], hyper_lr=[1e-4, 1e-4]),
+        )
+        for k in (1, 2)
+    ]
+    for field, value in (("hyper_lr", 1e-4), ("mu", 0.99), ("lr", 0.1)):
+        fig = F._get_run_traces_plot(ri._get_run_traces_info(flat, field))
+        _assert_tight_axis(fig, value)
+        _fig_json(fig)
+    band = F._get_epoch_curves_plot(ri._get_epoch_curves_info(flat, "val_loss"))
+    _assert_tight_axis(band, 1.0)
+    page = render_html(flat, compress_plotlyjs=False)
+    assert "Hyper-LR (beta) is constant: 0.0001 at every epoch of every run shown." in page
+    assert "Mu is constant: 0.99 at every epoch of every run shown." in page
+    assert F.constant_note("x", 0.5, percent=True) == (
+        "X is constant: 50.00% at every epoch of every run shown."
+    )
+    varied = render_html(store_like[:2], compress_plotlyjs=False)  # mu and hyper-LR vary
+    assert "Mu is constant" not in varied and "Hyper-LR (beta) is constant" not in varied
+    assert "Learning rate is constant: 0.1" in varied  # store_like keeps lr = 0.1
+
+
+def test_hyper_lr_is_on_a_log_axis_by_default_when_positive(store_like):
+    fig = F._get_run_traces_plot(ri._get_run_traces_info(store_like, "hyper_lr"))
+    assert fig.layout.yaxis.type == "log" and fig.layout.updatemenus[0].active == 1
+    with_zero = [
+        detail(run(1, "hd"), epochs([0.5, 0.6], [0.4, 0.4], [1, 2], hyper_lr=[1e-4, 0.0]))
+    ]
+    fig = F._get_run_traces_plot(ri._get_run_traces_info(with_zero, "hyper_lr"))
+    assert fig.layout.yaxis.type in (None, "linear") and fig.layout.updatemenus[0].active == 0
+    mu = F._get_run_traces_plot(ri._get_run_traces_info(store_like, "mu"))
+    assert mu.layout.yaxis.type in (None, "linear") and mu.layout.updatemenus[0].active == 0
+
+
+def test_scale_buttons_sit_under_the_title_away_from_the_modebar(store_like):
+    fig = F._get_run_traces_plot(ri._get_run_traces_info(store_like, "mu"))
+    (menu,) = fig.layout.updatemenus
+    # top left of the plot area; Plotly's modebar takes the top right corner
+    assert (menu.x, menu.xanchor, menu.y, menu.yanchor) == (0.0, "left", 1.0, "bottom")
+    assert (fig.layout.title.xanchor, fig.layout.title.yref) == ("left", "container")
+
+
+def test_titles_promise_a_band_only_when_one_is_drawn(store_like):
+    val = F._get_epoch_curves_plot(ri._get_epoch_curves_info(store_like, "val_acc"))
+    assert val.layout.title.text == "Validation accuracy per epoch (mean and min–max over 2 runs)"
+    one = store_like[:1] + store_like[2:3]  # one marthe run, one constant run
+    val = F._get_epoch_curves_plot(ri._get_epoch_curves_info(one, "val_acc"))
+    assert val.layout.title.text == "Validation accuracy per epoch"
+    assert len(val.data) == 2 and all(t.fill is None for t in val.data)  # lines, no bands
+    assert "min" not in val.data[0].hovertemplate
+    inc = F._get_incumbent_plot(ri._get_incumbent_info(one))
+    assert inc.layout.title.text == "Incumbent: test accuracy of the best-validation model so far"
+    mixed = store_like[:3]  # marthe over 2 runs, constant over 1
+    loss = F._get_epoch_curves_plot(ri._get_epoch_curves_info(mixed, "train_loss"))
+    assert loss.layout.title.text.endswith("(mean and min–max over 1–2 runs)")
+    assert len(loss.data) == 1 + 3
+
+
+def test_find_alpha_speaks_the_clis_words(store_like):
+    (search,) = ri._get_find_alpha_info(store_like).searches
+    assert [(p.status, p.verdict) for p in search.probes] == [
+        ("completed", "stable"),
+        ("completed", "stable"),
+        ("diverged", "diverged"),
+    ]
+    assert ri.probe_verdict("interrupted") == "interrupted"
+    fig = F._get_find_alpha_plot(search)
+    assert "(recommended alpha: 1e-05)" in fig.layout.title.text
+    assert "completed" not in json.dumps(_fig_json(fig))
+    section = render_html(store_like, compress_plotlyjs=False)
+    section = section[section.index('<section id="find-alpha">') :]
+    assert "recommended alpha: 1e-05" in section and "<td>stable</td>" in section
+    assert "<td>completed</td>" not in section and "chosen" not in section
 
 
 def test_plotly_text_escapes_tags_but_not_quotes():
@@ -439,6 +550,8 @@ def test_html_escapes_user_text_and_embeds_plotly_once(store_like):
         "fig-val-acc",
         "fig-test-acc",
         "fig-train-loss",
+        "fig-val-loss",
+        "fig-test-loss",
         "fig-incumbent",
         "fig-lr-epoch",
         "fig-lr-step",

@@ -27,9 +27,13 @@ from adatune.report.info import (
 
 TEMPLATE = "plotly_white"
 HEIGHT = 440
+CONSTANT_HEIGHT = 260  # a constant series needs no full panel
 PALETTE = (*qualitative.Plotly, *qualitative.D3, *qualitative.Dark24)
-VERDICT_STYLE = {  # status -> (colour, marker symbol)
-    "completed": ("#2ca02c", "circle"),
+#: Fields drawn on a log y axis by default when every value is positive: the
+#: hyper-LR spans decades (1e-8 .. 1e-2) and its changes are relative.
+LOG_DEFAULT_FIELDS = ("hyper_lr",)
+VERDICT_STYLE = {  # find-alpha verdict (as the CLI prints it) -> (colour, marker symbol)
+    "stable": ("#2ca02c", "circle"),
     "diverged": ("#d62728", "x"),
     "failed": ("#7f7f7f", "square"),
     "interrupted": ("#ff7f0e", "diamond"),
@@ -86,7 +90,11 @@ def _rgba(color: str, alpha: float) -> str:
 
 
 def _scale_menu(default: str = "linear") -> list[dict]:
-    """Buttons that switch the y axis between linear and log scale."""
+    """Buttons that switch the y axis between linear and log scale.
+
+    They sit at the top left of the plot area, under the title: Plotly's
+    toolbar (modebar) takes the top right corner of every figure.
+    """
     buttons = [
         {"label": s, "method": "relayout", "args": [{"yaxis.type": s}]} for s in ("linear", "log")
     ]
@@ -96,27 +104,72 @@ def _scale_menu(default: str = "linear") -> list[dict]:
             "direction": "right",
             "buttons": buttons,
             "active": 0 if default == "linear" else 1,
-            "x": 1.0,
-            "xanchor": "right",
-            "y": 1.12,
+            "x": 0.0,
+            "xanchor": "left",
+            "y": 1.0,
             "yanchor": "bottom",
+            "pad": {"b": 6},
             "showactive": True,
         }
     ]
 
 
 def _layout(fig: go.Figure, title: str, xtitle: str, ytitle: str, **kwargs) -> go.Figure:
+    """Title at the top left (the modebar is top right), scale buttons under it, then the plot."""
     kwargs.setdefault("height", HEIGHT)
+    top = 90 if kwargs.get("updatemenus") else 60
     fig.update_layout(
         template=TEMPLATE,
-        title={"text": title},
+        title={
+            "text": title,
+            "x": 0.0,
+            "xref": "paper",
+            "xanchor": "left",
+            "y": 1.0,
+            "yref": "container",
+            "yanchor": "top",
+            "pad": {"t": 14},
+        },
         xaxis_title=xtitle,
         yaxis_title=ytitle,
-        margin={"l": 70, "r": 30, "t": 80, "b": 60},
+        margin={"l": 70, "r": 30, "t": top, "b": 60},
         legend={"itemclick": "toggle", "itemdoubleclick": "toggleothers"},
         **kwargs,
     )
     return fig
+
+
+def _constant_axis(fig: go.Figure, value: float, *, percent: bool) -> None:
+    """A tight linear y range around the one value of a constant series, ticked there.
+
+    Plotly's default range for a flat line is value ± 1, which puts 1e-4 at a
+    tick reading "0" and 0.99 in the middle of 0..2.
+    """
+    half = abs(value) * 0.05 if value != 0 else 1.0
+    fig.update_yaxes(
+        type="linear",
+        autorange=False,
+        range=[value - half, value + half],
+        tickmode="array",
+        tickvals=[value],
+        tickformat=".4~%" if percent else ".4~g",
+    )
+    fig.update_layout(height=CONSTANT_HEIGHT)
+
+
+def constant_note(what: str, value: float, *, where: str = "epoch", percent: bool = False) -> str:
+    """The one line shown under a figure whose series is constant."""
+    shown = f"{value:.2%}" if percent else f"{value:.6g}"
+    return f"{what[0].upper()}{what[1:]} is constant: {shown} at every {where} of every run shown."
+
+
+def _spread(curves: Sequence[BandCurve], unit: str) -> str:
+    """`` (mean and min–max over 3 runs)``, or nothing when no curve has more than one run."""
+    counts = sorted({c.runs for c in curves})
+    if not counts or counts[-1] <= 1:
+        return ""
+    k = str(counts[-1]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    return f" (mean and min–max over {k} {unit})"
 
 
 def _integer_ticks(fig: go.Figure, xs: Sequence[Sequence[float]]) -> None:
@@ -127,12 +180,39 @@ def _integer_ticks(fig: go.Figure, xs: Sequence[Sequence[float]]) -> None:
 
 
 def _add_band(
-    fig: go.Figure, curve: BandCurve, color: str, *, percent: bool, step: bool, xname: str
+    fig: go.Figure,
+    curve: BandCurve,
+    color: str,
+    *,
+    percent: bool,
+    step: bool,
+    xname: str,
+    what: str,
 ) -> None:
-    """Three traces per curve: band bottom, band top (filled to bottom), mean line."""
+    """Three traces per curve: band bottom, band top (filled to bottom), mean line.
+
+    A curve of one run is its line alone (there is no band to draw).
+    """
     name = plotly_text(curve.label)
     shape = "hv" if step else "linear"
     x = _rs(curve.x)
+    fmt = ".2%" if percent else ".4g"
+    if curve.runs <= 1:
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=_rs(curve.mean),
+                mode="lines",
+                name=name,
+                legendgroup=name,
+                line={"color": color, "width": 2, "shape": shape},
+                hovertemplate=(
+                    f"<b>%{{fullData.name}}</b><br>{xname} %{{x:.4g}}<br>{what} %{{y:{fmt}}}"
+                    "<br>1 run<extra></extra>"
+                ),
+            )
+        )
+        return
     common = {"x": x, "legendgroup": name, "line": {"shape": shape, "width": 0}}
     fig.add_trace(
         go.Scatter(
@@ -151,7 +231,6 @@ def _add_band(
             **common,
         )
     )
-    fmt = ".2%" if percent else ".4g"
     fig.add_trace(
         go.Scatter(
             x=x,
@@ -180,6 +259,7 @@ def _get_band_plot(
     ytitle: str,
     colors: Mapping[str, str] | None,
     percent: bool,
+    constant: float | None,
     step: bool = False,
     log_toggle: bool = False,
     xname: str = "epoch",
@@ -188,11 +268,13 @@ def _get_band_plot(
     fig = go.Figure()
     for curve in curves:
         color = colors.get(curve.label, PALETTE[0])
-        _add_band(fig, curve, color, percent=percent, step=step, xname=xname)
-    extra = {"updatemenus": _scale_menu()} if log_toggle else {}
+        _add_band(fig, curve, color, percent=percent, step=step, xname=xname, what=ytitle)
+    extra = {"updatemenus": _scale_menu()} if log_toggle and constant is None else {}
     _layout(fig, title, xtitle, ytitle, hovermode="closest", **extra)
     if percent:
         fig.update_yaxes(tickformat=".0%")
+    if constant is not None:
+        _constant_axis(fig, constant, percent=percent)
     if xname == "epoch":
         _integer_ticks(fig, [c.x for c in curves])
     return fig
@@ -201,15 +283,16 @@ def _get_band_plot(
 def _get_epoch_curves_plot(
     info: EpochCurvesInfo, colors: Mapping[str, str] | None = None
 ) -> go.Figure:
-    """Mean line and min-max band across seeds of one metric, per group."""
+    """One metric per epoch and group: the mean line, and the min-max band over its runs."""
     title, ytitle, percent = METRIC_TITLES[info.metric]
     return _get_band_plot(
         info.curves,
-        title=f"{title} (mean, min–max band over seeds)",
+        title=title + _spread(info.curves, "runs"),
         xtitle="epoch",
         ytitle=ytitle,
         colors=colors,
         percent=percent,
+        constant=info.constant,
         log_toggle=not percent,
     )
 
@@ -218,11 +301,13 @@ def _get_incumbent_plot(info: IncumbentInfo, colors: Mapping[str, str] | None = 
     """Best-so-far test accuracy (model with the best validation accuracy) against time."""
     return _get_band_plot(
         info.curves,
-        title="Incumbent: test accuracy of the best-validation model so far (mean, min–max)",
+        title="Incumbent: test accuracy of the best-validation model so far"
+        + _spread(info.curves, "runs"),
         xtitle="wall-clock seconds",
         ytitle="test accuracy",
         colors=colors,
         percent=True,
+        constant=info.constant,
         step=True,
         xname="seconds",
     )
@@ -232,12 +317,13 @@ def _get_sweep_plot(info: SweepInfo, colors: Mapping[str, str] | None = None) ->
     """Per method: the best model found so far by the sweep against the sweep's time."""
     return _get_band_plot(
         info.curves,
-        title="Sweeps: test accuracy of the best-validation model found so far "
-        "(mean, min–max over seeds)",
+        title="Sweeps: test accuracy of the best-validation model found so far"
+        + _spread(info.curves, "seeds"),
         xtitle="cumulative wall-clock seconds of the sweep",
         ytitle="test accuracy",
         colors=colors,
         percent=True,
+        constant=info.constant,
         step=True,
         xname="seconds",
     )
@@ -248,9 +334,16 @@ def _get_run_traces_plot(
     colors: Mapping[str, str] | None = None,
     *,
     title: str | None = None,
-    log_default: bool = False,
+    log_default: bool | None = None,
 ) -> go.Figure:
-    """One line per run, coloured by group; a legend entry toggles a whole group."""
+    """One line per run, coloured by group; a legend entry toggles a whole group.
+
+    The y axis is log by default (``log_default=None``) for the fields in
+    :data:`LOG_DEFAULT_FIELDS` when every value is positive. A constant series
+    gets a short panel with a tight axis and no scale buttons.
+    """
+    if log_default is None:
+        log_default = info.field in LOG_DEFAULT_FIELDS and info.positive
     colors = colors or group_colors(info.groups)
     what = FIELD_TITLES[info.field]
     fig = go.Figure()
@@ -277,37 +370,41 @@ def _get_run_traces_plot(
         shown.add(tr.group)
     per = "per step (traced steps)" if info.axis == "step" else "per epoch"
     default_title = f"{what[0].upper()}{what[1:]} {per}, one line per run"
-    _layout(
-        fig,
-        title or default_title,
-        info.axis,
-        what,
-        hovermode="closest",
-        updatemenus=_scale_menu("log" if log_default else "linear"),
-    )
-    if log_default:
-        fig.update_yaxes(type="log")
+    if info.constant is not None:
+        _layout(fig, title or default_title, info.axis, what, hovermode="closest")
+        _constant_axis(fig, info.constant, percent=False)
+    else:
+        _layout(
+            fig,
+            title or default_title,
+            info.axis,
+            what,
+            hovermode="closest",
+            updatemenus=_scale_menu("log" if log_default else "linear"),
+        )
+        if log_default:
+            fig.update_yaxes(type="log", exponentformat="power")
     if info.axis == "epoch":
         _integer_ticks(fig, [t.x for t in info.traces])
     return fig
 
 
 def _get_find_alpha_plot(search: SearchInfo) -> go.Figure:
-    """Probes of one search by probed value, one trace per verdict (status)."""
+    """Probes of one search by probed value, one trace per verdict (stable, diverged, ...)."""
     param = "hyper-LR" if search.parameter == "hyper-lr" else "alpha"
     probes = [p for p in search.probes if p.value is not None]
-    statuses = [s for s in VERDICT_STYLE if any(p.status == s for p in probes)]
-    statuses += sorted({p.status for p in probes} - set(statuses))
+    verdicts = [v for v in VERDICT_STYLE if any(p.verdict == v for p in probes)]
+    verdicts += sorted({p.verdict for p in probes} - set(verdicts))
     fig = go.Figure()
-    for status in statuses:
-        rows = [p for p in probes if p.status == status]
-        color, symbol = VERDICT_STYLE.get(status, ("#8c564b", "circle-open"))
+    for verdict in verdicts:
+        rows = [p for p in probes if p.verdict == verdict]
+        color, symbol = VERDICT_STYLE.get(verdict, ("#8c564b", "circle-open"))
         fig.add_trace(
             go.Scatter(
                 x=[_r(p.value) for p in rows],
-                y=[status] * len(rows),
+                y=[verdict] * len(rows),
                 mode="markers",
-                name=plotly_text(status),
+                name=plotly_text(verdict),
                 marker={"color": color, "symbol": symbol, "size": 11},
                 customdata=[
                     [
@@ -325,18 +422,20 @@ def _get_find_alpha_plot(search: SearchInfo) -> go.Figure:
                 ),
             )
         )
-    chosen = "none" if search.chosen is None else f"{search.chosen:.3g}"
+    chosen = (
+        "no stable value" if search.chosen is None else f"recommended {param}: {search.chosen:.3g}"
+    )
     log_x = bool(probes) and all(p.value > 0 for p in probes)
     _layout(
         fig,
-        f"find-alpha {plotly_text(search.label)}: probes by {param} (chosen {param}: {chosen})",
+        f"find-alpha {plotly_text(search.label)}: probes by {param} ({chosen})",
         param,
         "verdict",
         hovermode="closest",
-        height=max(260, 120 + 60 * len(statuses)),
+        height=max(260, 120 + 60 * len(verdicts)),
     )
     fig.update_xaxes(type="log" if log_x else "linear", exponentformat="e")
-    fig.update_yaxes(type="category", categoryorder="array", categoryarray=statuses)
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=verdicts)
     if search.chosen is not None and (not log_x or search.chosen > 0):
         fig.add_shape(
             type="line",

@@ -33,12 +33,7 @@ from plotly.offline import get_plotlyjs
 import adatune
 from adatune.report import figures as F
 from adatune.report import info as ri
-from adatune.report.table import (
-    SUMMARY_COLUMNS,
-    fmt_pct,
-    fmt_seconds,
-    summary_cells,
-)
+from adatune.report.table import fmt_pct, fmt_seconds, fmt_value, summary_rows
 from adatune.store.records import RunDetail
 
 CSP = (
@@ -86,10 +81,20 @@ def build_figures(
         ("val_acc", "fig-val-acc"),
         ("test_acc", "fig-test-acc"),
         ("train_loss", "fig-train-loss"),
+        ("val_loss", "fig-val-loss"),
+        ("test_loss", "fig-test-loss"),
     ):
         info = ri._get_epoch_curves_info(details, metric, max_points=max_points)
         if info.curves:
-            blocks.append(FigureBlock("curves", fig_id, F._get_epoch_curves_plot(info, colors)))
+            _, what, percent = F.METRIC_TITLES[metric]
+            blocks.append(
+                FigureBlock(
+                    "curves",
+                    fig_id,
+                    F._get_epoch_curves_plot(info, colors),
+                    _constant_note(info.constant, what, percent=percent),
+                )
+            )
     inc = ri._get_incumbent_info(details, max_points=max_points)
     if inc.curves:
         blocks.append(
@@ -97,10 +102,11 @@ def build_figures(
                 "incumbent",
                 "fig-incumbent",
                 F._get_incumbent_plot(inc, colors),
-                "At each epoch, the test accuracy of the epoch with the best validation accuracy "
-                "so far, against cumulative wall-clock seconds. Seeds are combined on the union "
-                "of their epoch times (step-wise: a run keeps its last value until its next "
-                "epoch, and its final value after it ends), from the time every seed has a "
+                _constant_note(inc.constant, "the incumbent's test accuracy", percent=True)
+                + "At each epoch, the test accuracy of the epoch with the best validation "
+                "accuracy so far, against cumulative wall-clock seconds. Seeds are combined on "
+                "the union of their epoch times (step-wise: a run keeps its last value until its "
+                "next epoch, and its final value after it ends), from the time every seed has a "
                 "value.",
             )
         )
@@ -116,7 +122,8 @@ def build_figures(
                 "sweep",
                 "fig-sweep",
                 F._get_sweep_plot(sweep, sweep_colors),
-                "For each seed, the sweep's runs are laid end to end in trial order (each "
+                _constant_note(sweep.constant, "the best test accuracy found", percent=True)
+                + "For each seed, the sweep's runs are laid end to end in trial order (each "
                 "takes the longer of its training time and its wall-clock time); at each "
                 "epoch the curve shows the test accuracy of the model with the best validation "
                 "accuracy found so far over all those runs. Seeds are combined as in the "
@@ -131,9 +138,10 @@ def build_figures(
     ):
         tr = ri._get_run_traces_info(details, field, axis=axis, max_points=limit)
         if tr.traces:
-            note = ""
+            where = "traced step" if axis == "step" else "epoch"
+            note = _constant_note(tr.constant, F.FIELD_TITLES[field], where=where)
             if field == "lr" and axis == "epoch":
-                note = "The learning rate at the end of each epoch."
+                note += "The learning rate at the end of each epoch."
             blocks.append(
                 FigureBlock("schedules", fig_id, F._get_run_traces_plot(tr, colors), note)
             )
@@ -144,6 +152,11 @@ def build_figures(
             )
         )
     return blocks
+
+
+def _constant_note(value: float | None, what: str, **kwargs) -> str:
+    """:func:`figures.constant_note` and a space, or nothing when the series varies."""
+    return "" if value is None else F.constant_note(what, value, **kwargs) + " "
 
 
 def write_html(
@@ -247,7 +260,8 @@ def _figure_specs(blocks: Sequence[FigureBlock]) -> tuple[dict[str, str], Any]:
 
 
 def _figure_html(block: FigureBlock, spec: str) -> str:
-    note = f'<p class="note">{_e(block.note)}</p>' if block.note else ""
+    text = block.note.strip()
+    note = f'<p class="note">{_e(text)}</p>' if text else ""
     return (
         f'<figure><div class="adatune-figure" id="{_e(block.fig_id)}" '
         f'data-traces="{len(block.figure.data)}"></div>'
@@ -259,17 +273,19 @@ def _figure_html(block: FigureBlock, spec: str) -> str:
 def _summary_html(summary: ri.SummaryInfo) -> str:
     if not summary.groups:
         return ""
-    head = "".join(f"<th>{_e(c)}</th>" for c in SUMMARY_COLUMNS)
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{_e(c)}</td>" for c in summary_cells(g)) + "</tr>"
-        for g in summary.groups
-    )
+    columns, cells = summary_rows(summary)
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    rows = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in cells)
     parts = [
         '<table class="summary" id="summary-table">'
         f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>",
         '<p class="note">Accuracies in percent: mean ± sample standard deviation over runs '
         "(n = runs with a finite value when fewer than all). Test accuracy is read at each "
-        "run's best validation epoch. Time is the mean wall-clock time per run.</p>",
+        "run's best validation epoch (the lowest validation loss for runs without "
+        "accuracies). Wall is the mean wall-clock time per run in its epochs (set-up not "
+        "counted); it grows with whatever else the machine was doing. CPU is the training "
+        "process's CPU time (all its threads), which machine load changes far less: compare "
+        "methods by CPU time when their runs did not share a quiet machine.</p>",
     ]
     for g in summary.groups:
         parts.append(
@@ -290,7 +306,10 @@ _RUN_COLUMNS = (
     "best val acc %",
     "best epoch",
     "test acc % @ best",
-    "time",
+    "val loss @ best",
+    "test loss @ best",
+    "wall",
+    "CPU",
     "non-finite h",
     "error",
     "configuration",
@@ -312,7 +331,10 @@ def _runs_table(rows: Sequence[ri.RunSummary]) -> str:
             _e(fmt_pct(r.best_val_acc)),
             _e(r.best_epoch if r.best_epoch is not None else "–"),
             _e(fmt_pct(r.test_acc_at_best)),
+            _e(fmt_value(r.best_val_loss)),
+            _e(fmt_value(r.test_loss_at_best)),
             _e(fmt_seconds(r.time_s)),
+            _e(fmt_seconds(r.cpu_s)),
             _e(r.nonfinite_hypergradients),
             _e(r.error or ""),
             f"<details><summary>config</summary><pre>{_e(config)}</pre></details>",
@@ -385,12 +407,15 @@ def _find_alpha_html(searches: Sequence[ri.SearchInfo], by_section: dict[str, li
     parts = []
     for s in searches:
         param = "hyper-LR" if s.parameter == "hyper-lr" else "alpha"
-        chosen = "none" if s.chosen is None else f"{s.chosen:.6g}"
-        status = f" · search {_e(s.status)}" if s.status else ""
+        chosen = (
+            "no stable value" if s.chosen is None else f"recommended {param}: {s.chosen:.6g}"
+        )
+        status = f" · search run {_e(s.status)}" if s.status else ""
         parts.append(
             f'<h3 id="search-{s.search_id}">{_e(s.label)}</h3>'
-            f'<p class="note">Search over {param}; chosen {param}: {_e(chosen)}{status}; '
-            f"{len(s.probes)} probes.</p>"
+            f'<p class="note">Search over {param}; {_e(chosen)}{status}; '
+            f"{len(s.probes)} probes. A probe is stable when it ran its epochs without "
+            "diverging.</p>"
         )
         parts.append(figs[f"fig-find-alpha-{s.search_id}"])
         rows = "".join(
@@ -400,7 +425,7 @@ def _find_alpha_html(searches: Sequence[ri.SearchInfo], by_section: dict[str, li
                 for c in (
                     _e(p.label),
                     _e("–" if p.value is None else f"{p.value:.6g}"),
-                    _e(p.status),
+                    _e(p.verdict),
                     _e(fmt_pct(p.best_val_acc)),
                     _e(p.epochs),
                     _e(p.error or ""),

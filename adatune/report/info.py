@@ -10,6 +10,10 @@ Conventions
 * Non-finite values (NaN, inf: diverged runs) and ``None`` become ``None``
   ("no value"): they never enter a mean, a min or a max, and plotted series
   show a gap there.
+* A figure's series is *constant* when all its finite values are equal (to
+  1e-9 relative): every ``*Info`` with curves or traces carries that value in
+  ``constant`` (else ``None``), so that the figure can draw a tight axis and
+  say so in one line instead of a flat line on a default axis.
 * Runs are *compared* per group: the method, plus the dataset / network /
   optimizer when the compared runs differ in those. ``probe`` and
   ``find-alpha`` runs are not compared (they are short trials and search
@@ -38,6 +42,9 @@ Conventions
   The best configuration of a group is the trial whose runs all completed,
   over as many seeds as the group's fullest trial, with the highest mean best
   validation accuracy (the sweep's objective; ties: the earlier trial).
+* find-alpha probes carry the CLI's verdict (``adatune find-alpha``): a probe
+  run that completed is *stable*; ``diverged``, ``interrupted`` and ``failed``
+  keep their names.
 """
 
 from __future__ import annotations
@@ -122,6 +129,26 @@ def _even_subset(values: Sequence[float], max_points: int) -> list[float]:
     return [values[i] for i in idx]
 
 
+def _constant(values: Iterable[float | None]) -> float | None:
+    """The common value when every finite value is equal (1e-9 relative), else ``None``.
+
+    ``None`` as well when there is no finite value at all.
+    """
+    first: float | None = None
+    for v in values:
+        if v is None:
+            continue
+        if first is None:
+            first = v
+        elif not math.isclose(v, first, rel_tol=1e-9, abs_tol=0.0):
+            return None
+    return first
+
+
+def _curves_constant(curves: Sequence[BandCurve]) -> float | None:
+    return _constant(v for c in curves for ys in (c.mean, c.lo, c.hi) for v in ys)
+
+
 def _sorted_epochs(detail: RunDetail) -> list[EpochRecord]:
     """Epochs in order, one per epoch number (the last record wins)."""
     by_epoch = {e.epoch: e for e in detail.epochs}
@@ -148,14 +175,21 @@ class Group(NamedTuple):
     runs: tuple[RunDetail, ...]
 
 
+def _own_model(run: RunRecord) -> bool:
+    """A run of the user's own model (``--model`` or ``adatune.fit``): labels name it."""
+    return bool(run.config.get("model")) or run.config.get("entry") == "fit"
+
+
 def _compared(details: Iterable[RunDetail]) -> list[RunDetail]:
     return [d for d in details if d.run.kind not in NOT_COMPARED_KINDS]
 
 
 def _get_groups(details: Sequence[RunDetail]) -> tuple[Group, ...]:
-    """Group the compared runs; labels name only the fields that vary."""
+    """Group the compared runs; labels name only the fields that vary (and your own model)."""
     compared = _compared(details)
-    varying = [f for f in GROUP_FIELDS if len({getattr(d.run, f) for d in compared}) > 1]
+    own_model = any(_own_model(d.run) for d in compared)  # then labels always name the model
+    varying = [f for f in GROUP_FIELDS
+               if len({getattr(d.run, f) for d in compared}) > 1 or (f == "network" and own_model)]
     buckets: dict[tuple[str, ...], list[RunDetail]] = {}
     for d in compared:
         key = (d.run.method, d.run.dataset, d.run.network, d.run.optimizer)
@@ -188,6 +222,7 @@ class BandCurve(NamedTuple):
 class EpochCurvesInfo(NamedTuple):
     metric: str
     curves: tuple[BandCurve, ...]
+    constant: float | None = None  # see the module doc
 
 
 def _band_point(values: list[float]) -> tuple[float, float, float]:
@@ -227,7 +262,7 @@ def _get_epoch_curves_info(
                 runs=contributing,
             )
         )
-    return EpochCurvesInfo(metric, tuple(curves))
+    return EpochCurvesInfo(metric, tuple(curves), _curves_constant(curves))
 
 
 # --------------------------------------------------------------------------- incumbent
@@ -244,6 +279,7 @@ def _incumbent_steps(detail: RunDetail) -> list[tuple[float, float | None]]:
 
 class IncumbentInfo(NamedTuple):
     curves: tuple[BandCurve, ...]
+    constant: float | None = None  # see the module doc
 
 
 def _get_incumbent_info(
@@ -255,7 +291,7 @@ def _get_incumbent_info(
         curve = _band_over_time(group.label, [_incumbent_steps(d) for d in group.runs], max_points)
         if curve is not None:
             curves.append(curve)
-    return IncumbentInfo(tuple(curves))
+    return IncumbentInfo(tuple(curves), _curves_constant(curves))
 
 
 def _band_over_time(
@@ -313,6 +349,8 @@ class RunTracesInfo(NamedTuple):
     axis: str  # "epoch" or "step"
     groups: tuple[str, ...]  # every compared group, in order (stable colours)
     traces: tuple[RunTrace, ...]
+    constant: float | None = None  # see the module doc
+    positive: bool = False  # every finite value is > 0 (a log axis can show them all)
 
 
 def _get_run_traces_info(
@@ -352,20 +390,37 @@ def _get_run_traces_info(
                 continue
             x, y = _downsample(xs, ys, limit)
             traces.append(RunTrace(d.run.id, run_label(d.run), group.label, x, y))
-    return RunTracesInfo(field, axis, tuple(g.label for g in groups), tuple(traces))
+    values = [v for t in traces for v in t.y if v is not None]
+    return RunTracesInfo(
+        field,
+        axis,
+        tuple(g.label for g in groups),
+        tuple(traces),
+        _constant(values),
+        bool(values) and min(values) > 0,
+    )
 
 
 # --------------------------------------------------------------------------- find-alpha
+
+
+PROBE_VERDICTS = {"completed": "stable"}  # probe run status -> verdict (as adatune find-alpha)
+
+
+def probe_verdict(status: str) -> str:
+    """The find-alpha verdict on a probe run of ``status``: completed means stable."""
+    return PROBE_VERDICTS.get(status, status)
 
 
 class Probe(NamedTuple):
     run_id: int
     label: str
     value: float | None  # the probed alpha (or hyper-LR)
-    status: str
+    status: str  # the probe run's status
     best_val_acc: float | None
     epochs: int
     error: str | None
+    verdict: str = ""  # stable | diverged | interrupted | failed | running (probe_verdict)
 
 
 class SearchInfo(NamedTuple):
@@ -426,6 +481,7 @@ def _get_find_alpha_info(details: Sequence[RunDetail]) -> FindAlphaInfo:
                     best,
                     max(r.epochs, len(d.epochs)),
                     r.error,
+                    probe_verdict(r.status),
                 )
             )
         rows.sort(key=lambda p: (p.value is None, p.value or 0.0, p.run_id))
@@ -507,6 +563,7 @@ class SweepGroup(NamedTuple):
 class SweepInfo(NamedTuple):
     curves: tuple[BandCurve, ...]  # one per group that has an incumbent
     groups: tuple[SweepGroup, ...]
+    constant: float | None = None  # of the curves; see the module doc
 
 
 def _sweep_best(runs: Sequence[RunDetail]) -> SweepBest | None:
@@ -581,7 +638,7 @@ def _get_sweep_info(
                 best=_sweep_best(runs),
             )
         )
-    return SweepInfo(tuple(curves), tuple(groups))
+    return SweepInfo(tuple(curves), tuple(groups), _curves_constant(curves))
 
 
 # --------------------------------------------------------------------------- summary
@@ -622,6 +679,9 @@ class RunSummary(NamedTuple):
     nonfinite_hypergradients: int
     error: str | None
     config: dict[str, Any]
+    best_val_loss: float | None = None  # at the best epoch
+    test_loss_at_best: float | None = None
+    cpu_s: float | None = None  # CPU seconds of the training process (all its threads)
 
 
 class GroupSummary(NamedTuple):
@@ -636,8 +696,16 @@ class GroupSummary(NamedTuple):
     test_acc_at_best: Stat
     epochs_min: int
     epochs_max: int
-    time_s: Stat  # per-run wall-clock seconds
+    time_s: Stat  # per-run wall-clock seconds (training; sensitive to machine load)
     run_rows: tuple[RunSummary, ...]
+    best_val_loss: Stat = Stat(None, None, 0)
+    test_loss_at_best: Stat = Stat(None, None, 0)
+    cpu_s: Stat = Stat(None, None, 0)  # per-run CPU seconds (less sensitive to load)
+
+    @property
+    def by_loss(self) -> bool:
+        """No accuracies (regression, custom losses): the validation loss judged the runs."""
+        return self.best_val_acc.n == 0 and self.best_val_loss.n > 0
 
 
 class SummaryInfo(NamedTuple):
@@ -645,18 +713,28 @@ class SummaryInfo(NamedTuple):
 
 
 def _run_summary(d: RunDetail) -> RunSummary:
-    """Best validation epoch and test accuracy there, from the epochs when present.
+    """Best validation epoch and the test scores there, from the epochs when present.
 
+    The best epoch has the best validation accuracy, or, for runs without
+    accuracies (regression, custom losses), the lowest validation loss.
     Without epoch records the run's own ``best_val_acc`` / ``best_epoch`` /
     ``test_acc`` fields are used.
     """
     r = d.run
     epochs = _sorted_epochs(d)
-    best_val, best_epoch, test_at_best = None, None, None
+    by_acc = any(_clean(e.val_acc) is not None for e in epochs)
+    best = None
     for e in epochs:
-        v = _clean(e.val_acc)
-        if v is not None and (best_val is None or v > best_val):
-            best_val, best_epoch, test_at_best = v, e.epoch, _clean(e.test_acc)
+        score = _clean(e.val_acc) if by_acc else _clean(e.val_loss)
+        if score is None:
+            continue
+        if best is None or (score > best[0] if by_acc else score < best[0]):
+            best = (score, e)
+    best_val, best_epoch, test_at_best, best_loss, test_loss = None, None, None, None, None
+    if best is not None:
+        e = best[1]
+        best_val, best_epoch, test_at_best = _clean(e.val_acc), e.epoch, _clean(e.test_acc)
+        best_loss, test_loss = _clean(e.val_loss), _clean(e.test_loss)
     if not epochs:
         best_val, best_epoch, test_at_best = (
             _clean(r.best_val_acc),
@@ -682,6 +760,9 @@ def _run_summary(d: RunDetail) -> RunSummary:
         nonfinite_hypergradients=sum(e.nonfinite_hypergradients for e in epochs),
         error=r.error,
         config=dict(r.config),
+        best_val_loss=best_loss,
+        test_loss_at_best=test_loss,
+        cpu_s=_clean(r.summary.get("cpu_s")),
     )
 
 
@@ -706,6 +787,9 @@ def _get_summary_info(details: Sequence[RunDetail]) -> SummaryInfo:
                 epochs_max=max(r.epochs for r in rows),
                 time_s=_stat(r.time_s for r in rows),
                 run_rows=rows,
+                best_val_loss=_stat(r.best_val_loss for r in rows),
+                test_loss_at_best=_stat(r.test_loss_at_best for r in rows),
+                cpu_s=_stat(r.cpu_s for r in rows),
             )
         )
     return SummaryInfo(tuple(out))

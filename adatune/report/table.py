@@ -18,8 +18,18 @@ SUMMARY_COLUMNS = (
     "best val acc %",
     "test acc % @ best val",
     "epochs",
-    "time / run",
+    "wall / run",
+    "CPU / run",
 )
+#: Added when some group has no accuracies (regression, custom losses).
+LOSS_COLUMNS = ("best val loss", "test loss @ best val")
+
+
+def summary_columns(info: SummaryInfo) -> tuple[str, ...]:
+    """The columns of the summary: the loss ones only when some group is judged by loss."""
+    if any(g.by_loss for g in info.groups):
+        return (*SUMMARY_COLUMNS[:5], *LOSS_COLUMNS, *SUMMARY_COLUMNS[5:])
+    return SUMMARY_COLUMNS
 
 
 def summary_table(details: Sequence[RunDetail]) -> SummaryInfo:
@@ -61,27 +71,53 @@ def fmt_epochs(lo: int, hi: int) -> str:
     return str(lo) if lo == hi else f"{lo}–{hi}"
 
 
-def summary_cells(g: GroupSummary) -> tuple[str, ...]:
-    """The row of one group, as text, in :data:`SUMMARY_COLUMNS` order."""
+def fmt_value(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4g}"
+
+
+def fmt_stat(stat: Stat, runs: int | None = None) -> str:
+    """``0.1234 ± 0.0040`` (4 significant digits); ``(n=2)`` when fewer values than runs."""
+    if stat.n == 0 or stat.mean is None:
+        return "–"
+    text = f"{stat.mean:.4g}" if stat.n == 1 else f"{stat.mean:.4g} ± {stat.std:.2g}"
+    if runs is not None and stat.n < runs:
+        text += f" (n={stat.n})"
+    return text
+
+
+def summary_cells(g: GroupSummary, *, losses: bool = False) -> tuple[str, ...]:
+    """The row of one group, as text, in :func:`summary_columns` order."""
+    loss_cells = ((fmt_stat(g.best_val_loss, g.runs), fmt_stat(g.test_loss_at_best, g.runs))
+                  if losses else ())
     return (
         g.label,
         str(g.runs),
         fmt_status(g.status_counts),
         fmt_stat_pct(g.best_val_acc, g.runs),
         fmt_stat_pct(g.test_acc_at_best, g.runs),
+        *loss_cells,
         fmt_epochs(g.epochs_min, g.epochs_max),
         fmt_seconds(g.time_s.mean),
+        fmt_seconds(g.cpu_s.mean),
     )
+
+
+def summary_rows(info: SummaryInfo) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """(columns, one row of cells per group): what the terminal and HTML tables show."""
+    columns = summary_columns(info)
+    losses = columns != SUMMARY_COLUMNS
+    return columns, [summary_cells(g, losses=losses) for g in info.groups]
 
 
 def summary_rich(info: SummaryInfo, *, title: str | None = None) -> Table:
     """A Rich table (markup off: names are shown as typed)."""
     table = Table(title=title, title_justify="left")
-    for col in SUMMARY_COLUMNS:
+    columns, rows = summary_rows(info)
+    for col in columns:
         numeric = col not in ("method", "status")
         table.add_column(col, justify="right" if numeric else "left", overflow="fold")
-    for g in info.groups:
-        table.add_row(*(_plain(c) for c in summary_cells(g)))
+    for cells in rows:
+        table.add_row(*(_plain(c) for c in cells))
     return table
 
 
@@ -106,8 +142,11 @@ def summary_json(info: SummaryInfo) -> list[dict[str, Any]]:
             "status": dict(g.status_counts),
             "best_val_acc": _stat_json(g.best_val_acc),
             "test_acc_at_best_val": _stat_json(g.test_acc_at_best),
+            "best_val_loss": _stat_json(g.best_val_loss),
+            "test_loss_at_best_val": _stat_json(g.test_loss_at_best),
             "epochs": {"min": g.epochs_min, "max": g.epochs_max},
             "time_s": _stat_json(g.time_s),
+            "cpu_s": _stat_json(g.cpu_s),
             "run_ids": [r.run_id for r in g.run_rows],
         }
         for g in info.groups
