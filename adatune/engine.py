@@ -71,7 +71,8 @@ def train(
     if replay is not None:  # what the report and `runs show` say about the source
         config = config.replace(extra={**config.extra, "replay": {
             "source": replay.source, "interval": replay.interval, "source_points": len(replay),
-            "points": replay_steps(config, replay, loop.steps_per_epoch)}})
+            "points": replay_steps(config, replay, loop.steps_per_epoch),
+            "steps_per_epoch": loop.steps_per_epoch}})
     run_id = store.create_run(NewRun(
         kind=kind or config.kind, method=config.method, optimizer=config.optimizer,
         network=config.network_label, dataset=config.dataset_label, seed=config.seed,

@@ -23,6 +23,7 @@ from adatune.engine import resume, train
 from adatune.replay import LRSchedule, format_schedule, schedule_from_file, schedule_from_run
 from adatune.store import EpochRecord, NewRun, open_store
 from tests._cli import cli
+from tests.test_report_e2e import browser  # noqa: F401 - the headless Chromium fixture
 
 SOURCE_EPOCHS = 3
 
@@ -135,6 +136,47 @@ def test_a_replay_resumes_to_the_same_lrs(db: Path) -> None:
         assert first.status == "interrupted"
         assert resume(store, first.run_id).status == "completed"
     assert step_lrs(db, first.run_id) == step_lrs(db, 1)
+
+
+# ------------------------------------------------------------------ the report
+def test_the_report_shows_a_replay_next_to_its_source(db: Path, capsys,
+                                                      browser) -> None:  # noqa: F811
+    from adatune.report import info as ri
+    from adatune.report import write_html
+    from adatune.report.select import load_details
+    from tests.test_report_e2e import open_page
+
+    ok(capsys, "baseline", "--lr-scheduler", "replay", "--from-run", "1", "--stretch",
+       "--scale", "0.5", "--epochs", str(2 * SOURCE_EPOCHS), "--seed", "1")
+    ok(capsys, "baseline", "--lr-scheduler", "replay", "--from-run", "1", "--seed", "2")
+    with open_store(db) as store:  # selecting the replays brings their source along
+        details = load_details(store, run_ids=[2, 3])
+    assert [d.run.id for d in details] == [1, 2, 3]
+    (group,) = ri._get_replay_info(details).groups
+    assert group.source_id == 1 and group.source.startswith("#1")
+    source, stretched, plain = group.lines
+    assert [line.role for line in group.lines] == ["source", "replay", "replay"]
+    assert "stretched" in stretched.label and "×0.5" in stretched.label
+    assert (plain.x, plain.y) == (source.x, source.y)  # a faithful replay lies on its source
+    at = dict(zip(source.x, source.y, strict=True))
+    shared = [(x, y) for x, y in zip(stretched.x, stretched.y, strict=True) if x in at]
+    assert len(shared) >= len(source.x) // 2
+    assert all(y == 0.5 * at[x] for x, y in shared)  # same fraction, scaled
+    assert max(stretched.x) > max(source.x) - 0.1 and max(stretched.x) < 1
+
+    page_path = write_html(details, db.parent / "report.html")
+    page, problems = open_page(browser, page_path)
+    try:
+        assert page.evaluate("document.body.dataset.rendered") == "ok"
+        names = page.evaluate("document.getElementById('fig-replay-1').data.map(t => t.name)")
+        assert names == [f"source {source.label}", f"replay {stretched.label}",
+                         f"replay {plain.label}"]
+        drawn = page.evaluate(
+            "document.querySelectorAll('#fig-replay-1 .scatterlayer .trace').length")
+        assert drawn == 3
+        assert problems == []
+    finally:
+        page.close()
 
 
 # ------------------------------------------------------------------ export
