@@ -136,6 +136,11 @@ def test_a_replay_resumes_to_the_same_lrs(db: Path) -> None:
         assert first.status == "interrupted"
         assert resume(store, first.run_id).status == "completed"
     assert step_lrs(db, first.run_id) == step_lrs(db, 1)
+    import torch  # the checkpoint, schedule and pending LRs included, loads as plain data
+
+    state = torch.load(db.parent / "ck" / f"run-{first.run_id}" / "last.pt", weights_only=True)
+    assert state["schedule"]["lrs"].tolist() == flat(step_lrs(db, 1))
+    assert state["pending"]["lrs"] == step_lrs(db, 1)[-1]
 
 
 # ------------------------------------------------------------------ the report
