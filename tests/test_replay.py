@@ -85,6 +85,7 @@ def test_replaying_a_run_reproduces_its_lr_sequence_exactly(db: Path, capsys) ->
     assert replay["source_points"] == replay["points"] == len(flat(source))
     # `runs show` prints a command that replays it again, to the same LRs.
     shown = ok(capsys, "runs", "show", "2")
+    assert f"replays run 1 (marthe on digits/mlp, seed 0): {len(flat(source))} steps" in shown
     command = shown.split("reproduce with:")[1].strip()
     assert "--lr-scheduler replay" in command and "--from-run 1" in command
     ok(capsys, *shlex.split(command)[1:])
@@ -97,6 +98,7 @@ def test_stretch_agrees_at_matching_fractions_of_training(db: Path, capsys) -> N
     ok(capsys, "baseline", "--lr-scheduler", "replay", "--from-run", "1", "--stretch",
        "--epochs", str(2 * SOURCE_EPOCHS))
     longer = flat(step_lrs(db, 2))
+    assert f"steps stretched onto {2 * n}" in ok(capsys, "runs", "show", "2")
     assert len(longer) == 2 * n
     assert longer[::2] == source  # step 2i of 2n and step i of n: the same fraction
     for i in range(n - 1):  # in between: between its neighbours
