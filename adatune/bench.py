@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import adatune
-from adatune.config import OPTIMIZER_NAMES
+from adatune.config import MAX_SEED, OPTIMIZER_NAMES, whole
 from adatune.data import DataSpec
 from adatune.engine import resolve_device
 from adatune.errors import ConfigError
@@ -36,6 +36,9 @@ METHODS = ("plain", "hd", "marthe-mu0", "marthe", "rtho", "floor", "floor-torch"
 # torch's own double-backward formulas.
 HVP_METHODS = ("marthe", "rtho")  # the methods whose cost depends on the HVP mode
 HVP_MODES = ("exact", "finite-difference")
+#: Bounds of the bench's sizes (a batch of 65536 CIFAR-shaped inputs is 800 MB).
+MAX_BENCH_BATCH = 65_536
+MAX_BENCH_STEPS = 100_000
 
 
 @dataclass(frozen=True)
@@ -60,11 +63,10 @@ class BenchConfig:
         if self.optimizer not in OPTIMIZER_NAMES:
             raise ConfigError(f"unknown optimizer {self.optimizer!r} "
                               f"(choose from: {', '.join(OPTIMIZER_NAMES)})")
-        for name in ("batch_size", "steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"invalid {name}: {getattr(self, name)} (must be >= 1)")
-        if self.warmup < 0:
-            raise ConfigError(f"invalid warmup: {self.warmup} (must be >= 0)")
+        whole("batch_size", self.batch_size, 1, MAX_BENCH_BATCH)
+        whole("steps", self.steps, 1, MAX_BENCH_STEPS)
+        whole("warmup", self.warmup, 0, MAX_BENCH_STEPS)
+        whole("seed", self.seed, 0, MAX_SEED)
         for method in self.methods:
             if method not in METHODS:
                 raise ConfigError(f"unknown method {method!r} (choose from: {', '.join(METHODS)})")

@@ -43,6 +43,10 @@ def build_parts(config: TrainConfig, replay: Any = None) -> Parts:
     A replay (method ``replay``) needs its schedule: ``replay`` is the
     :class:`~adatune.replay.LRSchedule` to replay.
     """
+    if config.is_peer:  # before any data is read
+        from adatune.peers import check_available
+
+        check_available(config.method)
     device = resolve_device(config.device)
     loss, classification = build_loss(config.loss)
     splits = _data(config, classification)
@@ -57,7 +61,7 @@ def build_parts(config: TrainConfig, replay: Any = None) -> Parts:
             tuner = build_tuner(config, optimizer, model)
         elif config.method == REPLAY:
             schedule = build_replay(config, optimizer, replay, steps_per_epoch)
-        else:
+        elif not config.is_peer:  # a peer sets its own step size: no schedule
             schedule = build_schedule(
                 optimizer,
                 ScheduleConfig(config.method, step_size=config.step_size,
@@ -315,7 +319,12 @@ def _check_forward(config: TrainConfig, model: nn.Module, train: Dataset, loss,
 
 # ------------------------------------------------------ optimizer and tuner
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The run's optimizer: torch's SGD, Adam or AdamW, or a peer from its package."""
     params = model.parameters()
+    if config.is_peer:
+        from adatune.peers import build_peer
+
+        return build_peer(config.method, params, **config.optimizer_settings)
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                nesterov=config.nesterov, weight_decay=config.weight_decay)

@@ -15,6 +15,7 @@ from adatune.data import canonical_dataset, dataset_spec
 from adatune.errors import ConfigError
 from adatune.imports import attr_name, check_import_path
 from adatune.models import canonical_network, check_compatible
+from adatune.peers import PEER_NAMES, PEERS, canonical_peer
 from adatune.schedules import SCHEDULE_NAMES, canonical_schedule
 
 TUNER_NAMES = ("marthe", "rtho", "hd")
@@ -32,8 +33,19 @@ DEFAULT_HYPER_LR = {
 }
 DEFAULT_LR_DECAY = {"staircase": 0.5, "exponential": 0.85}
 
+# Bounds of the whole-number options: what the code and the store can hold.
+#: Seeds seed torch's generators (64 bits) and are stored as 64-bit integers.
+MAX_SEED = 2**63 - 1
+#: Epoch counts (epochs, patience, staircase step, cosine periods): finite, and the
+#: step numbers of the longest run still fit the store's 32-bit columns.
+MAX_EPOCHS = 100_000
+#: Batch sizes and step intervals fit the 32-bit integers of kernels and the store.
+MAX_BATCH_SIZE = 2**31 - 1
+MAX_LOG_EVERY = 2**31 - 1
+
 
 MAX_WORKERS = 256
+MAX_WARMUP_STEPS = 2**31 - 1
 LOSS_NAMES = ("cross_entropy", "mse")
 _LOSS_ALIASES = {"ce": "cross_entropy", "crossentropy": "cross_entropy",
                  "cross-entropy": "cross_entropy", "l2": "mse"}
@@ -65,15 +77,36 @@ def _built_in(kind: str, name: str | None, custom_kind: str, custom: str | None,
 
 
 def canonical_method(name: str) -> str:
-    """A tuner (marthe, rtho, hd) or a baseline schedule name, canonicalised."""
+    """A tuner (marthe, rtho, hd), a baseline schedule or a peer optimizer, canonicalised."""
+    if not isinstance(name, str):
+        raise ConfigError(f"invalid method: {name!r}")
     key = name.strip().lower()
     if key in TUNER_NAMES or key == REPLAY:
         return key
+    peer = canonical_peer(key)
+    if peer is not None:
+        return peer
     try:
         return canonical_schedule(key)
     except ConfigError:
         raise ConfigError(f"unknown method {name!r} (tuners: {', '.join(TUNER_NAMES)}; "
-                          f"schedules: {', '.join(SCHEDULE_NAMES)}, {REPLAY})") from None
+                          f"schedules: {', '.join(SCHEDULE_NAMES)}; "
+                          f"peers: {', '.join(PEER_NAMES)}; {REPLAY})") from None
+
+
+# What a field is for: a peer's record keeps only the fields that apply to it (the
+# general ones and its PeerSpec.settings); warmup_steps is recorded for peers only.
+_TUNER_FIELDS = ("hyper_lr", "mu", "alpha", "first_order", "hvp")
+_SCHEDULE_FIELDS = ("step_size", "lr_decay", "t_0", "t_mult")
+_OPTIMIZER_FIELDS = ("momentum", "nesterov", "warmup_steps")
+_REPLAY_FIELDS = ("from_run", "from_file", "stretch", "scale")
+
+
+def whole(name: str, value: int, low: int, high: int) -> None:
+    """Refuse anything but a whole number in [low, high] (ConfigError naming ``name``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"invalid {name}: {value!r} (must be a whole number from {low} "
+                          f"to {high})")
 
 
 def _finite(name: str, value: float, *, low: float | None = None, low_open: bool = False,
@@ -97,9 +130,9 @@ class TrainConfig:
     method: str = "marthe"
     network: str | None = None  # default: mlp, unless ``model`` is given
     dataset: str | None = None  # default: digits, unless ``data`` is given
-    optimizer: str = "sgd"
-    lr: float | None = None  # default: DEFAULT_LR by optimizer
-    momentum: float = 0.9
+    optimizer: str | None = None  # default: sgd (a peer method is its own optimizer)
+    lr: float | None = None  # default: DEFAULT_LR by optimizer, or the peer's own default
+    momentum: float | None = None  # default: 0.9, or the peer's own default where it has one
     nesterov: bool = False
     weight_decay: float = 0.0
     epochs: int = 15
@@ -123,6 +156,8 @@ class TrainConfig:
     from_file: str | None = None
     stretch: bool = False  # map the schedule onto this run's steps, linearly in progress
     scale: float = 1.0  # multiplies every replayed LR
+    # peers: Schedule-Free's linear warm-up (steps; 0: none, its default)
+    warmup_steps: int = 0
     # data and protocol
     data_dir: str | None = None
     download: bool = False
@@ -141,8 +176,8 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "method", canonical_method(self.method))
         canon = {
-            "method": canonical_method(self.method),
             "network": _built_in("network", self.network, "model", self.model, "mlp",
                                  canonical_network),
             "dataset": _built_in("dataset", self.dataset, "data", self.data, "digits",
@@ -150,16 +185,15 @@ class TrainConfig:
             "model": None if self.model is None else check_import_path("--model", self.model),
             "data": None if self.data is None else check_import_path("--data", self.data),
             "loss": canonical_loss(self.loss),
-            "optimizer": self.optimizer.strip().lower(),
+            "optimizer": self._optimizer(),
         }
         for key, value in canon.items():
             object.__setattr__(self, key, value)
-        if self.optimizer not in OPTIMIZER_NAMES:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r} "
-                              f"(choose from: {', '.join(OPTIMIZER_NAMES)})")
+        peer = PEERS.get(self.method)
         family = "sgd" if self.optimizer == "sgd" else "adam"
         defaults = {
-            "lr": DEFAULT_LR[self.optimizer],
+            "lr": DEFAULT_LR[self.optimizer] if peer is None else peer.lr,
+            "momentum": 0.9 if peer is None else peer.momentum,
             "hyper_lr": DEFAULT_HYPER_LR.get((self.method, family), 0.0),
             "lr_decay": DEFAULT_LR_DECAY.get(self.method, 0.5),
         }
@@ -167,14 +201,17 @@ class TrainConfig:
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
         _finite("lr", self.lr, low=0, low_open=True)
-        _finite("momentum", self.momentum, low=0, high=1, high_open=True)
+        if peer is not None:
+            self._check_peer_settings()
+        if self.momentum is not None:
+            low_open = self.method == "schedulefree-sgd"  # its momentum must be > 0
+            _finite("momentum", self.momentum, low=0, low_open=low_open, high=1, high_open=True)
         _finite("weight_decay", self.weight_decay, low=0)
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ConfigError("nesterov needs --optimizer sgd with a momentum > 0")
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"invalid {name}: {value!r} (must be a whole number >= 1)")
+        whole("epochs", self.epochs, 1, MAX_EPOCHS)
+        whole("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        whole("seed", self.seed, 0, MAX_SEED)
         if self.device not in DEVICES:
             raise ConfigError(f"unknown device {self.device!r} (choose from: {', '.join(DEVICES)})")
         _finite("hyper_lr", self.hyper_lr, low=0)
@@ -192,8 +229,11 @@ class TrainConfig:
         if self.hvp not in HVP_NAMES:
             raise ConfigError(f"unknown hvp {self.hvp!r} (choose from: {', '.join(HVP_NAMES)})")
         for name in ("step_size", "t_0", "t_mult"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"invalid {name}: {getattr(self, name)!r} (must be >= 1)")
+            whole(name, getattr(self, name), 1, MAX_EPOCHS)
+        whole("warmup_steps", self.warmup_steps, 0, MAX_WARMUP_STEPS)
+        if self.warmup_steps and "warmup_steps" not in self._settings():
+            takes = [p.name for p in PEERS.values() if "warmup_steps" in p.settings]
+            raise ConfigError(f"warmup_steps applies to {' and '.join(takes)} only")
         _finite("lr_decay", self.lr_decay, low=0, low_open=True, high=1)
         self._check_replay()
         _finite("val_fraction", self.val_fraction, low=0, low_open=True, high=1, high_open=True)
@@ -201,10 +241,9 @@ class TrainConfig:
             raise ConfigError(f"invalid val_source: {self.val_source!r} (train or test)")
         if self.train_subset is not None:
             _finite("train_subset", self.train_subset, low=0, low_open=True, high=1)
-        if self.patience is not None and self.patience < 1:
-            raise ConfigError(f"invalid patience: {self.patience!r} (must be >= 1)")
-        if self.log_every < 1:
-            raise ConfigError(f"invalid log_every: {self.log_every!r} (must be >= 1)")
+        if self.patience is not None:
+            whole("patience", self.patience, 1, MAX_EPOCHS)
+        whole("log_every", self.log_every, 1, MAX_LOG_EVERY)
         _finite("divergence_factor", self.divergence_factor, low=1, low_open=True)
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) \
                 or not 0 <= self.workers <= MAX_WORKERS:
@@ -234,6 +273,44 @@ class TrainConfig:
                                           or self.from_run < 1):
             raise ConfigError(f"invalid from_run: {self.from_run!r} (a run id)")
         _finite("scale", self.scale, low=0, low_open=True)
+    def _optimizer(self) -> str:
+        """The optimizer's canonical name: a peer method is its own optimizer."""
+        given = None if self.optimizer is None else str(self.optimizer).strip().lower()
+        if self.method in PEERS:
+            if given not in (None, self.method):
+                raise ConfigError(f"optimizer {self.optimizer!r} does not apply to method "
+                                  f"{self.method}: it is its own optimizer")
+            return self.method
+        given = given or "sgd"
+        if given not in OPTIMIZER_NAMES:
+            hint = (f"; {given} is a method: give it as the method" if canonical_peer(given)
+                    else "")
+            raise ConfigError(f"unknown optimizer {self.optimizer!r} "
+                              f"(choose from: {', '.join(OPTIMIZER_NAMES)}{hint})")
+        return given
+
+    def _settings(self) -> tuple[str, ...]:
+        """The optimizer settings this run's optimizer takes (a peer's PeerSpec.settings)."""
+        peer = PEERS.get(self.method)
+        return ("lr", "momentum", "nesterov", "weight_decay") if peer is None else peer.settings
+
+    def _check_peer_settings(self) -> None:
+        if self.momentum is not None and "momentum" not in self._settings():
+            raise ConfigError(f"momentum does not apply to method {self.method}")
+        if self.nesterov:
+            raise ConfigError(f"nesterov does not apply to method {self.method}")
+
+    @property
+    def is_peer(self) -> bool:
+        """A peer optimizer (Prodigy, D-Adaptation, Schedule-Free, DoG): no tuner, no schedule."""
+        return self.method in PEERS
+
+    @property
+    def optimizer_settings(self) -> dict[str, Any]:
+        """What a peer's constructor gets (its PeerSpec.settings); empty for other methods."""
+        if not self.is_peer:
+            return {}
+        return {name: getattr(self, name) for name in self._settings()}
 
     @property
     def network_label(self) -> str:
@@ -259,7 +336,14 @@ class TrainConfig:
         return "train" if self.is_tuner else "baseline"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The run's recorded configuration: a peer's holds only the fields that apply to it."""
+        data = dataclasses.asdict(self)
+        if self.is_peer:
+            drop = {*_TUNER_FIELDS, *_SCHEDULE_FIELDS, *_REPLAY_FIELDS,
+                    *(f for f in _OPTIMIZER_FIELDS if f not in self._settings())}
+        else:
+            drop = {"warmup_steps"}  # earlier runs' (and studies') records stay as they were
+        return {k: v for k, v in data.items() if k not in drop}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

@@ -9,12 +9,15 @@ runs the same loop.
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
+from typing import Any
 
+from adatune import checkpoint, signals
 from adatune.build import build_parts, loop_config, replay_steps
 from adatune.config import REPLAY, TrainConfig
-from adatune.errors import ConfigError
+from adatune.errors import CheckpointError, ConfigError, RunBusy
 from adatune.loop import (
     DivergenceRules,
     Events,
@@ -22,11 +25,10 @@ from adatune.loop import (
     LoopConfig,
     Parts,
     RunResult,
-    owner_alive,
     resolve_device,
 )
-from adatune.store import Store
-from adatune.store.records import EpochRecord, NewRun, StepRecord
+from adatune.store import STALE_AFTER_S, Store
+from adatune.store.records import NewRun, RunRecord
 
 DEFAULT_CHECKPOINT_DIR = "adatune-runs"
 
@@ -73,6 +75,7 @@ def train(
             "source": replay.source, "interval": replay.interval, "source_points": len(replay),
             "points": replay_steps(config, replay, loop.steps_per_epoch),
             "steps_per_epoch": loop.steps_per_epoch}})
+    signals.raise_if_stopping()  # SIGTERM came between runs (a sweep's, a search's)
     run_id = store.create_run(NewRun(
         kind=kind or config.kind, method=config.method, optimizer=config.optimizer,
         network=config.network_label, dataset=config.dataset_label, seed=config.seed,
@@ -84,11 +87,16 @@ def train(
                     setup_s=time.perf_counter() - started)
 
 
-def resume(store: Store, run_id: int, *, rules: DivergenceRules | None = None,
-           events: Events | None = None) -> RunResult:
+def resume(store: Store, run_id: int, *, epochs: int | None = None, device: str | None = None,
+           rules: DivergenceRules | None = None, events: Events | None = None) -> RunResult:
     """Continue an interrupted or failed run from its ``last`` checkpoint.
 
     The user's own model, data and loss (import paths) are imported again.
+    ``epochs`` sets a new total (to train a run, a completed one too, for
+    longer) and ``device`` moves it; both are recorded in the run's config,
+    with the epoch they were applied at, under ``extra["resumed"]``. Nothing
+    else of a run changes on resume. Of two processes resuming one run at
+    once, one goes on and the other gets :class:`RunBusy`.
     """
     run = store.get_run(run_id, steps=False).run
     if run.config.get("entry") == "fit":
@@ -96,11 +104,14 @@ def resume(store: Store, run_id: int, *, rules: DivergenceRules | None = None,
                           f"there with adatune.fit(..., resume={run_id})")
     started = time.perf_counter()
     config = TrainConfig.from_dict(run.config)
-    ckpt_dir = Path(config.checkpoint_dir or DEFAULT_CHECKPOINT_DIR) / f"run-{run_id}"
-    check_resumable(store, run_id, ckpt_dir)
-    loop = Loop(build_parts(config, replay_source(config, store)), loop_config(config, rules))
-    return continue_run(store, run_id, loop, ckpt_dir, events or Events(), announce=config,
-                        meta=config.to_dict(), started=started)
+    ckpt_dir = checkpoint.run_dir(config.checkpoint_dir or DEFAULT_CHECKPOINT_DIR, run_id)
+    check_resumable(store, run_id, ckpt_dir, epochs=epochs)
+    changed = _resumed_config(run, config, epochs=epochs, device=device)
+    loop = Loop(build_parts(changed, replay_source(changed, store)), loop_config(changed, rules))
+    return continue_run(store, run_id, loop, ckpt_dir, events or Events(), announce=changed,
+                        meta=changed.to_dict(), started=started,
+                        record_config=None if changed is config else changed.to_dict(),
+                        device=None if device is None else str(loop.device))
 
 
 def replay_source(config: TrainConfig, store: Store):
@@ -123,35 +134,94 @@ def replay_source(config: TrainConfig, store: Store):
                           "schedule.csv") from None
 
 
-def check_resumable(store: Store, run_id: int, ckpt_dir: Path) -> None:
-    """Refuse a run that is alive, diverged or completed, or has epochs but no checkpoint."""
+def check_resumable(store: Store, run_id: int, ckpt_dir: Path, *,
+                    epochs: int | None = None) -> None:
+    """Refuse a run that is alive, diverged or completed, or has epochs but no checkpoint.
+
+    A completed run may go on when ``epochs`` (its new total) is above the
+    epochs it trained, unless it stopped early.
+    """
     run = store.get_run(run_id, steps=False).run
-    if run.status == "running" and owner_alive(ckpt_dir):
-        raise ConfigError(f"run {run_id} is still running (its process is alive)")
-    if run.status == "diverged":
-        raise ConfigError(f"run {run_id} diverged ({run.error}); start a new run instead")
-    if run.status == "completed":
-        raise ConfigError(f"run {run_id} already completed ({run.epochs} epochs)")
+    if run.status == "running" and checkpoint.folder_in_use(ckpt_dir):
+        raise RunBusy(f"run {run_id} is still running (its process is alive)")
+    _check_status(run, epochs)
     if run.epochs > 0 and not (ckpt_dir / "last.pt").exists():
         raise ConfigError(f"run {run_id} has no checkpoint at {ckpt_dir / 'last.pt'}; it "
                           "cannot be resumed")
 
 
-def continue_run(store: Store, run_id: int, loop: Loop, ckpt_dir: Path, events: Events, *,
-                 announce: object, meta: dict, started: float | None = None) -> RunResult:
-    """Load ``last.pt`` (if any) into the loop's parts, reopen the run and train on.
+def _check_status(run: RunRecord, epochs: int | None) -> None:
+    if run.status == "diverged":
+        raise ConfigError(f"run {run.id} diverged ({run.error}); start a new run instead")
+    if run.status == "completed" and not (epochs is not None and epochs > run.epochs):
+        raise ConfigError(f"run {run.id} already completed ({run.epochs} epochs); give "
+                          f"--epochs above {run.epochs} to train it longer")
+    if run.status == "completed" and (run.summary or {}).get("stopped_early"):
+        raise ConfigError(f"run {run.id} stopped early (no better validation score for "
+                          f"{run.config.get('patience')} epochs); more epochs would stop it "
+                          "again")
 
+
+def _resumed_config(run: RunRecord, config: TrainConfig, *, epochs: int | None,
+                    device: str | None) -> TrainConfig:
+    """``config`` with the options applied on resume, and a note of them in ``extra``."""
+    changes: dict[str, Any] = {}
+    if epochs is not None and epochs != config.epochs:
+        if epochs < run.epochs:
+            raise ConfigError(f"--epochs {epochs}: run {run.id} has already trained "
+                              f"{run.epochs} epochs")
+        if config.method == REPLAY:  # its schedule was laid out for config.epochs
+            raise ConfigError(f"--epochs {epochs}: run {run.id} replays a schedule laid out "
+                              f"for {config.epochs} epochs; start a new replay with --epochs "
+                              f"{epochs} (and --stretch to map the schedule onto it)")
+        changes["epochs"] = epochs
+    if device is not None and device != config.device:
+        changes["device"] = device
+    if not changes:
+        return config
+    note = {"at_epoch": run.epochs, **{k: [getattr(config, k), v] for k, v in changes.items()}}
+    extra = {**config.extra, "resumed": [*config.extra.get("resumed", []), note]}
+    return config.replace(**changes, extra=extra)  # validates the new values
+
+
+def continue_run(store: Store, run_id: int, loop: Loop, ckpt_dir: Path, events: Events, *,
+                 announce: object, meta: dict, started: float | None = None,
+                 record_config: dict | None = None, device: str | None = None) -> RunResult:
+    """Take the run, load ``last.pt`` (if any) into the loop's parts, reopen it and train on.
+
+    Taking the run: the lock on its folder (no process here trains it), then a
+    compare-and-set in the store (no process elsewhere reopened it since it was
+    read), so two processes never both go on. Epochs the store lost (a kill
+    between checkpoint and commit, a power cut) are written back from the
+    checkpoint. ``record_config`` and ``device`` replace the recorded ones.
     ``started`` (a ``time.perf_counter()``) is when building the parts began.
     """
-    last = ckpt_dir / "last.pt"
-    state = loop.load(last) if last.exists() else None
-    store.reopen_run(run_id)
-    if state is not None and store.get_run(run_id, steps=False).run.epochs < state["epoch"]:
-        # Killed after the checkpoint, before the epoch's commit: record it now.
-        pending = state["pending"]
-        store.record_epoch(run_id, EpochRecord(**pending["epoch"]),
-                           [StepRecord(**s) for s in pending["steps"]], best=pending.get("best"),
-                           lrs=pending.get("lrs"))
+    lock = checkpoint.RunLock(ckpt_dir).acquire(run_id, store.location)
+    try:
+        seen = store.get_run(run_id, steps=False).run  # no process on this host has it now
+        _check_status(seen, loop.config.epochs)
+        if seen.status == "running" and lock.previous_host != socket.gethostname():
+            host = lock.previous_host
+            raise RunBusy(f"run {run_id} may still be running{f' on {host}' if host else ''} "
+                          f"(its heartbeat is recent); it can be resumed once its heartbeat is "
+                          f"{STALE_AFTER_S:.0f} s old, when `adatune runs list` shows it "
+                          "interrupted")
+        last = ckpt_dir / "last.pt"
+        state = loop.load(last) if last.exists() else None
+        if state is None and seen.epochs > 0:
+            raise ConfigError(f"run {run_id} has no checkpoint at {last}; it cannot be resumed")
+        if state is not None and state["epoch"] < seen.epochs:
+            raise CheckpointError(f"cannot resume run {run_id}: its checkpoint {last} is at "
+                                  f"epoch {state['epoch']} but the store has {seen.epochs} "
+                                  "epochs (was the file replaced by an older one?)")
+        store.reopen_run(run_id, seen=seen, config=record_config, device=device)
+        for record, steps, best, lrs in loop.history.after(seen.epochs):
+            # Lost by the store (killed between checkpoint and commit, or a power cut
+            # that took back its last commits): the checkpoint has them.
+            store.record_epoch(run_id, record, steps, best=best, lrs=lrs)
+    except BaseException:
+        lock.release()
+        raise
     setup_s = None if started is None else time.perf_counter() - started
     return loop.run(store, run_id, ckpt_dir, events, announce=announce, meta=meta,
-                    resumed=state is not None, setup_s=setup_s)
+                    resumed=state is not None, setup_s=setup_s, lock=lock)

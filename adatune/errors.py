@@ -23,3 +23,11 @@ class StoreError(AdatuneError):
 
 class RunNotFound(StoreError):
     """No run with the given id in the store."""
+
+
+class RunBusy(StoreError):
+    """Another process holds or just took the run (resuming it, or still training it)."""
+
+
+class CheckpointError(AdatuneError):
+    """A checkpoint file cannot be read, or does not fit the run it should restore."""

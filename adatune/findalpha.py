@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from adatune.config import TUNER_NAMES, TrainConfig
+from adatune.config import MAX_EPOCHS, TUNER_NAMES, TrainConfig, whole
 from adatune.engine import DivergenceRules, Events, RunResult, train
 from adatune.errors import AdatuneError, ConfigError
 from adatune.store import Store
@@ -56,6 +56,8 @@ DEFAULT_LR_FACTOR = 100.0
 
 _REL_TOL = 1e-9  # "down to low, inclusive": tolerance for the rounding of high / factor**k
 MAX_LADDER = 1000
+#: Bisection probes at most: 60 halvings of a decade in log space are below float resolution.
+MAX_REFINE = 60
 
 
 def _canonical_search(name: str) -> str:
@@ -103,11 +105,8 @@ class SearchConfig:
             raise ConfigError(f"{name}-max ({self.high:g}) must be greater than "
                               f"{name}-min ({self.low:g})")
         _positive("factor", self.factor, above=1.0)
-        for key, least in (("probe_epochs", 1), ("refine", 0)):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ConfigError(f"invalid {key.replace('_', '-')}: {value!r} "
-                                  f"(must be a whole number >= {least})")
+        whole("probe-epochs", self.probe_epochs, 1, MAX_EPOCHS)
+        whole("refine", self.refine, 0, MAX_REFINE)
         if self.probe_fraction is not None:
             _positive("probe-fraction", self.probe_fraction)
             if self.probe_fraction > 1:

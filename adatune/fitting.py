@@ -10,6 +10,7 @@ checkpoint, given the same parts again.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from adatune.config import DEFAULT_LR, TUNER_NAMES, TrainConfig
 from adatune.engine import DEFAULT_CHECKPOINT_DIR, check_resumable, continue_run
 from adatune.errors import ConfigError
 from adatune.loop import DivergenceRules, Events, Loop, LoopConfig, Parts, RunResult
+from adatune.peers import optimizer_view, peer_name
 from adatune.schedules import Schedule, ScheduleConfig, build_schedule, canonical_schedule
 from adatune.store import Store, open_store
 from adatune.store.records import NewRun
@@ -75,12 +77,18 @@ def fit(
 
     ``tuner``: ``"marthe"``, ``"rtho"``, ``"hd"`` (built with the command's
     defaults for the optimizer), a tuner you built around ``optimizer``, or
-    None. It defaults to ``"marthe"`` unless a ``schedule`` is given: a
+    None. It defaults to ``"marthe"`` unless a ``schedule`` is given or
+    ``optimizer`` sets its own step size (a peer: Prodigy, D-Adaptation,
+    Schedule-Free, DoG; see :mod:`adatune.peers`). A ``schedule`` is a
     baseline name (``"constant"``, ``"staircase"``, ``"exponential"``,
     ``"cosine"``) or a ``torch.optim.lr_scheduler`` instance, stepped every
     ``schedule_interval`` (``"epoch"`` or ``"step"``). With neither, the LR
-    stays constant. ``optimizer`` defaults to SGD with momentum 0.9 at lr
-    0.05 (or is taken from the tuner).
+    stays constant (or, for a peer, as the peer sets it). ``optimizer``
+    defaults to SGD with momentum 0.9 at lr 0.05 (or is taken from the
+    tuner). A peer's effective LR is what the run records, and a Schedule-Free
+    optimizer is switched to ``eval()`` for evaluation and checkpoints (its
+    averaged weights are judged, saved and left in ``model`` at the end) and
+    to ``train()`` for training steps.
 
     ``loss``: ``"cross_entropy"`` (accuracies recorded; the best epoch is the
     best validation accuracy), ``"mse"``, or a callable ``loss(output,
@@ -92,10 +100,12 @@ def fit(
     :class:`~adatune.loop.RunResult` (``run_id`` names it in the store).
     """
     started = time.perf_counter()
-    if tuner is _DEFAULT:
-        tuner = "marthe" if schedule is None else None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"Invalid model: {type(model).__name__} (expected a torch.nn.Module)")
+    if tuner is _DEFAULT:
+        adaptive = isinstance(optimizer, torch.optim.Optimizer) \
+            and optimizer_view(optimizer).adaptive
+        tuner = "marthe" if schedule is None and not adaptive else None
     if isinstance(tuner, HypergradientTuner) and optimizer is None:
         optimizer = tuner.optimizer
     if optimizer is None:
@@ -119,17 +129,19 @@ def fit(
     tuner_obj, method = _tuner(tuner, optimizer, model, kind_name)
     steps_per_epoch = -(-len(train_ds) // settings.batch_size)
     sched, sched_name = _schedule(schedule, schedule_interval, optimizer, steps_per_epoch)
-    method = method or sched_name
     parts = Parts(model=model, optimizer=optimizer, train=train_ds, val=val_ds, test=test_ds,
                   loss=loss_fn, classification=is_classification, device=device,
                   tuner=tuner_obj, schedule=sched)
     if resume is None:
         torch.manual_seed(seed)
+    if method is None:  # a peer without a schedule is its own method
+        method = kind_name if schedule is None and parts.view.adaptive else sched_name
     loop = Loop(parts, settings)
     ckpt_root = Path(checkpoint_dir or DEFAULT_CHECKPOINT_DIR).resolve()
     config = {
         "entry": "fit", "method": method, "optimizer": kind_name,
-        "optimizer_settings": _group_settings(optimizer), "lr": loop.initial_lr,
+        "optimizer_settings": _group_settings(optimizer),
+        "lr": loop.initial_lr if tuner_obj is not None else float(optimizer.param_groups[0]["lr"]),
         "model": type(model).__name__, "dataset": dataset_name, "loss": loss_name,
         "classification": is_classification, "checkpoint_dir": str(ckpt_root),
         "tuner": None if tuner_obj is None else _tuner_settings(tuner_obj),
@@ -201,7 +213,7 @@ def _loss(loss: Any) -> tuple[Callable[[Tensor, Tensor], Tensor], bool, str]:
 
 def _optimizer_name(optimizer: torch.optim.Optimizer) -> str:
     known = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adamw"}
-    return known.get(type(optimizer), type(optimizer).__name__.lower())
+    return known.get(type(optimizer)) or peer_name(optimizer) or type(optimizer).__name__.lower()
 
 
 def _tuner(tuner: Any, optimizer: torch.optim.Optimizer, model: nn.Module,
@@ -254,6 +266,8 @@ def _group_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
             continue
         if isinstance(value, Tensor) and value.numel() == 1:
             value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            value = str(value)  # strict JSON (PostgreSQL's) has no inf: Prodigy's growth_rate
         if isinstance(value, (bool, int, float, str)) or value is None:
             out[key] = value
         elif isinstance(value, tuple) and all(isinstance(v, (int, float)) for v in value):

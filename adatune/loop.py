@@ -4,8 +4,10 @@
 and records the run in a store. Per epoch: train, evaluate on validation and
 test, write the full-state ``last`` checkpoint (and ``best`` on a better
 validation score), then commit the epoch and its sampled steps to the store in
-one transaction. The checkpoint carries the epoch's records too, so a run
-killed between the two writes is healed on resume. The library never prints:
+one transaction. The checkpoint (:mod:`adatune.checkpoint`) carries every
+epoch's records, so a store that lost commits (a run killed between the two
+writes, a power cut) is healed on resume. SIGTERM and SIGUSR1 checkpoint in the
+middle of an epoch (:mod:`adatune.signals`). The library never prints:
 progress goes to an :class:`Events` object the caller supplies.
 
 Where the parts come from is not this module's business: :mod:`adatune.build`
@@ -16,10 +18,7 @@ builds them from a :class:`~adatune.config.TrainConfig` (the CLI),
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import socket
 import time
 from array import array
 from collections.abc import Callable, Iterator
@@ -31,15 +30,17 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from adatune import checkpoint, signals
 from adatune.data import batches
 from adatune.errors import ConfigError
+from adatune.peers import OptimizerView, optimizer_view
 from adatune.schedules import Schedule
 from adatune.store import Store
 from adatune.store.records import EpochRecord, StepRecord
 from adatune.tuners import HypergradientTuner
 
 HEARTBEAT_EVERY_S = 30.0
-OWNER_FILE = "owner.json"
+OWNER_FILE = checkpoint.OWNER_FILE
 
 Loss = Callable[[Tensor, Tensor], Tensor]
 
@@ -83,6 +84,10 @@ class LoopConfig:
 class Parts:
     """What the loop trains.
 
+    ``optimizer`` is any ``torch.optim.Optimizer``; the loop reads its
+    effective LR and switches its train/eval mode through
+    :func:`adatune.peers.optimizer_view` (Schedule-Free's ``train()``/``eval()``;
+    Prodigy's, D-Adaptation's and DoG's own step sizes).
     ``loss(output, target)`` is the minibatch mean loss. ``classification``
     says the output holds class scores and the target class indices: the loop
     then records accuracies and picks the best epoch by validation accuracy;
@@ -105,6 +110,7 @@ class Parts:
             raise ConfigError("a run has a tuner or a schedule, not both")
         if self.tuner is not None and self.tuner.optimizer is not self.optimizer:
             raise ConfigError("the tuner must wrap the run's optimizer")
+        self.view: OptimizerView = optimizer_view(self.optimizer)
 
 
 class Events:
@@ -162,18 +168,8 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
 
 
 def owner_alive(ckpt_dir: Path) -> bool:
-    """Whether the process that last ran this run may still be running it.
-
-    The owner file names its host and pid: on this host a dead pid means the
-    run was killed; on another host only the store's heartbeat can tell.
-    """
-    from adatune._process import process_may_be_alive
-
-    try:
-        owner = json.loads((ckpt_dir / OWNER_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return process_may_be_alive(owner)
+    """Whether a live process holds the run's folder (see :class:`adatune.checkpoint.RunLock`)."""
+    return checkpoint.folder_in_use(ckpt_dir)
 
 
 class Loop:
@@ -203,73 +199,93 @@ class Loop:
         self.test_loss_at_best: float | None = None
         self.bad_epochs = 0
         self.lr_max_last_epoch = 0.0
+        self.history = checkpoint.History()  # every epoch and step recorded, for the store
+        self.partial: dict[str, Any] | None = None  # progress in an epoch (mid-epoch resume)
+        self.ckpt_dir: Path | None = None
 
     # ------------------------------------------------------------ checkpoints
     _PROGRESS = ("epoch", "step", "elapsed", "cpu", "initial_loss", "best_val_acc",
                  "best_val_loss", "best_epoch", "test_at_best", "test_loss_at_best", "bad_epochs")
 
-    def _state(self, pending: dict[str, Any]) -> dict[str, Any]:
+    def _state(self, partial: dict[str, Any] | None = None) -> dict[str, Any]:
         p = self.parts
         owner = p.tuner if p.tuner is not None else p.optimizer
         return {
             **{key: getattr(self, key) for key in self._PROGRESS},
             "model": p.model.state_dict(),
             "optim": owner.state_dict(),
+            "optim_view": p.view.state(),
             "schedule": None if p.schedule is None else p.schedule.state_dict(),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": (torch.cuda.get_rng_state_all()
                              if self.device.type == "cuda" else None),
                     "train": self.train_gen.get_state(), "val": self.val_gen.get_state()},
-            "pending": pending,
+            "history": self.history.state(),
+            "partial": partial,
         }
 
     def load(self, path: Path) -> dict[str, Any]:
         """Restore every part and the loop's progress from a ``last`` checkpoint."""
         p = self.parts
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - a damaged file is a user-facing problem
-            raise ConfigError(f"cannot read checkpoint {path}: {exc}") from None
-        p.model.load_state_dict(state["model"])
-        (p.tuner if p.tuner is not None else p.optimizer).load_state_dict(state["optim"])
-        if p.schedule is not None:
-            p.schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if state["rng"]["cuda"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
-        self.train_gen.set_state(state["rng"]["train"].cpu())
-        self.val_gen.set_state(state["rng"]["val"].cpu())
-        for key in self._PROGRESS:
-            if key in state:  # cpu, best_val_loss and test_loss_at_best are newer
-                setattr(self, key, state[key])
+        state = checkpoint.load(path, kind="last", map_location=self.device)
+        with checkpoint.restoring(path):  # a state that does not fit this run: one line
+            p.model.load_state_dict(state["model"])
+            (p.tuner if p.tuner is not None else p.optimizer).load_state_dict(state["optim"])
+            p.view.load(state.get("optim_view"))
+            if p.schedule is not None:
+                p.schedule.load_state_dict(state["schedule"])
+            self._set_rng(state["rng"])
+            self.train_gen.set_state(state["rng"]["train"].cpu())
+            self.val_gen.set_state(state["rng"]["val"].cpu())
+            for key in self._PROGRESS:
+                if key in state:  # cpu, best_val_loss and test_loss_at_best are newer
+                    setattr(self, key, state[key])
+            self.history = checkpoint.History.from_state(state)
+            self.partial = state.get("partial")
+            if self.partial:
+                self.partial = {**self.partial, "rng": state["rng"]}
         return state
 
+    def _set_rng(self, rng: dict[str, Any]) -> None:
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng["cuda"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+
     @staticmethod
-    def _save(obj: Any, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+    def _save(obj: Any, path: Path, kind: str = "last") -> None:
+        checkpoint.save(obj, path, kind=kind)  # atomic and fsynced
 
     # -------------------------------------------------------------- the loop
     def run(self, store: Store, run_id: int, ckpt_dir: Path, events: Events, *,
             announce: Any = None, meta: dict[str, Any] | None = None,
-            resumed: bool = False, setup_s: float | None = None) -> RunResult:
+            resumed: bool = False, setup_s: float | None = None,
+            lock: checkpoint.RunLock | None = None) -> RunResult:
         """Train to the last epoch (or divergence, patience, Ctrl-C), recording into ``store``.
 
         ``announce`` is what :meth:`Events.run_started` receives as the run's
         configuration; ``meta`` (the run's recorded configuration) goes into
         ``best.pt`` beside the weights. ``setup_s``, the seconds it took to
-        build the parts, is recorded apart from the training time.
+        build the parts, is recorded apart from the training time. ``lock``:
+        the run folder's lock when the caller already holds it (a resume).
+        SIGTERM (inside :func:`adatune.signals.handle_preemption`) ends the run
+        at the next step, checkpointed; SIGUSR1 checkpoints there.
         """
+        with signals.deferred():  # SIGTERM: stop at the next safe point, checkpointed
+            return self._run(store, run_id, ckpt_dir, events, announce, meta, resumed,
+                             setup_s, lock or checkpoint.RunLock(ckpt_dir))
+
+    def _run(self, store: Store, run_id: int, ckpt_dir: Path, events: Events, announce: Any,
+             meta: dict[str, Any] | None, resumed: bool, setup_s: float | None,
+             lock: checkpoint.RunLock) -> RunResult:
         cfg, model = self.config, self.parts.model
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        owner = ckpt_dir / OWNER_FILE
-        owner.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+        self.ckpt_dir = ckpt_dir
         records = list(store.get_run(run_id, steps=False).epochs) if resumed else []
-        events.run_started(run_id, announce, steps_per_epoch=self.steps_per_epoch,
-                           start_epoch=self.epoch + 1)
         status, reason, stopped_early = "completed", None, False
         try:
+            if not lock.held:
+                lock.acquire(run_id, store.location)
+            events.run_started(run_id, announce, steps_per_epoch=self.steps_per_epoch,
+                               start_epoch=self.epoch + 1)
             while self.epoch < cfg.epochs:
                 record, steps, lrs = self._epoch(store, run_id, events)
                 self._judge_epoch(record)
@@ -279,35 +295,38 @@ class Loop:
                     self.best_epoch, self.bad_epochs = record.epoch, 0
                     self.test_at_best, self.test_loss_at_best = record.test_acc, record.test_loss
                     self._save({"epoch": record.epoch, "model": model.state_dict(),
-                                "config": meta or {}}, ckpt_dir / "best.pt")
+                                "config": meta or {}}, ckpt_dir / "best.pt", "best")
                 else:
                     self.bad_epochs += 1
-                pending = {"epoch": dataclasses.asdict(record),
-                           "steps": [dataclasses.asdict(s) for s in steps], "best": improved,
-                           "lrs": lrs.tolist()}
-                self._save(self._state(pending), ckpt_dir / "last.pt")
+                self.history.add(record, steps, improved, lrs)
+                self._save(self._state(), ckpt_dir / "last.pt")
                 store.record_epoch(run_id, record, steps, best=improved, lrs=lrs)
                 records.append(record)
                 events.epoch_done(record)
                 if cfg.patience is not None and self.bad_epochs >= cfg.patience:
                     stopped_early = True
                     break
+                signals.take_checkpoint_request()  # last.pt was just written
+                if self.epoch < cfg.epochs:  # (after the last one, the run completes)
+                    self._stop_if_asked(f"after epoch {record.epoch}")
         except _Diverged as exc:
             status, reason = "diverged", str(exc)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (signals.Terminated)
             status = "interrupted"
-            reason = f"interrupted during epoch {self.epoch + 1}"
+            reason = signals.interruption_reason(exc, self.epoch + 1)
         except BaseException as exc:
+            self.parts.view.eval()
             store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
-            owner.unlink(missing_ok=True)
+            lock.release()
             raise
+        self.parts.view.eval()  # the model holds the weights that were evaluated
         summary = {"best_val_acc": self.best_val_acc, "best_val_loss": self.best_val_loss,
                    "best_epoch": self.best_epoch, "test_acc": self.test_at_best,
                    "test_loss": self.test_loss_at_best, "final_lr": self._lr(),
                    "stopped_early": stopped_early, "checkpoint_dir": str(ckpt_dir),
                    "train_s": self.elapsed, "cpu_s": self.cpu, "setup_s": setup_s}
         store.finish_run(run_id, status, error=reason, summary=summary)
-        owner.unlink(missing_ok=True)
+        lock.release()
         return RunResult(run_id=run_id, status=status, reason=reason, epochs=tuple(records),
                          best_val_acc=self.best_val_acc, best_epoch=self.best_epoch,
                          test_acc=self.test_at_best, stopped_early=stopped_early,
@@ -330,16 +349,30 @@ class Loop:
     def _epoch(self, store: Store, run_id: int, events: Events):
         p, dev = self.parts, self.device
         epoch = self.epoch + 1
-        started, cpu_started = time.perf_counter(), time.process_time()
+        part, self.partial = self.partial or {}, None  # resumed in the middle of this epoch
+        if part:  # replay the epoch's order, then skip what was done
+            self.train_gen.set_state(part["train_gen"].cpu())
+        train_start = self.train_gen.get_state()
+        started = time.perf_counter() - part.get("seconds", 0.0)
+        cpu_started = time.process_time() - part.get("cpu_seconds", 0.0)
         last_beat = time.monotonic()
         p.model.train()
-        val_iter = self._val_batches()
-        loss_sum, correct, seen, n_steps = 0.0, 0, 0, 0
-        lr_sum, lr_max, steps = 0.0, 0.0, []
-        lrs = array("d")  # the LR of every step, recorded with the epoch
-        nonfinite_before = p.tuner.nonfinite_count if p.tuner else 0
+        p.view.train()  # a no-op when resumed mid-epoch (saved in train mode)
+        val_iter = self._val_batches(part.get("val"))
+        loss_sum, correct, seen, n_steps = (part.get(k, 0) for k in ("loss_sum", "correct",
+                                                                     "seen", "n_steps"))
+        lr_sum, lr_max = part.get("lr_sum", 0.0), part.get("lr_max", 0.0)
+        steps = [StepRecord(**s) for s in part.get("steps", [])]
+        lrs = array("d", part.get("lrs", ()))  # the LR of every step, recorded with the epoch
+        lrs_known = not part or "lrs" in part  # (older mid-epoch checkpoints lack them)
+        nonfinite_before = part.get("nonfinite_before", p.tuner.nonfinite_count if p.tuner else 0)
+        done = part.get("batches", 0)
         for batch, (x, y) in enumerate(self._batches(p.train, shuffle=True,
                                                      generator=self.train_gen)):
+            if batch < done:
+                continue
+            if batch == done and part:  # skipping may have drawn from torch's generator
+                self._set_rng(part["rng"])
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             lr_used, loss, output = self._train_step(x, y, val_iter)
             loss_value = float(loss)
@@ -364,8 +397,29 @@ class Loop:
             if time.monotonic() - last_beat > HEARTBEAT_EVERY_S:
                 store.heartbeat(run_id)
                 last_beat = time.monotonic()
+            if signals.stop_requested() is not None or signals.take_checkpoint_request():
+                # SIGTERM or SIGUSR1: checkpoint the epoch's progress after this step
+                self._save(self._state(partial={
+                    "batches": batch + 1, "train_gen": train_start, "val": val_iter.position(),
+                    "loss_sum": loss_sum, "correct": int(correct), "seen": seen,
+                    "n_steps": n_steps, "lr_sum": lr_sum, "lr_max": lr_max,
+                    "steps": [dataclasses.asdict(s) for s in steps],
+                    **({"lrs": lrs.tolist()} if lrs_known else {}),
+                    "nonfinite_before": nonfinite_before,
+                    "seconds": time.perf_counter() - started,
+                    "cpu_seconds": time.process_time() - cpu_started}),
+                    self.ckpt_dir / "last.pt")
+                store.heartbeat(run_id)
+                self._stop_if_asked(f"in epoch {epoch} after step {batch + 1} of "
+                                    f"{self.steps_per_epoch}")
+        if part and done >= self.steps_per_epoch:  # resumed after the epoch's last step
+            self._set_rng(part["rng"])
         if p.schedule is not None:
             p.schedule.after_epoch()
+        # Evaluation, best.pt and last.pt see the optimizer in eval mode (Schedule-Free: its
+        # averaged weights). A resumed run loads last.pt in that mode and switches to train
+        # mode as an uninterrupted run does at the next epoch: the same bits either way.
+        p.view.eval()
         val_loss, val_acc = self.evaluate(p.val)
         test_loss, test_acc = (None, None) if p.test is None else self.evaluate(p.test)
         self.elapsed += time.perf_counter() - started
@@ -381,7 +435,7 @@ class Loop:
             nonfinite_hypergradients=(p.tuner.nonfinite_count - nonfinite_before
                                       if p.tuner else 0))
         self.lr_max_last_epoch = lr_max
-        return record, steps, lrs
+        return record, steps, lrs if lrs_known else None
 
     def _train_step(self, x: Tensor, y: Tensor, val_iter: Iterator) -> tuple[float, Tensor, Tensor]:
         p = self.parts
@@ -400,7 +454,9 @@ class Loop:
             loss.backward()
             if self.config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), self.config.grad_clip)
+            p.view.before_step()
             p.optimizer.step()
+            lr_used = p.view.after_step()
             if p.schedule is not None:
                 p.schedule.after_step()
         elif p.tuner.outer == "training":  # HD moves the LR before the update
@@ -418,9 +474,18 @@ class Loop:
             loss = p.tuner.step(closure, val_loss=val_loss)
         return lr_used, loss.detach(), kept["output"]
 
-    def _val_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        while True:
-            yield from self._batches(self.parts.val, shuffle=True, generator=self.val_gen)
+    def _val_batches(self, position: dict[str, Any] | None = None) -> checkpoint.Passes:
+        return checkpoint.Passes(
+            lambda: self._batches(self.parts.val, shuffle=True, generator=self.val_gen),
+            self.val_gen, position)
+
+    def _stop_if_asked(self, where: str) -> None:
+        """At a safe point (everything checkpointed): end the run if SIGTERM asked to."""
+        signum = signals.stop_requested()
+        if signum is not None:
+            signals.acted_on_stop()
+            raise signals.Terminated(signum, f"stopped by {signals.signal_name(signum)} "
+                                             f"{where}; checkpointed there, --resume continues")
 
     @torch.no_grad()
     def evaluate(self, dataset: Dataset) -> tuple[float, float | None]:
@@ -446,7 +511,7 @@ class Loop:
     def _lr(self) -> float:
         if self.parts.tuner is not None:
             return self.parts.tuner.lr
-        return float(self.parts.optimizer.param_groups[0]["lr"])
+        return self.parts.view.lr()
 
     def _tuner_view(self) -> tuple[float | None, float | None, float | None]:
         tuner = self.parts.tuner

@@ -74,12 +74,14 @@ from pathlib import Path
 from typing import Any
 
 from adatune._process import owner_record, process_may_be_alive
-from adatune.config import TrainConfig, canonical_method
+from adatune.config import MAX_SEED, TrainConfig, canonical_method, whole
 from adatune.engine import Events, RunResult, train
 from adatune.errors import ConfigError, StoreError
+from adatune.peers import PEERS, check_available
+from adatune.redact import mask_secrets
 from adatune.store import Store
 from adatune.store import repository as _repository
-from adatune.store.connection import SQLITE_BUSY_TIMEOUT_S, sqlite_path
+from adatune.store.connection import SQLITE_BUSY_TIMEOUT_S, sqlite_path, url_secrets
 from adatune.store.records import EpochRecord
 
 SAMPLERS = ("random", "tpe")
@@ -89,6 +91,9 @@ DEFAULT_SEEDS = 3
 DEFAULT_PATIENCE = 10
 RUN_KIND = "sweep"
 MAX_STUDY_NAME = 200
+#: Bounds of a study's size: trials of the whole study, and seeds per trial.
+MAX_TRIALS = 100_000
+MAX_SEEDS = 1_000
 STUDY_ATTR = "adatune"  # study user attribute: what defines the sweep
 PARAM_TYPES = ("float", "int", "categorical")
 
@@ -97,6 +102,7 @@ _VALUE_KINDS = {
     "lr": "real", "momentum": "real", "weight_decay": "real", "grad_clip": "real",
     "hyper_lr": "real", "alpha": "real", "lr_decay": "real",
     "batch_size": "whole", "step_size": "whole", "t_0": "whole", "t_mult": "whole",
+    "warmup_steps": "whole",
     "nesterov": "flag", "first_order": "flag", "mu": "mu",
 }
 _COMMON = ("lr", "momentum", "nesterov", "weight_decay", "batch_size", "grad_clip")
@@ -109,6 +115,8 @@ TUNABLE: dict[str, tuple[str, ...]] = {
     "staircase": (*_COMMON, "step_size", "lr_decay"),
     "exponential": (*_COMMON, "lr_decay"),
     "cosine": (*_COMMON, "t_0", "t_mult"),
+    # a peer: its own settings (PeerSpec.settings), the batch size and gradient clipping
+    **{name: (*spec.settings, "batch_size", "grad_clip") for name, spec in PEERS.items()},
 }
 # Fields that say where or how verbosely a run goes, not what it computes: workers of
 # one study may differ in them.
@@ -139,6 +147,20 @@ _HYPER_LR = {"sgd": _log(1e-6, 1e-2), "adam": _log(1e-9, 1e-5)}
 _HD_HYPER_LR = {"sgd": _log(1e-5, 1e-1), "adam": _log(1e-8, 1e-4)}
 _ALPHA = {"sgd": _log(1e-8, 1e-4, zero=True), "adam": _log(1e-11, 1e-7, zero=True)}
 _MU = {"type": "categorical", "choices": ["auto", 0.99, 0.999]}
+# Peers: lr scales the step size each estimates (1.0 is their authors' setting); Schedule-Free
+# also has its warm-up (0 or 10 to 1000 steps) and its momentum beta (its README names 0.9 to
+# 0.98), D-Adapt SGD its momentum (0 by default).
+_PEER_LR = _log(0.1, 10.0)
+_WARMUP = {"type": "int", "low": 10, "high": 1000, "log": True, "zero": True}
+PEER_SPACES: dict[str, dict[str, dict[str, Any]]] = {
+    "prodigy": {"lr": _PEER_LR},
+    "dadapt-sgd": {"lr": _PEER_LR, "momentum": {"type": "categorical", "choices": [0.0, 0.9]}},
+    "dadapt-adam": {"lr": _PEER_LR},
+    "schedulefree-sgd": {"lr": _PEER_LR, "warmup_steps": _WARMUP,
+                         "momentum": {"type": "categorical", "choices": [0.9, 0.95, 0.98]}},
+    "schedulefree-adamw": {"lr": _log(2.5e-4, 2.5e-2), "warmup_steps": _WARMUP},
+    "dog": {"lr": _PEER_LR},
+}
 
 #: The default search space of each method, per optimizer family ("sgd"; "adam" for
 #: adam and adamw), in the format of space files.
@@ -153,6 +175,7 @@ DEFAULT_SPACES: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
                       "lr_decay": _uniform(0.1, 0.9)},
         "exponential": {"lr": _LR[family], "lr_decay": _uniform(0.8, 0.99)},
         "cosine": {"lr": _LR[family], "t_0": _whole(1, 10), "t_mult": _whole(1, 3)},
+        **PEER_SPACES,  # a peer is its own optimizer: one space for either family
     }
     for family in ("sgd", "adam")
 }
@@ -450,10 +473,8 @@ class SweepConfig:
             raise ConfigError(f"sweep has no search space for {method} (replay a learned "
                               "schedule with `adatune baseline --lr-scheduler replay`)")
         object.__setattr__(self, "method", method)
-        for name in ("trials", "seeds"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"invalid {name}: {value!r} (must be a whole number >= 1)")
+        whole("trials", self.trials, 1, MAX_TRIALS)
+        whole("seeds", self.seeds, 1, MAX_SEEDS)
         sampler = str(self.sampler).strip().lower()
         if sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {self.sampler!r} (choose from: "
@@ -476,6 +497,12 @@ class SweepConfig:
             for p in self.space:
                 if p.name not in TUNABLE[method]:
                     raise ConfigError(f"{p.name!r} has no effect on {method}")
+
+    def check_seeds(self, base: TrainConfig) -> None:
+        """The seeds of a trial, base.seed ... base.seed + seeds - 1, must all be valid."""
+        if base.seed + self.seeds - 1 > MAX_SEED:
+            raise ConfigError(f"invalid seed: {base.seed} with {self.seeds} seeds per trial "
+                              f"goes past the largest seed {MAX_SEED}")
 
     def resolved_space(self, base: TrainConfig) -> Space:
         return self.space if self.space is not None else default_space(self.method,
@@ -555,8 +582,11 @@ def run_sweep(base: TrainConfig, sweep: SweepConfig, store: Store, *,
     if base.method != sweep.method:
         raise ConfigError(f"the base configuration is for {base.method}, the sweep for "
                           f"{sweep.method}")
+    sweep.check_seeds(base)
     space = sweep.resolved_space(base)
     check_space(space, base)
+    if base.is_peer:  # before the study is created
+        check_available(base.method)
     events = events or SweepEvents()
     storage = _storage(store)
     study = _open_study(storage, sweep, base, space, store)
@@ -719,9 +749,10 @@ def _storage(store: Store) -> Any:
             last = exc
             time.sleep(0.1 * (attempt + 1) + random.random() * 0.3)
         except RuntimeError as exc:  # schema of another Optuna version
-            raise StoreError(f"cannot use Optuna's tables in {store.location}: "
-                             f"{' '.join(str(exc).split())}") from None
-    reason = " ".join(str(getattr(last, "orig", None) or last).split())
+            reason = mask_secrets(" ".join(str(exc).split()), url_secrets(store.url))
+            raise StoreError(f"cannot use Optuna's tables in {store.location}: {reason}") from None
+    reason = mask_secrets(" ".join(str(getattr(last, "orig", None) or last).split()),
+                          url_secrets(store.url))
     raise StoreError(f"cannot create Optuna's tables in {store.location}: {reason}")
 
 

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from adatune.errors import AdatuneError
+from adatune.redact import mask_secrets
 
 DEFAULT_STORE = "adatune.db"
 
@@ -55,7 +56,7 @@ def json_safe(value: Any) -> Any:
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print one clear line on stderr and exit with ``code``."""
-    err.print(f"adatune: error: {message}", markup=False)
+    err.print(mask_secrets(f"adatune: error: {message}"), markup=False)
     raise typer.Exit(code)
 
 

@@ -10,6 +10,7 @@ from rich import box
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
+from adatune import signals
 from adatune.config import TUNER_NAMES, TrainConfig, canonical_method
 from adatune.engine import RunResult, train
 from adatune.errors import ConfigError
@@ -271,10 +272,10 @@ def find_alpha_command(
             print_summary(trained)
     if result.status == "interrupted":
         err.print("adatune: find-alpha interrupted", markup=False)
-        raise typer.Exit(130)
+        raise typer.Exit(signals.exit_code(130))
     if result.value is None:
         fail(_all_diverged(result, config), 1)
     if trained is not None and trained.status == "interrupted":
-        raise typer.Exit(130)
+        raise typer.Exit(signals.exit_code(130))
     if trained is not None and trained.status == "diverged":
         raise typer.Exit(1)

@@ -10,7 +10,9 @@ import warnings
 import typer
 
 import adatune
+from adatune import signals
 from adatune.errors import AdatuneError
+from adatune.redact import mask_secrets
 
 app = typer.Typer(
     name="adatune",
@@ -43,30 +45,38 @@ def _register() -> None:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"adatune: warning: {message}", file=sys.stderr)
+    print(mask_secrets(f"adatune: warning: {message}"), file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: every user error is one line on stderr and exit code 2."""
+    """Entry point: every user error is one line on stderr and exit code 2.
+
+    SIGTERM is handled as :mod:`adatune.signals` says (a run checkpoints and
+    stops; the exit code is 143), SIGUSR1 checkpoints a run and goes on.
+    """
     warnings.showwarning = _show_warning
     _register()
     try:
-        rv = app(args=argv, prog_name="adatune", standalone_mode=False)
+        with signals.handle_preemption():
+            rv = app(args=argv, prog_name="adatune", standalone_mode=False)
     except typer.Exit as exc:
         return _exit(exc.exit_code)
     except typer.TyperException as exc:  # usage errors: bad option, bad value, ...
         msg = " ".join(exc.format_message().split())
         if not msg:  # bare `adatune`: the help was printed
             return _exit(0)
-        print(f"adatune: error: {msg}", file=sys.stderr)
+        print(mask_secrets(f"adatune: error: {msg}"), file=sys.stderr)
         return _exit(exc.exit_code or 2)
+    except signals.Terminated as exc:
+        print(f"adatune: {exc}", file=sys.stderr)
+        return _exit(128 + exc.signum)
     except (typer.Abort, KeyboardInterrupt):
         print("adatune: aborted", file=sys.stderr)
         return _exit(130)
     except AdatuneError as exc:
         if os.environ.get("ADATUNE_DEBUG") and exc.__cause__ is not None:
             traceback.print_exception(exc.__cause__, file=sys.stderr)
-        print(f"adatune: error: {exc}", file=sys.stderr)
+        print(mask_secrets(f"adatune: error: {exc}"), file=sys.stderr)
         return _exit(2)
     return _exit(rv if isinstance(rv, int) else 0)
 

@@ -24,6 +24,7 @@ from adatune.errors import ConfigError
 _PANEL_RUN = "Run"
 _PANEL_TUNER = "Hypergradient tuner"
 _PANEL_SCHED = "Baseline schedule"
+_PANEL_PEER = "Peer optimizer"
 _PANEL_DATA = "Data and protocol"
 
 
@@ -55,10 +56,15 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
         "--loss", help="cross_entropy (class scores; accuracy picks the best epoch), mse, or "
                        "an import path module:fn (the lowest validation loss picks the best "
                        "epoch).")], "cross_entropy"),
-    "optimizer": (Annotated[str, _opt("--optimizer", help="sgd, adam or adamw.")], "sgd"),
+    "optimizer": (Annotated[str | None, _opt(
+        "--optimizer", help="sgd, adam or adamw \\[default: sgd; a peer --method is its own "
+                            "optimizer].")], None),
     "lr": (Annotated[float | None, _opt("--lr", help="Initial learning rate "
-                                        "\\[default: 0.05 for sgd, 1e-3 for adam/adamw].")], None),
-    "momentum": (Annotated[float, _opt("--momentum", help="SGD momentum.")], 0.9),
+                                        "\\[default: 0.05 for sgd, 1e-3 for adam/adamw; a "
+                                        "peer's own: 1.0, schedulefree-adamw 0.0025].")], None),
+    "momentum": (Annotated[float | None, _opt(
+        "--momentum", help="SGD momentum \\[default: 0.9; dadapt-sgd 0, schedulefree-sgd "
+                           "0.9].")], None),
     "nesterov": (Annotated[bool, _opt("--nesterov", help="Nesterov momentum (SGD).")], False),
     "weight_decay": (Annotated[float, _opt("--weight-decay", "--wd",
                                            help="Weight decay (L2; decoupled for adamw).")], 0.0),
@@ -93,6 +99,9 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
                                 help="Cosine: epochs of the first period.")], 2),
     "t_mult": (Annotated[int, _opt("--t-mult", panel=_PANEL_SCHED,
                                    help="Cosine: period multiplier after each restart.")], 2),
+    "warmup_steps": (Annotated[int, _opt("--warmup-steps", panel=_PANEL_PEER,
+                                         help="Schedule-Free: steps of linear LR warm-up.")],
+                     0),
     "data_dir": (Annotated[str | None, _opt("--data-dir", panel=_PANEL_DATA,
                                             help="Where datasets live \\[default: "
                                                  "$ADATUNE_DATA or ~/.cache/adatune/data].")],
@@ -149,6 +158,17 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user gave option ``name`` (on the command line or via its variable)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a parameter name: ``weight_decay`` -> ``--weight-decay``."""
+    return "--" + name.replace("_", "-")
+
+
 def parse_mu(text: str) -> float | str:
     value = text.strip().lower()
     if value == "auto":
@@ -172,11 +192,16 @@ def command_line(kind: str, config: dict[str, Any], *, name: str | None = None,
     """The ``adatune`` command that reproduces a run with this configuration."""
     import shlex
 
+    from adatune.peers import PEERS
+
     method = config["method"]
-    parts = ["adatune", "train" if kind == "train" else "baseline",
-             "--tuner" if kind == "train" else "--lr-scheduler", method]
     tuner = kind == "train"
+    peer = method in PEERS
+    flag = "--tuner" if tuner else ("--method" if peer else "--lr-scheduler")
+    parts = ["adatune", "train" if tuner else "baseline", flag, method]
     skip = {"checkpoint_dir", "download", "device"}  # machine-specific
+    if peer:
+        skip.add("optimizer")  # a peer is its own optimizer
     if tuner:
         skip |= {"step_size", "lr_decay", "t_0", "t_mult"}
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import webbrowser
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from adatune.redact import mask_secrets, mask_values
 from adatune.report import summary_json, summary_rich, summary_table, write_html
 from adatune.report.select import load_details
 from adatune.store import RunDetail, open_store
@@ -61,7 +63,7 @@ def _load(
     path = sqlite_path(resolve_url(store))
     if path is not None and not path.exists():
         fail(f"no store at {path} (give --store or set ADATUNE_STORE)")
-    with open_store(store) as st:
+    with open_store(store, create=False) as st:
         details = load_details(
             st, experiment=experiment, run_ids=runs, methods=methods, dataset=dataset
         )
@@ -70,7 +72,17 @@ def _load(
         fail(
             f"no runs match {_selection(experiment, runs, methods, dataset)} in {location}", code=1
         )
-    return details
+    return [_masked(d) for d in details]
+
+
+def _masked(detail: RunDetail) -> RunDetail:
+    """A run as reports show it: any URL password in its texts masked."""
+    run = detail.run
+    shown = dataclasses.replace(run, config=mask_values(run.config),
+                                summary=mask_values(run.summary),
+                                error=None if run.error is None else mask_secrets(run.error),
+                                name=None if run.name is None else mask_secrets(run.name))
+    return dataclasses.replace(detail, run=shown)
 
 
 def _size(n: int) -> str:

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from adatune.config import TUNER_NAMES
+from adatune.redact import mask_secrets, mask_values
 from adatune.store import open_store
 from adatune.store.records import RunRecord
 from adatune_cli._common import StoreOption, fmt, json_safe, out
@@ -22,8 +23,13 @@ app.add_typer(runs_app, name="runs")
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
 
+def _shown(value: Any) -> Any:
+    """What is printed of a recorded value: strict JSON, any URL password masked."""
+    return mask_values(json_safe(value))
+
+
 def _run_json(run: RunRecord) -> dict[str, Any]:
-    return json_safe({
+    return _shown({
         "id": run.id, "name": run.name, "experiment": run.experiment, "kind": run.kind,
         "method": run.method, "optimizer": run.optimizer, "network": run.network,
         "dataset": run.dataset, "seed": run.seed, "status": run.status, "epochs": run.epochs,
@@ -80,7 +86,7 @@ def list_runs(
 
     Example: adatune runs list --method marthe --status completed
     """
-    with open_store(store) as db:
+    with open_store(store, create=False) as db:
         runs = db.list_runs(experiment=experiment, method=method, dataset=dataset,
                             status=status, kind=kind)
     if as_json:
@@ -107,13 +113,13 @@ def show_run(
 
     Example: adatune runs show 3 --json
     """
-    with open_store(store) as db:
+    with open_store(store, create=False) as db:
         detail = db.get_run(run_id, steps=False)
     run = detail.run
     command = _reproduce(run)
     if as_json:
         payload = _run_json(run)
-        payload.update(json_safe({"config": run.config, "summary": run.summary,
+        payload.update(_shown({"config": run.config, "summary": run.summary,
                                "epochs": [dataclasses.asdict(e) for e in detail.epochs],
                                "command": command, "device": run.device, "host": run.host,
                                "adatune_version": run.adatune_version,
@@ -123,7 +129,7 @@ def show_run(
     out.print(f"run {run.id} {run.name or ''}  [{run.status}]  {run.kind} {run.method} on "
               f"{run.dataset}/{run.network} ({run.optimizer}), seed {run.seed}", markup=False)
     if run.error:
-        out.print(f"reason: {run.error}", markup=False)
+        out.print(f"reason: {mask_secrets(run.error)}", markup=False)
     replayed = _replayed(run)
     if replayed:
         out.print(replayed, markup=False, soft_wrap=True)
@@ -140,26 +146,50 @@ def show_run(
                       fmt(e.val_loss), fmt(e.val_acc, ".2%"), fmt(e.test_acc, ".2%"),
                       fmt(e.elapsed_s, ".1f"), str(e.nonfinite_hypergradients))
     out.print(table)
-    out.print("config: " + json.dumps(json_safe(run.config), sort_keys=True), markup=False,
+    out.print("config: " + json.dumps(_shown(run.config), sort_keys=True), markup=False,
               soft_wrap=True)
     if command:
         out.print("reproduce with:", markup=False)
-        out.print(f"  {command}", markup=False, soft_wrap=True)
+        out.print(f"  {mask_secrets(command)}", markup=False, soft_wrap=True)
 
 
 @runs_app.command("delete")
 def delete_run(
     run_id: Annotated[int, typer.Argument(metavar="RUN_ID")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    keep_checkpoints: Annotated[bool, typer.Option(
+        "--keep-checkpoints", help="Keep the run's checkpoint folder (last.pt, best.pt).")]
+    = False,
     store: StoreOption = "adatune.db",
 ) -> None:
-    """Delete a run with its epochs and steps (and a search's probes).
+    """Delete a run with its epochs and steps (and a search's probes), and their checkpoints.
 
+    The run's checkpoint folder (<checkpoint-dir>/run-ID) goes too, unless
+    --keep-checkpoints; only the files a run writes are removed. A run that is
+    still training is refused.
     Example: adatune runs delete 3 --yes
     """
-    with open_store(store) as db:
+    from adatune.checkpoint import delete_run as delete
+
+    with open_store(store, create=False) as db:
         run = db.get_run(run_id, steps=False).run
-        if not yes and not typer.confirm(f"delete run {run.id} ({run.method}, {run.status})?"):
+        what = "" if keep_checkpoints else " and its checkpoints"
+        if not yes and not typer.confirm(f"delete run {run.id} ({run.method}, {run.status})"
+                                         f"{what}?"):
             raise typer.Exit(1)
-        db.delete_run(run_id)
-    out.print(f"deleted run {run_id}", markup=False)
+        result = delete(db, run_id, keep_checkpoints=keep_checkpoints)
+    others = len(result.runs) - 1
+    out.print(f"deleted run {run_id}" + (f" and its {others} child run{'s' * (others > 1)}"
+                                        if others else ""), markup=False)
+    if result.kept:
+        out.print(f"checkpoints kept in {', '.join(result.kept)}", markup=False,
+                  highlight=False, soft_wrap=True)
+    failed = False
+    for folder in result.folders:
+        if folder.state == "removed":
+            out.print(f"removed {folder.folder}", markup=False, highlight=False)
+        elif folder.state != "absent":
+            failed = failed or folder.state == "failed"
+            out.print(f"kept {folder.folder}: {folder.note}", markup=False, highlight=False)
+    if failed:
+        raise typer.Exit(1)

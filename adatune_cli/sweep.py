@@ -16,8 +16,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from adatune import signals
 from adatune.config import TrainConfig
 from adatune.errors import ConfigError
+from adatune.peers import check_available
 from adatune.store import open_store
 from adatune.store.connection import sqlite_path
 from adatune.sweep import (
@@ -41,7 +43,7 @@ from adatune.sweep import (
 )
 from adatune_cli._common import DEFAULT_STORE, StoreOption, err, fmt, out
 from adatune_cli.main import app
-from adatune_cli.options import make_config, run_options
+from adatune_cli.options import given, make_config, run_options
 from adatune_cli.train import RichEvents
 
 
@@ -126,12 +128,6 @@ def _print_result(result: SweepResult, location: str, store_url: str) -> None:
     out.print(f"compare: {shlex.join(command)}", markup=False, highlight=False)
 
 
-def _given(ctx: typer.Context, name: str) -> bool:
-    """Whether the user gave option ``name`` (on the command line or via its variable)."""
-    source = ctx.get_parameter_source(name)
-    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
-
-
 def _space(method: str, base: TrainConfig, space_file: str | None,
            fixed: list[str]) -> tuple[Space, list[str]]:
     space = (load_space(space_file, method=method) if space_file
@@ -151,7 +147,9 @@ def sweep_command(
     ctx: typer.Context,
     opts: dict[str, Any],
     method: Annotated[str, typer.Option(
-        "--method", help="marthe, rtho, hd, constant, staircase, exponential or cosine.")],
+        "--method", help="marthe, rtho, hd, constant, staircase, exponential, cosine, or a "
+                         "peer: prodigy, dadapt-sgd, dadapt-adam, schedulefree-sgd, "
+                         "schedulefree-adamw, dog.")],
     trials: Annotated[int, typer.Option(
         "--trials", help="Trials of the whole study, over all workers.")] = DEFAULT_TRIALS,
     seeds: Annotated[int, typer.Option(
@@ -180,11 +178,14 @@ def sweep_command(
     """
     if opts["patience"] is None:
         opts = {**opts, "patience": DEFAULT_PATIENCE}
-    given = [name for name in opts if _given(ctx, name)]
+    given_here = [name for name in opts if given(ctx, name)]
     probe = SweepConfig(method, trials=trials, seeds=seeds, sampler=sampler, study=study,
                         timeout=timeout)  # validates before anything is read or written
     base = make_config(probe.method, opts)
-    space, fixed = _space(probe.method, base, space_file, given)
+    probe.check_seeds(base)
+    if base.is_peer and not show_space:  # its package, before the study is announced
+        check_available(base.method)
+    space, fixed = _space(probe.method, base, space_file, given_here)
     sweep = SweepConfig(probe.method, trials=trials, seeds=seeds, sampler=sampler,
                         study=study, timeout=timeout, space=space)
     if show_space:
@@ -208,4 +209,4 @@ def sweep_command(
             result = run_sweep(base, sweep, db, events=_SweepProgress(progress))
     _print_result(result, location, url)
     if result.stopped == "interrupted":
-        raise typer.Exit(130)
+        raise typer.Exit(signals.exit_code(130))

@@ -16,15 +16,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from adatune.config import REPLAY, TUNER_NAMES, TrainConfig
+from adatune import signals
+from adatune.config import REPLAY, TUNER_NAMES, TrainConfig, canonical_method
 from adatune.engine import Events, RunResult, resume, train
 from adatune.errors import ConfigError
+from adatune.peers import PEER_NAMES
 from adatune.schedules import canonical_schedule
 from adatune.store import open_store
 from adatune.store.records import EpochRecord
 from adatune_cli._common import StoreOption, err, fmt, out
 from adatune_cli.main import app
-from adatune_cli.options import make_config, run_options
+from adatune_cli.options import flag, given, make_config, run_options
 
 NameOption = Annotated[str | None, typer.Option("--name", help="A name for the run.")]
 ExperimentOption = Annotated[str | None, typer.Option(
@@ -103,27 +105,59 @@ def print_summary(result: RunResult) -> None:
 
 
 def _run(config: TrainConfig | None, store: str, *, resume_id: int | None = None,
-         **run_kw: Any) -> None:
+         resume_changes: dict[str, Any] | None = None, **run_kw: Any) -> None:
     db = open_store(store)
     try:
+        if resume_id is not None and resume_changes:
+            _print_resume_changes(db, resume_id, resume_changes)
         with _progress() as progress:
             events = RichEvents(progress)
             if resume_id is not None:
-                result = resume(db, resume_id, events=events)
+                result = resume(db, resume_id, events=events, **(resume_changes or {}))
             else:
                 result = train(config, db, events=events, **run_kw)
     finally:
         db.close()
     print_summary(result)
     if result.status == "interrupted":
-        raise typer.Exit(130)
+        raise typer.Exit(signals.exit_code(130))  # 143 after SIGTERM
     if result.status == "diverged":
         raise typer.Exit(1)
+
+
+#: What ``--resume`` may be given with: moving a run, and training it longer.
+RESUME_OPTIONS = ("epochs", "device")
+
+
+def resume_changes(ctx: typer.Context, run_id: int, opts: dict[str, Any],
+                   **others: bool) -> dict[str, Any]:
+    """The options given with ``--resume``: --epochs and --device, or a one-line refusal.
+
+    ``others`` says which of the command's own options were given (e.g. --name).
+    """
+    refused = [flag(name) for name in opts if name not in RESUME_OPTIONS and given(ctx, name)]
+    refused += [flag(name) for name, was_given in others.items() if was_given]
+    if refused:
+        raise ConfigError(f"--resume {run_id} continues the run as it was recorded; "
+                          f"{', '.join(refused)} would change it (only "
+                          f"{', '.join(flag(n) for n in RESUME_OPTIONS)} may be given with "
+                          "--resume: start a new run for anything else)")
+    return {name: opts[name] for name in RESUME_OPTIONS if given(ctx, name)}
+
+
+def _print_resume_changes(db: Any, run_id: int, changes: dict[str, Any]) -> None:
+    config = db.get_run(run_id, steps=False).run.config
+    parts = [f"{flag(k)} {v} (was {config.get(k)})" for k, v in changes.items()
+             if config.get(k) != v]
+    if parts:
+        err.print(f"resuming run {run_id} with {' and '.join(parts)}; recorded in its "
+                  "config (extra.resumed)", markup=False, highlight=False)
 
 
 @app.command("train")
 @run_options
 def train_command(
+    ctx: typer.Context,
     opts: dict[str, Any],
     tuner: Annotated[str, typer.Option("--tuner", help="marthe, rtho or hd.")] = "marthe",
     resume_id: Annotated[int | None, typer.Option(
@@ -138,7 +172,10 @@ def train_command(
     Example: adatune train --tuner marthe --epochs 15
     """
     if resume_id is not None:
-        _run(None, store, resume_id=resume_id)
+        changes = resume_changes(ctx, resume_id, opts, **{
+            "tuner": given(ctx, "tuner"), "name": given(ctx, "name"),
+            "experiment": given(ctx, "experiment")})
+        _run(None, store, resume_id=resume_id, resume_changes=changes)
         return
     method = tuner.strip().lower()
     if method not in TUNER_NAMES:
@@ -155,11 +192,18 @@ _PANEL_REPLAY = "Replay a learned schedule"
 def baseline_command(
     ctx: typer.Context,
     opts: dict[str, Any],
-    lr_scheduler: Annotated[str, typer.Option(
+    lr_scheduler: Annotated[str | None, typer.Option(
         "--lr-scheduler", help="constant, staircase, exponential, cosine, or replay (a "
                                "recorded schedule: --from-run or --from-file). The original's "
-                               "ed, cyclic and hd are accepted; hd runs the HD tuner.")]
-    = "constant",
+                               "ed, cyclic and hd are accepted; hd runs the HD tuner "
+                               "\\[default: constant].")] = None,
+    method: Annotated[str | None, typer.Option(
+        "--method", help=f"A learning-rate-free peer optimizer: {', '.join(PEER_NAMES)} "
+                         "(each at its authors' defaults); or a schedule name, as "
+                         "--lr-scheduler.")] = None,
+    resume_id: Annotated[int | None, typer.Option(
+        "--resume", help="Continue run RUN_ID from its last checkpoint.",
+        metavar="RUN_ID")] = None,
     from_run: Annotated[int | None, typer.Option(
         "--from-run", metavar="RUN_ID", rich_help_panel=_PANEL_REPLAY,
         help="Replay the LR of every step of this run. Its network, data, optimizer, batch "
@@ -179,18 +223,36 @@ def baseline_command(
     experiment: ExperimentOption = None,
     store: StoreOption = "adatune.db",
 ) -> None:
-    """Train with a fixed LR schedule and record the run.
+    """Train with a fixed LR schedule, or with a learning-rate-free optimizer, and record it.
 
     Example: adatune baseline --lr-scheduler cosine --t-0 2 --t-mult 2
 
+    Example: adatune baseline --method prodigy --epochs 15
+
     Example: adatune baseline --lr-scheduler replay --from-run 12 --seed 1
     """
-    key = lr_scheduler.strip().lower()
-    method = "hd" if key == "hd" else REPLAY if key == REPLAY else canonical_schedule(key)
     replay = {"from_run": from_run, "from_file": from_file, "stretch": stretch, "scale": scale}
-    if method == REPLAY and from_run is not None:
+    if resume_id is not None:
+        mixed = [flag(k) for k in replay if given(ctx, k)]
+        if mixed:
+            raise ConfigError(f"--resume {resume_id} continues the run as it was recorded; "
+                              f"{', '.join(mixed)} would change it")
+        _run(None, store, resume_id=resume_id)
+        return
+    if method is not None and lr_scheduler is not None:
+        raise ConfigError("give --method or --lr-scheduler, not both (a peer optimizer sets "
+                          "its own step size)")
+    if method is not None:
+        chosen = canonical_method(method)
+        if chosen in TUNER_NAMES:
+            raise ConfigError(f"{chosen} is a tuner: run it with `adatune train --tuner "
+                              f"{chosen}`")
+    else:
+        key = (lr_scheduler or "constant").strip().lower()
+        chosen = "hd" if key == "hd" else REPLAY if key == REPLAY else canonical_schedule(key)
+    if chosen == REPLAY and from_run is not None:
         opts = {**opts, **_inherited(ctx, opts, from_run, store)}
-    _run(make_config(method, opts, **replay), store, name=name, experiment=experiment)
+    _run(make_config(chosen, opts, **replay), store, name=name, experiment=experiment)
 
 
 def _inherited(ctx: typer.Context, opts: dict[str, Any], run_id: int,
@@ -200,9 +262,4 @@ def _inherited(ctx: typer.Context, opts: dict[str, Any], run_id: int,
 
     with open_store(store) as db:
         source = db.get_run(run_id, steps=False).run
-    given = set()
-    for name in opts:
-        where = ctx.get_parameter_source(name)
-        if where is not None and where.name in ("COMMANDLINE", "ENVIRONMENT"):
-            given.add(name)
-    return {k: v for k, v in replay_defaults(source).items() if k not in given}
+    return {k: v for k, v in replay_defaults(source).items() if not given(ctx, k)}

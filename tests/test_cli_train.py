@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -179,58 +174,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_no_run(workdir, capsys, args
             assert db.list_runs() == []
 
 
-# ----------------------------------------------------------- kill and resume
-def _spawn(store: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "ADATUNE_STORE": str(store)}
-    return subprocess.Popen([sys.executable, "-m", "adatune_cli", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            cwd=store.parent)
-
-
-def _wait_for_epochs(store: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode()
-        if store.exists():
-            with open_store(store) as db:
-                runs = db.list_runs()
-            if runs and runs[0].epochs >= n:
-                return runs[0].id
-        time.sleep(0.05)
-    raise AssertionError("the run did not reach the expected epoch in time")
-
-
-SLOW_RUN = ["train", "--tuner", "marthe", "--epochs", "6", "--batch-size", "8",
-            "--mu", "0.9", "--seed", "5"]
-
-
-@pytest.mark.parametrize("sig, code", [(signal.SIGKILL, -signal.SIGKILL),
-                                       (signal.SIGINT, 130)], ids=["SIGKILL", "Ctrl-C"])
-def test_killed_run_keeps_its_epochs_and_resumes_to_the_same_result(workdir, capsys, sig, code):
-    store = workdir / "killed.db"
-    proc = _spawn(store, *SLOW_RUN)
-    run_id = _wait_for_epochs(store, 2, proc)
-    proc.send_signal(sig)
-    assert proc.wait(timeout=60) == code
-    with open_store(store) as db:
-        run = db.get_run(run_id).run
-    kept = _epochs(str(store), run_id)
-    assert 2 <= len(kept) < 6
-    if sig == signal.SIGINT:
-        assert run.status == "interrupted"
-    # resume in a fresh process, then compare with an uninterrupted run
-    resumed = _spawn(store, "train", "--resume", str(run_id))
-    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
-    straight = workdir / "straight.db"
-    assert _spawn(straight, *SLOW_RUN).wait(timeout=300) == 0
-    with open_store(store) as db:
-        assert db.get_run(run_id).run.status == "completed"
-    assert _epochs(str(store), run_id)[: len(kept)] == kept  # nothing finished was lost
-    assert _epochs(str(store), run_id) == _epochs(str(straight), 1)
-    with open_store(store) as db, open_store(straight) as other:  # every step's LR too
-        assert db.get_step_lrs(run_id) == other.get_step_lrs(1)
-
-
+# ------------------------------------------------- resume (kill and resume: test_preemption.py)
 def test_resume_refuses_a_completed_run(workdir, capsys):
     assert cli(capsys, "train", "--epochs", "1")[0] == 0
     code, _, err = cli(capsys, "train", "--resume", "1")
@@ -245,3 +189,36 @@ def test_runs_show_reproduces_a_sweep_trial_with_the_right_command(workdir, caps
     shown = json.loads(out)
     assert shown["kind"] == "sweep"
     assert shown["command"].startswith("adatune baseline --lr-scheduler cosine")
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--lr", "0.1"], "--lr"), (["--seed", "3", "--optimizer", "adam"], "--optimizer, --seed"),
+    (["--name", "x"], "--name"), (["--tuner", "hd"], "--tuner"),
+    (["--batch-size", "8", "--epochs", "4"], "--batch-size"),
+])
+def test_resume_refuses_options_that_would_change_the_run(workdir, capsys, flags, named):
+    assert cli(capsys, "train", "--epochs", "1")[0] == 0
+    code, _, err = cli(capsys, "train", "--resume", "1", *flags)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert named in lines[0] and "--epochs, --device" in lines[0]
+    with open_store("adatune.db") as db:
+        run = db.get_run(1).run
+    assert run.status == "completed" and run.epochs == 1 and run.config["epochs"] == 1
+
+
+def test_resume_with_epochs_extends_a_run_to_what_a_longer_run_gives(workdir, capsys):
+    assert cli(capsys, "train", "--epochs", "2", "--seed", "4")[0] == 0
+    assert cli(capsys, "train", "--epochs", "3", "--seed", "4")[0] == 0
+    code, _, err = cli(capsys, "train", "--resume", "1", "--epochs", "3", "--device", "cpu")
+    assert code == 0, err
+    assert "resuming run 1 with --epochs 3 (was 2) and --device cpu (was auto)" in err
+    assert _epochs("adatune.db", 1) == _epochs("adatune.db", 2)
+    with open_store("adatune.db") as db:
+        run = db.get_run(1).run
+    assert (run.status, run.epochs, run.device) == ("completed", 3, "cpu")
+    assert run.config["epochs"] == 3 and run.config["device"] == "cpu"
+    assert run.config["extra"]["resumed"] == [{"at_epoch": 2, "epochs": [2, 3],
+                                              "device": ["auto", "cpu"]}]
+    code, _, err = cli(capsys, "train", "--resume", "1", "--epochs", "2")
+    assert code == 2 and "already completed (3 epochs)" in err

@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, text
 
 from adatune.store import VERSION_TABLE, migrate, open_store
 from adatune.store.connection import describe
+from tests._wait import WAIT_S
 
 ReadOnly = Callable[[Path], contextlib.AbstractContextManager[None]]
 _MAIN = "import sys; from adatune_cli.main import main; main(sys.argv[1:])"
@@ -29,7 +30,7 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[i
         env=full_env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=WAIT_S,
     )
     return proc.returncode, proc.stdout, proc.stderr
 

@@ -28,6 +28,7 @@ from adatune.store import (
     upgrade_store,
 )
 from adatune.store.orm import Base
+from tests._wait import WAIT_S
 
 ROOT = Path(__file__).resolve().parents[1]
 OUR_TABLES = {"adatune_experiments", "adatune_runs", "adatune_epochs", "adatune_steps"}
@@ -241,7 +242,7 @@ def test_non_editable_install_creates_a_store_from_anywhere(tmp_path: Path) -> N
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=WAIT_S,
     )
     assert build.returncode == 0, build.stderr
     shipped = target / "adatune" / "migrations"
@@ -273,7 +274,7 @@ def test_non_editable_install_creates_a_store_from_anywhere(tmp_path: Path) -> N
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=WAIT_S,
     )
     assert result.returncode == 0, result.stderr
     adatune_file, migrations_file, url, names = result.stdout.split()

@@ -39,6 +39,16 @@ def test_the_fit_example_runs_and_records_its_run(workdir, capsys):
     assert (run.name, run.method, run.epochs) == ("mine", "marthe", 10)
 
 
+def test_the_fit_peer_example_runs_and_records_a_schedule_free_run(workdir, capsys):
+    exec(compile(example("fit-peer"), "README.md", "exec"), {"__name__": "readme"})  # noqa: S102
+    assert re.search(r"run 1: schedulefree-adamw, test accuracy \d", capsys.readouterr().out)
+    with open_store("runs.db") as db:
+        [run] = db.list_runs()
+        steps = db.get_run(run.id).steps
+    assert (run.method, run.optimizer, run.epochs) == ("schedulefree-adamw",) * 2 + (5,)
+    assert steps[0].lr == 0.01 / 20 and steps[-1].lr == 0.01  # its warm-up, as recorded
+
+
 def test_the_own_model_commands_run_with_the_example_module(workdir, capsys, monkeypatch):
     (workdir / "mymodels.py").write_text(example("mymodels.py"))
     monkeypatch.syspath_prepend(str(workdir))

@@ -20,6 +20,7 @@ import pytest
 
 from adatune.config import TrainConfig
 from adatune.engine import resume, train
+from adatune.errors import ConfigError
 from adatune.replay import LRSchedule, format_schedule, schedule_from_file, schedule_from_run
 from adatune.store import EpochRecord, NewRun, open_store
 from tests._cli import cli
@@ -138,11 +139,15 @@ def test_a_replay_resumes_to_the_same_lrs(db: Path) -> None:
         assert first.status == "interrupted"
         assert resume(store, first.run_id).status == "completed"
     assert step_lrs(db, first.run_id) == step_lrs(db, 1)
-    import torch  # the checkpoint, schedule and pending LRs included, loads as plain data
+    import torch  # the checkpoint, schedule and every epoch's LRs included, loads as plain data
 
     state = torch.load(db.parent / "ck" / f"run-{first.run_id}" / "last.pt", weights_only=True)
     assert state["schedule"]["lrs"].tolist() == flat(step_lrs(db, 1))
-    assert state["pending"]["lrs"] == step_lrs(db, 1)[-1]
+    assert state["history"]["lrs"] == [list(e) for e in step_lrs(db, 1)]
+    with open_store(db) as store:  # training it longer would leave its schedule's layout
+        store.finish_run(first.run_id, "interrupted", error="test")
+        with pytest.raises(ConfigError, match="replays a schedule laid out for 3 epochs"):
+            resume(store, first.run_id, epochs=SOURCE_EPOCHS + 2)
 
 
 # ------------------------------------------------------------------ the report

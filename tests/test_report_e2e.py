@@ -327,7 +327,8 @@ def open_page(browser, path: Path, width: int = 1300):
     page.route("**/*", route)
     page.on("requestfailed", lambda r: problems.append(f"failed request: {r.url}"))
     page.goto(path.as_uri())
-    page.wait_for_function("document.body.dataset.rendered !== 'pending'", timeout=60_000)
+    # generous: rendering waits on a loaded machine too (tests/_wait.py)
+    page.wait_for_function("document.body.dataset.rendered !== 'pending'", timeout=600_000)
     return page, problems
 
 

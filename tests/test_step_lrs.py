@@ -61,3 +61,62 @@ def test_an_epoch_healed_from_the_checkpoint_keeps_its_step_lrs(tmp_path: Path) 
         assert [g.epoch for g in healed] == [1, 2, 3]
         assert all(g.lrs for g in healed)
         assert healed == store.get_step_lrs(straight.run_id)
+
+
+def test_a_run_stopped_mid_epoch_keeps_every_step_lr(tmp_path: Path) -> None:
+    """SIGTERM after step 5 of epoch 2: the checkpoint carries that epoch's first LRs."""
+    import os
+    import signal
+
+    from adatune import checkpoint, signals
+    from adatune.engine import Events, resume
+
+    class StopAt(Events):
+        def step_done(self, epoch, batch, loss, lr, mu) -> None:
+            if (epoch, batch) == (2, 5):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    config = TrainConfig(method="marthe", epochs=3, checkpoint_dir=str(tmp_path / "ck"))
+    with open_store(tmp_path / "s.db") as store:
+        with signals.handle_preemption():
+            first = train(config, store, events=StopAt())
+        assert first.status == "interrupted" and "after step 5" in first.reason
+        partial = checkpoint.load(Path(first.checkpoint_dir) / "last.pt")["partial"]
+        assert len(partial["lrs"]) == 5
+        assert resume(store, first.run_id).status == "completed"
+        straight = train(config, store)
+        assert partial["lrs"] == list(store.get_step_lrs(straight.run_id)[1].lrs[:5])
+        assert store.get_step_lrs(first.run_id) == store.get_step_lrs(straight.run_id)
+
+
+def test_a_checkpoint_written_before_step_lrs_resumes_without_inventing_them(
+        tmp_path: Path) -> None:
+    """A mid-epoch checkpoint without LRs: that epoch has none; replaying the run says so."""
+    import os
+    import signal
+
+    import torch
+
+    from adatune import signals
+    from adatune.engine import Events, resume
+    from adatune.replay import NoStepLRs, schedule_from_run
+
+    class StopAt(Events):
+        def step_done(self, epoch, batch, loss, lr, mu) -> None:
+            if (epoch, batch) == (2, 5):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    config = TrainConfig(method="hd", epochs=3, checkpoint_dir=str(tmp_path / "ck"))
+    with open_store(tmp_path / "s.db") as store:
+        with signals.handle_preemption():
+            first = train(config, store, events=StopAt())
+        last = Path(first.checkpoint_dir) / "last.pt"
+        state = torch.load(last, weights_only=True)
+        del state["partial"]["lrs"], state["history"]["lrs"]  # as adatune wrote them before
+        torch.save(state, last)
+        assert resume(store, first.run_id).status == "completed"
+        per = store.get_step_lrs(first.run_id)
+        assert [g.epoch for g in per] == [1, 2, 3]
+        assert per[0].lrs and per[1].lrs is None and per[2].lrs
+        with pytest.raises(NoStepLRs, match="epoch 2 "):
+            schedule_from_run(store, first.run_id)

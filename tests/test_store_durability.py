@@ -7,7 +7,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from sqlalchemy import create_engine, update
 
 from adatune.store import open_store
 from adatune.store.orm import RunRow
+from tests._wait import WAIT_S, wait_for
 
 RUNS, EPOCHS, STEPS = 3, 25, 20
 
@@ -99,13 +99,13 @@ def test_four_processes_write_one_sqlite_file_at_once(tmp_path: Path) -> None:
         )
         for w in range(4)
     ]
-    deadline = time.monotonic() + 60
-    while not all((tmp_path / f"ready-{w}").exists() for w in range(4)):
+    def started() -> bool:
         assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
-        assert time.monotonic() < deadline, "writers did not start"
-        time.sleep(0.01)
+        return all((tmp_path / f"ready-{w}").exists() for w in range(4))
+
+    wait_for(started, what="the writers to start")
     (tmp_path / "go").touch()
-    results = [p.communicate(timeout=120) for p in procs]
+    results = [p.communicate(timeout=WAIT_S) for p in procs]
     for proc, (_out, err) in zip(procs, results):
         assert "locked" not in err.lower() and "busy" not in err.lower(), err
         assert proc.returncode == 0, err
@@ -154,7 +154,7 @@ def test_sigkilled_writer_keeps_every_committed_epoch(
                 break
     finally:
         proc.send_signal(signal.SIGKILL)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == -signal.SIGKILL, err
     assert run_id is not None and committed >= 8, err
 

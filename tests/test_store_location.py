@@ -192,12 +192,12 @@ def test_an_immediate_lock_error_while_opening_sqlite_is_retried(tmp_path, monke
     real = repository.ensure_current
     calls = []
 
-    def flaky(engine, location):
+    def flaky(engine, location, **kw):
         calls.append(1)
         if len(calls) == 1:
             raise OperationalError("PRAGMA journal_mode = WAL", {},
                                    sqlite3.OperationalError("database is locked"))
-        return real(engine, location)
+        return real(engine, location, **kw)
 
     monkeypatch.setattr(repository, "ensure_current", flaky)
     with repository.open_store(tmp_path / "race.db") as store:
@@ -206,7 +206,7 @@ def test_an_immediate_lock_error_while_opening_sqlite_is_retried(tmp_path, monke
     # A lock that never clears still ends in the one-line error once the budget is spent.
     monkeypatch.setattr(repository, "SQLITE_BUSY_TIMEOUT_S", 0.2)
 
-    def always(engine, location):
+    def always(engine, location, **kw):
         raise OperationalError("BEGIN", {}, sqlite3.OperationalError("database is locked"))
 
     monkeypatch.setattr(repository, "ensure_current", always)

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -28,6 +27,8 @@ from adatune.store import open_store
 from adatune.store.records import NewRun
 from adatune.sweep import SweepConfig, SweepEvents, parse_space, run_sweep
 from tests._cli import cli
+from tests._wait import WAIT_S, wait_for
+from tests._wait import runs as runs_in
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 TrialState = optuna.trial.TrialState
@@ -277,7 +278,7 @@ def test_two_workers_share_one_study(store_url, tmp_path):
     args = ["--method", "constant", "--trials", "4", "--seeds", "1", "--study", "shared",
             "--space", str(space), "--checkpoint-dir", str(tmp_path / "ckpt"), *FAST]
     workers = [_worker(store_url, tmp_path, *args) for _ in range(2)]
-    outputs = [w.communicate(timeout=240) for w in workers]
+    outputs = [w.communicate(timeout=WAIT_S) for w in workers]
     for w, (out, err) in zip(workers, outputs):
         assert w.returncode == 0, err
         assert "locked" not in err and "Traceback" not in err, err
@@ -300,16 +301,10 @@ def test_ctrl_c_stops_a_worker_and_leaves_the_study_consistent(tmp_path):
     worker = _worker(str(store), tmp_path, "--method", "constant", "--trials", "50", "--seeds",
                      "1", "--study", "c", "--epochs", "40", "--batch-size", "16",
                      "--lr", "0.01", "--space", _lr_space(tmp_path))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert worker.poll() is None, worker.communicate()
-        if store.exists():
-            with open_store(store) as db:
-                if any(r.epochs >= 1 for r in db.list_runs()):
-                    break
-        time.sleep(0.1)
+    wait_for(lambda: any(epochs >= 1 for _, epochs, _ in runs_in(store)),
+             what="a sweep run's first epoch", proc=worker)
     worker.send_signal(signal.SIGINT)
-    out, err = worker.communicate(timeout=60)
+    out, err = worker.communicate(timeout=WAIT_S)
     assert worker.returncode == 130, err
     assert "interrupted" in out and "Traceback" not in err
     with open_store(store) as db:

@@ -14,6 +14,7 @@ import pytest
 
 from adatune.config import TrainConfig
 from adatune.errors import ConfigError
+from adatune.peers import PEER_NAMES
 from adatune.sweep import (
     DEFAULT_SPACES,
     TUNABLE,
@@ -72,7 +73,17 @@ def test_default_spaces_are_the_documented_ones():
     assert adam["alpha"].high == pytest.approx(marthe["alpha"].high / 1000)
     assert "mu: one of auto, 0.99, 0.999" in describe_space(default_space("marthe"))
     assert "alpha: 0 or log-uniform [1e-08, 0.0001]" in describe_space(default_space("marthe"))
-    assert set(DEFAULT_SPACES["sgd"]) == set(METHODS) == set(DEFAULT_SPACES["adam"])
+    assert set(DEFAULT_SPACES["sgd"]) == {*METHODS, *PEER_NAMES} == set(DEFAULT_SPACES["adam"])
+
+
+@pytest.mark.parametrize("method", PEER_NAMES)
+def test_every_peer_has_a_valid_default_space(method):
+    space = default_space(method)
+    assert space == default_space(method, "adam")  # a peer is its own optimizer
+    assert space and {p.name for p in space} <= set(TUNABLE[method])
+    assert space[0].name == "lr" and space[0].log
+    assert space[0].low < TrainConfig(method=method).lr < space[0].high  # its default inside
+    check_space(space, TrainConfig(method=method))
 
 
 @pytest.mark.parametrize("method", METHODS)

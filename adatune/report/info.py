@@ -205,7 +205,9 @@ def _get_groups(details: Sequence[RunDetail]) -> tuple[Group, ...]:
     for key in sorted(buckets):
         method, dataset, network, optimizer = key
         values = dict(zip(GROUP_FIELDS, (dataset, network, optimizer), strict=True))
-        label = " · ".join([method, *(values[f] for f in varying)])
+        # a peer is its own optimizer: "prodigy", not "prodigy · prodigy"
+        label = " · ".join([method, *(values[f] for f in varying
+                                      if not (f == "optimizer" and values[f] == method))])
         runs = tuple(sorted(buckets[key], key=lambda d: (d.run.seed, d.run.id)))
         groups.append(Group(label, method, dataset, network, optimizer, runs))
     return tuple(groups)

@@ -24,6 +24,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
 from adatune.errors import StoreError
+from adatune.redact import mask_secrets
 
 #: Seconds an SQLite writer waits for another process's write lock.
 SQLITE_BUSY_TIMEOUT_S = 60.0
@@ -48,7 +49,10 @@ def resolve_url(path_or_url: str | os.PathLike[str]) -> str:
         try:
             url = make_url(text)
         except ArgumentError as exc:
-            raise StoreError(f"invalid store URL {text!r}: {exc}") from None
+            raise StoreError(f"invalid store URL {mask_secrets(text)!r}: {exc}") from None
+        except ValueError:  # SQLAlchemy parses the port with int()
+            raise StoreError(f"invalid store URL {mask_secrets(text)!r}: the port is not a "
+                             "number (host:PORT, e.g. db.example.org:5432)") from None
         return url.render_as_string(hide_password=False)
     path = Path(text).expanduser().absolute()
     return URL.create("sqlite", database=str(path)).render_as_string(hide_password=False)
@@ -66,11 +70,33 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def describe(url: str) -> str:
-    """How messages name a store: the file for SQLite, else the URL without password."""
+    """How messages name a store: the file for SQLite, else the URL without password.
+
+    The password is masked both where SQLAlchemy keeps it (the user part) and
+    where a driver also accepts one (``?password=`` in the query).
+    """
     path = sqlite_path(url)
     if path is not None:
         return str(path)
-    return make_url(url).render_as_string(hide_password=True)
+    parsed = make_url(url)
+    return mask_secrets(parsed.render_as_string(hide_password=True), _secrets(parsed))
+
+
+def _secrets(url: URL) -> list[str]:
+    """The passwords a URL carries: its own and any given in its query."""
+    found = [url.password] if url.password else []
+    for key, value in url.query.items():
+        if any(word in key.lower() for word in ("pass", "pwd", "secret", "token")):
+            found += [value] if isinstance(value, str) else list(value)
+    return found
+
+
+def url_secrets(url: str) -> list[str]:
+    """The passwords in a store URL (to mask them in any text that might quote them)."""
+    try:
+        return _secrets(make_url(url))
+    except (ArgumentError, ValueError):
+        return []
 
 
 def check_sqlite_file(path: Path, *, create: bool, write: bool = True) -> None:
@@ -163,10 +189,16 @@ def _sqlite_engine(url: URL, *, wal: bool) -> Engine:
     return engine
 
 
-def store_error(exc: DBAPIError, location: str, doing: str = "use") -> StoreError:
-    """One line for a driver error: what failed, where, and the driver's reason."""
+def store_error(exc: DBAPIError, location: str, doing: str = "use",
+                secrets: list[str] | None = None) -> StoreError:
+    """One line for a driver error: what failed, where, and the driver's reason.
+
+    The reason is masked as every message is (:func:`adatune.redact.mask_secrets`),
+    and so is each of ``secrets`` (the store's passwords), wherever a driver
+    quoted one.
+    """
     orig = getattr(exc, "orig", None) or exc
-    reason = " ".join(str(orig).split()) or type(orig).__name__
+    reason = mask_secrets(" ".join(str(orig).split()) or type(orig).__name__, secrets or ())
     lowered = reason.lower()
     if "file is not a database" in lowered:
         return StoreError(f"{location} is not an SQLite database (nothing was changed)")

@@ -14,7 +14,15 @@ A store is classified by comparing its revision with this adatune's head:
 * ``older``: a revision this adatune knows, below head: the user must back up
   and run ``adatune db upgrade``;
 * ``newer``: a revision this adatune does not know: the user must upgrade
-  adatune.
+  adatune;
+* ``unversioned``: adatune's tables are there but the version row is not (a
+  damaged store, or one half-restored from a backup): refused, with a pointer
+  to ``adatune db check``.
+
+A new SQLite file is built under a temporary name beside its final one and
+linked into place only once its schema is complete (:func:`create_sqlite_store`):
+a failed creation (a full disk, say) leaves nothing behind, and two processes
+creating the same store at once end up sharing one of the two.
 
 To write a new revision (developers)::
 
@@ -26,16 +34,19 @@ To write a new revision (developers)::
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.resources import files
+from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from adatune.errors import StoreError
@@ -47,6 +58,7 @@ from adatune.store.connection import (
     resolve_url,
     sqlite_path,
     store_error,
+    url_secrets,
 )
 
 VERSION_TABLE = "adatune_alembic_version"
@@ -61,7 +73,7 @@ class SchemaState:
     location: str
     current: str | None
     head: str
-    state: str  # "new", "current", "older" or "newer"
+    state: str  # "new", "current", "older", "newer" or "unversioned"
 
 
 def migrations_location() -> str:
@@ -103,7 +115,7 @@ def classify(connection: Connection, location: str) -> SchemaState:
     head = head_revision(script)
     current = current_revision(connection)
     if current is None:
-        state = "new"
+        state = "unversioned" if _has_store_tables(connection) else "new"
     elif current == head:
         state = "current"
     elif _known(script, current):
@@ -111,6 +123,13 @@ def classify(connection: Connection, location: str) -> SchemaState:
     else:
         state = "newer"
     return SchemaState(location=location, current=current, head=head, state=state)
+
+
+def _has_store_tables(connection: Connection) -> bool:
+    from adatune.store.orm import STORE_TABLES
+
+    names = set(inspect(connection).get_table_names())
+    return any(table.name in names for table in STORE_TABLES)
 
 
 def _known(script: ScriptDirectory, revision: str) -> bool:
@@ -121,6 +140,13 @@ def _known(script: ScriptDirectory, revision: str) -> bool:
 
 
 def mismatch_error(state: SchemaState) -> StoreError:
+    if state.state == "unversioned":
+        return StoreError(
+            f"the store {state.location} has adatune's tables but no schema revision (the row "
+            f"of {VERSION_TABLE} is missing): it is damaged or half-restored; nothing was "
+            f"changed. Check it with `adatune db check --store {state.location}` and restore "
+            "it from a backup"
+        )
     if state.state == "older":
         return StoreError(
             f"the store {state.location} has an older schema (revision {state.current}; "
@@ -147,19 +173,80 @@ def _upgrade(conn: Connection, target: str = "head") -> None:
     command.upgrade(alembic_config(connection=conn), target)
 
 
-def ensure_current(engine: Engine, location: str) -> SchemaState:
-    """Create a new store at head; refuse an older or newer one."""
+def ensure_current(engine: Engine, location: str, *, create: bool = True) -> SchemaState:
+    """Create a new store at head (unless ``create=False``); refuse any other version."""
     with engine.connect() as conn:
         state = classify(conn, location)
+    if state.state == "new" and not create:
+        raise StoreError(f"no adatune store in {location} yet (`adatune db upgrade` creates "
+                         "one; so does the first `adatune train`)")
     if state.state == "new":
         with _locked(engine) as conn:  # another process may be creating it right now
             state = classify(conn, location)
             if state.state == "new":
                 _upgrade(conn)
                 state = classify(conn, location)
-    if state.state in ("older", "newer"):
+    if state.state != "current":
         raise mismatch_error(state)
     return state
+
+
+def create_sqlite_store(path: Path, location: str) -> bool:
+    """Create a new SQLite store at ``path``; False when another process created it first.
+
+    The schema is built in a temporary file in the same folder, flushed to disk,
+    and hard-linked to ``path``, which fails if ``path`` exists meanwhile: a
+    store is never visible half-made, and nothing is left behind on failure.
+    Where the file system has no hard links, the store is built in place.
+    """
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.creating")
+    url = URL.create("sqlite", database=str(tmp)).render_as_string(hide_password=False)
+    try:
+        engine = make_engine(url)
+        try:
+            ensure_current(engine, location)
+            with engine.connect() as conn:  # everything into the main file, -wal emptied
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            engine.dispose()
+        wal = tmp.with_name(tmp.name + "-wal")
+        if wal.exists() and wal.stat().st_size:
+            raise StoreError(f"cannot create the store {location}: its write-ahead log could "
+                             "not be merged into it")
+        _fsync(tmp)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (some network or FAT file systems)
+            if path.exists():
+                return False
+            os.replace(tmp, path)
+        _fsync(path.parent)
+        return True
+    except DBAPIError as exc:
+        raise store_error(exc, location, "create") from None
+    except OSError as exc:
+        raise StoreError(f"cannot create the store {location}: {exc.strerror or exc}") from None
+    finally:
+        for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-wal", "-shm",
+                                                                       "-journal"))):
+            try:
+                leftover.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError:  # pragma: no cover - best effort
+                pass
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems cannot sync folders
+        pass
+    finally:
+        os.close(fd)
 
 
 def inspect_store(path_or_url: str | os.PathLike[str]) -> SchemaState:
@@ -174,7 +261,7 @@ def inspect_store(path_or_url: str | os.PathLike[str]) -> SchemaState:
         with engine.connect() as conn:
             return classify(conn, location)
     except DBAPIError as exc:
-        raise store_error(exc, location, "read") from None
+        raise store_error(exc, location, "read", url_secrets(url)) from None
     finally:
         engine.dispose()
 
@@ -184,19 +271,24 @@ def upgrade_store(path_or_url: str | os.PathLike[str]) -> tuple[SchemaState, Sch
     url = resolve_url(path_or_url)
     location = describe(url)
     path = sqlite_path(url)
+    created = False
     if path is not None:
         check_sqlite_file(path, create=True)
+        if not path.exists():
+            created = create_sqlite_store(path, location)
     engine = make_engine(url)
     try:
         with _locked(engine) as conn:
             before = classify(conn, location)
-            if before.state == "newer":
+            if before.state in ("newer", "unversioned"):
                 raise mismatch_error(before)
             if before.state != "current":
                 _upgrade(conn)
             after = classify(conn, location)
+        if created:  # made just now, at head
+            before = SchemaState(location, None, after.head, "new")
         return before, after
     except DBAPIError as exc:
-        raise store_error(exc, location, "upgrade") from None
+        raise store_error(exc, location, "upgrade", url_secrets(url)) from None
     finally:
         engine.dispose()

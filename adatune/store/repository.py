@@ -36,7 +36,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 import adatune
-from adatune.errors import RunNotFound
+from adatune.errors import RunBusy, RunNotFound
 from adatune.store._prepared import Prepared, RawWriter
 from adatune.store.connection import (
     SQLITE_BUSY_TIMEOUT_S,
@@ -47,8 +47,10 @@ from adatune.store.connection import (
     resolve_url,
     sqlite_path,
     store_error,
+    url_secrets,
 )
-from adatune.store.migrate import ensure_current
+from adatune.store.health import quick_check
+from adatune.store.migrate import create_sqlite_store, ensure_current
 from adatune.store.orm import EpochRow, ExperimentRow, RunRow, StepRow
 from adatune.store.records import (
     RUN_KINDS,
@@ -80,19 +82,32 @@ _EPOCH_FLOATS = (
 _STEP_FLOATS = ("lr", "mu", "hyper_lr", "hypergradient", "train_loss")
 _RUN_FLOATS = ("best_val_acc", "test_acc")
 _FINAL_STATUSES = tuple(s for s in RUN_STATUSES if s != "running")
+#: Run ids are positive 64-bit integers; any other id names no run.
+MAX_RUN_ID = 2**63 - 1
+#: Statuses a run can be reopened from (``adatune train --resume``).
+REOPENABLE = ("interrupted", "failed", "running", "completed")
 
 
-def open_store(path_or_url: str | os.PathLike[str]) -> Store:
+def open_store(path_or_url: str | os.PathLike[str], *, create: bool = True) -> Store:
     """Open the store at a file path or SQLAlchemy URL, creating it at head if new.
 
+    With ``create=False`` (commands that only read, or delete) a missing store
+    is a :class:`StoreError` and nothing is created. An SQLite store up to
+    :data:`~adatune.store.health.QUICK_CHECK_MAX_BYTES` is checked with
+    ``PRAGMA quick_check`` first, and a damaged one refused.
+
     Raises :class:`StoreError` (one line) when the location is a directory, is
-    not writable, is not a database, or holds a store of another schema version.
+    not writable, is not a database, is damaged, or holds a store of another
+    schema version.
     """
     url = resolve_url(path_or_url)
     location = describe(url)
+    secrets = url_secrets(url)
     path = sqlite_path(url)
     if path is not None:
-        check_sqlite_file(path, create=True)
+        check_sqlite_file(path, create=create)
+        if not path.exists():
+            create_sqlite_store(path, location)  # complete, or nothing at all
     engine = make_engine(url)
     # SQLite can refuse a lock at once, without calling the busy handler, while
     # other processes are creating the same new file (journal-mode switch, lock
@@ -101,17 +116,26 @@ def open_store(path_or_url: str | os.PathLike[str]) -> Store:
     try:
         while True:
             try:
-                ensure_current(engine, location)
+                ensure_current(engine, location, create=create)
                 break
             except DBAPIError as exc:
                 locked = "database is locked" in str(getattr(exc, "orig", exc)).lower()
                 if path is None or not locked or time.monotonic() > deadline:
-                    raise store_error(exc, location, "open") from None
+                    raise store_error(exc, location, "open", secrets) from None
                 time.sleep(0.05)
+        if path is not None:
+            quick_check(engine, path, location)
     except BaseException:
         engine.dispose()
         raise
     return Store(engine, url, location)
+
+
+def _check_id(run_id: int, location: str) -> int:
+    """A run id the database can hold; any other is a run that does not exist."""
+    if isinstance(run_id, bool) or not isinstance(run_id, int) or not 1 <= run_id <= MAX_RUN_ID:
+        raise RunNotFound(f"no run with id {run_id} in {location}")
+    return run_id
 
 
 class Store:
@@ -125,6 +149,7 @@ class Store:
         self._write_engine = engine.execution_options(**{WRITE_OPTION: True})
         self._write = sessionmaker(self._write_engine, expire_on_commit=False)
         self._hot: _HotPath | None = None
+        self._secrets = url_secrets(url)
 
     @property
     def url(self) -> str:
@@ -164,11 +189,13 @@ class Store:
         except IntegrityError:
             raise
         except DBAPIError as exc:
-            raise store_error(exc, self._location, "write to" if write else "read") from None
+            raise store_error(exc, self._location, "write to" if write else "read",
+                              self._secrets) from None
         except self._engine.dialect.loaded_dbapi.Error as exc:  # the raw hot path
             if isinstance(exc, self._engine.dialect.loaded_dbapi.IntegrityError):
                 raise IntegrityError(None, None, exc) from None
-            raise store_error(exc, self._location, "write to" if write else "read") from None
+            raise store_error(exc, self._location, "write to" if write else "read",
+                              self._secrets) from None
 
     # -- writing ---------------------------------------------------------------
 
@@ -181,7 +208,8 @@ class Store:
             experiment_id = None
             if new_run.experiment is not None:
                 experiment_id = self._experiment_id(s, new_run.experiment, now)
-            if new_run.parent_id is not None and s.get(RunRow, new_run.parent_id) is None:
+            if new_run.parent_id is not None and s.get(
+                    RunRow, _check_id(new_run.parent_id, self._location)) is None:
                 raise RunNotFound(f"no run with id {new_run.parent_id} in {self._location}")
             row = RunRow(
                 experiment_id=experiment_id,
@@ -234,6 +262,7 @@ class Store:
         in order (stored packed, 8 bytes a step; read back with
         :meth:`get_step_lrs`).
         """
+        _check_id(run_id, self._location)
         now = _now()
         values, special = _pack(epoch, _EPOCH_FLOATS)
         epoch_row = {"run_id": run_id, "epoch": epoch.epoch, "special_floats": special,
@@ -285,22 +314,51 @@ class Store:
 
     def heartbeat(self, run_id: int) -> None:
         """Tell readers the run is still alive."""
+        _check_id(run_id, self._location)
         with self._session(write=True) as s:
             run = s.get(RunRow, run_id)
             if run is None:
                 raise RunNotFound(f"no run with id {run_id} in {self._location}")
             run.heartbeat_at = _now()
 
-    def reopen_run(self, run_id: int) -> None:
-        """Mark a stopped run as running again (``adatune train --resume``)."""
+    def reopen_run(
+        self,
+        run_id: int,
+        *,
+        seen: RunRecord | None = None,
+        config: Mapping[str, Any] | None = None,
+        device: str | None = None,
+    ) -> None:
+        """Mark a stopped run as running again (``adatune train --resume``).
+
+        With ``seen`` (the run as the caller read it) this is a compare-and-set:
+        the run is reopened only if no other process changed it since, judged by
+        its heartbeat, which every change of a run stamps anew. Otherwise
+        :class:`RunBusy` is raised and nothing changes, so of two processes
+        resuming the same run at once exactly one goes on. ``config`` and
+        ``device`` replace the recorded ones (options applied on resume).
+        """
+        _check_id(run_id, self._location)
+        now = _now()
+        values: dict[str, Any] = {"status": "running", "ended_at": None, "error": None,
+                                  "heartbeat_at": now}
+        if config is not None:
+            values["config"] = _dump_json(dict(config))
+        if device is not None:
+            values["device"] = device
+        query = update(RunRow).where(RunRow.id == run_id).values(**values)
+        if seen is not None:
+            query = query.where(RunRow.status.in_(REOPENABLE))
+            beat = seen.heartbeat_at
+            query = query.where(RunRow.heartbeat_at.is_(None) if beat is None
+                                else RunRow.heartbeat_at == beat)
         with self._session(write=True) as s:
-            run = s.get(RunRow, run_id)
-            if run is None:
+            if s.execute(query.execution_options(synchronize_session=False)).rowcount == 1:
+                return
+            if s.get(RunRow, run_id) is None:
                 raise RunNotFound(f"no run with id {run_id} in {self._location}")
-            run.status = "running"
-            run.ended_at = None
-            run.error = None
-            run.heartbeat_at = _now()
+        raise RunBusy(f"run {run_id} was resumed (or changed) by another process just now; "
+                      f"see `adatune runs show {run_id}`")
 
     def finish_run(
         self,
@@ -315,6 +373,7 @@ class Store:
             raise ValueError(
                 f"Invalid final status: {status!r} (expected one of {_FINAL_STATUSES})"
             )
+        _check_id(run_id, self._location)
         now = _now()
         with self._session(write=True) as s:
             run = s.get(RunRow, run_id)
@@ -327,8 +386,13 @@ class Store:
             if summary is not None:
                 run.summary = _dump_json(dict(summary))
 
-    def delete_run(self, run_id: int) -> None:
-        """Delete a run with its epochs, its steps and its child runs (probes)."""
+    def delete_run(self, run_id: int) -> list[RunRecord]:
+        """Delete a run with its epochs, its steps and its child runs (probes).
+
+        Returns the deleted runs as they were (the run first, then its
+        descendants), e.g. to remove their checkpoint folders.
+        """
+        _check_id(run_id, self._location)
         with self._session(write=True) as s:
             if s.get(RunRow, run_id) is None:
                 raise RunNotFound(f"no run with id {run_id} in {self._location}")
@@ -337,10 +401,13 @@ class Store:
             while frontier:
                 frontier = list(s.scalars(select(RunRow.id).where(RunRow.parent_id.in_(frontier))))
                 ids.extend(frontier)
+            rows = {row.id: row for row in s.scalars(select(RunRow).where(RunRow.id.in_(ids)))}
+            deleted = [_run_record(rows[i], None, rows[i].status) for i in ids]
             s.execute(delete(StepRow).where(StepRow.run_id.in_(ids)))
             s.execute(delete(EpochRow).where(EpochRow.run_id.in_(ids)))
             for run in reversed(ids):  # children first
                 s.execute(delete(RunRow).where(RunRow.id == run))
+        return deleted
 
     # -- reading ---------------------------------------------------------------
 
@@ -380,14 +447,15 @@ class Store:
             if wanted is not None:
                 query = query.where(column.in_(_as_list(wanted)))
         if parent_id is not None:
-            query = query.where(RunRow.parent_id == parent_id)
-        if ids is not None:
-            query = query.where(RunRow.id.in_([int(i) for i in ids]))
+            query = query.where(RunRow.parent_id == _in_range(parent_id))
+        if ids is not None:  # an id out of range matches no run
+            query = query.where(RunRow.id.in_([_in_range(i) for i in ids]))
         with self._session(write=False) as s:
             return [_run_record(row, name, status) for row, name, status in s.execute(query)]
 
     def get_run(self, run_id: int, *, steps: bool = True) -> RunDetail:
         """One run with its epochs (and its sampled steps unless ``steps=False``)."""
+        _check_id(run_id, self._location)
         with self._session(write=False) as s:
             found = s.execute(
                 select(RunRow, ExperimentRow.name, _shown_status())
@@ -436,6 +504,12 @@ class Store:
 
 
 # -- conversions -----------------------------------------------------------------
+
+
+def _in_range(run_id: int) -> int:
+    """``run_id`` if the database can hold it, else 0 (which no run has)."""
+    run_id = int(run_id)
+    return run_id if 1 <= run_id <= MAX_RUN_ID else 0
 
 
 def _now() -> dt.datetime:
@@ -590,5 +664,5 @@ class _HotPath:
         )
 
 
-__all__ = ["STALE_AFTER_S", "Store", "open_store"]
+__all__ = ["MAX_RUN_ID", "STALE_AFTER_S", "Store", "open_store"]
 

@@ -1,0 +1,503 @@
+"""The peers (Prodigy, D-Adaptation, Schedule-Free, DoG): built from their packages, run by
+the loop, recorded with their effective LR, Schedule-Free judged on its averaged weights."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import adatune
+from adatune.build import build_parts
+from adatune.config import TrainConfig
+from adatune.errors import ConfigError
+from adatune.loop import Events
+from adatune.peers import PEER_NAMES, PEERS, build_peer, optimizer_view, peer_class
+from adatune.store import open_store
+from tests._cli import cli
+
+METRICS = ("epoch", "lr", "lr_mean", "mu", "hyper_lr", "train_loss", "train_acc", "val_loss",
+           "val_acc", "test_loss", "test_acc")
+NOT_FOR_PEERS = ("hyper_lr", "mu", "alpha", "first_order", "hvp", "step_size", "lr_decay",
+                 "t_0", "t_mult", "nesterov")
+
+
+def _epochs(store, run_id: int) -> list[dict]:
+    with open_store(store) as db:
+        detail = db.get_run(run_id)
+    return [{k: getattr(e, k) for k in METRICS} for e in detail.epochs]
+
+
+def _only_run(store="adatune.db"):
+    with open_store(store) as db:
+        [run] = db.list_runs()
+        return db.get_run(run.id)
+
+
+# ------------------------------------------------------------- the packages
+@pytest.mark.parametrize("name", PEER_NAMES)
+def test_each_peer_spec_holds_its_packages_own_defaults(name):
+    spec = PEERS[name]
+    params = inspect.signature(peer_class(name).__init__).parameters
+    assert params["lr"].default == spec.lr
+    if "momentum" in spec.settings:
+        assert params["momentum"].default == spec.momentum
+    assert set(spec.settings) <= set(params)  # every setting is a constructor argument
+    assert TrainConfig(method=name).lr == spec.lr
+
+
+def _linear(seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Linear(5, 3).double()
+    x = torch.randn(32, 5, dtype=torch.float64)
+    y = torch.randint(0, 3, (32,))
+    return model, x, y
+
+
+# How each package moves the weights in one step, by its source, in the setting given: the
+# step size is measured from that movement (never read from the same variable the view reads).
+def _moved(name, opt, before, z_before):
+    out = []
+    for p, (w0, g) in zip(opt.param_groups[0]["params"], before):
+        state = opt.state[p]
+        if name in ("dog", "dadapt-sgd"):  # x' = x - eta g (DAdaptSGD: momentum 0)
+            out.append(-(p.detach() - w0) / g)
+        elif name == "dadapt-adam":  # beta1 = 0: x' = x - dlr g / (sqrt(v') + eps)
+            denom = state["exp_avg_sq"].sqrt() + opt.param_groups[0]["eps"]
+            out.append(-(p.detach() - w0) * denom / g)
+        elif name == "prodigy":  # beta1 = 0: x' = x - dlr d' g / (sqrt(v') + d' eps)
+            d = opt.param_groups[0]["d"]
+            denom = state["exp_avg_sq"].sqrt() + d * opt.param_groups[0]["eps"]
+            out.append(-(p.detach() - w0) * denom / (d * g))
+        else:  # Schedule-Free: z' = z - lr g (AdamW: g normalised in place in p.grad)
+            z0 = z_before.get(p, w0)
+            grad = p.grad if name == "schedulefree-adamw" else g
+            out.append(-(state["z"] - z0) / grad)
+    return torch.cat([m.flatten() for m in out])
+
+
+_SETTINGS = {"dadapt-adam": {"betas": (0.0, 0.999)}, "prodigy": {"betas": (0.0, 0.999)},
+             "schedulefree-sgd": {"warmup_steps": 5}, "schedulefree-adamw": {"warmup_steps": 5}}
+
+
+@pytest.mark.parametrize("name", PEER_NAMES)
+def test_the_view_reports_the_step_size_each_package_applied(name):
+    model, x, y = _linear()
+    cls = peer_class(name)
+    opt = cls(model.parameters(), **_SETTINGS.get(name, {}))
+    view = optimizer_view(opt)
+    assert view.adaptive
+    view.train()
+    reported = []
+    for _ in range(8):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        before = [(p.detach().clone(), p.grad.detach().clone()) for p in model.parameters()]
+        z_before = {p: opt.state[p]["z"].clone() for p in model.parameters()
+                    if "z" in opt.state[p]}
+        view.before_step()
+        opt.step()
+        lr = view.after_step()
+        measured = _moved(name, opt, before, z_before)
+        measured = measured[torch.isfinite(measured)]
+        assert measured.numel() > 0
+        assert measured.tolist() == pytest.approx([lr] * measured.numel(), rel=1e-6)
+        assert view.lr() == lr
+        reported.append(lr)
+    if name.startswith("schedulefree"):  # the documented linear warm-up to its lr
+        base = PEERS[name].lr
+        assert reported == pytest.approx([base * min(1, (k + 1) / 5) for k in range(8)])
+    else:
+        assert len(set(reported)) > 2  # the step size adapts
+
+
+def test_a_torch_optimizer_keeps_its_lr_and_has_no_mode_switch():
+    model, _, _ = _linear()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    view = optimizer_view(opt)
+    assert not view.adaptive and not view.switches
+    view.before_step()
+    opt.param_groups[0]["lr"] = 0.05  # a schedule moves it after the step
+    assert (view.after_step(), view.lr()) == (0.1, 0.05)
+    weights = [p.detach().clone() for p in model.parameters()]
+    view.eval()
+    view.train()
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+
+
+def test_build_peer_passes_only_its_settings_and_prints_nothing(capfd):
+    model, _, _ = _linear()
+    opt = build_peer("prodigy", model.parameters(), lr=0.5, weight_decay=0.01)
+    assert (opt.param_groups[0]["lr"], opt.param_groups[0]["weight_decay"]) == (0.5, 0.01)
+    assert capfd.readouterr().out == ""  # Prodigy announces decoupled decay on stdout
+    with pytest.raises(ConfigError, match="does not take momentum"):
+        build_peer("prodigy", model.parameters(), momentum=0.9)
+
+
+# ------------------------------------------------------------ the command
+@pytest.mark.parametrize("name", PEER_NAMES)
+def test_each_peer_runs_two_epochs_through_the_cli_with_its_effective_lr(workdir, capsys, name):
+    code, out, err = cli(capsys, "baseline", "--method", name, "--epochs", "2",
+                         "--log-every", "1")
+    assert code == 0, (out, err)
+    detail = _only_run()
+    run = detail.run
+    assert (run.kind, run.method, run.optimizer, run.status, run.epochs) == (
+        "baseline", name, name, "completed", 2)
+    # only what applies: no tuner or schedule fields, no optimizer settings it does not take
+    assert not set(NOT_FOR_PEERS) & set(run.config)
+    assert ("momentum" in run.config) == ("momentum" in PEERS[name].settings)
+    assert ("warmup_steps" in run.config) == name.startswith("schedulefree")
+    assert run.config["lr"] == PEERS[name].lr
+    assert all(e.mu is None and e.hyper_lr is None for e in detail.epochs)
+    lrs = [s.lr for s in detail.steps]
+    assert [s.step for s in detail.steps] == list(range(len(lrs)))  # every step (log_every 1)
+    for e in detail.epochs:  # per epoch: the mean and the last step's effective LR
+        epoch_lrs = [s.lr for s in detail.steps if s.epoch == e.epoch]
+        assert e.lr_mean == pytest.approx(math.fsum(epoch_lrs) / len(epoch_lrs), rel=1e-12)
+        assert e.lr == epoch_lrs[-1]
+    if name.startswith("schedulefree"):
+        assert set(lrs) == {PEERS[name].lr}  # no warm-up by default: its lr throughout
+    else:
+        assert lrs[0] < lrs[-1] and len(set(lrs)) > 2  # grows from a tiny first estimate
+    assert run.best_val_acc is not None and run.test_acc is not None
+    ckpt = workdir / "adatune-runs" / f"run-{run.id}"
+    for path in ("best.pt", "last.pt"):  # loadable as plain tensors and containers
+        torch.load(ckpt / path, weights_only=True)
+    code, out, _ = cli(capsys, "runs", "show", str(run.id), "--json")
+    command = json.loads(out)["command"]
+    assert command.startswith(f"adatune baseline --method {name} ")
+    assert "--optimizer" not in command and "--hyper-lr" not in command
+
+
+def test_the_report_names_a_peer_once_beside_a_tuner(workdir, capsys):
+    from adatune.report.info import _get_groups
+
+    assert cli(capsys, "baseline", "--method", "dog", "--epochs", "1")[0] == 0
+    assert cli(capsys, "train", "--tuner", "hd", "--epochs", "1")[0] == 0
+    with open_store("adatune.db") as db:
+        details = [db.get_run(r.id) for r in db.list_runs()]
+    assert [g.label for g in _get_groups(details)] == ["dog", "hd · sgd"]
+    code, _, err = cli(capsys, "report", "html", "-o", "r.html")
+    assert code == 0, err
+
+
+def test_schedule_free_warm_up_is_recorded_as_it_ramps(workdir, capsys):
+    code, out, err = cli(capsys, "baseline", "--method", "schedulefree-adamw", "--epochs", "2",
+                         "--log-every", "1", "--warmup-steps", "40", "--lr", "0.004")
+    assert code == 0, err
+    detail = _only_run()
+    assert detail.run.config["warmup_steps"] == 40
+    lrs = [s.lr for s in detail.steps]
+    assert lrs == pytest.approx([0.004 * min(1.0, (k + 1) / 40) for k in range(len(lrs))])
+    assert detail.epochs[0].lr_mean < detail.epochs[1].lr_mean
+
+
+def test_the_reproduce_command_of_a_peer_run_reproduces_it(workdir, capsys):
+    assert cli(capsys, "baseline", "--method", "dadapt-sgd", "--momentum", "0.9",
+               "--epochs", "1")[0] == 0
+    code, out, _ = cli(capsys, "runs", "show", "1", "--json")
+    command = shlex.split(json.loads(out)["command"])
+    assert "--momentum" in command
+    assert cli(capsys, *command[1:])[0] == 0
+    assert _epochs("adatune.db", 1) == _epochs("adatune.db", 2)
+
+
+def test_schedule_free_is_judged_on_its_averaged_weights(workdir, capsys):
+    """The reported validation scores are a fresh evaluation of best.pt; those weights are
+    Schedule-Free's x (the optimizer was in eval mode), not the y it takes gradients at."""
+    code, _, err = cli(capsys, "baseline", "--method", "schedulefree-sgd", "--epochs", "2",
+                       "--lr", "0.5", "--seed", "2")
+    assert code == 0, err
+    detail = _only_run()
+    run = detail.run
+    ckpt = workdir / "adatune-runs" / f"run-{run.id}"
+    best = torch.load(ckpt / "best.pt", weights_only=True)
+    last = torch.load(ckpt / "last.pt", weights_only=True)
+    parts = build_parts(TrainConfig.from_dict(run.config))  # a fresh model and the same split
+    x = torch.stack([parts.val[i][0] for i in range(len(parts.val))])
+    y = torch.stack([torch.as_tensor(parts.val[i][1]) for i in range(len(parts.val))])
+
+    def scores(state):
+        parts.model.load_state_dict(state)
+        parts.model.eval()
+        with torch.no_grad():
+            out = parts.model(x)
+        return (float(nn.functional.cross_entropy(out, y)),
+                int((out.argmax(1) == y).sum()) / len(y))
+
+    val_loss, val_acc = scores(best["model"])
+    record = next(e for e in detail.epochs if e.epoch == run.best_epoch)
+    assert val_acc == record.val_acc == run.best_val_acc
+    assert val_loss == pytest.approx(record.val_loss, rel=1e-6)
+    # last.pt was written in eval mode; switching to train mode moves the weights to y
+    group = last["optim"]["param_groups"][0]
+    assert group["train_mode"] is False
+    opt = build_peer("schedulefree-sgd", parts.model.parameters(), lr=0.5)
+    parts.model.load_state_dict(last["model"])
+    opt.load_state_dict(last["optim"])
+    opt.train()
+    y_state = {k: v.clone() for k, v in parts.model.state_dict().items()}
+    assert not all(torch.equal(y_state[k], last["model"][k]) for k in y_state)
+    y_loss, _ = scores(y_state)
+    final = detail.epochs[-1]
+    assert scores(last["model"])[0] == pytest.approx(final.val_loss, rel=1e-6)
+    assert y_loss != pytest.approx(final.val_loss, rel=1e-6)
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize("args, says", [
+    (["baseline", "--method", "adagrad"], "unknown method 'adagrad'"),
+    (["baseline", "--method", "marthe"], "adatune train --tuner marthe"),
+    (["baseline", "--method", "prodigy", "--lr-scheduler", "cosine"], "not both"),
+    (["baseline", "--method", "prodigy", "--optimizer", "adam"], "its own optimizer"),
+    (["baseline", "--method", "prodigy", "--momentum", "0.9"], "momentum does not apply"),
+    (["baseline", "--method", "dog", "--nesterov"], "nesterov does not apply"),
+    (["baseline", "--method", "schedulefree-sgd", "--momentum", "0"], "invalid momentum"),
+    (["baseline", "--lr-scheduler", "cosine", "--warmup-steps", "10"], "warmup_steps applies"),
+    (["baseline", "--method", "schedulefree-sgd", "--warmup-steps", "-1"], "warmup_steps"),
+    (["train", "--optimizer", "prodigy"], "prodigy is a method"),
+    (["sweep", "--method", "sgd-free"], "unknown method"),
+])
+def test_bad_peer_input_exits_2_with_one_line_and_writes_no_run(workdir, capsys, args, says):
+    code, out, err = cli(capsys, *args)
+    assert code == 2, (out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("adatune: error:"), err
+    assert says in lines[0]
+    if Path("adatune.db").exists():
+        with open_store("adatune.db") as db:
+            assert db.list_runs() == []
+
+
+@pytest.mark.parametrize("command", [["baseline", "--method"], ["sweep", "--trials", "1",
+                                                                 "--method"]])
+@pytest.mark.parametrize("name", ["prodigy", "dog"])
+def test_a_peer_without_its_package_is_one_line_and_no_run(workdir, capsys, monkeypatch,
+                                                           command, name):
+    spec = PEERS[name]
+    monkeypatch.setitem(sys.modules, spec.module, None)  # as if it were not installed
+    code, out, err = cli(capsys, *command, name, "--epochs", "1")
+    assert code == 2, (out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("adatune: error:"), err
+    assert f"pip install {spec.package}" in lines[0]
+    with open_store("adatune.db") as db:
+        assert db.list_runs() == []
+
+
+# ------------------------------------------------------------------- sweeps
+def test_a_peer_sweeps_its_default_space(workdir, capsys):
+    code, out, err = cli(capsys, "sweep", "--method", "schedulefree-sgd", "--trials", "2",
+                         "--seeds", "1", "--epochs", "1", "--sampler", "random")
+    assert code == 0, err
+    assert "lr: log-uniform [0.1, 10]" in err and "warmup_steps" in err
+    with open_store("adatune.db") as db:
+        runs = db.list_runs()
+    assert len(runs) == 2 and {r.method for r in runs} == {"schedulefree-sgd"}
+    assert all(r.kind == "sweep" and r.optimizer == "schedulefree-sgd" for r in runs)
+    sampled = [r.config["extra"]["sweep"]["params"] for r in runs]
+    assert all({"lr", "warmup_steps", "momentum"} == set(p) for p in sampled)
+    assert [r.config["lr"] for r in runs] == [p["lr"] for p in sampled]
+
+
+# ------------------------------------------------------------- adatune.fit
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(32, 16), nn.Tanh(), nn.Linear(16, 3))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def _fit_data(seed: int = 0):
+    from tests.userpkg.data import sequences
+
+    torch.manual_seed(seed)
+    return _Net(), sequences(seed)
+
+
+def test_fit_takes_a_peer_built_by_the_user(workdir, store_url):
+    """Its name, its effective LR, no tuner by default; a strict-JSON config (PostgreSQL)."""
+    import prodigyopt
+
+    model, (train, val, test) = _fit_data()
+    opt = prodigyopt.Prodigy(model.parameters(), lr=1.0)
+    result = adatune.fit(model, train, val, test, optimizer=opt, epochs=2, store=store_url,
+                         log_every=1)
+    assert result.status == "completed"
+    with open_store(store_url) as db:
+        detail = db.get_run(result.run_id)
+    run = detail.run
+    assert (run.kind, run.method, run.optimizer) == ("baseline", "prodigy", "prodigy")
+    assert run.config["tuner"] is None and run.config["lr"] == 1.0
+    assert run.config["optimizer_settings"]["growth_rate"] == "inf"
+    lrs = [s.lr for s in detail.steps]
+    assert lrs[0] == pytest.approx(1e-6) and lrs[-1] > 10 * lrs[0]  # d * lr, from d0 up
+    assert detail.epochs[-1].lr == lrs[-1] <= opt.param_groups[0]["d"]  # d never shrinks
+
+
+def test_fit_switches_schedule_free_and_leaves_the_averaged_weights_in_the_model(workdir):
+    import schedulefree
+
+    model, (train, val, test) = _fit_data(1)
+    opt = schedulefree.AdamWScheduleFree(model.parameters(), lr=0.01, warmup_steps=10)
+    result = adatune.fit(model, train, val, test, optimizer=opt, epochs=2, store="runs.db")
+    assert result.status == "completed"
+    with open_store("runs.db") as db:
+        run = db.get_run(result.run_id).run
+    assert (run.method, run.optimizer) == ("schedulefree-adamw", "schedulefree-adamw")
+    assert opt.param_groups[0]["train_mode"] is False  # left in eval mode: x in the model
+    last = torch.load(Path(result.checkpoint_dir) / "last.pt", weights_only=True)
+    assert all(torch.equal(v, last["model"][k]) for k, v in model.state_dict().items())
+    x, y = val
+    with torch.no_grad():
+        out = model.eval()(x)
+    assert float(nn.functional.cross_entropy(out, y)) == pytest.approx(
+        result.epochs[-1].val_loss, rel=1e-6)
+
+
+class _StopAt(Events):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_done(self, record) -> None:
+        if record.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("name", ["schedulefree-sgd", "dog"])
+def test_fit_resumes_a_peer_to_the_uninterrupted_result(workdir, name):
+    def fit(**kw):
+        model, (train, val, test) = _fit_data(4)
+        opt = build_peer(name, model.parameters(), lr=0.5 if name == "schedulefree-sgd" else 1.0)
+        return adatune.fit(model, train, val, test, optimizer=opt, epochs=3, batch_size=16,
+                           seed=4, **kw)
+
+    stopped = fit(store="a.db", events=_StopAt(1))
+    assert stopped.status == "interrupted"
+    resumed = fit(store="a.db", resume=stopped.run_id)
+    assert resumed.status == "completed"
+    straight = fit(store="b.db")
+    assert _epochs("a.db", stopped.run_id) == _epochs("b.db", straight.run_id)
+
+
+def test_fit_with_a_peer_and_a_tuner_is_refused(workdir):
+    import dadaptation
+
+    model, (train, val, test) = _fit_data()
+    opt = dadaptation.DAdaptAdam(model.parameters())
+    with pytest.raises(ConfigError, match="the tuners support"):
+        adatune.fit(model, train, val, optimizer=opt, tuner="marthe", store="runs.db")
+
+
+# ----------------------------------------------------- kill and resume (CLI)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _spawn(store: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "ADATUNE_STORE": str(store), "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "adatune_cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=store.parent)
+
+
+def _wait_for_epochs(store: Path, n: int, proc: subprocess.Popen) -> int:
+    while True:  # the test's own timeout bounds this
+        assert proc.poll() is None, proc.stderr.read().decode()
+        if store.exists():
+            with open_store(store) as db:
+                runs = db.list_runs()
+            if runs and runs[0].epochs >= n:
+                return runs[0].id
+        time.sleep(0.05)
+
+
+# One peer of each package. Schedule-Free warms up across the kill; DoG and D-Adaptation
+# keep their distance estimates in the optimizer's state.
+@pytest.mark.parametrize("extra", [
+    ["--method", "prodigy"],
+    ["--method", "dadapt-sgd"],
+    ["--method", "schedulefree-sgd", "--lr", "0.5", "--warmup-steps", "120"],
+    ["--method", "dog"],
+], ids=["prodigyopt", "dadaptation", "schedulefree", "dog-optimizer"])
+def test_a_peer_resumes_bit_identically_after_sigkill(workdir, extra):
+    run = ["baseline", *extra, "--epochs", "3", "--batch-size", "16", "--seed", "3"]
+    store = workdir / "killed.db"
+    proc = _spawn(store, *run)
+    run_id = _wait_for_epochs(store, 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = _epochs(store, run_id)
+    assert 1 <= len(kept) < 3
+    resumed = _spawn(store, "baseline", "--resume", str(run_id))
+    assert resumed.wait() == 0, resumed.stderr.read().decode()
+    straight = workdir / "straight.db"
+    assert _spawn(straight, *run).wait() == 0
+    assert _epochs(store, run_id)[: len(kept)] == kept
+    assert _epochs(store, run_id) == _epochs(straight, 1)
+    with open_store(store) as db:
+        steps = [s.lr for s in db.get_run(run_id).steps]
+    with open_store(straight) as db:
+        assert steps == [s.lr for s in db.get_run(1).steps]
+
+
+# ------------------------------------------------ SIGTERM in the middle of an epoch
+class _SigtermAt(Events):
+    """SIGTERM to this process right after step ``batch`` of ``epoch`` (-1: its last step)."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch, self.done = epoch, batch, False
+
+    def run_started(self, run_id, config, *, steps_per_epoch, start_epoch) -> None:
+        if self.batch < 0:
+            self.batch = steps_per_epoch
+
+    def step_done(self, epoch, batch, loss, lr, mu) -> None:
+        if not self.done and (epoch, batch) == (self.epoch, self.batch):
+            self.done = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _trajectory(store, run_id: int):
+    detail = store.get_run(run_id)
+    return ([{k: getattr(e, k) for k in METRICS} for e in detail.epochs],
+            [(s.step, s.epoch, s.lr, s.train_loss) for s in detail.steps])
+
+
+# Mid-epoch checkpoints are written in the mode the run is in (Schedule-Free: train mode),
+# so neither a resume nor a SIGUSR1 that goes on moves the weights through an extra switch.
+# After an epoch's last step, D-Adaptation's state holds the next d: the view's own state says
+# which d that step used.
+@pytest.mark.parametrize("method, batch", [("schedulefree-sgd", 7), ("prodigy", 7),
+                                           ("dadapt-sgd", -1)])
+def test_a_peer_stopped_by_sigterm_mid_epoch_resumes_to_the_same_result(workdir, method,
+                                                                         batch):
+    from adatune import signals
+    from adatune.engine import resume, train
+
+    extra = {"warmup_steps": 30, "lr": 0.5} if method == "schedulefree-sgd" else {}
+    cfg = TrainConfig(method=method, epochs=3, seed=3, log_every=1, checkpoint_dir="ckpt",
+                      device="cpu", **extra)
+    with open_store(workdir / "adatune.db") as store:
+        with signals.handle_preemption():
+            result = train(cfg, store, events=_SigtermAt(1, batch))
+        assert result.status == "interrupted" and "SIGTERM in epoch 1" in result.reason
+        state = torch.load(Path(result.checkpoint_dir) / "last.pt", weights_only=True)
+        assert state["partial"]["batches"] > 0
+        if method == "schedulefree-sgd":
+            assert state["optim"]["param_groups"][0]["train_mode"] is True
+        assert resume(store, result.run_id).status == "completed"
+        straight = train(cfg, store)
+        assert _trajectory(store, result.run_id) == _trajectory(store, straight.run_id)
