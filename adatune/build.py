@@ -336,9 +336,10 @@ def build_tuner(config: TrainConfig, optimizer: torch.optim.Optimizer,
                 model: nn.Module) -> HypergradientTuner:
     if config.method == "hd":
         return adatune.HD(optimizer, hyper_lr=config.hyper_lr, alpha=config.alpha,
-                          grad_clip=config.grad_clip)
+                          grad_clip=config.grad_clip, hyper_update=config.hyper_update)
     common = {"alpha": config.alpha, "first_order": config.first_order,
-              "grad_clip": config.grad_clip, "hvp": config.hvp, "model": model}
+              "grad_clip": config.grad_clip, "hvp": config.hvp, "model": model,
+              "hyper_update": config.hyper_update}
     if config.method == "rtho":
         return adatune.RTHO(optimizer, hyper_lr=config.hyper_lr, **common)
     return adatune.MARTHE(optimizer, hyper_lr=config.hyper_lr, mu=config.mu, **common)

@@ -13,6 +13,14 @@ from typing import Any
 
 from adatune.data import canonical_dataset, dataset_spec
 from adatune.errors import ConfigError
+from adatune.hyper_update import (
+    ADDITIVE,
+    DEFAULT_HYPER_UPDATE,
+    HYPER_UPDATES,
+    SCALE_FREE_HYPER_LR,
+    canonical_hyper_update,
+    hyper_lr_range,
+)
 from adatune.imports import attr_name, check_import_path
 from adatune.models import canonical_network, check_compatible
 from adatune.peers import PEER_NAMES, PEERS, canonical_peer
@@ -24,12 +32,20 @@ OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 HVP_NAMES = ("exact", "finite-difference")
 
-# Defaults measured on the embedded task (digits, MLP, 15 epochs, 2 seeds): the LR
-# visibly adapts and no run diverges. Adam needs a hyper-LR orders lower than SGD.
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+# The hyper-LR by (update rule, tuner, optimizer family). Scale-free: dimensionless, one
+# value per tuner for every optimizer and task (chosen by benchmarks/robustness.py).
+# Additive: in LR per unit of hypergradient, measured on the embedded task (digits, MLP,
+# 15 epochs, 2 seeds: the LR visibly adapts and no run diverges); Adam needs a hyper-LR
+# orders lower than SGD, and other tasks need others again.
 DEFAULT_HYPER_LR = {
-    ("marthe", "sgd"): 1e-4, ("rtho", "sgd"): 1e-4, ("hd", "sgd"): 1e-3,
-    ("marthe", "adam"): 1e-7, ("rtho", "adam"): 1e-7, ("hd", "adam"): 1e-6,
+    **{(rule, method, family): SCALE_FREE_HYPER_LR[method]
+       for rule in HYPER_UPDATES if rule != ADDITIVE
+       for method in SCALE_FREE_HYPER_LR for family in ("sgd", "adam")},
+    (ADDITIVE, "marthe", "sgd"): 1e-4, (ADDITIVE, "rtho", "sgd"): 1e-4,
+    (ADDITIVE, "hd", "sgd"): 1e-3,
+    (ADDITIVE, "marthe", "adam"): 1e-7, (ADDITIVE, "rtho", "adam"): 1e-7,
+    (ADDITIVE, "hd", "adam"): 1e-6,
 }
 DEFAULT_LR_DECAY = {"staircase": 0.5, "exponential": 0.85}
 
@@ -96,7 +112,7 @@ def canonical_method(name: str) -> str:
 
 # What a field is for: a peer's record keeps only the fields that apply to it (the
 # general ones and its PeerSpec.settings); warmup_steps is recorded for peers only.
-_TUNER_FIELDS = ("hyper_lr", "mu", "alpha", "first_order", "hvp")
+_TUNER_FIELDS = ("hyper_update", "hyper_lr", "mu", "alpha", "first_order", "hvp")
 _SCHEDULE_FIELDS = ("step_size", "lr_decay", "t_0", "t_mult")
 _OPTIMIZER_FIELDS = ("momentum", "nesterov", "warmup_steps")
 _REPLAY_FIELDS = ("from_run", "from_file", "stretch", "scale")
@@ -110,7 +126,7 @@ def whole(name: str, value: int, low: int, high: int) -> None:
 
 
 def _finite(name: str, value: float, *, low: float | None = None, low_open: bool = False,
-            high: float | None = None, high_open: bool = False) -> None:
+            high: float | None = None, high_open: bool = False, rule: str | None = None) -> None:
     ok = isinstance(value, (int, float)) and math.isfinite(value)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
@@ -119,8 +135,10 @@ def _finite(name: str, value: float, *, low: float | None = None, low_open: bool
     if not ok:
         lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
         hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
-        where = f" (must be in {lo or '(-inf'}, {hi or 'inf)'})" if (lo or hi) else ""
-        raise ConfigError(f"invalid {name}: {value!r}{where}")
+        where = f" (must be in {lo or '(-inf'}, {hi or 'inf)'}" if (lo or hi) else ""
+        if where and rule is not None:
+            where += f" with --hyper-update {rule}"
+        raise ConfigError(f"invalid {name}: {value!r}{where}{')' if where else ''}")
 
 
 @dataclass(frozen=True)
@@ -140,7 +158,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     # hypergradient tuners
-    hyper_lr: float | None = None  # default: DEFAULT_HYPER_LR by method and optimizer
+    hyper_update: str = DEFAULT_HYPER_UPDATE  # how h moves the LR: scale-free or additive
+    hyper_lr: float | None = None  # default: DEFAULT_HYPER_LR by rule, method and optimizer
     mu: float | str = 0.99
     alpha: float = 0.0
     first_order: bool = False
@@ -187,6 +206,11 @@ class TrainConfig:
             "loss": canonical_loss(self.loss),
             "optimizer": self._optimizer(),
         }
+        try:
+            canon["hyper_update"] = canonical_hyper_update(self.hyper_update)
+        except ValueError:
+            raise ConfigError(f"unknown hyper_update {self.hyper_update!r} "
+                              f"(choose from: {', '.join(HYPER_UPDATES)})") from None
         for key, value in canon.items():
             object.__setattr__(self, key, value)
         peer = PEERS.get(self.method)
@@ -194,7 +218,7 @@ class TrainConfig:
         defaults = {
             "lr": DEFAULT_LR[self.optimizer] if peer is None else peer.lr,
             "momentum": 0.9 if peer is None else peer.momentum,
-            "hyper_lr": DEFAULT_HYPER_LR.get((self.method, family), 0.0),
+            "hyper_lr": DEFAULT_HYPER_LR.get((self.hyper_update, self.method, family), 0.0),
             "lr_decay": DEFAULT_LR_DECAY.get(self.method, 0.5),
         }
         for key, value in defaults.items():
@@ -214,7 +238,9 @@ class TrainConfig:
         whole("seed", self.seed, 0, MAX_SEED)
         if self.device not in DEVICES:
             raise ConfigError(f"unknown device {self.device!r} (choose from: {', '.join(DEVICES)})")
-        _finite("hyper_lr", self.hyper_lr, low=0)
+        low, high = hyper_lr_range(self.hyper_update)
+        bound = {} if math.isinf(high) else {"high": high}
+        _finite("hyper_lr", self.hyper_lr, low=low, **bound, rule=self.hyper_update)
         if isinstance(self.mu, str):
             if self.mu.strip().lower() != "auto":
                 raise ConfigError(f"invalid mu: {self.mu!r} (a number in [0, 1] or 'auto')")
@@ -223,7 +249,7 @@ class TrainConfig:
             object.__setattr__(self, "mu", "auto")
         else:
             _finite("mu", self.mu, low=0, high=1)
-        _finite("alpha", self.alpha, low=0)
+        _finite("alpha", self.alpha, low=low, **bound, rule=self.hyper_update)
         if self.grad_clip is not None:
             _finite("grad_clip", self.grad_clip, low=0, low_open=True)
         if self.hvp not in HVP_NAMES:
@@ -347,8 +373,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """A stored configuration; one stored before the rule was a choice is additive."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        values = {k: v for k, v in data.items() if k in names}
+        values.setdefault("hyper_update", ADDITIVE)
+        return cls(**values)
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
