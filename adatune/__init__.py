@@ -1,15 +1,24 @@
-"""adatune: online learning-rate tuning from exact hypergradients."""
+"""adatune: online learning-rate tuning from exact hypergradients.
 
-from importlib.metadata import PackageNotFoundError, version
+The public names are imported on first use (PEP 562): ``import adatune`` and
+the light modules (``adatune.config``, ``adatune.store``, ``adatune.report``
+minus its HTML) never load torch until a tuner or :func:`fit` is touched. To
+add a public name, add one line to ``_EXPORTS``: the name and the module that
+defines it.
+"""
 
-from adatune.fitting import fit
-from adatune.schedules import ReplayLR
-from adatune.tuners import HD, MARTHE, RTHO, HypergradientTuner, fast_double_backward
+from adatune._lazy import lazy_exports as _lazy_exports
 
-try:
-    __version__ = version("adatune")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+_EXPORTS = {
+    "HD": "adatune.tuners",
+    "MARTHE": "adatune.tuners",
+    "RTHO": "adatune.tuners",
+    "HypergradientTuner": "adatune.tuners",
+    "ReplayLR": "adatune.schedules",
+    "fast_double_backward": "adatune.tuners",
+    "fit": "adatune.fitting",
+    "__version__": "adatune._version",
+}
 
-__all__ = ["HD", "MARTHE", "RTHO", "HypergradientTuner", "ReplayLR", "__version__",
-           "fast_double_backward", "fit"]
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

@@ -16,101 +16,38 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from torch import nn
 
 import adatune
-from adatune.config import MAX_SEED, OPTIMIZER_NAMES, whole
-from adatune.data import DataSpec
+from adatune.bench_config import (
+    HVP_METHODS,
+    HVP_MODES,
+    MAX_BENCH_BATCH,
+    MAX_BENCH_STEPS,
+    METHODS,
+    BenchConfig,
+    BenchResult,
+    MethodResult,
+)
 from adatune.engine import resolve_device
-from adatune.errors import ConfigError
-from adatune.models import build_model, canonical_network, check_compatible
+from adatune.models import build_model
 
-METHODS = ("plain", "hd", "marthe-mu0", "marthe", "rtho", "floor", "floor-torch")
-# "floor": the autograd work an exact MARTHE step cannot avoid (a gradient with
-# create_graph, one HVP, a validation gradient, the optimizer step), with no tuner
-# code at all, its forward under fast_double_backward as the tuners run it;
-# MARTHE's ratio to it is the tuner's own overhead. "floor-torch": the same with
-# torch's own double-backward formulas.
-HVP_METHODS = ("marthe", "rtho")  # the methods whose cost depends on the HVP mode
-HVP_MODES = ("exact", "finite-difference")
-#: Bounds of the bench's sizes (a batch of 65536 CIFAR-shaped inputs is 800 MB).
-MAX_BENCH_BATCH = 65_536
-MAX_BENCH_STEPS = 100_000
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    network: str = "vgg11"
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    device: str = "auto"
-    steps: int = 10
-    warmup: int = 2
-    hvp: tuple[str, ...] = ("exact", "finite-difference")
-    memory: bool = True
-    input_shape: tuple[int, int, int] = (3, 32, 32)
-    num_classes: int = 10
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    seed: int = 0
-    methods: tuple[str, ...] = METHODS
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "network", canonical_network(self.network))
-        if self.optimizer not in OPTIMIZER_NAMES:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r} "
-                              f"(choose from: {', '.join(OPTIMIZER_NAMES)})")
-        whole("batch_size", self.batch_size, 1, MAX_BENCH_BATCH)
-        whole("steps", self.steps, 1, MAX_BENCH_STEPS)
-        whole("warmup", self.warmup, 0, MAX_BENCH_STEPS)
-        whole("seed", self.seed, 0, MAX_SEED)
-        for method in self.methods:
-            if method not in METHODS:
-                raise ConfigError(f"unknown method {method!r} (choose from: {', '.join(METHODS)})")
-        if "plain" not in self.methods:
-            object.__setattr__(self, "methods", ("plain", *self.methods))
-        for mode in self.hvp:
-            if mode not in HVP_MODES:
-                raise ConfigError(f"unknown hvp {mode!r} (choose from: {', '.join(HVP_MODES)})")
-        check_compatible(self.network, self.spec)
-
-    @property
-    def spec(self) -> DataSpec:
-        return DataSpec("synthetic", self.input_shape, self.num_classes)
-
-    def labels(self) -> list[str]:
-        """Method labels measured: e.g. ``marthe`` and ``marthe[finite-difference]``."""
-        out = []
-        for method in self.methods:
-            if method in HVP_METHODS:
-                out += [method if mode == "exact" else f"{method}[{mode}]" for mode in self.hvp]
-            else:
-                out.append(method)
-        return out
-
-
-@dataclass(frozen=True)
-class MethodResult:
-    method: str
-    step_ms: float
-    ratio: float
-    peak_mb: float | None
-
-
-@dataclass(frozen=True)
-class BenchResult:
-    config: BenchConfig
-    device: str
-    results: tuple[MethodResult, ...]
-
-    def to_json(self) -> dict:
-        return {"device": self.device, "network": self.config.network,
-                "batch_size": self.config.batch_size, "optimizer": self.config.optimizer,
-                "results": [asdict(r) for r in self.results]}
-
+__all__ = [
+    "HVP_METHODS",
+    "HVP_MODES",
+    "MAX_BENCH_BATCH",
+    "MAX_BENCH_STEPS",
+    "METHODS",
+    "BenchConfig",
+    "BenchResult",
+    "MethodResult",
+    "peak_memory_mb",
+    "run_bench",
+    "time_methods",
+]
 
 def _split(label: str) -> tuple[str, str]:
     if "[" in label:

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adatune.errors import CheckpointError, RunBusy
+from adatune.errors import CheckpointError, ConfigError, RunBusy
 from adatune.store.records import EpochRecord, StepRecord
 
 FORMAT = "adatune-checkpoint"
@@ -69,6 +69,24 @@ _BEST_KEYS: dict[str, tuple[type, ...]] = {"epoch": (int,), "model": (dict,)}
 def run_dir(checkpoint_dir: str | os.PathLike[str], run_id: int) -> Path:
     """Where run ``run_id``'s checkpoints live under ``checkpoint_dir``."""
     return Path(checkpoint_dir) / f"{RUN_DIR_PREFIX}{run_id}"
+
+
+def check_unused(folder: Path, run_id: int, store: str) -> None:
+    """Refuse to start new run ``run_id`` of ``store`` in a folder an earlier run left.
+
+    Run ids count up per store, so a second store (or one deleted and made again)
+    gives its runs the ids of the first's, and their folders under one
+    ``--checkpoint-dir`` would meet: the new run would overwrite what the
+    earlier one finished.
+    """
+    if not any((folder / name).exists() for name in ("last.pt", "best.pt", MARKER_FILE)):
+        return
+    before = _read_json(folder / MARKER_FILE)
+    whose = (f" (run {before.get('run_id')} of {before.get('store')})"
+             if isinstance(before, dict) and before.get("store") else "")
+    raise ConfigError(f"checkpoint folder {folder} already holds an earlier run's files{whose}, "
+                      f"and new run {run_id} of {store} would overwrite them: give another "
+                      "--checkpoint-dir (one per store), or delete the folder")
 
 
 # --------------------------------------------------------------------------- files

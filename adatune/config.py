@@ -1,7 +1,9 @@
 """The configuration of one training run: a frozen dataclass, validated on creation.
 
 Every check that can fail on user input happens here (or in the data/model
-lookups it calls), before a run is written to the store.
+lookups it calls), before a run is written to the store. This module stays
+light: it reads the name tables of :mod:`adatune.catalog` and never imports
+torch, so a configuration is checked before the training stack is loaded.
 """
 
 from __future__ import annotations
@@ -11,7 +13,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from adatune.data import canonical_dataset, dataset_spec
+from adatune.catalog import (
+    OPTIMIZER_NAMES,
+    SCHEDULE_NAMES,
+    TUNER_NAMES,
+    canonical_dataset,
+    canonical_network,
+    canonical_schedule,
+    check_compatible,
+    dataset_spec,
+)
 from adatune.errors import ConfigError
 from adatune.hyper_update import (
     ADDITIVE,
@@ -22,13 +33,9 @@ from adatune.hyper_update import (
     hyper_lr_range,
 )
 from adatune.imports import attr_name, check_import_path
-from adatune.models import canonical_network, check_compatible
 from adatune.peers import PEER_NAMES, PEERS, canonical_peer
-from adatune.schedules import SCHEDULE_NAMES, canonical_schedule
 
-TUNER_NAMES = ("marthe", "rtho", "hd")
 REPLAY = "replay"  # a recorded schedule replayed step for step (adatune.ReplayLR)
-OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 HVP_NAMES = ("exact", "finite-difference")
 
@@ -116,6 +123,9 @@ _TUNER_FIELDS = ("hyper_update", "hyper_lr", "mu", "alpha", "first_order", "hvp"
 _SCHEDULE_FIELDS = ("step_size", "lr_decay", "t_0", "t_mult")
 _OPTIMIZER_FIELDS = ("momentum", "nesterov", "warmup_steps")
 _REPLAY_FIELDS = ("from_run", "from_file", "stretch", "scale")
+# The schedule fields each schedule reads (one not named here keeps all four).
+_FIELDS_OF_SCHEDULE = {"constant": (), "staircase": ("step_size", "lr_decay"),
+                       "exponential": ("lr_decay",), "cosine": ("t_0", "t_mult"), REPLAY: ()}
 
 
 def whole(name: str, value: int, low: int, high: int) -> None:
@@ -362,13 +372,25 @@ class TrainConfig:
         return "train" if self.is_tuner else "baseline"
 
     def to_dict(self) -> dict[str, Any]:
-        """The run's recorded configuration: a peer's holds only the fields that apply to it."""
+        """The run's recorded configuration: only the fields that apply to its method.
+
+        A tuner's holds no schedule fields, a schedule's no tuner fields and only
+        its own schedule's, a peer's only its own settings; only a replay's holds
+        where its schedule comes from (``from_run``, ``from_file``, ``stretch``,
+        ``scale``). :meth:`from_dict`
+        gives the others their defaults, which the method never reads.
+        """
         data = dataclasses.asdict(self)
         if self.is_peer:
             drop = {*_TUNER_FIELDS, *_SCHEDULE_FIELDS, *_REPLAY_FIELDS,
                     *(f for f in _OPTIMIZER_FIELDS if f not in self._settings())}
+        elif self.is_tuner:
+            drop = {*_SCHEDULE_FIELDS, *_REPLAY_FIELDS, "warmup_steps"}
         else:
-            drop = {"warmup_steps"}  # earlier runs' (and studies') records stay as they were
+            used = _FIELDS_OF_SCHEDULE.get(self.method, _SCHEDULE_FIELDS)
+            drop = {*_TUNER_FIELDS, "warmup_steps", *(f for f in _SCHEDULE_FIELDS
+                                                      if f not in used),
+                    *(_REPLAY_FIELDS if self.method != REPLAY else ())}
         return {k: v for k, v in data.items() if k not in drop}
 
     @classmethod

@@ -15,6 +15,10 @@ Splits are held in memory: images without per-sample randomness are normalised
 training split is an :class:`AugmentedImages` that applies the usual random
 crop and horizontal flip batch-wise. :func:`batches` iterates both without
 per-sample Python work.
+
+The datasets' names, aliases, shapes and files are tables of the torch-free
+:mod:`adatune.catalog` (re-exported here), so a configuration is checked
+without importing this module.
 """
 
 from __future__ import annotations
@@ -36,7 +40,18 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from adatune._names import canonical_name
+from adatune.catalog import (
+    CIFAR10_TRAIN_FILES,
+    DATASET_NAMES,
+    DATASETS,
+    DatasetSource,
+    DataSpec,
+    canonical_dataset,
+    data_root,
+    dataset_spec,
+    default_data_dir,
+    missing_message,
+)
 from adatune.errors import ConfigError, DatasetError
 
 __all__ = [
@@ -51,18 +66,6 @@ __all__ = [
     "default_data_dir",
     "load_splits",
 ]
-
-DATASET_NAMES: tuple[str, ...] = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
-
-# Names used by the original project and common spellings. Keys are compared after
-# lower-casing and replacing "-" with "_".
-_DATASET_ALIASES = {
-    "cifar_10": "cifar10",
-    "cifar_100": "cifar100",
-    "fashionmnist": "fashion_mnist",
-    "fmnist": "fashion_mnist",
-    "sklearn_digits": "digits",
-}
 
 VAL_SOURCES = ("train", "test")
 
@@ -82,15 +85,6 @@ class TestAsValidationWarning(UserWarning):
 
 
 @dataclass(frozen=True)
-class DataSpec:
-    """Shape of a dataset's inputs, ``(channels, height, width)``, and its class count."""
-
-    name: str
-    input_shape: tuple[int, int, int]
-    num_classes: int
-
-
-@dataclass(frozen=True)
 class DataSplits:
     """Training, validation and test splits of one dataset."""
 
@@ -98,78 +92,6 @@ class DataSplits:
     train: Dataset
     val: Dataset
     test: Dataset
-
-
-@dataclass(frozen=True)
-class _Source:
-    spec: DataSpec
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    folder: str  # sub-folder of the data directory holding the files
-    files: tuple[str, ...]  # files expected in that folder
-
-
-_MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
-_CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
-
-_SOURCES: dict[str, _Source] = {
-    "digits": _Source(DataSpec("digits", (1, 8, 8), 10), (), (), "", ()),
-    "mnist": _Source(
-        DataSpec("mnist", (1, 28, 28), 10), (0.1307,), (0.3081,), "MNIST/raw", _MNIST_FILES
-    ),
-    "fashion_mnist": _Source(
-        DataSpec("fashion_mnist", (1, 28, 28), 10),
-        (0.2860,),
-        (0.3530,),
-        "FashionMNIST/raw",
-        _MNIST_FILES,
-    ),
-    "cifar10": _Source(
-        DataSpec("cifar10", (3, 32, 32), 10),
-        (0.4914, 0.4822, 0.4465),
-        (0.2470, 0.2435, 0.2616),
-        "cifar-10-batches-py",
-        (*_CIFAR10_TRAIN, "test_batch", "batches.meta"),
-    ),
-    "cifar100": _Source(
-        DataSpec("cifar100", (3, 32, 32), 100),
-        (0.5071, 0.4865, 0.4409),
-        (0.2673, 0.2564, 0.2762),
-        "cifar-100-python",
-        ("train", "test", "meta"),
-    ),
-}
-
-
-# --------------------------------------------------------------------------- names
-
-
-def canonical_dataset(name: str) -> str:
-    """Return the canonical name of a dataset, accepting the original project's aliases."""
-    return canonical_name("dataset", name, _DATASET_ALIASES, DATASET_NAMES)
-
-
-def dataset_spec(name: str) -> DataSpec:
-    """Input shape and class count of a dataset, without reading any file."""
-    return _SOURCES[canonical_dataset(name)].spec
-
-
-def default_data_dir() -> Path:
-    """Where datasets live unless a data directory is given.
-
-    ``$ADATUNE_DATA`` if set, else ``$XDG_CACHE_HOME/adatune/data`` (by default
-    ``~/.cache/adatune/data``). Evaluated at each call.
-    """
-    env = os.environ.get("ADATUNE_DATA")
-    if env:
-        return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-    return Path(cache).expanduser() / "adatune" / "data"
 
 
 # --------------------------------------------------------------------------- datasets
@@ -410,9 +332,8 @@ def load_splits(
     if train_subset is not None:
         train_subset = _check_fraction("train_subset", train_subset, allow_one=True)
 
-    source = _SOURCES[key]
-    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-    root = root.absolute()  # error messages name the full path
+    source = DATASETS[key]
+    root = data_root(data_dir)
     if key == "digits":
         raw = _read_digits()
     elif key in ("mnist", "fashion_mnist"):
@@ -541,14 +462,6 @@ def _read_digits():
     return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
 
 
-def _missing_message(key: str, folder: Path, files: Sequence[str]) -> str:
-    return (
-        f"{key} not found: expected {', '.join(files)} in {folder} "
-        "(use --download / download=True to fetch them when online, "
-        "or --data-dir to point at another folder)"
-    )
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -564,7 +477,7 @@ def _download(key: str, folder: Path, files: Sequence[str], fetch) -> None:
         ) from exc
 
 
-def _read_mnist(key: str, source: _Source, root: Path, download: bool):
+def _read_mnist(key: str, source: DatasetSource, root: Path, download: bool):
     from torchvision import datasets
 
     cls = datasets.MNIST if key == "mnist" else datasets.FashionMNIST
@@ -573,7 +486,7 @@ def _read_mnist(key: str, source: _Source, root: Path, download: bool):
     if download and not _all_exist(folder, source.files):
         _download(key, folder, source.files, lambda: cls(str(root), train=True, download=True))
     if not _all_exist(folder, source.files):
-        raise DatasetError(_missing_message(key, folder, source.files))
+        raise DatasetError(missing_message(key, folder, source.files))
     try:
         parts = []
         for train in (True, False):
@@ -598,7 +511,7 @@ def _read_mnist(key: str, source: _Source, root: Path, download: bool):
     return norm(x_train), y_train, norm(x_test), y_test
 
 
-def _read_cifar(key: str, source: _Source, root: Path, download: bool):
+def _read_cifar(key: str, source: DatasetSource, root: Path, download: bool):
     """Read the CIFAR python pickles directly (no md5 check on existing files).
 
     torchvision verifies the md5 sums of the official archives, which rejects
@@ -614,9 +527,9 @@ def _read_cifar(key: str, source: _Source, root: Path, download: bool):
     if download and not _all_exist(folder, source.files):
         _download(key, folder, source.files, lambda: cls(str(root), train=True, download=True))
     if not _all_exist(folder, source.files):
-        raise DatasetError(_missing_message(key, folder, source.files))
+        raise DatasetError(missing_message(key, folder, source.files))
     if key == "cifar10":
-        train_files, test_files = _CIFAR10_TRAIN, ("test_batch",)
+        train_files, test_files = CIFAR10_TRAIN_FILES, ("test_batch",)
         label_key, meta_file, meta_key = "labels", "batches.meta", "label_names"
     else:
         train_files, test_files = ("train",), ("test",)

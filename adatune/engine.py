@@ -27,10 +27,9 @@ from adatune.loop import (
     RunResult,
     resolve_device,
 )
+from adatune.runtypes import DEFAULT_CHECKPOINT_DIR
 from adatune.store import STALE_AFTER_S, Store
 from adatune.store.records import NewRun, RunRecord
-
-DEFAULT_CHECKPOINT_DIR = "adatune-runs"
 
 __all__ = [
     "DEFAULT_CHECKPOINT_DIR",
@@ -76,15 +75,27 @@ def train(
             "points": replay_steps(config, replay, loop.steps_per_epoch),
             "steps_per_epoch": loop.steps_per_epoch}})
     signals.raise_if_stopping()  # SIGTERM came between runs (a sweep's, a search's)
-    run_id = store.create_run(NewRun(
+    run_id, folder = start_run(store, NewRun(
         kind=kind or config.kind, method=config.method, optimizer=config.optimizer,
         network=config.network_label, dataset=config.dataset_label, seed=config.seed,
         config=config.to_dict(),
         name=name, experiment=experiment, parent_id=parent_id, device=str(parts.device),
-    ))
-    return loop.run(store, run_id, ckpt_root / f"run-{run_id}", events or Events(),
+    ), ckpt_root)
+    return loop.run(store, run_id, folder, events or Events(),
                     announce=config, meta=config.to_dict(),
                     setup_s=time.perf_counter() - started)
+
+
+def start_run(store: Store, new: NewRun, checkpoint_root: Path) -> tuple[int, Path]:
+    """Create the run and its checkpoint folder's path; no run is left if the folder is taken."""
+    run_id = store.create_run(new)
+    folder = checkpoint.run_dir(checkpoint_root, run_id)
+    try:
+        checkpoint.check_unused(folder, run_id, store.location)
+    except ConfigError:
+        store.delete_run(run_id)
+        raise
+    return run_id, folder
 
 
 def resume(store: Store, run_id: int, *, epochs: int | None = None, device: str | None = None,

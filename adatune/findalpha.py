@@ -31,14 +31,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adatune.config import MAX_EPOCHS, TUNER_NAMES, TrainConfig, whole
-from adatune.engine import DivergenceRules, Events, RunResult, train
 from adatune.errors import AdatuneError, ConfigError
 from adatune.hyper_update import ADDITIVE, MAX_HYPER_LR, SCALE_FREE
-from adatune.store import Store
+from adatune.runtypes import DivergenceRules, Events, RunResult
 from adatune.store.records import NewRun
+
+if TYPE_CHECKING:
+    from adatune.store import Store
 
 SEARCH_PARAMETERS = ("alpha", "hyper-lr")
 
@@ -335,6 +337,8 @@ def _search(config: TrainConfig, search: SearchConfig, store: Store, search_id: 
 
 def _probe(config: TrainConfig, search: SearchConfig, store: Store, search_id: int,
            value: float, phase: str, experiment: str | None, events: Events) -> ProbeResult:
+    from adatune.engine import train  # the training stack (torch), once a probe runs
+
     result: RunResult = train(
         probe_config(config, search, value), store,
         name=f"probe {search.search}={value:.3g}", experiment=experiment, kind="probe",

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from adatune.build import AlignedLoss, build_loss, build_tuner
 from adatune.config import DEFAULT_LR, TUNER_NAMES, TrainConfig
-from adatune.engine import DEFAULT_CHECKPOINT_DIR, check_resumable, continue_run
+from adatune.engine import DEFAULT_CHECKPOINT_DIR, check_resumable, continue_run, start_run
 from adatune.errors import ConfigError
 from adatune.loop import DivergenceRules, Events, Loop, LoopConfig, Parts, RunResult
 from adatune.peers import optimizer_view, peer_name
@@ -156,11 +156,12 @@ def fit(
             check_resumable(db, resume, ckpt_dir)
             return continue_run(db, resume, loop, ckpt_dir, events or Events(),
                                 announce=config, meta=config, started=started)
-        run_id = db.create_run(NewRun(
+        run_id, folder = start_run(db, NewRun(
             kind="train" if tuner_obj is not None else "baseline", method=method,
             optimizer=kind_name, network=type(model).__name__[:64], dataset=dataset_name[:64],
-            seed=seed, config=config, name=name, experiment=experiment, device=str(device)))
-        return loop.run(db, run_id, ckpt_root / f"run-{run_id}", events or Events(),
+            seed=seed, config=config, name=name, experiment=experiment, device=str(device)),
+            ckpt_root)
+        return loop.run(db, run_id, folder, events or Events(),
                         announce=config, meta=config, setup_s=time.perf_counter() - started)
     finally:
         if owned:

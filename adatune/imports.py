@@ -12,6 +12,7 @@ cheap, and only :func:`load` imports the user's module.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import os
 import re
@@ -42,20 +43,45 @@ def attr_name(path: str) -> str:
     return path.rsplit(":", 1)[1].rsplit(".", 1)[-1]
 
 
+def _cwd_on_path() -> None:
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def _not_found(option: str, path: str, name: str) -> ConfigError:
+    return ConfigError(f"cannot import {option} {path!r}: no module named {name!r} (is it on "
+                       "the import path, or in the current directory?)")
+
+
+def check_findable(option: str, path: str) -> None:
+    """ConfigError (as :func:`load` words it) when the path's top-level package is not found.
+
+    Looks the package up without importing anything, so that a mistyped module
+    is refused before the training stack is loaded; whatever else can go wrong
+    (a submodule, an attribute, the module's own errors) :func:`load` reports.
+    """
+    path = check_import_path(option, path)
+    top = path.split(":", 1)[0].split(".", 1)[0]
+    _cwd_on_path()
+    try:
+        found = importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        found = True  # unsure: let load() import it and say what is wrong
+    if not found:
+        raise _not_found(option, path, top)
+
+
 def load(option: str, path: str) -> Any:
     """Import the object an import path names (the current directory on ``sys.path``)."""
     path = check_import_path(option, path)
     module_name, attrs = path.split(":", 1)
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
+    _cwd_on_path()
     try:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name is not None and module_name.startswith(exc.name):
-            raise ConfigError(f"cannot import {option} {path!r}: no module named "
-                              f"{exc.name!r} (is it on the import path, or in the current "
-                              "directory?)") from exc
+            raise _not_found(option, path, exc.name) from exc
         raise ConfigError(f"cannot import {option} {path!r}: {one_line(exc)}") from exc
     except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
         raise ConfigError(f"cannot import {option} {path!r}: {one_line(exc)}") from exc

@@ -34,6 +34,7 @@ from adatune import checkpoint, signals
 from adatune.data import batches
 from adatune.errors import ConfigError
 from adatune.peers import OptimizerView, optimizer_view
+from adatune.runtypes import DivergenceRules, Events, RunResult
 from adatune.schedules import Schedule
 from adatune.store import Store
 from adatune.store.records import EpochRecord, StepRecord
@@ -43,22 +44,6 @@ HEARTBEAT_EVERY_S = 30.0
 OWNER_FILE = checkpoint.OWNER_FILE
 
 Loss = Callable[[Tensor, Tensor], Tensor]
-
-
-@dataclass(frozen=True)
-class DivergenceRules:
-    """When a run is judged divergent (it then ends with status ``diverged``).
-
-    Always: a non-finite training loss, LR or validation loss, or a training
-    loss above ``loss_factor`` times its first value. Optionally (find-alpha
-    probes): the LR above ``lr_factor`` times its initial value, an epoch whose
-    LR stayed at 0 throughout, or any non-finite hypergradient.
-    """
-
-    loss_factor: float = 10.0
-    lr_factor: float | None = None
-    zero_lr_epoch: bool = False
-    nonfinite_hypergradient: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,33 +96,6 @@ class Parts:
         if self.tuner is not None and self.tuner.optimizer is not self.optimizer:
             raise ConfigError("the tuner must wrap the run's optimizer")
         self.view: OptimizerView = optimizer_view(self.optimizer)
-
-
-class Events:
-    """Progress callbacks; override what you need. The defaults do nothing."""
-
-    def run_started(self, run_id: int, config: Any, *, steps_per_epoch: int,
-                    start_epoch: int) -> None: ...
-
-    def step_done(self, epoch: int, batch: int, loss: float, lr: float,
-                  mu: float | None) -> None: ...
-
-    def epoch_done(self, record: EpochRecord) -> None: ...
-
-
-@dataclass(frozen=True)
-class RunResult:
-    run_id: int
-    status: str  # completed | diverged | interrupted
-    reason: str | None
-    epochs: tuple[EpochRecord, ...]
-    best_val_acc: float | None
-    best_epoch: int | None
-    test_acc: float | None
-    stopped_early: bool
-    checkpoint_dir: str
-    best_val_loss: float | None = None
-    test_loss: float | None = None
 
 
 class _Diverged(Exception):

@@ -34,8 +34,7 @@ from torchvision.models import ResNet
 from torchvision.models.resnet import BasicBlock
 from torchvision.models.vgg import cfgs as _VGG_CONFIGS
 
-from adatune._names import canonical_name
-from adatune.data import DataSpec
+from adatune.catalog import NETWORK_NAMES, DataSpec, canonical_network, check_compatible
 from adatune.errors import ConfigError
 
 __all__ = [
@@ -50,50 +49,6 @@ __all__ = [
     "canonical_network",
     "check_compatible",
 ]
-
-NETWORK_NAMES: tuple[str, ...] = ("mlp", "lenet", "vgg11", "resnet18", "wrn28_10", "densenet_bc100")
-
-# Names of the original project and common spellings; keys are compared after
-# lower-casing and replacing "-" with "_".
-_NETWORK_ALIASES = {
-    "lenet5": "lenet",
-    "lenet_5": "lenet",
-    "vgg": "vgg11",
-    "vgg_11": "vgg11",
-    "resnet": "resnet18",
-    "resnet_18": "resnet18",
-    "wide_resnet": "wrn28_10",
-    "wideresnet": "wrn28_10",
-    "wrn": "wrn28_10",
-    "wrn_28_10": "wrn28_10",
-    "densenet": "densenet_bc100",
-    "densenet_bc": "densenet_bc100",
-    "densenet_bc_100": "densenet_bc100",
-    "densenetbc100": "densenet_bc100",
-}
-
-# Smallest input height/width each network can process.
-_MIN_SIZE = {"mlp": 1, "lenet": 4, "vgg11": 32, "resnet18": 1, "wrn28_10": 1, "densenet_bc100": 4}
-
-
-def canonical_network(name: str) -> str:
-    """Return the canonical name of a network, accepting the original project's aliases."""
-    return canonical_name("network", name, _NETWORK_ALIASES, NETWORK_NAMES)
-
-
-def check_compatible(network: str, spec: DataSpec) -> None:
-    """Raise :class:`ConfigError` naming the reason if ``network`` cannot take ``spec``'s data."""
-    key = canonical_network(network)
-    c, h, w = spec.input_shape
-    if min(c, h, w) < 1 or spec.num_classes < 2:
-        raise ConfigError(
-            f"Invalid data spec for {spec.name}: input {c}x{h}x{w} with {spec.num_classes} classes"
-        )
-    size = _MIN_SIZE[key]
-    if h < size or w < size:
-        raise ConfigError(
-            f"{key} needs inputs of at least {size}x{size}; {spec.name} is {c}x{h}x{w}"
-        )
 
 
 def build_model(network: str, spec: DataSpec) -> nn.Module:

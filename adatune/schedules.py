@@ -17,28 +17,16 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler
 
+from adatune.catalog import SCHEDULE_NAMES, canonical_schedule
 from adatune.errors import ConfigError
 
-SCHEDULE_NAMES = ("constant", "staircase", "exponential", "cosine")
-_ALIASES = {
-    "ed": "exponential",
-    "exp": "exponential",
-    "cyclic": "cosine",
-    "cosine-annealing": "cosine",
-    "cosine_annealing": "cosine",
-    "step": "staircase",
-    "fixed": "constant",
-}
-
-
-def canonical_schedule(name: str) -> str:
-    key = name.strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in SCHEDULE_NAMES:
-        raise ConfigError(f"unknown lr scheduler {name!r} (choose from: "
-                          f"{', '.join(SCHEDULE_NAMES)}; the original's hd, ed, cyclic, "
-                          "staircase are accepted too)")
-    return key
+__all__ = [
+    "SCHEDULE_NAMES",
+    "Schedule",
+    "ScheduleConfig",
+    "build_schedule",
+    "canonical_schedule",
+]
 
 
 @dataclass(frozen=True)

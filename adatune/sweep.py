@@ -72,19 +72,22 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adatune._process import owner_record, process_may_be_alive
 from adatune.config import MAX_SEED, TrainConfig, canonical_method, whole
-from adatune.engine import Events, RunResult, train
 from adatune.errors import ConfigError, StoreError
 from adatune.hyper_update import ADDITIVE, DEFAULT_HYPER_UPDATE, HYPER_UPDATES, SCALE_FREE
 from adatune.peers import PEERS, check_available
 from adatune.redact import mask_secrets
-from adatune.store import Store
-from adatune.store import repository as _repository
-from adatune.store.connection import SQLITE_BUSY_TIMEOUT_S, sqlite_path, url_secrets
+from adatune.runtypes import Events, RunResult
 from adatune.store.records import EpochRecord
+
+if TYPE_CHECKING:
+    from adatune.store import Store
+
+# Spaces, configs and results are plain Python: the training stack (adatune.engine,
+# torch), the store's SQL layer and Optuna are imported where a sweep runs.
 
 SAMPLERS = ("random", "tpe")
 DEFAULT_TRIALS = 20
@@ -670,6 +673,8 @@ def _run_trial(study: Any, trial: Any, base: TrainConfig, sweep: SweepConfig, sp
                store: Store, events: SweepEvents) -> TrialOutcome:
     from optuna.trial import TrialState
 
+    from adatune.engine import train
+
     values = sample(trial, space)
     trial.set_user_attr("adatune_values", values)
     seeds = tuple(base.seed + k for k in range(sweep.seeds))
@@ -752,6 +757,8 @@ def _storage(store: Store) -> Any:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
     from sqlalchemy.pool import NullPool, StaticPool
+
+    from adatune.store.connection import SQLITE_BUSY_TIMEOUT_S, sqlite_path, url_secrets
 
     kwargs: dict[str, Any] = {"poolclass": NullPool}
     if make_url(store.url).get_backend_name() == "sqlite":
@@ -839,6 +846,8 @@ def _open_study(storage: Any, sweep: SweepConfig, base: TrainConfig, space: Spac
 def _fail_stale_trials(study: Any, store: Store) -> None:
     """Mark FAIL the RUNNING trials whose worker is gone (see the module doc)."""
     from optuna.trial import TrialState
+
+    from adatune.store import repository as _repository
 
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("adatune_worker")

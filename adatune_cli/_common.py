@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Annotated, Any, NoReturn
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.table import Table
 
 from adatune.errors import AdatuneError
 from adatune.redact import mask_secrets
+
+if TYPE_CHECKING:
+    from adatune.config import TrainConfig
+    from adatune.store import Store
+    from adatune.store.records import EpochRecord
 
 DEFAULT_STORE = "adatune.db"
 
@@ -62,3 +71,88 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 def user_errors(exc: AdatuneError) -> NoReturn:
     fail(str(exc))
+
+
+_GAP = 2  # between two columns: one space of padding and the (blank) rule
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of a :func:`compact_table`: ``drop`` ranks which go first when space runs out
+    (0: never); free text (``number=False``) is shortened before anything is dropped."""
+
+    header: str
+    number: bool = True
+    drop: int = 0
+
+
+def compact_table(columns: Sequence[Column], rows: list[list[str]]) -> tuple[Table, list[str]]:
+    """A table for narrow terminals, and the headers of the columns it had to leave out.
+
+    Columns empty in every row are left out. Every column is as wide as its
+    widest cell: numbers and statuses are never cut. When the table is wider
+    than the terminal, free text (names) is shortened with an ellipsis, then
+    the columns with the highest ``drop`` go (the caller says so).
+    """
+    keep = [i for i in range(len(columns)) if any(row[i] not in ("", "-") for row in rows)]
+    widths = {i: max([len(columns[i].header), *(len(row[i]) for row in rows)]) for i in keep}
+
+    def over() -> int:
+        return sum(widths[i] for i in keep) + _GAP * (len(keep) - 1) - out.width
+
+    for i in sorted((i for i in keep if not columns[i].number), key=lambda i: -widths[i]):
+        cut = min(over(), widths[i] - max(6, len(columns[i].header)))
+        if cut > 0:
+            widths[i] -= cut
+    dropped = []
+    for i in sorted((i for i in keep if columns[i].drop), key=lambda i: -columns[i].drop):
+        if over() <= 0:
+            break
+        keep.remove(i)
+        dropped.append(columns[i].header)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    for i in keep:
+        table.add_column(columns[i].header, justify="right" if columns[i].number else "left",
+                         no_wrap=True, width=widths[i], overflow="ellipsis")
+    for row in rows:
+        table.add_row(*(row[i] for i in keep))
+    return table, dropped
+
+
+def print_table(table: Table, dropped: Sequence[str] = ()) -> None:
+    """Print a :func:`compact_table` whole (past the terminal's edge rather than cut)."""
+    needed = sum(c.width or 0 for c in table.columns) + _GAP * (len(table.columns) - 1)
+    out.print(table, width=max(needed, out.width), crop=False)
+    if dropped:
+        out.print(f"(left out at this width: {', '.join(dropped)}; a wider terminal or --json "
+                  "shows them)", markup=False, highlight=False)
+
+
+def epoch_seconds(epochs: Sequence[EpochRecord]) -> list[float | None]:
+    """Each epoch's own training seconds, from the cumulative ``elapsed_s`` (set-up excluded).
+
+    The first epoch of a resumed run's table is measured from the epoch before it.
+    """
+    seconds: list[float | None] = []
+    previous: EpochRecord | None = None
+    for e in epochs:
+        if previous is not None and previous.epoch == e.epoch - 1:
+            seconds.append(e.elapsed_s - previous.elapsed_s)
+        else:
+            seconds.append(e.elapsed_s if e.epoch == 1 else None)
+        previous = e
+    return seconds
+def open_for_run(store: str, config: TrainConfig | None) -> Store:
+    """The store a run goes to, once everything the run is given has been checked.
+
+    The files ``config`` names (the dataset's, the checkpoint folder), then the
+    store's location and schema version: bad input is rejected here, before
+    the caller imports the training stack (torch).
+    """
+    from adatune.preflight import check_run_inputs
+
+    if config is not None:
+        check_run_inputs(config)
+    from adatune.store import open_store  # SQLAlchemy: only for input that got this far
+
+    return open_store(store)

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from adatune.bench import HVP_MODES, METHODS, BenchConfig, run_bench
+from adatune.bench_config import HVP_MODES, METHODS, BenchConfig
 from adatune_cli._common import err, out
 from adatune_cli.main import app
 
@@ -51,6 +51,8 @@ def bench_command(
     if not as_json:
         err.print(f"timing {len(config.labels())} methods on {config.network}, batch "
                   f"{config.batch_size}, {total} interleaved rounds ...", markup=False)
+    from adatune.bench import run_bench  # torch
+
     result = run_bench(config)
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))

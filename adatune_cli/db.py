@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from adatune.store import VERSION_TABLE, inspect_store, upgrade_store
 from adatune_cli._common import DEFAULT_STORE, StoreOption, out
 from adatune_cli.main import app
 
@@ -21,6 +20,8 @@ def current(store: StoreOption = DEFAULT_STORE) -> None:
 
     Changes nothing. Example: adatune db current --store runs/adatune.db
     """
+    from adatune.store import VERSION_TABLE, inspect_store
+
     state = inspect_store(store)
     out.print(f"store: {state.location}", markup=False, highlight=False, soft_wrap=True)
     if state.state == "new":
@@ -50,6 +51,8 @@ def upgrade(store: StoreOption = DEFAULT_STORE) -> None:
     Back the store up first (copy the .db file, or pg_dump).
     Example: adatune db upgrade --store runs/adatune.db
     """
+    from adatune.store import upgrade_store
+
     before, after = upgrade_store(store)
     if before.state == "current":
         message = f"{after.location} is already at revision {after.current} (head)"

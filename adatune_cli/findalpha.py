@@ -1,8 +1,13 @@
-"""``adatune find-alpha``: the largest stable alpha (or hyper-LR) from short probe runs."""
+"""``adatune find-alpha``: the largest stable alpha (or hyper-LR) from short probe runs.
+
+The search and the base configuration are checked, files and store included,
+before the first probe imports the training stack.
+"""
 
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Annotated, Any
 
 import typer
@@ -12,7 +17,6 @@ from rich.table import Table
 
 from adatune import signals
 from adatune.config import TUNER_NAMES, TrainConfig, canonical_method
-from adatune.engine import RunResult, train
 from adatune.errors import ConfigError
 from adatune.findalpha import (
     DEFAULT_ALPHA_MAX,
@@ -31,10 +35,19 @@ from adatune.findalpha import (
     with_found_value,
 )
 from adatune.hyper_update import ADDITIVE, MAX_HYPER_LR, SCALE_FREE
-from adatune.store import open_store
-from adatune_cli._common import StoreOption, err, fail, fmt, json_safe, out
+from adatune.redact import mask_secrets
+from adatune.runtypes import RunResult
+from adatune_cli._common import StoreOption, err, fail, fmt, json_safe, open_for_run, out
 from adatune_cli.main import app
-from adatune_cli.options import make_config, run_options
+from adatune_cli.options import (
+    PANEL_PEER,
+    PANEL_SCHED,
+    flag,
+    given,
+    make_config,
+    refuse_given,
+    run_options,
+)
 from adatune_cli.train import (
     ExperimentOption,
     NameOption,
@@ -64,8 +77,9 @@ class _SearchProgress(SearchEvents):
     def search_started(self, search_run_id: int, parameter: str,
                        ladder: tuple[float, ...]) -> None:
         self.parameter = parameter
-        self.header = (f"find-alpha search {search_run_id}: {parameter} from {ladder[0]:.3g} "
-                       f"down to {ladder[-1]:.3g} ({len(ladder)} values at most)")
+        self.header = (f"find-alpha: {parameter} from {ladder[0]:.3g} down to "
+                       f"{ladder[-1]:.3g} ({len(ladder)} values at most); the search is run "
+                       f"{search_run_id}, each probe a run of its own")
 
     def probe_started(self, index: int, value: float, phase: str) -> None:
         self.value = value
@@ -100,12 +114,13 @@ def _label(parameter: str) -> str:
 
 def print_probes(result: SearchResult) -> None:
     label = _label(result.parameter)
-    table = Table(title=f"find-alpha search {result.search_run_id}: probes of {label}",
+    table = Table(title=f"probes of {label} (the search is run {result.search_run_id})",
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     accuracy = not result.probes or any(p.val_acc is not None for p in result.probes)
     for column, justify in ((label, "right"), ("verdict", "left"), ("reason", "left"),
                             ("epochs", "right"), ("final LR", "right"),
-                            ("val acc" if accuracy else "val loss", "right"), ("run", "right")):
+                            ("val acc" if accuracy else "val loss", "right"),
+                            ("probe run", "right")):
         table.add_column(column, justify=justify, no_wrap=column != "reason")
     for p in result.probes:
         verdict = p.verdict if p.phase == "ladder" else f"{p.verdict} (refine)"
@@ -120,6 +135,29 @@ def print_probes(result: SearchResult) -> None:
             flag = "--hyper-lr-max" if result.parameter == "hyper-lr" else "--alpha-max"
             out.print(f"note: the largest {label} probed was stable; a larger one may be too "
                       f"(raise {flag} to look)", markup=False)
+
+
+def exact(value: float) -> str:
+    """``value`` written short when that reads back as the same float, else in full."""
+    short = f"{value:.6g}"
+    return short if float(short) == value else repr(value)
+
+
+def train_command_line(ctx: typer.Context, opts: dict[str, Any], tuner: str,
+                       result: SearchResult, store: str) -> str:
+    """The ``adatune train`` command with the options given here and the value found."""
+    parts = ["adatune", "train", "--tuner", tuner]
+    for key, value in opts.items():
+        if key == result.config_key or not given(ctx, key):
+            continue
+        if isinstance(value, bool):
+            parts += [flag(key)] if value else []
+        elif value is not None:
+            parts += [flag(key), str(value)]
+    parts += [flag(result.config_key), exact(result.value)]
+    if given(ctx, "store"):
+        parts += ["--store", mask_secrets(store)]
+    return shlex.join(parts)
 
 
 def _as_json(result: SearchResult, trained: RunResult | None) -> dict[str, Any]:
@@ -184,8 +222,9 @@ def _all_diverged(result: SearchResult, config: TrainConfig) -> str:
 
 
 @app.command("find-alpha")
-@run_options
+@run_options(hide=(PANEL_SCHED, PANEL_PEER))
 def find_alpha_command(
+    ctx: typer.Context,
     opts: dict[str, Any],
     tuner: Annotated[str, _opt("--tuner", help="marthe, rtho or hd.")] = "marthe",
     search: Annotated[str, _opt(
@@ -254,19 +293,23 @@ def find_alpha_command(
 
     Example: adatune find-alpha --tuner marthe --then-train
     """
+    refuse_given(ctx, (PANEL_SCHED, PANEL_PEER), "for baseline schedules and peer optimizers; "
+                 "find-alpha searches a tuner's")
     settings = _search_config(
         search, alpha_max, alpha_min, hyper_lr_max, hyper_lr_min, factor=factor,
         probe_epochs=probe_epochs, probe_fraction=probe_fraction, refine=refine,
         loss_factor=probe_loss_factor, lr_factor=probe_lr_factor)
     config = _base_config(tuner, settings, opts)
     settings.ladder(config)  # bound errors before the store is opened
-    db = open_store(store)
+    db = open_for_run(store, config)
     trained: RunResult | None = None
     try:
         with _progress() as progress:
             result = find_alpha(config, settings, db, name=name, experiment=experiment,
                                 events=_SearchProgress(progress))
         if then_train and result.value is not None and result.status == "completed":
+            from adatune.engine import train
+
             with _progress() as progress:
                 trained = train(with_found_value(config, result), db, name=name,
                                 experiment=experiment, events=RichEvents(progress))
@@ -278,6 +321,10 @@ def find_alpha_command(
         print_probes(result)
         if trained is not None:
             print_summary(trained)
+        elif result.value is not None and result.status == "completed":
+            out.print("train with it:", markup=False)
+            out.print("  " + train_command_line(ctx, opts, tuner, result, store), markup=False,
+                      highlight=False, soft_wrap=True)
     if result.status == "interrupted":
         err.print("adatune: find-alpha interrupted", markup=False)
         raise typer.Exit(signals.exit_code(130))

@@ -1,4 +1,9 @@
-"""The ``adatune`` command: a thin Typer app over the library."""
+"""The ``adatune`` command: a thin Typer app over the library.
+
+Starting it must stay cheap (``--help``, shell completion and the store
+commands never load torch): command modules import the library's heavy parts
+inside the command, after the input is checked.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ app = typer.Typer(
     name="adatune",
     help="Tune a network's learning rate online from hypergradients and keep every run.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

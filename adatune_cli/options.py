@@ -10,6 +10,7 @@ flag names are accepted beside the modern ones (``--num-epoch``/``--epochs``,
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import typing
@@ -22,11 +23,11 @@ from adatune.config import DEFAULT_HYPER_LR, TrainConfig
 from adatune.errors import ConfigError
 from adatune.hyper_update import ADDITIVE, DEFAULT_HYPER_UPDATE, MAX_HYPER_LR, SCALE_FREE
 
-_PANEL_RUN = "Run"
-_PANEL_TUNER = "Hypergradient tuner"
-_PANEL_SCHED = "Baseline schedule"
-_PANEL_PEER = "Peer optimizer"
-_PANEL_DATA = "Data and protocol"
+PANEL_RUN = "Run"
+PANEL_TUNER = "Hypergradient tuner"
+PANEL_SCHED = "Baseline schedule"
+PANEL_PEER = "Peer optimizer"
+PANEL_DATA = "Data and protocol"
 
 
 def _hyper_lr_help() -> str:
@@ -41,7 +42,7 @@ def _hyper_lr_help() -> str:
             f"{d[(ADDITIVE, 'hd', 'adam')]:g} with adam].")
 
 
-def _opt(*names: str, help: str, panel: str = _PANEL_RUN, **kw: Any) -> Any:
+def _opt(*names: str, help: str, panel: str = PANEL_RUN, **kw: Any) -> Any:
     return typer.Option(*names, help=help, rich_help_panel=panel, **kw)
 
 
@@ -89,61 +90,61 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
                                                help="Clip the gradient norm at this value.")],
                   None),
     "hyper_update": (Annotated[str, _opt(
-        "--hyper-update", panel=_PANEL_TUNER,
+        "--hyper-update", panel=PANEL_TUNER,
         help=f"How the hypergradient moves the LR: {SCALE_FREE} (in log space, by a normalized "
              f"hypergradient; bounded steps, LR > 0) or {ADDITIVE} (LR - hyper_lr * h, the "
              "papers' rule).")], DEFAULT_HYPER_UPDATE),
     "hyper_lr": (Annotated[float | None, _opt(
-        "--hyper-lr", panel=_PANEL_TUNER, help=_hyper_lr_help())], None),
-    "mu": (Annotated[str, _opt("--mu", panel=_PANEL_TUNER,
+        "--hyper-lr", panel=PANEL_TUNER, help=_hyper_lr_help())], None),
+    "mu": (Annotated[str, _opt("--mu", panel=PANEL_TUNER,
                                help="MARTHE's mu in [0, 1], or 'auto' (a negative value means "
                                     "auto, as in the original).")], "0.99"),
-    "alpha": (Annotated[float, _opt("--alpha", panel=_PANEL_TUNER,
+    "alpha": (Annotated[float, _opt("--alpha", panel=PANEL_TUNER,
                                     help="Rate at which the hyper-LR adapts (0 keeps it fixed; "
                                          f"dimensionless, in [0, {MAX_HYPER_LR:g}], with "
                                          f"{SCALE_FREE}).")],
               0.0),
-    "first_order": (Annotated[bool, _opt("--first-order", panel=_PANEL_TUNER,
+    "first_order": (Annotated[bool, _opt("--first-order", panel=PANEL_TUNER,
                                          help="Drop the Hessian term (no HVP).")], False),
-    "hvp": (Annotated[str, _opt("--hvp", panel=_PANEL_TUNER,
+    "hvp": (Annotated[str, _opt("--hvp", panel=PANEL_TUNER,
                                 help="exact (double backward) or finite-difference (faster).")],
             "exact"),
-    "step_size": (Annotated[int, _opt("--step-size", panel=_PANEL_SCHED,
+    "step_size": (Annotated[int, _opt("--step-size", panel=PANEL_SCHED,
                                       help="Staircase: epochs between decays.")], 5),
     "lr_decay": (Annotated[float | None, _opt(
-        "--lr-decay", panel=_PANEL_SCHED,
+        "--lr-decay", panel=PANEL_SCHED,
         help="Decay factor \\[default: 0.5 staircase, 0.85 exponential per epoch].")], None),
-    "t_0": (Annotated[int, _opt("--t-0", panel=_PANEL_SCHED,
+    "t_0": (Annotated[int, _opt("--t-0", panel=PANEL_SCHED,
                                 help="Cosine: epochs of the first period.")], 2),
-    "t_mult": (Annotated[int, _opt("--t-mult", panel=_PANEL_SCHED,
+    "t_mult": (Annotated[int, _opt("--t-mult", panel=PANEL_SCHED,
                                    help="Cosine: period multiplier after each restart.")], 2),
-    "warmup_steps": (Annotated[int, _opt("--warmup-steps", panel=_PANEL_PEER,
+    "warmup_steps": (Annotated[int, _opt("--warmup-steps", panel=PANEL_PEER,
                                          help="Schedule-Free: steps of linear LR warm-up.")],
                      0),
-    "data_dir": (Annotated[str | None, _opt("--data-dir", panel=_PANEL_DATA,
+    "data_dir": (Annotated[str | None, _opt("--data-dir", panel=PANEL_DATA,
                                             help="Where datasets live \\[default: "
                                                  "$ADATUNE_DATA or ~/.cache/adatune/data].")],
                  None),
-    "download": (Annotated[bool, _opt("--download", panel=_PANEL_DATA,
+    "download": (Annotated[bool, _opt("--download", panel=PANEL_DATA,
                                       help="Download a missing dataset (needs a network).")],
                  False),
-    "val_fraction": (Annotated[float, _opt("--val-fraction", panel=_PANEL_DATA,
+    "val_fraction": (Annotated[float, _opt("--val-fraction", panel=PANEL_DATA,
                                            help="Share of the training set held out for "
                                                 "validation.")], 0.1),
-    "val_source": (Annotated[str, _opt("--val-source", panel=_PANEL_DATA,
+    "val_source": (Annotated[str, _opt("--val-source", panel=PANEL_DATA,
                                        help="train (a split of it), or test: the original's "
                                             "protocol, for reproducing old numbers only.")],
                    "train"),
-    "patience": (Annotated[int | None, _opt("--patience", panel=_PANEL_DATA,
+    "patience": (Annotated[int | None, _opt("--patience", panel=PANEL_DATA,
                                             help="Stop after this many epochs without a better "
                                                  "validation accuracy.")], None),
-    "workers": (Annotated[int, _opt("--workers", panel=_PANEL_DATA,
+    "workers": (Annotated[int, _opt("--workers", panel=PANEL_DATA,
                                     help="DataLoader worker processes for --data datasets that "
                                          "are not in-memory tensors.")], 0),
-    "log_every": (Annotated[int, _opt("--log-every", panel=_PANEL_DATA,
+    "log_every": (Annotated[int, _opt("--log-every", panel=PANEL_DATA,
                                       help="Record a step trace every N steps.")], 10),
     "checkpoint_dir": (Annotated[str | None, _opt("--checkpoint-dir", "--model-loc",
-                                                  panel=_PANEL_DATA,
+                                                  panel=PANEL_DATA,
                                                   help="Where checkpoints go \\[default: "
                                                        "./adatune-runs].")], None),
 }
@@ -151,16 +152,37 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
 _CONFIG_KEYS = tuple(OPTIONS)
 
 
-def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the shared options to ``func``'s CLI signature; pass them as ``opts``."""
+def panel_of(name: str) -> str:
+    """The --help panel option ``name`` is listed under."""
+    return typing.get_args(OPTIONS[name][0])[1].rich_help_panel
+
+
+def _hidden(annotation: Any) -> Any:
+    kind, info = typing.get_args(annotation)
+    info = copy.copy(info)
+    info.hidden = True
+    return Annotated[kind, info]
+
+
+def run_options(func: Callable[..., Any] | None = None, *,
+                hide: tuple[str, ...] = ()) -> Any:
+    """Add the shared options to ``func``'s CLI signature; pass them as ``opts``.
+
+    The options of the panels in ``hide`` are still parsed (the command refuses
+    them with :func:`refuse_given`) but left out of its ``--help``.
+    """
+    if func is None:
+        return functools.partial(run_options, hide=hide)
     sig = inspect.signature(func)
     hints = typing.get_type_hints(func, include_extras=True)  # resolve string annotations
     own = [p.replace(annotation=hints.get(name, p.annotation))
            for name, p in sig.parameters.items() if name != "opts"]
+    shown = {name: (_hidden(annotation) if panel_of(name) in hide else annotation, default)
+             for name, (annotation, default) in OPTIONS.items()}
     extra = [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
                           annotation=annotation)
-        for name, (annotation, default) in OPTIONS.items()
+        for name, (annotation, default) in shown.items()
     ]
 
     @functools.wraps(func)
@@ -170,10 +192,17 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
     wrapper.__signature__ = sig.replace(parameters=own + extra)  # type: ignore[attr-defined]
     annotations = {k: v for k, v in hints.items() if k != "opts"}
-    annotations.update({name: annotation for name, (annotation, _) in OPTIONS.items()})
+    annotations.update({name: annotation for name, (annotation, _) in shown.items()})
     wrapper.__annotations__ = annotations
     del wrapper.__wrapped__  # typer must see the new signature, not the original
     return wrapper
+
+
+def refuse_given(ctx: typer.Context, panels: tuple[str, ...], why: str) -> None:
+    """One line for options of ``panels`` that were given but do not apply (``why``)."""
+    wrong = [flag(name) for name in OPTIONS if panel_of(name) in panels and given(ctx, name)]
+    if wrong:
+        raise ConfigError(f"{', '.join(wrong)}: {why}")
 
 
 def given(ctx: typer.Context, name: str) -> bool:

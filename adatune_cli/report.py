@@ -1,4 +1,8 @@
-"""``adatune report``: compare runs in an offline HTML page or a terminal table."""
+"""``adatune report``: compare runs in an offline HTML page or a terminal table.
+
+The store and the report modules are imported by the command that uses them:
+Plotly only by ``report html``.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,16 @@ import dataclasses
 import json
 import webbrowser
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from adatune.redact import mask_secrets, mask_values
-from adatune.report import summary_json, summary_rich, summary_table, write_html
-from adatune.report.select import load_details
-from adatune.store import RunDetail, open_store
-from adatune.store.connection import resolve_url, sqlite_path
+from adatune.redact import mask_secrets, mask_values  # plain Python: no store, no Plotly
 from adatune_cli._common import DEFAULT_STORE, StoreOption, fail, out
 from adatune_cli.main import app
+
+if TYPE_CHECKING:
+    from adatune.store.records import RunDetail
 
 report_app = typer.Typer(
     help="Compare runs: a self-contained HTML report or a summary table.",
@@ -59,13 +62,20 @@ def _load(
     runs: list[int] | None,
     methods: list[str] | None,
     dataset: str | None,
+    *,
+    steps: bool = True,
 ) -> list[RunDetail]:
+    from adatune.report.select import load_details
+    from adatune.store import open_store
+    from adatune.store.connection import resolve_url, sqlite_path
+
     path = sqlite_path(resolve_url(store))
     if path is not None and not path.exists():
         fail(f"no store at {path} (give --store or set ADATUNE_STORE)")
     with open_store(store, create=False) as st:
         details = load_details(
-            st, experiment=experiment, run_ids=runs, methods=methods, dataset=dataset
+            st, experiment=experiment, run_ids=runs, methods=methods, dataset=dataset,
+            steps=steps,
         )
         location = st.location
     if not details:
@@ -109,6 +119,8 @@ def html(
     Example: adatune report html --experiment mnist-lr -m marthe -m cosine -o mnist.html --open
     """
     details = _load(store, experiment, run, method, dataset)
+    from adatune.report.html import write_html  # Plotly
+
     try:
         path = write_html(details, output, title=title)
     except OSError as exc:
@@ -136,7 +148,10 @@ def table(
 
     Example: adatune report table --experiment mnist-lr --json
     """
-    info = summary_table(_load(store, experiment, run, method, dataset))
+    from adatune.report.table import summary_json, summary_rich, summary_table
+
+    # the summary reads runs and epochs: the step traces stay in the store
+    info = summary_table(_load(store, experiment, run, method, dataset, steps=False))
     if not info.groups:
         fail(
             "no train or baseline runs match "

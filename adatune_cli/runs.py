@@ -7,13 +7,20 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from adatune.config import TUNER_NAMES
+from adatune.catalog import TUNER_NAMES
 from adatune.redact import mask_secrets, mask_values
-from adatune.store import open_store
 from adatune.store.records import RunRecord
-from adatune_cli._common import StoreOption, fmt, json_safe, out
+from adatune_cli._common import (
+    Column,
+    StoreOption,
+    compact_table,
+    epoch_seconds,
+    fmt,
+    json_safe,
+    out,
+    print_table,
+)
 from adatune_cli.main import app
 from adatune_cli.options import command_line
 
@@ -73,10 +80,15 @@ def _replayed(run: RunRecord) -> str | None:
 
 @runs_app.command("list")
 def list_runs(
-    experiment: Annotated[str | None, typer.Option("--experiment", "-e")] = None,
-    method: Annotated[str | None, typer.Option("--method", "-m")] = None,
-    dataset: Annotated[str | None, typer.Option("--dataset")] = None,
-    status: Annotated[str | None, typer.Option("--status")] = None,
+    experiment: Annotated[str | None, typer.Option(
+        "--experiment", "-e", help="Only runs of this experiment.")] = None,
+    method: Annotated[str | None, typer.Option(
+        "--method", "-m", help="Only this method, e.g. marthe, cosine or prodigy.")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", help="Only runs on this dataset, e.g. digits.")] = None,
+    status: Annotated[str | None, typer.Option(
+        "--status", help="Only runs with this status: running, completed, interrupted, "
+                         "diverged or failed.")] = None,
     kind: Annotated[str | None, typer.Option("--kind", help="train, baseline, probe, "
                                                             "find-alpha or sweep.")] = None,
     as_json: JsonOption = False,
@@ -86,21 +98,22 @@ def list_runs(
 
     Example: adatune runs list --method marthe --status completed
     """
+    from adatune.store import open_store
+
     with open_store(store, create=False) as db:
         runs = db.list_runs(experiment=experiment, method=method, dataset=dataset,
                             status=status, kind=kind)
     if as_json:
         typer.echo(json.dumps([_run_json(r) for r in runs], indent=2))
         return
-    table = Table()
-    for column in ("id", "name", "experiment", "kind", "method", "dataset", "network",
-                   "seed", "status", "epochs", "best val", "test"):
-        table.add_column(column, overflow="fold")
-    for r in runs:
-        table.add_row(str(r.id), r.name or "", r.experiment or "", r.kind, r.method, r.dataset,
-                      r.network, str(r.seed), r.status, str(r.epochs), fmt(r.best_val_acc, ".2%"),
-                      fmt(r.test_acc, ".2%"))
-    out.print(table)
+    columns = [Column("id"), Column("name", False), Column("experiment", False),
+               Column("kind", drop=3), Column("method"), Column("task", False),
+               Column("seed", drop=4), Column("status"), Column("ep", drop=2), Column("val"),
+               Column("test", drop=1)]
+    rows = [[str(r.id), r.name or "", r.experiment or "", r.kind, r.method,
+             f"{r.dataset}/{r.network}", str(r.seed), r.status, str(r.epochs),
+             fmt(r.best_val_acc, ".1%"), fmt(r.test_acc, ".1%")] for r in runs]
+    print_table(*compact_table(columns, rows))
 
 
 @runs_app.command("show")
@@ -113,6 +126,8 @@ def show_run(
 
     Example: adatune runs show 3 --json
     """
+    from adatune.store import open_store
+
     with open_store(store, create=False) as db:
         detail = db.get_run(run_id, steps=False)
     run = detail.run
@@ -133,19 +148,24 @@ def show_run(
     replayed = _replayed(run)
     if replayed:
         out.print(replayed, markup=False, soft_wrap=True)
-    out.print(f"best val acc {fmt(run.best_val_acc, '.2%')} at epoch {run.best_epoch}, "
-              f"test acc there {fmt(run.test_acc, '.2%')}", markup=False)
-    table = Table()
-    for column in ("epoch", "lr", "mean lr", "mu", "hyper-lr", "train loss", "train acc",
-                   "val loss", "val acc", "test acc", "time s", "non-finite h"):
-        table.add_column(column, justify="right")
-
-    for e in detail.epochs:
-        table.add_row(str(e.epoch), fmt(e.lr), fmt(e.lr_mean), fmt(e.mu, ".3g"),
-                      fmt(e.hyper_lr, ".3g"), fmt(e.train_loss), fmt(e.train_acc, ".2%"),
-                      fmt(e.val_loss), fmt(e.val_acc, ".2%"), fmt(e.test_acc, ".2%"),
-                      fmt(e.elapsed_s, ".1f"), str(e.nonfinite_hypergradients))
-    out.print(table)
+    summary = run.summary or {}
+    if run.best_val_acc is None and summary.get("best_val_loss") is not None:
+        out.print(f"best val loss {fmt(summary['best_val_loss'])} at epoch {run.best_epoch}, "
+                  f"test loss there {fmt(summary.get('test_loss'))}", markup=False)
+    else:
+        out.print(f"best val acc {fmt(run.best_val_acc, '.2%')} at epoch {run.best_epoch}, "
+                  f"test acc there {fmt(run.test_acc, '.2%')}", markup=False)
+    columns = [Column("epoch"), Column("lr"), Column("mean lr", drop=3), Column("mu"),
+               Column("hyper-lr"), Column("loss"), Column("train", drop=2),
+               Column("val loss"), Column("val"), Column("test"), Column("s", drop=1),
+               Column("non-finite h", drop=4)]
+    seconds = epoch_seconds(detail.epochs)
+    rows = [[str(e.epoch), fmt(e.lr, ".3g"), fmt(e.lr_mean, ".3g"), fmt(e.mu, ".3g"),
+             fmt(e.hyper_lr, ".3g"), fmt(e.train_loss, ".3g"), fmt(e.train_acc, ".1%"),
+             fmt(e.val_loss, ".3g"), fmt(e.val_acc, ".1%"), fmt(e.test_acc, ".1%"),
+             fmt(s, ".1f"), str(e.nonfinite_hypergradients or "")]
+            for e, s in zip(detail.epochs, seconds, strict=True)]
+    print_table(*compact_table(columns, rows))
     out.print("config: " + json.dumps(_shown(run.config), sort_keys=True), markup=False,
               soft_wrap=True)
     if command:
@@ -170,6 +190,7 @@ def delete_run(
     Example: adatune runs delete 3 --yes
     """
     from adatune.checkpoint import delete_run as delete
+    from adatune.store import open_store
 
     with open_store(store, create=False) as db:
         run = db.get_run(run_id, steps=False).run

@@ -1,4 +1,8 @@
-"""``adatune sweep``: random or TPE search over one method's space, shared through the store."""
+"""``adatune sweep``: random or TPE search over one method's space, shared through the store.
+
+The space and the base configuration are checked, and ``--show-space`` answered,
+before the store, Optuna or the training stack is imported.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +25,6 @@ from adatune.config import TrainConfig
 from adatune.errors import ConfigError
 from adatune.hyper_update import ADDITIVE, DEFAULT_HYPER_UPDATE
 from adatune.peers import check_available
-from adatune.store import open_store
-from adatune.store.connection import sqlite_path
 from adatune.sweep import (
     DEFAULT_PATIENCE,
     DEFAULT_SEEDS,
@@ -42,7 +44,7 @@ from adatune.sweep import (
     space_toml,
     without,
 )
-from adatune_cli._common import DEFAULT_STORE, StoreOption, err, fmt, out
+from adatune_cli._common import DEFAULT_STORE, StoreOption, err, fmt, open_for_run, out
 from adatune_cli.main import app
 from adatune_cli.options import given, make_config, run_options
 from adatune_cli.train import RichEvents
@@ -100,6 +102,8 @@ class _SweepProgress(RichEvents, SweepEvents):
 
 
 def _print_result(result: SweepResult, location: str, store_url: str) -> None:
+    from adatune.store.connection import sqlite_path
+
     s = result.status
     if result.trials:
         table = Table(title=f"trials run here ({len(result.trials)})", title_justify="left",
@@ -195,10 +199,10 @@ def sweep_command(
                   + (f"\nfixed on the command line: {', '.join(fixed)}" if fixed else ""))
         typer.echo(space_toml(space, header=header), nl=False)
         return
-    import optuna
+    with open_for_run(store, base) as db:
+        import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with open_store(store) as db:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         location, url = db.location, db.url
         err.print(f"study {sweep.study} in {location}: sampling {describe_space(space)} "
                   f"({sweep.sampler}); {sweep.trials} trials over all workers, "

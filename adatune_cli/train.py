@@ -1,7 +1,12 @@
-"""``adatune train`` and ``adatune baseline``: one run, live progress, a summary."""
+"""``adatune train`` and ``adatune baseline``: one run, live progress, a summary.
+
+Everything a run is given is checked (values, names, files, the store and its
+schema) before the training stack is imported: bad input exits at once.
+"""
 
 from __future__ import annotations
 
+import shlex
 from typing import Annotated, Any
 
 import typer
@@ -17,16 +22,32 @@ from rich.progress import (
 from rich.table import Table
 
 from adatune import signals
+from adatune.catalog import canonical_schedule
 from adatune.config import REPLAY, TUNER_NAMES, TrainConfig, canonical_method
-from adatune.engine import Events, RunResult, resume, train
 from adatune.errors import ConfigError
 from adatune.peers import PEER_NAMES
-from adatune.schedules import canonical_schedule
-from adatune.store import open_store
+from adatune.runtypes import Events, RunResult
 from adatune.store.records import EpochRecord
-from adatune_cli._common import StoreOption, err, fmt, out
+from adatune_cli._common import (
+    StoreOption,
+    epoch_seconds,
+    err,
+    fmt,
+    open_for_run,
+    out,
+    store_default,
+)
 from adatune_cli.main import app
-from adatune_cli.options import flag, given, make_config, run_options
+from adatune_cli.options import (
+    PANEL_PEER,
+    PANEL_SCHED,
+    PANEL_TUNER,
+    flag,
+    given,
+    make_config,
+    refuse_given,
+    run_options,
+)
 
 NameOption = Annotated[str | None, typer.Option("--name", help="A name for the run.")]
 ExperimentOption = Annotated[str | None, typer.Option(
@@ -65,6 +86,12 @@ class RichEvents(Events):
                              info=f"{score}  lr {record.lr:.4g}")
         self.progress.reset(self.batch_task)
 
+    def close(self) -> None:
+        """Take the batch bar off the screen (the epochs bar says where the run ended)."""
+        if self.batch_task is not None:
+            self.progress.remove_task(self.batch_task)
+            self.batch_task = None
+
 
 def _progress() -> Progress:
     return Progress(
@@ -74,6 +101,43 @@ def _progress() -> Progress:
     )
 
 
+def next_steps(db: Any, result: RunResult, store: str) -> list[str]:
+    """Where the run went and the commands that come next: what ``train``/``baseline`` print.
+
+    ``store`` is the store as given; the commands name it unless it is the default
+    (or ``$ADATUNE_STORE``), with any password masked.
+    """
+    run = db.get_run(result.run_id, steps=False).run
+    flag = "" if store == store_default() else f" --store {shlex.quote(db.location)}"
+    commands = [f"adatune runs show {result.run_id}{flag}",
+                f"adatune report html{flag}  # every run of the store, side by side"]
+    if result.status in ("interrupted", "failed"):
+        commands.insert(0, f"adatune {run.kind} --resume {result.run_id}{flag}")
+    if result.status != "diverged":
+        commands.append(_compare_with(run.config, flag))
+    return [f"store:       {db.location}", f"checkpoints: {result.checkpoint_dir}",
+            "next:        " + commands[0], *("             " + c for c in commands[1:])]
+
+
+def _compare_with(config: dict[str, Any], flag: str) -> str:
+    """A run to set beside this one: a constant LR for a tuner or peer, MARTHE for a schedule,
+    the source run for a replay of one."""
+    if config["method"] == REPLAY and config.get("from_run") is not None:
+        return f"adatune runs show {config['from_run']}{flag}  # compare: the run it replays"
+    common = []
+    peer = config["method"] in PEER_NAMES
+    for key in ("network", "dataset", "model", "data", "optimizer", "lr", "epochs", "seed"):
+        value = config.get(key)
+        if value is not None and not (peer and key in ("optimizer", "lr")):
+            common += [f"--{key}", str(value)]
+    own = shlex.join(common) + flag
+    if peer:
+        return f"adatune train --tuner marthe {own}  # compare: MARTHE from the default LR"
+    if config["method"] in TUNER_NAMES:
+        return f"adatune baseline --lr-scheduler constant {own}  # compare: this LR, held"
+    return f"adatune train --tuner marthe {own}  # compare: MARTHE from the same LR"
+
+
 def print_summary(result: RunResult) -> None:
     table = Table(title=f"run {result.run_id}: {result.status}", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)
@@ -81,14 +145,14 @@ def print_summary(result: RunResult) -> None:
     scores = ("train", "val", "test") if accuracy else ("val loss", "test loss")
     for column in ("epoch", "lr", "mu", "hyper-lr", "loss", *scores, "s"):
         table.add_column(column, justify="right", no_wrap=True)
-    for e in result.epochs:
+    for e, seconds in zip(result.epochs, epoch_seconds(result.epochs), strict=True):
         if accuracy:
             cells = (fmt(e.train_acc, ".1%"), fmt(e.val_acc, ".1%"), fmt(e.test_acc, ".1%"))
         else:
             cells = (fmt(e.val_loss, ".4g"), fmt(e.test_loss, ".4g"))
         table.add_row(str(e.epoch), fmt(e.lr, ".3g"), fmt(e.mu, ".3g"),
                       fmt(e.hyper_lr, ".2g"), fmt(e.train_loss, ".3f"), *cells,
-                      fmt(e.elapsed_s, ".1f"))
+                      fmt(seconds, ".1f"))
     out.print(table)
     line = f"run {result.run_id} {result.status}"
     if result.best_val_acc is not None:
@@ -106,19 +170,29 @@ def print_summary(result: RunResult) -> None:
 
 def _run(config: TrainConfig | None, store: str, *, resume_id: int | None = None,
          resume_changes: dict[str, Any] | None = None, **run_kw: Any) -> None:
-    db = open_store(store)
+    db = open_for_run(store, config)
     try:
-        if resume_id is not None and resume_changes:
-            _print_resume_changes(db, resume_id, resume_changes)
+        if resume_id is not None:
+            db.get_run(resume_id, steps=False)  # an unknown run id: rejected here
+            if resume_changes:
+                _print_resume_changes(db, resume_id, resume_changes)
+        from adatune.engine import resume, train  # torch, once the input is known good
+
         with _progress() as progress:
             events = RichEvents(progress)
-            if resume_id is not None:
-                result = resume(db, resume_id, events=events, **(resume_changes or {}))
-            else:
-                result = train(config, db, events=events, **run_kw)
+            try:
+                if resume_id is not None:
+                    result = resume(db, resume_id, events=events, **(resume_changes or {}))
+                else:
+                    result = train(config, db, events=events, **run_kw)
+            finally:
+                events.close()  # no bar of a finished run stays on screen
+        hints = next_steps(db, result, store)
     finally:
         db.close()
     print_summary(result)
+    for line in hints:
+        out.print(line, markup=False, highlight=False)
     if result.status == "interrupted":
         raise typer.Exit(signals.exit_code(130))  # 143 after SIGTERM
     if result.status == "diverged":
@@ -155,7 +229,7 @@ def _print_resume_changes(db: Any, run_id: int, changes: dict[str, Any]) -> None
 
 
 @app.command("train")
-@run_options
+@run_options(hide=(PANEL_SCHED, PANEL_PEER))
 def train_command(
     ctx: typer.Context,
     opts: dict[str, Any],
@@ -181,6 +255,8 @@ def train_command(
     if method not in TUNER_NAMES:
         raise ConfigError(f"unknown tuner {tuner!r} (choose from: {', '.join(TUNER_NAMES)}; "
                           "baseline schedules run with `adatune baseline`)")
+    refuse_given(ctx, (PANEL_SCHED, PANEL_PEER), "for baseline schedules and peer optimizers "
+                 "(`adatune baseline`); a tuner moves the LR itself")
     _run(make_config(method, opts), store, name=name, experiment=experiment)
 
 
@@ -188,7 +264,7 @@ _PANEL_REPLAY = "Replay a learned schedule"
 
 
 @app.command("baseline")
-@run_options
+@run_options(hide=(PANEL_TUNER,))
 def baseline_command(
     ctx: typer.Context,
     opts: dict[str, Any],
@@ -233,11 +309,11 @@ def baseline_command(
     """
     replay = {"from_run": from_run, "from_file": from_file, "stretch": stretch, "scale": scale}
     if resume_id is not None:
-        mixed = [flag(k) for k in replay if given(ctx, k)]
-        if mixed:
-            raise ConfigError(f"--resume {resume_id} continues the run as it was recorded; "
-                              f"{', '.join(mixed)} would change it")
-        _run(None, store, resume_id=resume_id)
+        changes = resume_changes(ctx, resume_id, opts, **{
+            "lr_scheduler": given(ctx, "lr_scheduler"), "method": given(ctx, "method"),
+            "name": given(ctx, "name"), "experiment": given(ctx, "experiment"),
+            **{k: given(ctx, k) for k in replay}})
+        _run(None, store, resume_id=resume_id, resume_changes=changes)
         return
     if method is not None and lr_scheduler is not None:
         raise ConfigError("give --method or --lr-scheduler, not both (a peer optimizer sets "
@@ -250,16 +326,25 @@ def baseline_command(
     else:
         key = (lr_scheduler or "constant").strip().lower()
         chosen = "hd" if key == "hd" else REPLAY if key == REPLAY else canonical_schedule(key)
-    if chosen == REPLAY and from_run is not None:
-        opts = {**opts, **_inherited(ctx, opts, from_run, store)}
+    if chosen != "hd":  # the original's `--lr-scheduler hd` runs the HD tuner
+        refuse_given(ctx, (PANEL_TUNER,), "for the hypergradient tuners (`adatune train`)")
+    if chosen in PEER_NAMES:
+        refuse_given(ctx, (PANEL_SCHED,), f"for LR schedules; {chosen} sets its own step size")
+    else:
+        refuse_given(ctx, (PANEL_PEER,), "for the peer optimizers (--method)")
+    if chosen == REPLAY:
+        refuse_given(ctx, (PANEL_SCHED,), "for the built-in schedules; a replay follows the "
+                                          "recorded one")
+        if from_run is not None:
+            opts = {**opts, **_inherited(ctx, from_run, store)}
     _run(make_config(chosen, opts, **replay), store, name=name, experiment=experiment)
 
 
-def _inherited(ctx: typer.Context, opts: dict[str, Any], run_id: int,
-               store: str) -> dict[str, Any]:
+def _inherited(ctx: typer.Context, run_id: int, store: str) -> dict[str, Any]:
     """The source run's training setup, for every option not given on the command line."""
     from adatune.replay import replay_defaults
+    from adatune.store import open_store
 
-    with open_store(store) as db:
+    with open_store(store, create=False) as db:  # a source run needs a store that exists
         source = db.get_run(run_id, steps=False).run
     return {k: v for k, v in replay_defaults(source).items() if not given(ctx, k)}

@@ -213,8 +213,8 @@ def test_own_model_resumes_bit_identically_after_sigkill(workdir):
     assert 1 <= len(kept) < 4
     resumed = _spawn(store, "train", "--resume", str(run_id))
     assert resumed.wait() == 0, resumed.stderr.read().decode()
-    straight = workdir / "straight.db"
-    assert _spawn(straight, *run).wait() == 0
+    straight = workdir / "straight.db"  # a second store: its own checkpoint folder
+    assert _spawn(straight, *run, "--checkpoint-dir", str(workdir / "straight-runs")).wait() == 0
     assert _epochs(store, run_id)[: len(kept)] == kept
     assert _epochs(store, run_id) == _epochs(straight, 1)
 
@@ -309,7 +309,7 @@ def test_fit_resumes_an_interrupted_run_to_the_uninterrupted_result(workdir):
     assert stopped.status == "interrupted" and len(stopped.epochs) == 1
     resumed = fit(store="a.db", resume=stopped.run_id)
     assert resumed.status == "completed" and resumed.run_id == stopped.run_id
-    straight = fit(store="b.db")
+    straight = fit(store="b.db", checkpoint_dir="b-runs")  # a second store: its own folder
     assert _epochs("a.db", stopped.run_id) == _epochs("b.db", straight.run_id)
     with pytest.raises(ConfigError, match="already completed"):
         fit(store="a.db", resume=stopped.run_id)

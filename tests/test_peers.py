@@ -265,7 +265,7 @@ def test_schedule_free_is_judged_on_its_averaged_weights(workdir, capsys):
     (["baseline", "--method", "prodigy", "--momentum", "0.9"], "momentum does not apply"),
     (["baseline", "--method", "dog", "--nesterov"], "nesterov does not apply"),
     (["baseline", "--method", "schedulefree-sgd", "--momentum", "0"], "invalid momentum"),
-    (["baseline", "--lr-scheduler", "cosine", "--warmup-steps", "10"], "warmup_steps applies"),
+    (["baseline", "--lr-scheduler", "cosine", "--warmup-steps", "10"], "for the peer"),
     (["baseline", "--method", "schedulefree-sgd", "--warmup-steps", "-1"], "warmup_steps"),
     (["train", "--optimizer", "prodigy"], "prodigy is a method"),
     (["sweep", "--method", "sgd-free"], "unknown method"),
@@ -390,7 +390,7 @@ def test_fit_resumes_a_peer_to_the_uninterrupted_result(workdir, name):
     assert stopped.status == "interrupted"
     resumed = fit(store="a.db", resume=stopped.run_id)
     assert resumed.status == "completed"
-    straight = fit(store="b.db")
+    straight = fit(store="b.db", checkpoint_dir="b-runs")  # a second store: its own folder
     assert _epochs("a.db", stopped.run_id) == _epochs("b.db", straight.run_id)
 
 
@@ -443,8 +443,8 @@ def test_a_peer_resumes_bit_identically_after_sigkill(workdir, extra):
     assert 1 <= len(kept) < 3
     resumed = _spawn(store, "baseline", "--resume", str(run_id))
     assert resumed.wait() == 0, resumed.stderr.read().decode()
-    straight = workdir / "straight.db"
-    assert _spawn(straight, *run).wait() == 0
+    straight = workdir / "straight.db"  # a second store: its own checkpoint folder
+    assert _spawn(straight, *run, "--checkpoint-dir", str(workdir / "straight-runs")).wait() == 0
     assert _epochs(store, run_id)[: len(kept)] == kept
     assert _epochs(store, run_id) == _epochs(straight, 1)
     with open_store(store) as db:

@@ -5,16 +5,21 @@ Entry points:
 * :func:`write_html` / :func:`render_html`: the self-contained HTML report.
 * :func:`summary_table`: the per-method summary; :func:`summary_rich` and
   :func:`summary_json` present it.
+
+The names are imported on first use: the summary table and the figure data
+(:mod:`adatune.report.info`) do not load Plotly; the HTML report does.
 """
 
-from adatune.report.html import build_figures, render_html, write_html
-from adatune.report.table import summary_json, summary_rich, summary_table
+from adatune._lazy import lazy_exports as _lazy_exports
 
-__all__ = [
-    "build_figures",
-    "render_html",
-    "summary_json",
-    "summary_rich",
-    "summary_table",
-    "write_html",
-]
+_EXPORTS = {
+    "build_figures": "adatune.report.html",
+    "render_html": "adatune.report.html",
+    "write_html": "adatune.report.html",
+    "summary_json": "adatune.report.table",
+    "summary_rich": "adatune.report.table",
+    "summary_table": "adatune.report.table",
+}
+
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

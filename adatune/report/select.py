@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from adatune.report.info import replay_source_id
-from adatune.store import RunDetail, Store
+from adatune.store.records import RunDetail
+
+if TYPE_CHECKING:
+    from adatune.store import Store
 
 
 def load_details(

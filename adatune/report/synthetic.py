@@ -1,6 +1,7 @@
-"""Synthetic run details for report benchmarks and tests (no store, no training).
+"""Synthetic run details for report benchmarks and tests (no training).
 
-The numbers look like training curves but mean nothing.
+The numbers look like training curves but mean nothing. :func:`record_details`
+writes them into a store, for benchmarks and tests of the commands that read it.
 """
 
 from __future__ import annotations
@@ -8,8 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from adatune.store.records import EpochRecord, RunDetail, RunRecord, StepRecord
+from adatune.store.records import EpochRecord, NewRun, RunDetail, RunRecord, StepRecord
+
+if TYPE_CHECKING:
+    from adatune.store import Store
 
 TUNERS = ("marthe", "rtho", "hd")
 METHODS = ("marthe", "rtho", "hd", "constant", "staircase", "exponential", "cosine")
@@ -119,3 +126,25 @@ def synthetic_details(
         )
         out.append(RunDetail(run, tuple(eps), tuple(steps)))
     return out
+
+
+def record_details(store: Store, details: Iterable[RunDetail]) -> list[int]:
+    """Write ``details`` into ``store`` as finished runs, epoch by epoch; their new ids.
+
+    The store numbers the runs itself (the records' ids are not kept).
+    """
+    ids = []
+    for detail in details:
+        run = detail.run
+        run_id = store.create_run(NewRun(
+            kind=run.kind, method=run.method, optimizer=run.optimizer, network=run.network,
+            dataset=run.dataset, seed=run.seed, config=run.config, name=run.name,
+            experiment=run.experiment, device=run.device))
+        steps: dict[int, list[StepRecord]] = defaultdict(list)
+        for step in detail.steps:
+            steps[step.epoch].append(step)
+        for epoch in detail.epochs:
+            store.record_epoch(run_id, epoch, steps.get(epoch.epoch, ()))
+        store.finish_run(run_id, run.status, error=run.error, summary=run.summary)
+        ids.append(run_id)
+    return ids

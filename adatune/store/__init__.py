@@ -8,38 +8,31 @@
         detail = store.get_run(run_id)
         lrs = store.get_step_lrs(run_id)                  # the LR of every step, per epoch
 
-Rows come back as the frozen records of :mod:`adatune.store.records`.
+Rows come back as the frozen records of :mod:`adatune.store.records`. The
+names below are imported on first use, so that the records (plain dataclasses)
+can be imported without SQLAlchemy and Alembic.
 """
 
-from adatune.store.connection import resolve_url
-from adatune.store.migrate import VERSION_TABLE, SchemaState, inspect_store, upgrade_store
-from adatune.store.records import (
-    RUN_KINDS,
-    RUN_STATUSES,
-    EpochLRs,
-    EpochRecord,
-    NewRun,
-    RunDetail,
-    RunRecord,
-    StepRecord,
-)
-from adatune.store.repository import STALE_AFTER_S, Store, open_store
+from adatune._lazy import lazy_exports as _lazy_exports
 
-__all__ = [
-    "RUN_KINDS",
-    "RUN_STATUSES",
-    "STALE_AFTER_S",
-    "VERSION_TABLE",
-    "EpochLRs",
-    "EpochRecord",
-    "NewRun",
-    "RunDetail",
-    "RunRecord",
-    "SchemaState",
-    "StepRecord",
-    "Store",
-    "inspect_store",
-    "open_store",
-    "resolve_url",
-    "upgrade_store",
-]
+_EXPORTS = {
+    "RUN_KINDS": "adatune.store.records",
+    "RUN_STATUSES": "adatune.store.records",
+    "EpochLRs": "adatune.store.records",
+    "EpochRecord": "adatune.store.records",
+    "NewRun": "adatune.store.records",
+    "RunDetail": "adatune.store.records",
+    "RunRecord": "adatune.store.records",
+    "StepRecord": "adatune.store.records",
+    "resolve_url": "adatune.store.connection",
+    "VERSION_TABLE": "adatune.store.migrate",
+    "SchemaState": "adatune.store.migrate",
+    "inspect_store": "adatune.store.migrate",
+    "upgrade_store": "adatune.store.migrate",
+    "STALE_AFTER_S": "adatune.store.repository",
+    "Store": "adatune.store.repository",
+    "open_store": "adatune.store.repository",
+}
+
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

@@ -24,6 +24,13 @@ linked into place only once its schema is complete (:func:`create_sqlite_store`)
 a failed creation (a full disk, say) leaves nothing behind, and two processes
 creating the same store at once end up sharing one of the two.
 
+Opening a store (:func:`ensure_current`) needs no Alembic, which takes a third
+of a store command's start: the revisions and the head are read from the
+revision files (their ``revision``/``down_revision`` assignments) and the
+store's revision with one query. A new store, a damaged version table or
+revision files this reading cannot follow go through Alembic, which also does
+every migration and ``adatune db``'s reports.
+
 To write a new revision (developers)::
 
     from alembic import command
@@ -33,6 +40,7 @@ To write a new revision (developers)::
 
 from __future__ import annotations
 
+import ast
 import os
 import uuid
 from collections.abc import Iterator
@@ -40,11 +48,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
@@ -60,6 +65,10 @@ from adatune.store.connection import (
     store_error,
     url_secrets,
 )
+
+if TYPE_CHECKING:  # Alembic is imported where it is used (see the module doc)
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 VERSION_TABLE = "adatune_alembic_version"
 #: Key of the PostgreSQL advisory lock that serialises schema changes.
@@ -83,6 +92,8 @@ def migrations_location() -> str:
 
 def alembic_config(url: str | None = None, connection: Connection | None = None) -> Config:
     """An Alembic config for our revisions; ``connection`` (if any) is used as is."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", migrations_location())
     if url is not None:
@@ -92,6 +103,8 @@ def alembic_config(url: str | None = None, connection: Connection | None = None)
 
 
 def _script() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config())
 
 
@@ -103,6 +116,8 @@ def head_revision(script: ScriptDirectory | None = None) -> str:
 
 
 def current_revision(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
     heads = context.get_current_heads()
     if len(heads) > 1:
@@ -170,13 +185,64 @@ def _locked(engine: Engine) -> Iterator[Connection]:
 
 
 def _upgrade(conn: Connection, target: str = "head") -> None:
+    from alembic import command  # its autogenerate machinery: only when the schema changes
+
     command.upgrade(alembic_config(connection=conn), target)
+
+
+def revisions_from_files() -> tuple[str, frozenset[str]] | None:
+    """``(head, every revision)`` read from the revision files without Alembic; None if unsure.
+
+    Each file's top-level ``revision`` and ``down_revision`` literals make the
+    graph; the head is the one revision no other revises. Any file this cannot
+    read, or a graph without exactly one head, gives None (ask Alembic).
+    """
+    revisions: set[str] = set()
+    revised: set[str] = set()
+    try:
+        paths = sorted(Path(migrations_location(), "versions").glob("*.py"))
+        for path in paths:
+            if path.name.startswith(("__", ".#")):
+                continue
+            found: dict[str, object] = {}
+            for node in ast.parse(path.read_text(encoding="utf-8")).body:
+                target = (node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1
+                          else node.target if isinstance(node, ast.AnnAssign) else None)
+                if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+                    found[target.id] = ast.literal_eval(node.value)
+            revision, down = found.get("revision"), found.get("down_revision")
+            if not isinstance(revision, str) or revision in revisions:
+                return None
+            revisions.add(revision)
+            downs = (down,) if isinstance(down, str) else down or ()
+            if not isinstance(downs, (tuple, list)) or not all(isinstance(d, str) for d in downs):
+                return None
+            revised.update(downs)
+    except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+        return None
+    heads = revisions - revised
+    if len(heads) != 1 or not revised <= revisions:
+        return None
+    return heads.pop(), frozenset(revisions)
+
+
+def _classify_from_files(connection: Connection, location: str) -> SchemaState | None:
+    """``current``, ``older`` or ``newer`` for a store with one revision; else None (Alembic)."""
+    read = revisions_from_files()
+    if read is None or not inspect(connection).has_table(VERSION_TABLE):
+        return None
+    rows = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
+    if len(rows) != 1 or not isinstance(rows[0][0], str):
+        return None
+    (current,), (head, known) = rows[0], read
+    state = "current" if current == head else "older" if current in known else "newer"
+    return SchemaState(location=location, current=current, head=head, state=state)
 
 
 def ensure_current(engine: Engine, location: str, *, create: bool = True) -> SchemaState:
     """Create a new store at head (unless ``create=False``); refuse any other version."""
     with engine.connect() as conn:
-        state = classify(conn, location)
+        state = _classify_from_files(conn, location) or classify(conn, location)
     if state.state == "new" and not create:
         raise StoreError(f"no adatune store in {location} yet (`adatune db upgrade` creates "
                          "one; so does the first `adatune train`)")

@@ -1,0 +1,62 @@
+"""What a training run promises its callers, without torch.
+
+The progress callbacks (:class:`Events`), the rules that judge a run divergent
+(:class:`DivergenceRules`) and what a finished run returns (:class:`RunResult`)
+are plain Python, so that code which only configures, reports on or listens to
+runs (the find-alpha search, sweeps, the command's progress bars) can be
+imported without the training stack. :mod:`adatune.loop` and
+:mod:`adatune.engine` re-export them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from adatune.store.records import EpochRecord
+
+#: Where a run's checkpoints go unless ``checkpoint_dir`` says otherwise (``run-ID/`` inside).
+DEFAULT_CHECKPOINT_DIR = "adatune-runs"
+
+
+@dataclass(frozen=True)
+class DivergenceRules:
+    """When a run is judged divergent (it then ends with status ``diverged``).
+
+    Always: a non-finite training loss, LR or validation loss, or a training
+    loss above ``loss_factor`` times its first value. Optionally (find-alpha
+    probes): the LR above ``lr_factor`` times its initial value, an epoch whose
+    LR stayed at 0 throughout, or any non-finite hypergradient.
+    """
+
+    loss_factor: float = 10.0
+    lr_factor: float | None = None
+    zero_lr_epoch: bool = False
+    nonfinite_hypergradient: bool = False
+
+
+class Events:
+    """Progress callbacks; override what you need. The defaults do nothing."""
+
+    def run_started(self, run_id: int, config: Any, *, steps_per_epoch: int,
+                    start_epoch: int) -> None: ...
+
+    def step_done(self, epoch: int, batch: int, loss: float, lr: float,
+                  mu: float | None) -> None: ...
+
+    def epoch_done(self, record: EpochRecord) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: int
+    status: str  # completed | diverged | interrupted
+    reason: str | None
+    epochs: tuple[EpochRecord, ...]
+    best_val_acc: float | None
+    best_epoch: int | None
+    test_acc: float | None
+    stopped_early: bool
+    checkpoint_dir: str
+    best_val_loss: float | None = None
+    test_loss: float | None = None
