@@ -15,7 +15,6 @@ from adatune.replay import (
     schedule_from_run,
     write_schedule,
 )
-from adatune.store import open_store
 from adatune_cli._common import DEFAULT_STORE, StoreOption, err
 from adatune_cli.main import app
 
@@ -46,8 +45,10 @@ def export(
 
     Example: adatune schedule export 12 -o marthe.csv
     """
+    from adatune.store import open_store  # SQLAlchemy: not for --help
+
     kind = format_for(output, fmt)
-    with open_store(store) as db:
+    with open_store(store, create=False) as db:  # reading: a missing store is one line
         try:
             schedule = schedule_from_run(db, run_id, per_epoch=per_epoch)
         except NoStepLRs as exc:

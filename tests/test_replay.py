@@ -72,7 +72,10 @@ def ok(capsys, *args: str) -> str:
 def test_replaying_a_run_reproduces_its_lr_sequence_exactly(db: Path, capsys) -> None:
     source = step_lrs(db, 1)
     assert len(set(flat(source))) > len(flat(source)) // 2  # MARTHE moved the LR every step
-    ok(capsys, "baseline", "--lr-scheduler", "replay", "--from-run", "1", "--seed", "1")
+    code, out, err = cli(capsys, "baseline", "--lr-scheduler", "replay", "--from-run", "1",
+                         "--seed", "1")
+    assert code == 0, err
+    assert "adatune runs show 1  # compare: the run it replays" in out + err  # what comes next
     assert step_lrs(db, 2) == source  # the same steps (per epoch), the same values
     with open_store(db) as store:
         src, rep = store.get_run(1), store.get_run(2)
@@ -365,6 +368,8 @@ def test_a_bad_schedule_file_is_one_line_and_writes_no_run(db: Path, capsys, nam
     (["--from-run", "1", "--scale", "nan"], "invalid scale: nan"),
     (["--from-run", "1", "--scale", "-2"], "invalid scale: -2.0"),
     (["--from-run", "1", "--epochs", "6"], "add --stretch"),
+    (["--from-run", "1", "--t-0", "3"], "--t-0: for the built-in schedules"),
+    (["--from-run", "1", "--hyper-lr", "0.1"], "--hyper-lr: for the hypergradient tuners"),
 ])
 def test_bad_replay_options_are_one_line_and_write_no_run(db: Path, capsys, args: list[str],
                                                           fragment: str) -> None:
@@ -377,6 +382,8 @@ def test_bad_replay_options_are_one_line_and_write_no_run(db: Path, capsys, args
     (["baseline", "--lr-scheduler", "cosine", "--from-run", "1"], "--from-run needs "
      "--lr-scheduler replay"),
     (["baseline", "--stretch"], "--stretch needs --lr-scheduler replay"),
+    (["baseline", "--resume", "1", "--from-run", "1"], "--from-run would change it"),
+    (["baseline", "--resume", "1", "--scale", "2"], "--scale would change it"),
     (["sweep", "--method", "replay", "--trials", "1"], "no search space for replay"),
     (["find-alpha", "--tuner", "replay"], "needs a hypergradient tuner"),
     (["schedule", "export", "99"], "no run with id 99"),
