@@ -395,10 +395,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """A stored configuration; one stored before the rule was a choice is additive."""
+        """A stored configuration; a tuner's stored before the rule was a choice is additive.
+
+        (Other methods do not record the rule: it does not apply to them.)
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
-        values.setdefault("hyper_update", ADDITIVE)
+        if values.get("method") in TUNER_NAMES:
+            values.setdefault("hyper_update", ADDITIVE)
         return cls(**values)
 
     def replace(self, **changes: Any) -> TrainConfig:

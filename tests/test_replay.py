@@ -405,3 +405,15 @@ def test_schedule_objects_check_themselves() -> None:
         LRSchedule("epoch", (0.1,), (1,), (0,))
     with pytest.raises(ValueError, match="unknown schedule format"):
         format_schedule(LRSchedule("epoch", (0.1,), (1,)), "yaml")
+
+
+def test_only_a_replay_records_where_its_schedule_comes_from() -> None:
+    replay = TrainConfig(method="replay", from_run=3, stretch=True, scale=0.5)
+    recorded = replay.to_dict()
+    assert (recorded["from_run"], recorded["stretch"], recorded["scale"]) == (3, True, 0.5)
+    assert not {"t_0", "t_mult", "step_size", "lr_decay", "hyper_lr", "hyper_update",
+                "mu"} & set(recorded)  # neither a built-in schedule's nor a tuner's fields
+    assert TrainConfig.from_dict(recorded) == replay  # read back whole
+    for method in ("marthe", "cosine", "prodigy"):
+        assert not {"from_run", "from_file", "stretch", "scale"} & set(
+            TrainConfig(method=method).to_dict())
