@@ -35,6 +35,7 @@ from adatune.hyper_update import (
 from adatune.imports import attr_name, check_import_path
 from adatune.peers import PEER_NAMES, PEERS, canonical_peer
 
+REPLAY = "replay"  # a recorded schedule replayed step for step (adatune.ReplayLR)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 HVP_NAMES = ("exact", "finite-difference")
 
@@ -103,7 +104,7 @@ def canonical_method(name: str) -> str:
     if not isinstance(name, str):
         raise ConfigError(f"invalid method: {name!r}")
     key = name.strip().lower()
-    if key in TUNER_NAMES:
+    if key in TUNER_NAMES or key == REPLAY:
         return key
     peer = canonical_peer(key)
     if peer is not None:
@@ -113,7 +114,7 @@ def canonical_method(name: str) -> str:
     except ConfigError:
         raise ConfigError(f"unknown method {name!r} (tuners: {', '.join(TUNER_NAMES)}; "
                           f"schedules: {', '.join(SCHEDULE_NAMES)}; "
-                          f"peers: {', '.join(PEER_NAMES)})") from None
+                          f"peers: {', '.join(PEER_NAMES)}; {REPLAY})") from None
 
 
 # What a field is for: a peer's record keeps only the fields that apply to it (the
@@ -121,9 +122,10 @@ def canonical_method(name: str) -> str:
 _TUNER_FIELDS = ("hyper_update", "hyper_lr", "mu", "alpha", "first_order", "hvp")
 _SCHEDULE_FIELDS = ("step_size", "lr_decay", "t_0", "t_mult")
 _OPTIMIZER_FIELDS = ("momentum", "nesterov", "warmup_steps")
+_REPLAY_FIELDS = ("from_run", "from_file", "stretch", "scale")
 # The schedule fields each schedule reads (one not named here keeps all four).
 _FIELDS_OF_SCHEDULE = {"constant": (), "staircase": ("step_size", "lr_decay"),
-                       "exponential": ("lr_decay",), "cosine": ("t_0", "t_mult")}
+                       "exponential": ("lr_decay",), "cosine": ("t_0", "t_mult"), REPLAY: ()}
 
 
 def whole(name: str, value: int, low: int, high: int) -> None:
@@ -178,6 +180,11 @@ class TrainConfig:
     lr_decay: float | None = None  # default: DEFAULT_LR_DECAY by schedule
     t_0: int = 2
     t_mult: int = 2
+    # replay (method "replay"): the schedule of a recorded run, or of a schedule file
+    from_run: int | None = None
+    from_file: str | None = None
+    stretch: bool = False  # map the schedule onto this run's steps, linearly in progress
+    scale: float = 1.0  # multiplies every replayed LR
     # peers: Schedule-Free's linear warm-up (steps; 0: none, its default)
     warmup_steps: int = 0
     # data and protocol
@@ -264,6 +271,7 @@ class TrainConfig:
             takes = [p.name for p in PEERS.values() if "warmup_steps" in p.settings]
             raise ConfigError(f"warmup_steps applies to {' and '.join(takes)} only")
         _finite("lr_decay", self.lr_decay, low=0, low_open=True, high=1)
+        self._check_replay()
         _finite("val_fraction", self.val_fraction, low=0, low_open=True, high=1, high_open=True)
         if self.val_source not in ("train", "test"):
             raise ConfigError(f"invalid val_source: {self.val_source!r} (train or test)")
@@ -284,6 +292,23 @@ class TrainConfig:
             raise ConfigError(f"--network {self.network} is a classifier; with --loss "
                               f"{self.loss} use --network mlp or your own --model")
 
+    def _check_replay(self) -> None:
+        sources = [flag for flag, value in (("--from-run", self.from_run),
+                                            ("--from-file", self.from_file)) if value is not None]
+        if self.method != REPLAY:
+            given = sources + ["--stretch"] * bool(self.stretch) \
+                + ["--scale"] * (self.scale != 1.0)
+            if given:
+                raise ConfigError(f"{given[0]} needs --lr-scheduler replay")
+            return
+        if len(sources) != 1:
+            raise ConfigError("--lr-scheduler replay needs --from-run RUN_ID or --from-file "
+                              "FILE" + (" (not both)" if sources else ""))
+        if self.from_run is not None and (isinstance(self.from_run, bool)
+                                          or not isinstance(self.from_run, int)
+                                          or self.from_run < 1):
+            raise ConfigError(f"invalid from_run: {self.from_run!r} (a run id)")
+        _finite("scale", self.scale, low=0, low_open=True)
     def _optimizer(self) -> str:
         """The optimizer's canonical name: a peer method is its own optimizer."""
         given = None if self.optimizer is None else str(self.optimizer).strip().lower()
@@ -350,19 +375,22 @@ class TrainConfig:
         """The run's recorded configuration: only the fields that apply to its method.
 
         A tuner's holds no schedule fields, a schedule's no tuner fields and only
-        its own schedule's, a peer's only its own settings. :meth:`from_dict`
+        its own schedule's, a peer's only its own settings; only a replay's holds
+        where its schedule comes from (``from_run``, ``from_file``, ``stretch``,
+        ``scale``). :meth:`from_dict`
         gives the others their defaults, which the method never reads.
         """
         data = dataclasses.asdict(self)
         if self.is_peer:
-            drop = {*_TUNER_FIELDS, *_SCHEDULE_FIELDS,
+            drop = {*_TUNER_FIELDS, *_SCHEDULE_FIELDS, *_REPLAY_FIELDS,
                     *(f for f in _OPTIMIZER_FIELDS if f not in self._settings())}
         elif self.is_tuner:
-            drop = {*_SCHEDULE_FIELDS, "warmup_steps"}
+            drop = {*_SCHEDULE_FIELDS, *_REPLAY_FIELDS, "warmup_steps"}
         else:
             used = _FIELDS_OF_SCHEDULE.get(self.method, _SCHEDULE_FIELDS)
             drop = {*_TUNER_FIELDS, "warmup_steps", *(f for f in _SCHEDULE_FIELDS
-                                                      if f not in used)}
+                                                      if f not in used),
+                    *(_REPLAY_FIELDS if self.method != REPLAY else ())}
         return {k: v for k, v in data.items() if k not in drop}
 
     @classmethod

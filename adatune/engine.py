@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from adatune import checkpoint, signals
-from adatune.build import build_parts, loop_config
-from adatune.config import TrainConfig
+from adatune.build import build_parts, loop_config, replay_steps
+from adatune.config import REPLAY, TrainConfig
 from adatune.errors import CheckpointError, ConfigError, RunBusy
 from adatune.loop import (
     DivergenceRules,
@@ -33,6 +33,7 @@ from adatune.store.records import NewRun, RunRecord
 
 __all__ = [
     "DEFAULT_CHECKPOINT_DIR",
+    "replay_source",
     "DivergenceRules",
     "Events",
     "LoopConfig",
@@ -63,8 +64,16 @@ def train(
     started = time.perf_counter()
     ckpt_root = Path(config.checkpoint_dir or DEFAULT_CHECKPOINT_DIR).resolve()
     config = config.replace(checkpoint_dir=str(ckpt_root))
-    parts = build_parts(config)
+    if config.from_file is not None:  # a resume may run from another folder
+        config = config.replace(from_file=str(Path(config.from_file).resolve()))
+    replay = replay_source(config, store)
+    parts = build_parts(config, replay)
     loop = Loop(parts, loop_config(config, rules))
+    if replay is not None:  # what the report and `runs show` say about the source
+        config = config.replace(extra={**config.extra, "replay": {
+            "source": replay.source, "interval": replay.interval, "source_points": len(replay),
+            "points": replay_steps(config, replay, loop.steps_per_epoch),
+            "steps_per_epoch": loop.steps_per_epoch}})
     signals.raise_if_stopping()  # SIGTERM came between runs (a sweep's, a search's)
     run_id, folder = start_run(store, NewRun(
         kind=kind or config.kind, method=config.method, optimizer=config.optimizer,
@@ -109,11 +118,31 @@ def resume(store: Store, run_id: int, *, epochs: int | None = None, device: str 
     ckpt_dir = checkpoint.run_dir(config.checkpoint_dir or DEFAULT_CHECKPOINT_DIR, run_id)
     check_resumable(store, run_id, ckpt_dir, epochs=epochs)
     changed = _resumed_config(run, config, epochs=epochs, device=device)
-    loop = Loop(build_parts(changed), loop_config(changed, rules))
+    loop = Loop(build_parts(changed, replay_source(changed, store)), loop_config(changed, rules))
     return continue_run(store, run_id, loop, ckpt_dir, events or Events(), announce=changed,
                         meta=changed.to_dict(), started=started,
                         record_config=None if changed is config else changed.to_dict(),
                         device=None if device is None else str(loop.device))
+
+
+def replay_source(config: TrainConfig, store: Store):
+    """The schedule a replay run replays (None for other methods), read and checked.
+
+    From ``config.from_run`` in ``store`` (its every-step LRs) or from the file
+    ``config.from_file``; errors are one line, before anything is written.
+    """
+    if config.method != REPLAY:
+        return None
+    from adatune.replay import NoStepLRs, schedule_from_file, schedule_from_run
+
+    if config.from_file is not None:
+        return schedule_from_file(config.from_file)
+    try:
+        return schedule_from_run(store, config.from_run)
+    except NoStepLRs as exc:
+        raise ConfigError(f"{exc}: replay its per-epoch mean instead: `adatune schedule export "
+                          f"{exc.run_id} --per-epoch -o schedule.csv`, then --from-file "
+                          "schedule.csv") from None
 
 
 def check_resumable(store: Store, run_id: int, ckpt_dir: Path, *,
@@ -152,6 +181,10 @@ def _resumed_config(run: RunRecord, config: TrainConfig, *, epochs: int | None,
         if epochs < run.epochs:
             raise ConfigError(f"--epochs {epochs}: run {run.id} has already trained "
                               f"{run.epochs} epochs")
+        if config.method == REPLAY:  # its schedule was laid out for config.epochs
+            raise ConfigError(f"--epochs {epochs}: run {run.id} replays a schedule laid out "
+                              f"for {config.epochs} epochs; start a new replay with --epochs "
+                              f"{epochs} (and --stretch to map the schedule onto it)")
         changes["epochs"] = epochs
     if device is not None and device != config.device:
         changes["device"] = device
@@ -193,10 +226,10 @@ def continue_run(store: Store, run_id: int, loop: Loop, ckpt_dir: Path, events: 
                                   f"epoch {state['epoch']} but the store has {seen.epochs} "
                                   "epochs (was the file replaced by an older one?)")
         store.reopen_run(run_id, seen=seen, config=record_config, device=device)
-        for record, steps, best in loop.history.after(seen.epochs):
+        for record, steps, best, lrs in loop.history.after(seen.epochs):
             # Lost by the store (killed between checkpoint and commit, or a power cut
             # that took back its last commits): the checkpoint has them.
-            store.record_epoch(run_id, record, steps, best=best)
+            store.record_epoch(run_id, record, steps, best=best, lrs=lrs)
     except BaseException:
         lock.release()
         raise

@@ -491,6 +491,9 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         method = canonical_method(self.method)
+        if method not in TUNABLE:
+            raise ConfigError(f"sweep has no search space for {method} (replay a learned "
+                              "schedule with `adatune baseline --lr-scheduler replay`)")
         object.__setattr__(self, "method", method)
         whole("trials", self.trials, 1, MAX_TRIALS)
         whole("seeds", self.seeds, 1, MAX_SEEDS)

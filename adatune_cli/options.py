@@ -255,7 +255,11 @@ def command_line(kind: str, config: dict[str, Any], *, name: str | None = None,
         config = {"hyper_update": ADDITIVE, **config}
     else:
         skip |= {"hyper_update", "hyper_lr", "mu", "alpha", "first_order", "hvp"}
-    for key in OPTIONS:  # every value spelled out: defaults may change between versions
+    keys = list(OPTIONS)
+    if method == "replay":  # where the schedule comes from
+        skip |= {"step_size", "lr_decay", "t_0", "t_mult"}
+        keys += ["from_run", "from_file", "stretch", "scale"]
+    for key in keys:  # every value spelled out: defaults may change between versions
         if key in skip or key not in config:
             continue
         value = config[key]
