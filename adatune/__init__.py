@@ -14,6 +14,7 @@ _EXPORTS = {
     "MARTHE": "adatune.tuners",
     "RTHO": "adatune.tuners",
     "HypergradientTuner": "adatune.tuners",
+    "ReplayLR": "adatune.schedules",
     "fast_double_backward": "adatune.tuners",
     "fit": "adatune.fitting",
     "__version__": "adatune._version",

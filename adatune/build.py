@@ -21,12 +21,12 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 import adatune
 from adatune import imports
-from adatune.config import TrainConfig
+from adatune.config import REPLAY, TrainConfig
 from adatune.data import DataSpec, DataSplits, load_splits
 from adatune.errors import ConfigError
 from adatune.loop import DivergenceRules, LoopConfig, Parts, resolve_device
 from adatune.models import build_model, check_compatible
-from adatune.schedules import ScheduleConfig, build_schedule
+from adatune.schedules import ReplayLR, Schedule, ScheduleConfig, build_schedule
 from adatune.tuners import HypergradientTuner
 
 
@@ -37,8 +37,12 @@ def loop_config(config: TrainConfig, rules: DivergenceRules | None = None) -> Lo
                       rules=rules or DivergenceRules(loss_factor=config.divergence_factor))
 
 
-def build_parts(config: TrainConfig) -> Parts:
-    """Data, model, loss, optimizer and tuner or schedule for ``config``, on its device."""
+def build_parts(config: TrainConfig, replay: Any = None) -> Parts:
+    """Data, model, loss, optimizer and tuner or schedule for ``config``, on its device.
+
+    A replay (method ``replay``) needs its schedule: ``replay`` is the
+    :class:`~adatune.replay.LRSchedule` to replay.
+    """
     if config.is_peer:  # before any data is read
         from adatune.peers import check_available
 
@@ -52,10 +56,12 @@ def build_parts(config: TrainConfig) -> Parts:
     optimizer = build_optimizer(config, model)
     tuner = schedule = None
     try:
+        steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
         if config.is_tuner:
             tuner = build_tuner(config, optimizer, model)
+        elif config.method == REPLAY:
+            schedule = build_replay(config, optimizer, replay, steps_per_epoch)
         elif not config.is_peer:  # a peer sets its own step size: no schedule
-            steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
             schedule = build_schedule(
                 optimizer,
                 ScheduleConfig(config.method, step_size=config.step_size,
@@ -66,6 +72,31 @@ def build_parts(config: TrainConfig) -> Parts:
     return Parts(model=model, optimizer=optimizer, train=splits.train, val=splits.val,
                  test=splits.test, loss=loss, classification=classification, device=device,
                  tuner=tuner, schedule=schedule)
+
+
+def replay_steps(config: TrainConfig, replay: Any, steps_per_epoch: int) -> int:
+    """How many schedule points this run uses: its steps, or its epochs per epoch."""
+    return config.epochs * (steps_per_epoch if replay.interval == "step" else 1)
+
+
+def build_replay(config: TrainConfig, optimizer: torch.optim.Optimizer, replay: Any,
+                 steps_per_epoch: int) -> Schedule:
+    """The :class:`ReplayLR` of a replay run, stepped per step or per epoch like its schedule.
+
+    Without ``stretch`` the schedule must cover the run: a shorter one is refused.
+    """
+    if replay is None:
+        raise ConfigError("a replay run needs the schedule to replay")
+    unit = replay.interval
+    needed = replay_steps(config, replay, steps_per_epoch)
+    if not config.stretch and len(replay) < needed:
+        per = f" ({config.epochs} epochs of {steps_per_epoch} steps)" if unit == "step" else ""
+        raise ConfigError(f"the schedule has {len(replay)} {unit}s but this run trains "
+                          f"{needed}{per}: add --stretch to map it onto the run, or train "
+                          "fewer epochs")
+    scheduler = ReplayLR(optimizer, replay.lrs, scale=config.scale,
+                         total_steps=needed if config.stretch else None)
+    return Schedule(scheduler, unit)
 
 
 # ------------------------------------------------------------------- the loss
@@ -305,9 +336,10 @@ def build_tuner(config: TrainConfig, optimizer: torch.optim.Optimizer,
                 model: nn.Module) -> HypergradientTuner:
     if config.method == "hd":
         return adatune.HD(optimizer, hyper_lr=config.hyper_lr, alpha=config.alpha,
-                          grad_clip=config.grad_clip)
+                          grad_clip=config.grad_clip, hyper_update=config.hyper_update)
     common = {"alpha": config.alpha, "first_order": config.first_order,
-              "grad_clip": config.grad_clip, "hvp": config.hvp, "model": model}
+              "grad_clip": config.grad_clip, "hvp": config.hvp, "model": model,
+              "hyper_update": config.hyper_update}
     if config.method == "rtho":
         return adatune.RTHO(optimizer, hyper_lr=config.hyper_lr, **common)
     return adatune.MARTHE(optimizer, hyper_lr=config.hyper_lr, mu=config.mu, **common)

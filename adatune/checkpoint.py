@@ -39,7 +39,7 @@ import re
 import socket
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -210,20 +210,25 @@ class History:
     """Every epoch and sampled step of a run, as the checkpoint carries them.
 
     ``best[i]`` says whether epoch ``i`` was the run's best so far (the loop
-    decides it; the store records it).
+    decides it; the store records it). ``lrs[i]`` is the LR of every step of
+    epoch ``i`` (None where unknown: checkpoints written before they were
+    recorded).
     """
 
     epochs: list[dict[str, Any]] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
     best: list[bool | None] = field(default_factory=list)
+    lrs: list[list[float] | None] = field(default_factory=list)
 
-    def add(self, epoch: EpochRecord, steps: list[StepRecord], best: bool | None = None) -> None:
+    def add(self, epoch: EpochRecord, steps: list[StepRecord], best: bool | None = None,
+            lrs: Sequence[float] | None = None) -> None:
         self.epochs.append(dataclasses.asdict(epoch))
         self.steps.extend(dataclasses.asdict(s) for s in steps)
         self.best.append(best)
+        self.lrs.append(None if lrs is None else [float(v) for v in lrs])
 
     def state(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "steps": self.steps, "best": self.best}
+        return {"epochs": self.epochs, "steps": self.steps, "best": self.best, "lrs": self.lrs}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> History:
@@ -232,20 +237,24 @@ class History:
             history = state["history"]
             epochs = list(history.get("epochs", []))
             best = list(history.get("best", [None] * len(epochs)))
-            return cls(epochs, list(history.get("steps", [])), best)
+            lrs = list(history.get("lrs") or [])[:len(epochs)]
+            lrs += [None] * (len(epochs) - len(lrs))
+            return cls(epochs, list(history.get("steps", [])), best, lrs)
         pending = state.get("pending")
         if isinstance(pending, dict) and pending.get("epoch"):
             return cls([pending["epoch"]], list(pending.get("steps", [])),
-                       [pending.get("best")])
+                       [pending.get("best")], [pending.get("lrs")])
         return cls()
 
-    def after(self, epoch: int) -> list[tuple[EpochRecord, list[StepRecord], bool | None]]:
-        """The epochs after ``epoch`` with their steps and best flags (what a store lacks)."""
+    def after(self, epoch: int) -> list[tuple[EpochRecord, list[StepRecord], bool | None,
+                                              list[float] | None]]:
+        """The epochs after ``epoch`` with their steps, best flags and step LRs (what a store
+        lacks)."""
         out = []
-        for e, best in zip(self.epochs, self.best):
+        for e, best, lrs in zip(self.epochs, self.best, self.lrs):
             if e["epoch"] > epoch:
                 steps = [StepRecord(**s) for s in self.steps if s["epoch"] == e["epoch"]]
-                out.append((EpochRecord(**e), steps, best))
+                out.append((EpochRecord(**e), steps, best, lrs))
         return out
 
 

@@ -24,18 +24,35 @@ from adatune.catalog import (
     dataset_spec,
 )
 from adatune.errors import ConfigError
+from adatune.hyper_update import (
+    ADDITIVE,
+    DEFAULT_HYPER_UPDATE,
+    HYPER_UPDATES,
+    SCALE_FREE_HYPER_LR,
+    canonical_hyper_update,
+    hyper_lr_range,
+)
 from adatune.imports import attr_name, check_import_path
 from adatune.peers import PEER_NAMES, PEERS, canonical_peer
 
+REPLAY = "replay"  # a recorded schedule replayed step for step (adatune.ReplayLR)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 HVP_NAMES = ("exact", "finite-difference")
 
-# Defaults measured on the embedded task (digits, MLP, 15 epochs, 2 seeds): the LR
-# visibly adapts and no run diverges. Adam needs a hyper-LR orders lower than SGD.
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+# The hyper-LR by (update rule, tuner, optimizer family). Scale-free: dimensionless, one
+# value per tuner for every optimizer and task (chosen by benchmarks/robustness.py).
+# Additive: in LR per unit of hypergradient, measured on the embedded task (digits, MLP,
+# 15 epochs, 2 seeds: the LR visibly adapts and no run diverges); Adam needs a hyper-LR
+# orders lower than SGD, and other tasks need others again.
 DEFAULT_HYPER_LR = {
-    ("marthe", "sgd"): 1e-4, ("rtho", "sgd"): 1e-4, ("hd", "sgd"): 1e-3,
-    ("marthe", "adam"): 1e-7, ("rtho", "adam"): 1e-7, ("hd", "adam"): 1e-6,
+    **{(rule, method, family): SCALE_FREE_HYPER_LR[method]
+       for rule in HYPER_UPDATES if rule != ADDITIVE
+       for method in SCALE_FREE_HYPER_LR for family in ("sgd", "adam")},
+    (ADDITIVE, "marthe", "sgd"): 1e-4, (ADDITIVE, "rtho", "sgd"): 1e-4,
+    (ADDITIVE, "hd", "sgd"): 1e-3,
+    (ADDITIVE, "marthe", "adam"): 1e-7, (ADDITIVE, "rtho", "adam"): 1e-7,
+    (ADDITIVE, "hd", "adam"): 1e-6,
 }
 DEFAULT_LR_DECAY = {"staircase": 0.5, "exponential": 0.85}
 
@@ -87,7 +104,7 @@ def canonical_method(name: str) -> str:
     if not isinstance(name, str):
         raise ConfigError(f"invalid method: {name!r}")
     key = name.strip().lower()
-    if key in TUNER_NAMES:
+    if key in TUNER_NAMES or key == REPLAY:
         return key
     peer = canonical_peer(key)
     if peer is not None:
@@ -97,17 +114,18 @@ def canonical_method(name: str) -> str:
     except ConfigError:
         raise ConfigError(f"unknown method {name!r} (tuners: {', '.join(TUNER_NAMES)}; "
                           f"schedules: {', '.join(SCHEDULE_NAMES)}; "
-                          f"peers: {', '.join(PEER_NAMES)})") from None
+                          f"peers: {', '.join(PEER_NAMES)}; {REPLAY})") from None
 
 
 # What a field is for: a peer's record keeps only the fields that apply to it (the
 # general ones and its PeerSpec.settings); warmup_steps is recorded for peers only.
-_TUNER_FIELDS = ("hyper_lr", "mu", "alpha", "first_order", "hvp")
+_TUNER_FIELDS = ("hyper_update", "hyper_lr", "mu", "alpha", "first_order", "hvp")
 _SCHEDULE_FIELDS = ("step_size", "lr_decay", "t_0", "t_mult")
 _OPTIMIZER_FIELDS = ("momentum", "nesterov", "warmup_steps")
+_REPLAY_FIELDS = ("from_run", "from_file", "stretch", "scale")
 # The schedule fields each schedule reads (one not named here keeps all four).
 _FIELDS_OF_SCHEDULE = {"constant": (), "staircase": ("step_size", "lr_decay"),
-                       "exponential": ("lr_decay",), "cosine": ("t_0", "t_mult")}
+                       "exponential": ("lr_decay",), "cosine": ("t_0", "t_mult"), REPLAY: ()}
 
 
 def whole(name: str, value: int, low: int, high: int) -> None:
@@ -118,7 +136,7 @@ def whole(name: str, value: int, low: int, high: int) -> None:
 
 
 def _finite(name: str, value: float, *, low: float | None = None, low_open: bool = False,
-            high: float | None = None, high_open: bool = False) -> None:
+            high: float | None = None, high_open: bool = False, rule: str | None = None) -> None:
     ok = isinstance(value, (int, float)) and math.isfinite(value)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
@@ -127,8 +145,10 @@ def _finite(name: str, value: float, *, low: float | None = None, low_open: bool
     if not ok:
         lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
         hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
-        where = f" (must be in {lo or '(-inf'}, {hi or 'inf)'})" if (lo or hi) else ""
-        raise ConfigError(f"invalid {name}: {value!r}{where}")
+        where = f" (must be in {lo or '(-inf'}, {hi or 'inf)'}" if (lo or hi) else ""
+        if where and rule is not None:
+            where += f" with --hyper-update {rule}"
+        raise ConfigError(f"invalid {name}: {value!r}{where}{')' if where else ''}")
 
 
 @dataclass(frozen=True)
@@ -148,7 +168,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     # hypergradient tuners
-    hyper_lr: float | None = None  # default: DEFAULT_HYPER_LR by method and optimizer
+    hyper_update: str = DEFAULT_HYPER_UPDATE  # how h moves the LR: scale-free or additive
+    hyper_lr: float | None = None  # default: DEFAULT_HYPER_LR by rule, method and optimizer
     mu: float | str = 0.99
     alpha: float = 0.0
     first_order: bool = False
@@ -159,6 +180,11 @@ class TrainConfig:
     lr_decay: float | None = None  # default: DEFAULT_LR_DECAY by schedule
     t_0: int = 2
     t_mult: int = 2
+    # replay (method "replay"): the schedule of a recorded run, or of a schedule file
+    from_run: int | None = None
+    from_file: str | None = None
+    stretch: bool = False  # map the schedule onto this run's steps, linearly in progress
+    scale: float = 1.0  # multiplies every replayed LR
     # peers: Schedule-Free's linear warm-up (steps; 0: none, its default)
     warmup_steps: int = 0
     # data and protocol
@@ -190,6 +216,11 @@ class TrainConfig:
             "loss": canonical_loss(self.loss),
             "optimizer": self._optimizer(),
         }
+        try:
+            canon["hyper_update"] = canonical_hyper_update(self.hyper_update)
+        except ValueError:
+            raise ConfigError(f"unknown hyper_update {self.hyper_update!r} "
+                              f"(choose from: {', '.join(HYPER_UPDATES)})") from None
         for key, value in canon.items():
             object.__setattr__(self, key, value)
         peer = PEERS.get(self.method)
@@ -197,7 +228,7 @@ class TrainConfig:
         defaults = {
             "lr": DEFAULT_LR[self.optimizer] if peer is None else peer.lr,
             "momentum": 0.9 if peer is None else peer.momentum,
-            "hyper_lr": DEFAULT_HYPER_LR.get((self.method, family), 0.0),
+            "hyper_lr": DEFAULT_HYPER_LR.get((self.hyper_update, self.method, family), 0.0),
             "lr_decay": DEFAULT_LR_DECAY.get(self.method, 0.5),
         }
         for key, value in defaults.items():
@@ -217,7 +248,9 @@ class TrainConfig:
         whole("seed", self.seed, 0, MAX_SEED)
         if self.device not in DEVICES:
             raise ConfigError(f"unknown device {self.device!r} (choose from: {', '.join(DEVICES)})")
-        _finite("hyper_lr", self.hyper_lr, low=0)
+        low, high = hyper_lr_range(self.hyper_update)
+        bound = {} if math.isinf(high) else {"high": high}
+        _finite("hyper_lr", self.hyper_lr, low=low, **bound, rule=self.hyper_update)
         if isinstance(self.mu, str):
             if self.mu.strip().lower() != "auto":
                 raise ConfigError(f"invalid mu: {self.mu!r} (a number in [0, 1] or 'auto')")
@@ -226,7 +259,7 @@ class TrainConfig:
             object.__setattr__(self, "mu", "auto")
         else:
             _finite("mu", self.mu, low=0, high=1)
-        _finite("alpha", self.alpha, low=0)
+        _finite("alpha", self.alpha, low=low, **bound, rule=self.hyper_update)
         if self.grad_clip is not None:
             _finite("grad_clip", self.grad_clip, low=0, low_open=True)
         if self.hvp not in HVP_NAMES:
@@ -238,6 +271,7 @@ class TrainConfig:
             takes = [p.name for p in PEERS.values() if "warmup_steps" in p.settings]
             raise ConfigError(f"warmup_steps applies to {' and '.join(takes)} only")
         _finite("lr_decay", self.lr_decay, low=0, low_open=True, high=1)
+        self._check_replay()
         _finite("val_fraction", self.val_fraction, low=0, low_open=True, high=1, high_open=True)
         if self.val_source not in ("train", "test"):
             raise ConfigError(f"invalid val_source: {self.val_source!r} (train or test)")
@@ -258,6 +292,23 @@ class TrainConfig:
             raise ConfigError(f"--network {self.network} is a classifier; with --loss "
                               f"{self.loss} use --network mlp or your own --model")
 
+    def _check_replay(self) -> None:
+        sources = [flag for flag, value in (("--from-run", self.from_run),
+                                            ("--from-file", self.from_file)) if value is not None]
+        if self.method != REPLAY:
+            given = sources + ["--stretch"] * bool(self.stretch) \
+                + ["--scale"] * (self.scale != 1.0)
+            if given:
+                raise ConfigError(f"{given[0]} needs --lr-scheduler replay")
+            return
+        if len(sources) != 1:
+            raise ConfigError("--lr-scheduler replay needs --from-run RUN_ID or --from-file "
+                              "FILE" + (" (not both)" if sources else ""))
+        if self.from_run is not None and (isinstance(self.from_run, bool)
+                                          or not isinstance(self.from_run, int)
+                                          or self.from_run < 1):
+            raise ConfigError(f"invalid from_run: {self.from_run!r} (a run id)")
+        _finite("scale", self.scale, low=0, low_open=True)
     def _optimizer(self) -> str:
         """The optimizer's canonical name: a peer method is its own optimizer."""
         given = None if self.optimizer is None else str(self.optimizer).strip().lower()
@@ -324,25 +375,35 @@ class TrainConfig:
         """The run's recorded configuration: only the fields that apply to its method.
 
         A tuner's holds no schedule fields, a schedule's no tuner fields and only
-        its own schedule's, a peer's only its own settings. :meth:`from_dict`
+        its own schedule's, a peer's only its own settings; only a replay's holds
+        where its schedule comes from (``from_run``, ``from_file``, ``stretch``,
+        ``scale``). :meth:`from_dict`
         gives the others their defaults, which the method never reads.
         """
         data = dataclasses.asdict(self)
         if self.is_peer:
-            drop = {*_TUNER_FIELDS, *_SCHEDULE_FIELDS,
+            drop = {*_TUNER_FIELDS, *_SCHEDULE_FIELDS, *_REPLAY_FIELDS,
                     *(f for f in _OPTIMIZER_FIELDS if f not in self._settings())}
         elif self.is_tuner:
-            drop = {*_SCHEDULE_FIELDS, "warmup_steps"}
+            drop = {*_SCHEDULE_FIELDS, *_REPLAY_FIELDS, "warmup_steps"}
         else:
             used = _FIELDS_OF_SCHEDULE.get(self.method, _SCHEDULE_FIELDS)
             drop = {*_TUNER_FIELDS, "warmup_steps", *(f for f in _SCHEDULE_FIELDS
-                                                      if f not in used)}
+                                                      if f not in used),
+                    *(_REPLAY_FIELDS if self.method != REPLAY else ())}
         return {k: v for k, v in data.items() if k not in drop}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """A stored configuration; a tuner's stored before the rule was a choice is additive.
+
+        (Other methods record no rule: they get the default, which they never read.)
+        """
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        values = {k: v for k, v in data.items() if k in names}
+        if values.get("method", cls.method) in TUNER_NAMES:
+            values.setdefault("hyper_update", ADDITIVE)
+        return cls(**values)
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from adatune import checkpoint, distributed, signals
-from adatune.build import build_parts, loop_config
-from adatune.config import TrainConfig
+from adatune.build import build_parts, loop_config, replay_steps
+from adatune.config import REPLAY, TrainConfig
 from adatune.errors import CheckpointError, ConfigError, RunBusy
 from adatune.loop import (
     DivergenceRules,
@@ -39,6 +39,7 @@ from adatune.store.records import NewRun, RunRecord
 
 __all__ = [
     "DEFAULT_CHECKPOINT_DIR",
+    "replay_source",
     "DivergenceRules",
     "Events",
     "LoopConfig",
@@ -69,10 +70,18 @@ def train(
     started = time.perf_counter()
     ckpt_root = Path(config.checkpoint_dir or DEFAULT_CHECKPOINT_DIR).resolve()
     config = config.replace(checkpoint_dir=str(ckpt_root))
+    if config.from_file is not None:  # a resume may run from another folder
+        config = config.replace(from_file=str(Path(config.from_file).resolve()))
+    replay = distributed.on_main(lambda: replay_source(config, store))  # rank 0 has the store
     parts = distributed.agree(_fingerprint(config, entry="train", name=name,
                                            experiment=experiment, kind=kind),
-                              lambda: build_parts(config), batch_size=config.batch_size)
+                              lambda: build_parts(config, replay), batch_size=config.batch_size)
     loop = Loop(parts, loop_config(config, rules))
+    if replay is not None:  # what the report and `runs show` say about the source
+        config = config.replace(extra={**config.extra, "replay": {
+            "source": replay.source, "interval": replay.interval, "source_points": len(replay),
+            "points": replay_steps(config, replay, loop.steps_per_epoch),
+            "steps_per_epoch": loop.steps_per_epoch}})
     signals.raise_if_stopping()  # SIGTERM came between runs (a sweep's, a search's)
     run_id, folder = distributed.on_main(lambda: start_run(store, NewRun(
         kind=kind or config.kind, method=config.method, optimizer=config.optimizer,
@@ -122,9 +131,10 @@ def resume(store: Store, run_id: int, *, epochs: int | None = None, device: str 
     config = TrainConfig.from_dict(run.config)
     ckpt_dir = _run_dir(config, run_id)
     changed = _resumed_config(run, config, epochs=epochs, device=device)
+    replay = distributed.on_main(lambda: replay_source(changed, store))
     parts = distributed.agree({"entry": "resume", "run_id": run_id, "epochs": epochs,
                                "device": device},
-                              lambda: build_parts(changed), batch_size=changed.batch_size)
+                              lambda: build_parts(changed, replay), batch_size=changed.batch_size)
     loop = Loop(parts, loop_config(changed, rules))
     return continue_run(store, run_id, loop, ckpt_dir, events or Events(), announce=changed,
                         meta=changed.to_dict(), started=started,
@@ -142,6 +152,26 @@ def _fingerprint(config: TrainConfig, **more: object) -> dict:
 
     values = {k: v for k, v in config.to_dict().items() if k not in ("checkpoint_dir", "data_dir")}
     return {**values, **more, "adatune": __version__}
+
+
+def replay_source(config: TrainConfig, store: Store):
+    """The schedule a replay run replays (None for other methods), read and checked.
+
+    From ``config.from_run`` in ``store`` (its every-step LRs) or from the file
+    ``config.from_file``; errors are one line, before anything is written.
+    """
+    if config.method != REPLAY:
+        return None
+    from adatune.replay import NoStepLRs, schedule_from_file, schedule_from_run
+
+    if config.from_file is not None:
+        return schedule_from_file(config.from_file)
+    try:
+        return schedule_from_run(store, config.from_run)
+    except NoStepLRs as exc:
+        raise ConfigError(f"{exc}: replay its per-epoch mean instead: `adatune schedule export "
+                          f"{exc.run_id} --per-epoch -o schedule.csv`, then --from-file "
+                          "schedule.csv") from None
 
 
 def check_resumable(store: Store, run_id: int, ckpt_dir: Path, *,
@@ -180,6 +210,10 @@ def _resumed_config(run: RunRecord, config: TrainConfig, *, epochs: int | None,
         if epochs < run.epochs:
             raise ConfigError(f"--epochs {epochs}: run {run.id} has already trained "
                               f"{run.epochs} epochs")
+        if config.method == REPLAY:  # its schedule was laid out for config.epochs
+            raise ConfigError(f"--epochs {epochs}: run {run.id} replays a schedule laid out "
+                              f"for {config.epochs} epochs; start a new replay with --epochs "
+                              f"{epochs} (and --stretch to map the schedule onto it)")
         changes["epochs"] = epochs
     if device is not None and device != config.device:
         changes["device"] = device
@@ -221,10 +255,10 @@ def continue_run(store: Store, run_id: int, loop: Loop, ckpt_dir: Path, events: 
 
     def reopen() -> None:
         store.reopen_run(run_id, seen=taken["seen"], config=record_config, device=device)
-        for record, steps, best in loop.history.after(taken["seen"].epochs):
+        for record, steps, best, lrs in loop.history.after(taken["seen"].epochs):
             # Lost by the store (killed between checkpoint and commit, or a power cut
             # that took back its last commits): the checkpoint has them.
-            store.record_epoch(run_id, record, steps, best=best)
+            store.record_epoch(run_id, record, steps, best=best, lrs=lrs)
 
     try:
         seen_epochs, exists = ranks.on_main(take)

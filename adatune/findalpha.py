@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from adatune.config import MAX_EPOCHS, TUNER_NAMES, TrainConfig, whole
 from adatune.errors import AdatuneError, ConfigError
+from adatune.hyper_update import ADDITIVE, MAX_HYPER_LR, SCALE_FREE
 from adatune.runtypes import DivergenceRules, Events, RunResult
 from adatune.store.records import NewRun
 
@@ -43,13 +44,15 @@ if TYPE_CHECKING:
 
 SEARCH_PARAMETERS = ("alpha", "hyper-lr")
 
-DEFAULT_ALPHA_MAX = 1e-2
-DEFAULT_ALPHA_MIN = 1e-8
+# The alpha ladder, per hyper-LR update rule: the additive rule's alpha is in units of
+# hyper-LR per (hypergradient x LR); the scale-free rule's is dimensionless, in [0, 1].
+DEFAULT_ALPHA_MAX = {ADDITIVE: 1e-2, SCALE_FREE: MAX_HYPER_LR}
+DEFAULT_ALPHA_MIN = {ADDITIVE: 1e-8, SCALE_FREE: 1e-4}
 # hyper-LR ladder: its top relative to the configuration's hyper-LR (the
-# tuner's default for the optimizer unless the caller set one), its bottom
-# relative to its top
+# tuner's default for the optimizer unless the caller set one; never above the
+# rule's largest hyper-LR), its bottom relative to its top, per rule
 HYPER_LR_MAX_RATIO = 10.0
-HYPER_LR_SPAN = 1e-6
+HYPER_LR_SPAN = {ADDITIVE: 1e-6, SCALE_FREE: 1e-3}
 
 DEFAULT_FACTOR = 10.0
 DEFAULT_PROBE_EPOCHS = 5
@@ -84,8 +87,10 @@ def _positive(name: str, value: float | None, *, above: float = 0.0) -> None:
 class SearchConfig:
     """How to search. ``high``/``low`` bound the ladder of the searched parameter.
 
-    ``None`` bounds take defaults: for ``alpha`` 1e-2 and 1e-8; for
-    ``hyper-lr`` 10x the configuration's hyper-LR and 1e-6x the top.
+    ``None`` bounds take defaults from the configuration's update rule: for
+    ``alpha`` 1e-2 and 1e-8 (additive) or 1 and 1e-4 (scale-free); for
+    ``hyper-lr`` 10x the configuration's hyper-LR (at most the scale-free
+    rule's largest, 1) and 1e-6x (additive) or 1e-3x (scale-free) the top.
     """
 
     search: str = "alpha"
@@ -130,17 +135,20 @@ class SearchConfig:
     def bounds(self, config: TrainConfig) -> tuple[float, float]:
         """(high, low) of the ladder, defaults resolved against ``config``."""
         name = self.search
+        rule = config.hyper_update
         if self.search == "alpha":
-            high = DEFAULT_ALPHA_MAX if self.high is None else self.high
-            low = DEFAULT_ALPHA_MIN if self.low is None else self.low
+            high = DEFAULT_ALPHA_MAX[rule] if self.high is None else self.high
+            low = DEFAULT_ALPHA_MIN[rule] if self.low is None else self.low
         else:
             if self.high is None:
                 if not config.hyper_lr > 0:
                     raise ConfigError("the hyper-LR is 0: give hyper-lr-max for the search")
                 high = config.hyper_lr * HYPER_LR_MAX_RATIO
+                if rule == SCALE_FREE:
+                    high = min(high, MAX_HYPER_LR)
             else:
                 high = self.high
-            low = high * HYPER_LR_SPAN if self.low is None else self.low
+            low = high * HYPER_LR_SPAN[rule] if self.low is None else self.low
         if high <= low:
             raise ConfigError(f"{name}-max ({high:g}) must be greater than {name}-min ({low:g})")
         return high, low

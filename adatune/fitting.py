@@ -293,6 +293,7 @@ def _group_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
 
 
 def _tuner_settings(tuner: HypergradientTuner) -> dict[str, Any]:
-    return {"class": type(tuner).__name__, "hyper_lr": tuner.hyper_lr,
+    return {"class": type(tuner).__name__, "hyper_update": tuner.hyper_update,
+            "hyper_lr": tuner.hyper_lr,
             "mu": "auto" if tuner.auto_mu else tuner.mu, "alpha": tuner.alpha,
             "first_order": tuner.first_order, "grad_clip": tuner.grad_clip, "hvp": tuner.hvp}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,7 +264,7 @@ class Loop:
             events.run_started(run_id, announce, steps_per_epoch=self.steps_per_epoch,
                                start_epoch=self.epoch + 1)
             while self.epoch < cfg.epochs:
-                record, steps = self._epoch(store, run_id, events)
+                record, steps, lrs = self._epoch(store, run_id, events)
                 self._judge_epoch(record)
                 improved = self._improved(record)
                 if improved:
@@ -274,9 +275,9 @@ class Loop:
                                 "config": meta or {}}, ckpt_dir / "best.pt", "best")
                 else:
                     self.bad_epochs += 1
-                self.history.add(record, steps, improved)
+                self.history.add(record, steps, improved, lrs)
                 self._save(self._state(), ckpt_dir / "last.pt")
-                store.record_epoch(run_id, record, steps, best=improved)
+                store.record_epoch(run_id, record, steps, best=improved, lrs=lrs)
                 records.append(record)
                 events.epoch_done(record)
                 if cfg.patience is not None and self.bad_epochs >= cfg.patience:
@@ -347,6 +348,8 @@ class Loop:
         correct = part.get("correct", 0) if self.ranks.is_main else 0
         lr_sum, lr_max = part.get("lr_sum", 0.0), part.get("lr_max", 0.0)
         steps = [StepRecord(**s) for s in part.get("steps", [])]
+        lrs = array("d", part.get("lrs", ()))  # the LR of every step, recorded with the epoch
+        lrs_known = not part or "lrs" in part  # (older mid-epoch checkpoints lack them)
         nonfinite_before = part.get("nonfinite_before", p.tuner.nonfinite_count if p.tuner else 0)
         done = part.get("batches", 0)
         for batch, (x, y) in enumerate(self._batches(p.train, shuffle=True,
@@ -368,6 +371,7 @@ class Loop:
             n_steps += 1
             lr_sum += lr_used
             lr_max = max(lr_max, lr_used)
+            lrs.append(lr_used)
             mu, hyper_lr, h = self._tuner_view()
             if self.step % self.config.log_every == 0:
                 steps.append(StepRecord(step=self.step, epoch=epoch, lr=lr_used, mu=mu,
@@ -386,6 +390,7 @@ class Loop:
                     "loss_sum": loss_sum, "correct": self._global_count(correct), "seen": seen,
                     "n_steps": n_steps, "lr_sum": lr_sum, "lr_max": lr_max,
                     "steps": [dataclasses.asdict(s) for s in steps],
+                    **({"lrs": lrs.tolist()} if lrs_known else {}),
                     "nonfinite_before": nonfinite_before,
                     "seconds": time.perf_counter() - started,
                     "cpu_seconds": time.process_time() - cpu_started,
@@ -420,7 +425,7 @@ class Loop:
             nonfinite_hypergradients=(p.tuner.nonfinite_count - nonfinite_before
                                       if p.tuner else 0))
         self.lr_max_last_epoch = lr_max
-        return record, steps
+        return record, steps, lrs if lrs_known else None
 
     def _train_step(self, x: Tensor, y: Tensor, val_iter: Iterator,
                     n: int) -> tuple[float, Tensor, Tensor | None]:

@@ -54,8 +54,9 @@ in the format of space files (TOML or JSON, one table per parameter)::
     type = "categorical"
     choices = ["auto", 0.99, 0.999]
 
-:data:`DEFAULT_SPACES` holds each method's default space per optimizer family
-(``sgd``; ``adam`` for adam and adamw); a space file replaces it entirely.
+:data:`DEFAULT_SPACES` holds each method's default space per hyper-LR update
+rule (``scale-free``, ``additive``) and optimizer family (``sgd``; ``adam`` for
+adam and adamw); a space file replaces it entirely.
 Parameters not in the space keep the base configuration's value.
 """
 
@@ -76,6 +77,7 @@ from typing import TYPE_CHECKING, Any
 from adatune._process import owner_record, process_may_be_alive
 from adatune.config import MAX_SEED, TrainConfig, canonical_method, whole
 from adatune.errors import ConfigError, StoreError
+from adatune.hyper_update import ADDITIVE, DEFAULT_HYPER_UPDATE, HYPER_UPDATES, SCALE_FREE
 from adatune.peers import PEERS, check_available
 from adatune.redact import mask_secrets
 from adatune.runtypes import Events, RunResult
@@ -145,10 +147,22 @@ def _whole(low: int, high: int) -> dict[str, Any]:
 
 
 _LR = {"sgd": _log(1e-3, 1.0), "adam": _log(1e-5, 1e-1)}
-# Hyper-LRs and alphas act on the LR's own scale: Adam's are about 1000x smaller.
-_HYPER_LR = {"sgd": _log(1e-6, 1e-2), "adam": _log(1e-9, 1e-5)}
-_HD_HYPER_LR = {"sgd": _log(1e-5, 1e-1), "adam": _log(1e-8, 1e-4)}
-_ALPHA = {"sgd": _log(1e-8, 1e-4, zero=True), "adam": _log(1e-11, 1e-7, zero=True)}
+# Additive rule: hyper-LRs and alphas act on the LR's own scale (Adam's are about 1000x
+# smaller). Scale-free rule: both are dimensionless, the same for every optimizer.
+_HYPER_LR = {
+    (ADDITIVE, "sgd"): _log(1e-6, 1e-2), (ADDITIVE, "adam"): _log(1e-9, 1e-5),
+    (SCALE_FREE, "sgd"): _log(1e-3, 0.1), (SCALE_FREE, "adam"): _log(1e-3, 0.1),
+}
+_HD_HYPER_LR = {
+    (ADDITIVE, "sgd"): _log(1e-5, 1e-1), (ADDITIVE, "adam"): _log(1e-8, 1e-4),
+    (SCALE_FREE, "sgd"): _log(1e-3, 0.1), (SCALE_FREE, "adam"): _log(1e-3, 0.1),
+}
+_ALPHA = {
+    (ADDITIVE, "sgd"): _log(1e-8, 1e-4, zero=True),
+    (ADDITIVE, "adam"): _log(1e-11, 1e-7, zero=True),
+    (SCALE_FREE, "sgd"): _log(1e-3, 0.3, zero=True),
+    (SCALE_FREE, "adam"): _log(1e-3, 0.3, zero=True),
+}
 _MU = {"type": "categorical", "choices": ["auto", 0.99, 0.999]}
 # Peers: lr scales the step size each estimates (1.0 is their authors' setting); Schedule-Free
 # also has its warm-up (0 or 10 to 1000 steps) and its momentum beta (its README names 0.9 to
@@ -165,22 +179,26 @@ PEER_SPACES: dict[str, dict[str, dict[str, Any]]] = {
     "dog": {"lr": _PEER_LR},
 }
 
-#: The default search space of each method, per optimizer family ("sgd"; "adam" for
-#: adam and adamw), in the format of space files.
-DEFAULT_SPACES: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
-    family: {
-        "marthe": {"lr": _LR[family], "hyper_lr": _HYPER_LR[family], "alpha": _ALPHA[family],
-                   "mu": _MU},
-        "rtho": {"lr": _LR[family], "hyper_lr": _HYPER_LR[family], "alpha": _ALPHA[family]},
-        "hd": {"lr": _LR[family], "hyper_lr": _HD_HYPER_LR[family]},
-        "constant": {"lr": _LR[family]},
-        "staircase": {"lr": _LR[family], "step_size": _whole(1, 10),
-                      "lr_decay": _uniform(0.1, 0.9)},
-        "exponential": {"lr": _LR[family], "lr_decay": _uniform(0.8, 0.99)},
-        "cosine": {"lr": _LR[family], "t_0": _whole(1, 10), "t_mult": _whole(1, 3)},
-        **PEER_SPACES,  # a peer is its own optimizer: one space for either family
+#: The default search space of each method, per hyper-LR update rule and optimizer family
+#: ("sgd"; "adam" for adam and adamw), in the format of space files.
+DEFAULT_SPACES: dict[str, dict[str, dict[str, dict[str, dict[str, Any]]]]] = {
+    rule: {
+        family: {
+            "marthe": {"lr": _LR[family], "hyper_lr": _HYPER_LR[rule, family],
+                       "alpha": _ALPHA[rule, family], "mu": _MU},
+            "rtho": {"lr": _LR[family], "hyper_lr": _HYPER_LR[rule, family],
+                     "alpha": _ALPHA[rule, family]},
+            "hd": {"lr": _LR[family], "hyper_lr": _HD_HYPER_LR[rule, family]},
+            "constant": {"lr": _LR[family]},
+            "staircase": {"lr": _LR[family], "step_size": _whole(1, 10),
+                          "lr_decay": _uniform(0.1, 0.9)},
+            "exponential": {"lr": _LR[family], "lr_decay": _uniform(0.8, 0.99)},
+            "cosine": {"lr": _LR[family], "t_0": _whole(1, 10), "t_mult": _whole(1, 3)},
+            **PEER_SPACES,  # a peer is its own optimizer: one space for either family
+        }
+        for family in ("sgd", "adam")
     }
-    for family in ("sgd", "adam")
+    for rule in HYPER_UPDATES
 }
 
 
@@ -232,10 +250,11 @@ def optimizer_family(optimizer: str) -> str:
     return "sgd" if optimizer.strip().lower() == "sgd" else "adam"
 
 
-def default_space(method: str, optimizer: str = "sgd") -> Space:
-    """The documented default space of ``method`` for ``optimizer``."""
+def default_space(method: str, optimizer: str = "sgd",
+                  hyper_update: str = DEFAULT_HYPER_UPDATE) -> Space:
+    """The documented default space of ``method`` for ``optimizer`` and the update rule."""
     method = canonical_method(method)
-    data = DEFAULT_SPACES[optimizer_family(optimizer)][method]
+    data = DEFAULT_SPACES[hyper_update][optimizer_family(optimizer)][method]
     return parse_space(data, method=method, source=f"the default {method} space")
 
 
@@ -472,6 +491,9 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         method = canonical_method(self.method)
+        if method not in TUNABLE:
+            raise ConfigError(f"sweep has no search space for {method} (replay a learned "
+                              "schedule with `adatune baseline --lr-scheduler replay`)")
         object.__setattr__(self, "method", method)
         whole("trials", self.trials, 1, MAX_TRIALS)
         whole("seeds", self.seeds, 1, MAX_SEEDS)
@@ -505,8 +527,9 @@ class SweepConfig:
                               f"goes past the largest seed {MAX_SEED}")
 
     def resolved_space(self, base: TrainConfig) -> Space:
-        return self.space if self.space is not None else default_space(self.method,
-                                                                       base.optimizer)
+        if self.space is not None:
+            return self.space
+        return default_space(self.method, base.optimizer, base.hyper_update)
 
 
 # --------------------------------------------------------------------------- results
@@ -779,6 +802,8 @@ def _mismatch(name: str, stored: dict[str, Any], ours: dict[str, Any]) -> str | 
             mine = "" if shown else f" (this command: {ours[key]!r})"
             return f"study {name!r} was started with {theirs}{mine}"
     theirs, mine = stored.get("config", {}), ours["config"]
+    if "hyper_update" in mine:  # studies started before the rule was a choice: additive
+        theirs = {"hyper_update": ADDITIVE, **theirs}
     for key in sorted(set(theirs) | set(mine)):
         if theirs.get(key) != mine.get(key):
             return (f"study {name!r} was started with {key} = {theirs.get(key)!r} "

@@ -7,6 +7,7 @@ from adatune_cli import (  # noqa: F401
     findalpha,
     report,
     runs,
+    schedule,
     sweep,
     train,
 )

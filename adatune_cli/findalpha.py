@@ -34,6 +34,7 @@ from adatune.findalpha import (
     find_alpha,
     with_found_value,
 )
+from adatune.hyper_update import ADDITIVE, MAX_HYPER_LR, SCALE_FREE
 from adatune.redact import mask_secrets
 from adatune.runtypes import RunResult
 from adatune_cli._common import StoreOption, err, fail, fmt, json_safe, open_for_run, out
@@ -230,17 +231,24 @@ def find_alpha_command(
         "--search", help="What to search: alpha (the hyper-LR fixed at --hyper-lr), or "
                          "hyper-lr (alpha fixed at --alpha).")] = "alpha",
     alpha_max: Annotated[float | None, _opt(
-        "--alpha-max", help=f"First (largest) alpha probed \\[default: {DEFAULT_ALPHA_MAX:g}].")]
+        "--alpha-max", help="First (largest) alpha probed \\[default: "
+                            f"{DEFAULT_ALPHA_MAX[SCALE_FREE]:g} with --hyper-update {SCALE_FREE}, "
+                            f"{DEFAULT_ALPHA_MAX[ADDITIVE]:g} with {ADDITIVE}].")]
     = None,
     alpha_min: Annotated[float | None, _opt(
-        "--alpha-min", help=f"Smallest alpha probed \\[default: {DEFAULT_ALPHA_MIN:g}].")] = None,
+        "--alpha-min", help="Smallest alpha probed \\[default: "
+                            f"{DEFAULT_ALPHA_MIN[SCALE_FREE]:g} with {SCALE_FREE}, "
+                            f"{DEFAULT_ALPHA_MIN[ADDITIVE]:g} with {ADDITIVE}].")] = None,
     hyper_lr_max: Annotated[float | None, _opt(
         "--hyper-lr-max", help=f"--search hyper-lr: first hyper-LR probed \\[default: "
-                               f"{HYPER_LR_MAX_RATIO:g}x the tuner's default hyper-LR].")]
+                               f"{HYPER_LR_MAX_RATIO:g}x the tuner's default hyper-LR, at most "
+                               f"{MAX_HYPER_LR:g} with {SCALE_FREE}].")]
     = None,
     hyper_lr_min: Annotated[float | None, _opt(
         "--hyper-lr-min", help=f"--search hyper-lr: smallest hyper-LR probed \\[default: "
-                               f"{HYPER_LR_SPAN:g}x --hyper-lr-max].")] = None,
+                               f"{HYPER_LR_SPAN[SCALE_FREE]:g}x --hyper-lr-max with "
+                               f"{SCALE_FREE}, {HYPER_LR_SPAN[ADDITIVE]:g}x with {ADDITIVE}].")]
+    = None,
     factor: Annotated[float, _opt("--factor", help="Divide by this between probes (> 1).")]
     = DEFAULT_FACTOR,
     probe_epochs: Annotated[int, _opt(

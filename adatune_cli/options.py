@@ -19,14 +19,27 @@ from typing import Annotated, Any
 
 import typer
 
-from adatune.config import TrainConfig
+from adatune.config import DEFAULT_HYPER_LR, TrainConfig
 from adatune.errors import ConfigError
+from adatune.hyper_update import ADDITIVE, DEFAULT_HYPER_UPDATE, MAX_HYPER_LR, SCALE_FREE
 
 PANEL_RUN = "Run"
 PANEL_TUNER = "Hypergradient tuner"
 PANEL_SCHED = "Baseline schedule"
 PANEL_PEER = "Peer optimizer"
 PANEL_DATA = "Data and protocol"
+
+
+def _hyper_lr_help() -> str:
+    d = DEFAULT_HYPER_LR
+    free = sorted({d[(SCALE_FREE, m, "sgd")] for m in ("marthe", "rtho", "hd")})
+    free_text = " / ".join(f"{v:g}" for v in free)
+    return (f"Hyper-learning rate beta. With --hyper-update {SCALE_FREE}: dimensionless, in "
+            f"[0, {MAX_HYPER_LR:g}] (the most log(LR) moves up in one step) \\[default: "
+            f"{free_text}, for every optimizer]. With {ADDITIVE}: LR per unit of "
+            f"hypergradient \\[default: {d[(ADDITIVE, 'marthe', 'sgd')]:g} marthe/rtho, "
+            f"{d[(ADDITIVE, 'hd', 'sgd')]:g} hd with sgd; {d[(ADDITIVE, 'marthe', 'adam')]:g} / "
+            f"{d[(ADDITIVE, 'hd', 'adam')]:g} with adam].")
 
 
 def _opt(*names: str, help: str, panel: str = PANEL_RUN, **kw: Any) -> Any:
@@ -76,15 +89,20 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "grad_clip": (Annotated[float | None, _opt("--grad-clip", "--grad-clipping",
                                                help="Clip the gradient norm at this value.")],
                   None),
+    "hyper_update": (Annotated[str, _opt(
+        "--hyper-update", panel=PANEL_TUNER,
+        help=f"How the hypergradient moves the LR: {SCALE_FREE} (in log space, by a normalized "
+             f"hypergradient; bounded steps, LR > 0) or {ADDITIVE} (LR - hyper_lr * h, the "
+             "papers' rule).")], DEFAULT_HYPER_UPDATE),
     "hyper_lr": (Annotated[float | None, _opt(
-        "--hyper-lr", panel=PANEL_TUNER,
-        help="Hyper-learning rate beta \\[default: 1e-4 marthe/rtho, 1e-3 hd with sgd; "
-             "1e-7 / 1e-6 with adam].")], None),
+        "--hyper-lr", panel=PANEL_TUNER, help=_hyper_lr_help())], None),
     "mu": (Annotated[str, _opt("--mu", panel=PANEL_TUNER,
                                help="MARTHE's mu in [0, 1], or 'auto' (a negative value means "
                                     "auto, as in the original).")], "0.99"),
     "alpha": (Annotated[float, _opt("--alpha", panel=PANEL_TUNER,
-                                    help="Rate at which the hyper-LR adapts (0 keeps it fixed).")],
+                                    help="Rate at which the hyper-LR adapts (0 keeps it fixed; "
+                                         f"dimensionless, in [0, {MAX_HYPER_LR:g}], with "
+                                         f"{SCALE_FREE}).")],
               0.0),
     "first_order": (Annotated[bool, _opt("--first-order", panel=PANEL_TUNER,
                                          help="Drop the Hessian term (no HVP).")], False),
@@ -233,9 +251,15 @@ def command_line(kind: str, config: dict[str, Any], *, name: str | None = None,
         skip.add("optimizer")  # a peer is its own optimizer
     if tuner:
         skip |= {"step_size", "lr_decay", "t_0", "t_mult"}
+        # runs stored before the rule was a choice used the additive one
+        config = {"hyper_update": ADDITIVE, **config}
     else:
-        skip |= {"hyper_lr", "mu", "alpha", "first_order", "hvp"}
-    for key in OPTIONS:  # every value spelled out: defaults may change between versions
+        skip |= {"hyper_update", "hyper_lr", "mu", "alpha", "first_order", "hvp"}
+    keys = list(OPTIONS)
+    if method == "replay":  # where the schedule comes from
+        skip |= {"step_size", "lr_decay", "t_0", "t_mult"}
+        keys += ["from_run", "from_file", "stretch", "scale"]
+    for key in keys:  # every value spelled out: defaults may change between versions
         if key in skip or key not in config:
             continue
         value = config[key]

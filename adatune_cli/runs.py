@@ -57,6 +57,27 @@ def _reproduce(run: RunRecord) -> str | None:
     return command_line(command, run.config, name=run.name, experiment=run.experiment)
 
 
+def _replayed(run: RunRecord) -> str | None:
+    """``replays run 1 (marthe on digits/mlp, seed 0): 63 steps onto 126, x0.5`` or None."""
+    extra = run.config.get("extra")
+    meta = extra.get("replay") if run.method == "replay" and isinstance(extra, dict) else None
+    if not isinstance(meta, dict):
+        return None
+    source = meta.get("source") if isinstance(meta.get("source"), dict) else {}
+    if "run" in source:
+        what = (f"run {source['run']} ({source.get('method')} on {source.get('dataset')}/"
+                f"{source.get('network')}, seed {source.get('seed')})")
+    else:
+        what = f"the file {source.get('file', run.config.get('from_file'))}"
+    unit = meta.get("interval", "step")
+    line = f"replays {what}: {meta.get('source_points')} {unit}s"
+    if run.config.get("stretch"):
+        line += f" stretched onto {meta.get('points')}"
+    if run.config.get("scale", 1.0) != 1.0:
+        line += f", x{run.config['scale']:g}"
+    return line
+
+
 @runs_app.command("list")
 def list_runs(
     experiment: Annotated[str | None, typer.Option(
@@ -124,6 +145,9 @@ def show_run(
               f"{run.dataset}/{run.network} ({run.optimizer}), seed {run.seed}", markup=False)
     if run.error:
         out.print(f"reason: {mask_secrets(run.error)}", markup=False)
+    replayed = _replayed(run)
+    if replayed:
+        out.print(replayed, markup=False, soft_wrap=True)
     summary = run.summary or {}
     if run.best_val_acc is None and summary.get("best_val_loss") is not None:
         out.print(f"best val loss {fmt(summary['best_val_loss'])} at epoch {run.best_epoch}, "

@@ -23,6 +23,7 @@ from rich.table import Table
 from adatune import signals
 from adatune.config import TrainConfig
 from adatune.errors import ConfigError
+from adatune.hyper_update import ADDITIVE, DEFAULT_HYPER_UPDATE
 from adatune.peers import check_available
 from adatune.sweep import (
     DEFAULT_PATIENCE,
@@ -50,9 +51,10 @@ from adatune_cli.train import RichEvents
 
 
 def _epilog() -> str:
-    lines = ["Default search spaces (with --optimizer sgd; adam and adamw use lower LR, "
-             "hyper-LR and alpha ranges: see --show-space):"]
-    for method, data in DEFAULT_SPACES["sgd"].items():
+    lines = ["Default search spaces (with --optimizer sgd and the default --hyper-update "
+             f"{DEFAULT_HYPER_UPDATE}; adam and adamw use a lower LR range, and --hyper-update "
+             f"{ADDITIVE} other hyper-LR and alpha ranges: see --show-space):"]
+    for method, data in DEFAULT_SPACES[DEFAULT_HYPER_UPDATE]["sgd"].items():
         lines.append(f"{method}: {describe_space(parse_space(data, method=method))}.")
     lines.append("Options given on the command line fix their parameter (it is not sampled).")
     return "\n\n".join(lines)
@@ -135,7 +137,7 @@ def _print_result(result: SweepResult, location: str, store_url: str) -> None:
 def _space(method: str, base: TrainConfig, space_file: str | None,
            fixed: list[str]) -> tuple[Space, list[str]]:
     space = (load_space(space_file, method=method) if space_file
-             else default_space(method, base.optimizer))
+             else default_space(method, base.optimizer, base.hyper_update))
     fixed_here = [p.name for p in space if p.name in fixed]
     space = without(space, fixed_here)
     if not space:

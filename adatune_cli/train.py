@@ -28,7 +28,7 @@ from rich.table import Table
 
 from adatune import signals
 from adatune.catalog import canonical_schedule
-from adatune.config import TUNER_NAMES, TrainConfig, canonical_method
+from adatune.config import REPLAY, TUNER_NAMES, TrainConfig, canonical_method
 from adatune.errors import AdatuneError, ConfigError
 from adatune.peers import PEER_NAMES
 from adatune.runtypes import Events, RunResult
@@ -126,7 +126,10 @@ def next_steps(db: Any, result: RunResult, store: str) -> list[str]:
 
 
 def _compare_with(config: dict[str, Any], flag: str) -> str:
-    """A run to set beside this one: a constant LR for a tuner or peer, MARTHE for a schedule."""
+    """A run to set beside this one: a constant LR for a tuner or peer, MARTHE for a schedule,
+    the source run for a replay of one."""
+    if config["method"] == REPLAY and config.get("from_run") is not None:
+        return f"adatune runs show {config['from_run']}{flag}  # compare: the run it replays"
     common = []
     peer = config["method"] in PEER_NAMES
     for key in ("network", "dataset", "model", "data", "optimizer", "lr", "epochs", "seed"):
@@ -332,14 +335,18 @@ def train_command(
     _run(make_config(method, opts), store, name=name, experiment=experiment)
 
 
+_PANEL_REPLAY = "Replay a learned schedule"
+
+
 @app.command("baseline")
 @run_options(hide=(PANEL_TUNER,))
 def baseline_command(
     ctx: typer.Context,
     opts: dict[str, Any],
     lr_scheduler: Annotated[str | None, typer.Option(
-        "--lr-scheduler", help="constant, staircase, exponential or cosine (the original's "
-                               "ed, cyclic and hd are accepted; hd runs the HD tuner) "
+        "--lr-scheduler", help="constant, staircase, exponential, cosine, or replay (a "
+                               "recorded schedule: --from-run or --from-file). The original's "
+                               "ed, cyclic and hd are accepted; hd runs the HD tuner "
                                "\\[default: constant].")] = None,
     method: Annotated[str | None, typer.Option(
         "--method", help=f"A learning-rate-free peer optimizer: {', '.join(PEER_NAMES)} "
@@ -348,6 +355,21 @@ def baseline_command(
     resume_id: Annotated[int | None, typer.Option(
         "--resume", help="Continue run RUN_ID from its last checkpoint.",
         metavar="RUN_ID")] = None,
+    from_run: Annotated[int | None, typer.Option(
+        "--from-run", metavar="RUN_ID", rich_help_panel=_PANEL_REPLAY,
+        help="Replay the LR of every step of this run. Its network, data, optimizer, batch "
+             "size and epochs are the defaults here; the seed is not.")] = None,
+    from_file: Annotated[str | None, typer.Option(
+        "--from-file", metavar="FILE", rich_help_panel=_PANEL_REPLAY,
+        help="Replay a schedule file (CSV step,epoch,lr or epoch,lr, or JSON) as written by "
+             "`adatune schedule export`.")] = None,
+    stretch: Annotated[bool, typer.Option(
+        "--stretch", rich_help_panel=_PANEL_REPLAY,
+        help="Map the schedule onto this run's number of steps, linearly in progress.")]
+    = False,
+    scale: Annotated[float, typer.Option(
+        "--scale", rich_help_panel=_PANEL_REPLAY,
+        help="Multiply every replayed LR by this factor.")] = 1.0,
     name: NameOption = None,
     experiment: ExperimentOption = None,
     store: StoreOption = "adatune.db",
@@ -357,11 +379,15 @@ def baseline_command(
     Example: adatune baseline --lr-scheduler cosine --t-0 2 --t-mult 2
 
     Example: adatune baseline --method prodigy --epochs 15
+
+    Example: adatune baseline --lr-scheduler replay --from-run 12 --seed 1
     """
+    replay = {"from_run": from_run, "from_file": from_file, "stretch": stretch, "scale": scale}
     if resume_id is not None:
         changes = resume_changes(ctx, resume_id, opts, **{
             "lr_scheduler": given(ctx, "lr_scheduler"), "method": given(ctx, "method"),
-            "name": given(ctx, "name"), "experiment": given(ctx, "experiment")})
+            "name": given(ctx, "name"), "experiment": given(ctx, "experiment"),
+            **{k: given(ctx, k) for k in replay}})
         _run(None, store, resume_id=resume_id, resume_changes=changes)
         return
     if method is not None and lr_scheduler is not None:
@@ -374,11 +400,26 @@ def baseline_command(
                               f"{chosen}`")
     else:
         key = (lr_scheduler or "constant").strip().lower()
-        chosen = "hd" if key == "hd" else canonical_schedule(key)
+        chosen = "hd" if key == "hd" else REPLAY if key == REPLAY else canonical_schedule(key)
     if chosen != "hd":  # the original's `--lr-scheduler hd` runs the HD tuner
         refuse_given(ctx, (PANEL_TUNER,), "for the hypergradient tuners (`adatune train`)")
     if chosen in PEER_NAMES:
         refuse_given(ctx, (PANEL_SCHED,), f"for LR schedules; {chosen} sets its own step size")
     else:
         refuse_given(ctx, (PANEL_PEER,), "for the peer optimizers (--method)")
-    _run(make_config(chosen, opts), store, name=name, experiment=experiment)
+    if chosen == REPLAY:
+        refuse_given(ctx, (PANEL_SCHED,), "for the built-in schedules; a replay follows the "
+                                          "recorded one")
+        if from_run is not None:
+            opts = {**opts, **_inherited(ctx, from_run, store)}
+    _run(make_config(chosen, opts, **replay), store, name=name, experiment=experiment)
+
+
+def _inherited(ctx: typer.Context, run_id: int, store: str) -> dict[str, Any]:
+    """The source run's training setup, for every option not given on the command line."""
+    from adatune.replay import replay_defaults
+    from adatune.store import open_store
+
+    with open_store(store, create=False) as db:  # a source run needs a store that exists
+        source = db.get_run(run_id, steps=False).run
+    return {k: v for k, v in replay_defaults(source).items() if not given(ctx, k)}

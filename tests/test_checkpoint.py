@@ -24,10 +24,11 @@ METRICS = ("epoch", "lr", "lr_mean", "mu", "hyper_lr", "train_loss", "train_acc"
            "val_acc", "test_loss", "test_acc", "nonfinite_hypergradients")
 
 
-def trajectory(store, run_id: int) -> tuple[list[dict], list[dict]]:
+def trajectory(store, run_id: int) -> tuple[list[dict], list[dict], list]:
+    """Every epoch's metrics, the sampled steps and the LR of every step."""
     detail = store.get_run(run_id)
     epochs = [{k: getattr(e, k) for k in METRICS} for e in detail.epochs]
-    return epochs, [dataclasses.asdict(s) for s in detail.steps]
+    return epochs, [dataclasses.asdict(s) for s in detail.steps], list(store.get_step_lrs(run_id))
 
 
 def config(method: str = "marthe", **kw) -> TrainConfig:

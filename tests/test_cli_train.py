@@ -107,13 +107,29 @@ def test_runs_list_and_show_json_and_the_reproduce_command(workdir, capsys):
     assert command[:2] == ["adatune", "train"]
     assert cli(capsys, *command[1:])[0] == 0
     assert _epochs("adatune.db", 2) == _epochs("adatune.db", row["id"])
+    assert command[command.index("--hyper-update") + 1] == "scale-free"
+    assert shown["config"]["hyper_update"] == "scale-free"
     code, out, _ = cli(capsys, "runs", "show", str(row["id"]))
     assert "reproduce with:" in out
     assert "adatune train --tuner marthe" in out
 
 
+def test_runs_stored_before_the_rule_was_a_choice_read_as_additive():
+    from adatune.config import TrainConfig
+    from adatune_cli.options import command_line
+
+    old = TrainConfig(hyper_update="additive").to_dict()
+    del old["hyper_update"]  # as an older adatune stored it
+    assert TrainConfig.from_dict(old).hyper_update == "additive"
+    assert TrainConfig.from_dict(old).hyper_lr == 1e-4
+    command = shlex.split(command_line("train", old))
+    assert command[command.index("--hyper-update") + 1] == "additive"
+    assert "--hyper-update" not in command_line("baseline", {**old, "method": "constant"})
+
+
 def test_divergence_is_recorded_as_diverged(workdir, capsys):
-    code, out, _ = cli(capsys, "train", "--tuner", "rtho", "--hyper-lr", "1.0", "--epochs", "5")
+    code, out, _ = cli(capsys, "train", "--tuner", "rtho", "--hyper-update", "additive",
+                       "--hyper-lr", "1.0", "--epochs", "5")
     assert code == 1
     with open_store("adatune.db") as db:
         [run] = db.list_runs()
@@ -157,6 +173,10 @@ def test_val_source_test_warns(workdir, capsys):
     ["train", "--val-fraction", "0"],
     ["train", "--val-fraction", "1.5"],
     ["train", "--hyper-lr", "nan"],
+    ["train", "--hyper-update", "sometimes"],
+    ["train", "--hyper-lr", "2"],  # the scale-free rule's hyper-LR is at most 1
+    ["train", "--alpha", "1.5"],  # and so is its alpha
+    ["train", "--hyper-update", "additive", "--hyper-lr", "-1e-4"],
     ["train", "--network", "vgg11"],  # needs 32x32 inputs; digits is 8x8
     ["train", "--resume", "99"],
     ["train", "--epochs", "three"],

@@ -1,9 +1,11 @@
 """`adatune find-alpha`: probes, verdicts and reasons, determinism, --then-train, exits.
 
-The unstable setting: RTHO with a hyper-LR ten times its default (1e-3) on
-digits, 3-epoch probes on half the training set. There alpha 1 and 0.1 blow
-the training loss up in epoch 3 and alpha 0.01 stays stable (measured; the
-search is deterministic, so these verdicts are exact).
+The unstable setting: RTHO under the additive rule with a hyper-LR ten times
+its default (1e-3) on digits, 3-epoch probes on half the training set. There
+alpha 1 and 0.1 blow the training loss up in epoch 3 and alpha 0.01 stays
+stable (measured; the search is deterministic, so these verdicts are exact).
+The scale-free rule bounds every step, so the searches that must diverge use
+the additive one; the scale-free rule's own ladders are tested at the end.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from adatune.report.info import _get_find_alpha_info
 from adatune.store import open_store
 from tests._cli import cli
 
-UNSTABLE = ["--tuner", "rtho", "--hyper-lr", "1e-3", "--alpha-max", "1", "--probe-epochs", "3",
-            "--probe-fraction", "0.5", "--device", "cpu"]
+ADDITIVE = ["--hyper-update", "additive"]
+UNSTABLE = ["--tuner", "rtho", *ADDITIVE, "--hyper-lr", "1e-3", "--alpha-max", "1",
+            "--probe-epochs", "3", "--probe-fraction", "0.5", "--device", "cpu"]
 LOSS_REASON = r"training loss [0-9.e+]+ exceeds 3x its initial 2\.304 at epoch 3, step \d+"
 
 
@@ -95,7 +98,7 @@ def test_same_seed_same_search_and_refine_bisects_in_log_space(workdir, capsys):
 
 
 def test_hyper_lr_search_and_the_lr_explosion_rule(workdir, capsys):
-    code, data, err = _json(capsys, "--search", "hyper-lr", "--tuner", "rtho",
+    code, data, err = _json(capsys, "--search", "hyper-lr", "--tuner", "rtho", *ADDITIVE,
                             "--hyper-lr-max", "1", "--hyper-lr-min", "1e-4", "--probe-epochs",
                             "2", "--probe-fraction", "0.5", "--device", "cpu")
     assert code == 0, err
@@ -119,8 +122,9 @@ def test_hyper_lr_search_and_the_lr_explosion_rule(workdir, capsys):
 
 
 def test_then_train_runs_the_full_training_with_the_found_alpha(workdir, capsys):
-    code, out, err = cli(capsys, "find-alpha", "--alpha-max", "1e-5", "--alpha-min", "1e-6",
-                         "--probe-epochs", "1", "--epochs", "2", "--then-train",
+    code, out, err = cli(capsys, "find-alpha", *ADDITIVE, "--alpha-max", "1e-5",
+                         "--alpha-min", "1e-6", "--probe-epochs", "1", "--epochs", "2",
+                         "--then-train",
                          "--name", "fa", "--device", "cpu")
     assert code == 0, err
     with open_store("adatune.db") as db:
@@ -138,9 +142,9 @@ def test_then_train_runs_the_full_training_with_the_found_alpha(workdir, capsys)
 
 
 def test_every_alpha_diverges_exits_1_with_one_line(workdir, capsys):
-    code, out, err = cli(capsys, "find-alpha", "--tuner", "rtho", "--hyper-lr", "1", "--alpha-max",
-                         "1e-2", "--alpha-min", "1e-4", "--probe-epochs", "2", "--json",
-                         "--then-train", "--device", "cpu")
+    code, out, err = cli(capsys, "find-alpha", "--tuner", "rtho", *ADDITIVE, "--hyper-lr", "1",
+                         "--alpha-max", "1e-2", "--alpha-min", "1e-4", "--probe-epochs", "2",
+                         "--json", "--then-train", "--device", "cpu")
     assert code == 1
     data = json.loads(out)
     assert data["alpha"] is None
@@ -159,7 +163,11 @@ def test_every_alpha_diverges_exits_1_with_one_line(workdir, capsys):
 @pytest.mark.parametrize("args", [
     ["--alpha-max", "1e-4", "--alpha-min", "1e-4"],
     ["--alpha-max", "1e-5", "--alpha-min", "1e-3"],
-    ["--alpha-min", "0.1"],  # above the default alpha-max
+    ["--alpha-min", "2"],  # above the default alpha-max (1, scale-free)
+    [*ADDITIVE, "--alpha-min", "0.1"],  # above the additive rule's default alpha-max
+    ["--alpha-max", "2"],  # the scale-free rule's alpha is at most 1
+    ["--search", "hyper-lr", "--hyper-lr-max", "5"],  # its hyper-LR too
+    ["--hyper-update", "multiplicative"],
     ["--alpha-max", "0"],
     ["--alpha-max", "nan"],
     ["--factor", "1"],
@@ -203,7 +211,7 @@ def test_bad_bounds_message_names_the_options(workdir, capsys):
 
 # ------------------------------------------------------------------ library
 def test_ladder_runs_from_high_down_to_low_inclusive():
-    config = TrainConfig()
+    config = TrainConfig(hyper_update="additive")
     assert SearchConfig().ladder(config) == tuple(1e-2 / 10 ** k for k in range(7))
     assert SearchConfig(high=1e-2, low=3e-5).ladder(config) == (1e-2, 1e-3, 1e-4)
     assert SearchConfig(high=1.0, low=1 / 27, factor=3).ladder(config)[-1] == pytest.approx(1 / 27)
@@ -213,6 +221,23 @@ def test_ladder_runs_from_high_down_to_low_inclusive():
     assert ladder[0] == pytest.approx(1e-3) and ladder[-1] == pytest.approx(1e-9)
     assert len(ladder) == 7
     assert SearchConfig(search="hyper_lr").search == "hyper-lr"
+
+
+def test_the_scale_free_rule_gets_dimensionless_ladders():
+    config = TrainConfig()  # the default rule: scale-free
+    assert config.hyper_update == "scale-free"
+    default = config.hyper_lr
+    # alpha: from 1 (the rule's largest) down to 1e-4
+    assert SearchConfig().ladder(config) == pytest.approx(tuple(10.0 ** -k for k in range(5)))
+    # hyper-LR: 10x the default, never above 1, down to 1e-3x the top
+    ladder = SearchConfig(search="hyper-lr").ladder(config)
+    assert ladder == pytest.approx(tuple(10 * default / 10 ** k for k in range(4)))
+    assert SearchConfig(search="hyper-lr").ladder(config.replace(hyper_lr=0.5))[0] == 1.0
+    # every rung is a valid configuration of the rule
+    for search in ("alpha", "hyper-lr"):
+        s = SearchConfig(search=search)
+        for value in s.ladder(config):
+            probe_config(config, s, value)
 
 
 def test_probe_rules_and_probe_config():

@@ -282,3 +282,60 @@ def test_non_editable_install_creates_a_store_from_anywhere(tmp_path: Path) -> N
     assert Path(migrations_file).is_relative_to(target)
     assert url == f"sqlite:///{elsewhere / 'here.db'}"
     assert set(names.split(",")) == OUR_TABLES | {VERSION_TABLE}
+
+
+def test_a_0001_store_with_runs_upgrades_to_per_step_lrs(store_url: str, capsys) -> None:
+    """A store from before per-step LRs: `adatune db upgrade` keeps every row, adds the column."""
+    from adatune.store import EpochRecord, StepRecord
+    from tests._cli import cli
+
+    cfg = migrate.alembic_config(store_url)
+    command.upgrade(cfg, "0001")
+    engine = create_engine(store_url)
+    try:  # rows as adatune 0001 wrote them, through plain SQL on the old schema
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO adatune_runs (id, kind, method, optimizer, network, dataset, seed, "
+                "config, status, started_at, epochs, adatune_version, torch_version) VALUES "
+                "(1, 'train', 'marthe', 'sgd', 'mlp', 'digits', 0, '{}', 'completed', "
+                "'2026-01-01 00:00:00', 2, '0.1', '2.5')"))
+            for epoch in (1, 2):
+                conn.execute(text(
+                    "INSERT INTO adatune_epochs (run_id, epoch, lr, lr_mean, train_loss, "
+                    "val_loss, elapsed_s, nonfinite_hypergradients) VALUES "
+                    f"(1, {epoch}, 0.05, 0.04, 1.0, 1.1, {epoch}.5, 0)"))
+            conn.execute(text(
+                "INSERT INTO adatune_steps (run_id, step, epoch, lr, train_loss) "
+                "VALUES (1, 0, 1, 0.05, 2.3)"))
+    finally:
+        engine.dispose()
+    with pytest.raises(StoreError, match="adatune db upgrade"):
+        open_store(store_url)
+
+    code, out, err = cli(capsys, "db", "upgrade", "--store", store_url)
+    assert code == 0, err
+    assert "from revision 0001 to 0002" in out
+    assert version_rows(store_url) == ["0002"] == [migrate.head_revision()]
+    assert schema_diff(store_url) == []
+    with open_store(store_url) as store:
+        detail = store.get_run(1)
+        assert [e.epoch for e in detail.epochs] == [1, 2]
+        assert [e.lr_mean for e in detail.epochs] == [0.04, 0.04]
+        assert [s.lr for s in detail.steps] == [0.05]
+        assert [(g.epoch, g.lrs) for g in store.get_step_lrs(1)] == [(1, None), (2, None)]
+        record = EpochRecord(epoch=3, lr=0.05, lr_mean=0.05, mu=None, hyper_lr=None,
+                             train_loss=1.0, train_acc=None, val_loss=1.0, val_acc=None,
+                             test_loss=None, test_acc=None, elapsed_s=4.0)
+        store.record_epoch(1, record, [StepRecord(step=5, epoch=3, lr=0.05, mu=None,
+                                                  hyper_lr=None, hypergradient=None,
+                                                  train_loss=1.0)], lrs=[0.05, 0.025])
+        assert store.get_step_lrs(1)[-1].lrs == (0.05, 0.025)
+    command.downgrade(cfg, "0001")  # and back: the column goes, the rows stay
+    engine = create_engine(store_url)
+    try:
+        columns = {c["name"] for c in inspect(engine).get_columns("adatune_epochs")}
+        assert "step_lrs" not in columns
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM adatune_epochs")).scalar() == 3
+    finally:
+        engine.dispose()

@@ -29,8 +29,8 @@ from tests._cli import cli
 
 METRICS = ("epoch", "lr", "lr_mean", "mu", "hyper_lr", "train_loss", "train_acc", "val_loss",
            "val_acc", "test_loss", "test_acc")
-NOT_FOR_PEERS = ("hyper_lr", "mu", "alpha", "first_order", "hvp", "step_size", "lr_decay",
-                 "t_0", "t_mult", "nesterov")
+NOT_FOR_PEERS = ("hyper_update", "hyper_lr", "mu", "alpha", "first_order", "hvp", "step_size",
+                 "lr_decay", "t_0", "t_mult", "nesterov")
 
 
 def _epochs(store, run_id: int) -> list[dict]:

@@ -1,6 +1,7 @@
 """A run in a real `adatune` process, stopped every way it can be: SIGKILL, Ctrl-C, SIGTERM,
 SIGUSR1 then SIGKILL, a power cut that takes back the store's last commits, and two
-processes resuming it at once. Every time, `--resume` ends where an uninterrupted run ends.
+processes resuming it at once. Every time, `--resume` ends where an uninterrupted run ends
+(its epochs, its sampled steps, and the LR of every step).
 
 Waits are on the store reaching an epoch (see tests/_wait.py), with generous bounds.
 """
@@ -39,11 +40,12 @@ def spawn(store: Path, *args: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=store.parent)
 
 
-def trajectory(store: Path, run_id: int) -> tuple[list[dict], list[dict]]:
+def trajectory(store: Path, run_id: int) -> tuple[list[dict], list[dict], list]:
     with open_store(store, create=False) as db:
         detail = db.get_run(run_id)
+        lrs = list(db.get_step_lrs(run_id))
     return ([{k: getattr(e, k) for k in METRICS} for e in detail.epochs],
-            [dataclasses.asdict(s) for s in detail.steps])
+            [dataclasses.asdict(s) for s in detail.steps], lrs)
 
 
 def status(store: Path, run_id: int):
@@ -52,12 +54,14 @@ def status(store: Path, run_id: int):
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory) -> tuple[list[dict], list[dict]]:
+def straight(tmp_path_factory) -> tuple[list[dict], list[dict], list]:
     """The uninterrupted run, in its own process."""
     store = tmp_path_factory.mktemp("straight") / "straight.db"
     proc = spawn(store, *RUN)
     assert finish(proc) == 0, proc.stderr.read().decode()
-    return trajectory(store, 1)
+    found = trajectory(store, 1)
+    assert [len(e.lrs) for e in found[2]] == [len(found[2][0].lrs)] * EPOCHS  # every step
+    return found
 
 
 def resume_to_the_end(store: Path, run_id: int, straight) -> None:

@@ -61,3 +61,19 @@ def test_the_own_model_commands_run_with_the_example_module(workdir, capsys, mon
         runs = db.list_runs()
     assert [r.status for r in runs] == ["completed"] * len(lines)
     assert runs[0].network == "make_net" and runs[0].dataset == "make_data"
+
+
+def test_the_replay_commands_run_as_written(workdir, capsys):
+    lines = commands(example("replay commands"))
+    assert len(lines) >= 6
+    for args in lines:
+        code, _, err = cli(capsys, *args)
+        assert code == 0, (args, err)
+    assert (workdir / "marthe.csv").read_text().startswith("step,epoch,lr\n")
+    assert "LambdaLR" in (workdir / "marthe_lr.py").read_text()
+    with open_store("adatune.db") as db:
+        runs = db.list_runs()
+        lrs = {r.id: [v for g in db.get_step_lrs(r.id) for v in g.lrs] for r in runs}
+    assert [r.method for r in runs] == ["marthe", "replay", "replay", "replay"]
+    assert lrs[2] == lrs[1] and lrs[3][::2] == lrs[1]
+    assert lrs[4] == [0.5 * v for v in lrs[1]]

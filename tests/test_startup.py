@@ -142,6 +142,17 @@ def _cases(d: Path) -> list[tuple[str, dict, tuple[str, ...]]]:
         c("baseline --method prodigy --momentum", "baseline", "--method", "prodigy",
           "--momentum", "0.5", "--store", good, code=2, err="momentum does not apply",
           forbid=bare),
+        c("schedule export --help", "schedule", "export", "--help", forbid=bare),
+        c("baseline --lr-scheduler replay without a source", "baseline", "--lr-scheduler",
+          "replay", "--store", good, code=2, err="needs --from-run RUN_ID or --from-file",
+          forbid=bare),
+        c("baseline --from-run without replay", "baseline", "--from-run", "1", "--store", good,
+          code=2, err="--from-run needs --lr-scheduler replay", forbid=bare),
+        c("baseline --lr-scheduler replay --t-0", "baseline", "--lr-scheduler", "replay",
+          "--from-run", "1", "--t-0", "3", "--store", good, code=2,
+          err="--t-0: for the built-in schedules", forbid=bare),
+        c("baseline --resume with --from-run", "baseline", "--resume", "1", "--from-run", "2",
+          "--store", good, code=2, err="--from-run would change it", forbid=bare),
         c("sweep --method nope", "sweep", "--method", "nope", "--store", good, code=2,
           err="unknown method 'nope'", forbid=bare),
         c("bench --batch-size 0", "bench", "--batch-size", "0", code=2, err="batch_size",
@@ -188,6 +199,8 @@ def _cases(d: Path) -> list[tuple[str, dict, tuple[str, ...]]]:
           forbid=at_once),
         c("runs list of a missing store", "runs", "list", "--store", str(d / "missing.db"),
           code=2, err="no store at", forbid=at_once),
+        c("schedule export of a missing store", "schedule", "export", "1", "--store",
+          str(d / "missing.db"), code=2, err="no store at", forbid=at_once),
         c("report table of a missing store", "report", "table", "--store",
           str(d / "missing.db"), code=2, err="no store at", forbid=at_once),
         # the store commands
@@ -282,7 +295,8 @@ def test_light_modules_never_import_torch() -> None:
              "adatune.findalpha", "adatune.sweep", "adatune.store.records",
              "adatune.peers", "adatune.imports", "adatune.redact", "adatune.signals",
              "adatune.checkpoint", "adatune.report", "adatune.report.info",
-             "adatune.report.table", "adatune.report.select", "adatune.report.synthetic"]
+             "adatune.report.table", "adatune.report.select", "adatune.report.synthetic",
+             "adatune.replay", "adatune.hyper_update"]
     store = ["adatune.store", "adatune.store.repository", "adatune.store.migrate",
              "adatune.store.health"]
     script = (f"import sys, json\nfor m in {light!r}: __import__(m)\n"
@@ -302,10 +316,11 @@ def test_public_names_load_on_first_use() -> None:
     import adatune
     import adatune.report
     import adatune.store
-    from adatune import MARTHE
+    from adatune import MARTHE, ReplayLR
+    from adatune.schedules import ReplayLR as schedules_replay
     from adatune.tuners import MARTHE as tuners_marthe
 
-    assert MARTHE is tuners_marthe
+    assert MARTHE is tuners_marthe and ReplayLR is schedules_replay
     for package in (adatune, adatune.store, adatune.report):
         for name in package.__all__:
             assert getattr(package, name) is not None

@@ -427,3 +427,47 @@ def test_a_failed_epoch_write_leaves_nothing_and_the_next_one_works(store: Store
     detail = store.get_run(run_id)
     assert [e.epoch for e in detail.epochs] == [1, 2] and detail.run.epochs == 2
     assert detail.steps == tuple(step_records(1) + step_records(2))
+
+
+def test_every_step_lr_round_trips_exactly_per_epoch(store: Store) -> None:
+    run_id = store.create_run(new_run())
+    per_epoch = {
+        1: [0.05, 0.05 + 1e-17, 1 / 3, 5e-324, 0.0],  # exact doubles, subnormal, zero
+        2: [math.pi * 1e-3 * k for k in range(1, 40)],
+        3: [],  # an epoch of no steps is still an array
+    }
+    for epoch, lrs in per_epoch.items():
+        store.record_epoch(run_id, epoch_record(epoch), step_records(epoch), lrs=lrs)
+    got = store.get_step_lrs(run_id)
+    assert [g.epoch for g in got] == [1, 2, 3]
+    for g in got:
+        assert g.lrs == tuple(per_epoch[g.epoch])
+        assert all(type(v) is float for v in g.lrs)
+    assert math.copysign(1.0, got[0].lrs[-1]) == 1.0
+    # the arrays never ride along with the usual reads
+    detail = store.get_run(run_id)
+    assert [e.epoch for e in detail.epochs] == [1, 2, 3]
+    assert not any(hasattr(e, "lrs") or hasattr(e, "step_lrs") for e in detail.epochs)
+
+
+def test_epochs_without_step_lrs_read_back_as_none(store: Store) -> None:
+    run_id = store.create_run(new_run())
+    store.record_epoch(run_id, epoch_record(1))
+    store.record_epoch(run_id, epoch_record(2), lrs=[0.1, 0.2])
+    assert [(g.epoch, g.lrs) for g in store.get_step_lrs(run_id)] == [(1, None), (2, (0.1, 0.2))]
+    assert store.get_step_lrs(store.create_run(new_run())) == ()
+    with pytest.raises(RunNotFound, match="no run with id 999"):
+        store.get_step_lrs(999)
+
+
+def test_packed_lrs_are_little_endian_doubles() -> None:
+    import struct
+
+    from adatune.store.repository import pack_lrs, unpack_lrs
+
+    values = [0.05, -0.0, 1e300, float("inf")]
+    blob = pack_lrs(values)
+    assert blob == struct.pack("<4d", *values)  # the documented layout, on every machine
+    assert unpack_lrs(blob)[:3] == (0.05, -0.0, 1e300) and unpack_lrs(blob)[3] == INF
+    with pytest.raises(ValueError, match="whole number of doubles"):
+        unpack_lrs(blob[:-1])

@@ -43,13 +43,15 @@ def _by_name(space):
     return {p.name: p for p in space}
 
 
+@pytest.mark.parametrize("rule", ["scale-free", "additive"])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_has_a_valid_default_space(method, optimizer):
-    space = default_space(method, optimizer)
+def test_every_method_has_a_valid_default_space(method, optimizer, rule):
+    space = default_space(method, optimizer, rule)
     assert space and {p.name for p in space} <= set(TUNABLE[method])
     assert space[0].name == "lr" and space[0].log
-    check_space(space, TrainConfig(method=method, optimizer=optimizer))  # every bound is valid
+    # every bound is valid
+    check_space(space, TrainConfig(method=method, optimizer=optimizer, hyper_update=rule))
 
 
 def test_default_spaces_are_the_documented_ones():
@@ -66,20 +68,31 @@ def test_default_spaces_are_the_documented_ones():
     assert list(_by_name(default_space("exponential"))) == ["lr", "lr_decay"]
     cosine = _by_name(default_space("cosine"))
     assert (cosine["t_0"].low, cosine["t_0"].high, cosine["t_mult"].high) == (1, 10, 3)
-    # Adam's LR, hyper-LR and alpha ranges sit 100x to 1000x lower than SGD's.
+    # The default (scale-free) rule: dimensionless hyper-LR and alpha, the same for Adam;
+    # Adam's LR range sits 10x lower than SGD's.
     adam = _by_name(default_space("marthe", "adam"))
     assert adam["lr"].high == pytest.approx(marthe["lr"].high / 10)
-    assert adam["hyper_lr"].high == pytest.approx(marthe["hyper_lr"].high / 1000)
-    assert adam["alpha"].high == pytest.approx(marthe["alpha"].high / 1000)
+    assert (marthe["hyper_lr"].low, marthe["hyper_lr"].high) == (1e-3, 0.1)
+    assert adam["hyper_lr"] == marthe["hyper_lr"] and adam["alpha"] == marthe["alpha"]
     assert "mu: one of auto, 0.99, 0.999" in describe_space(default_space("marthe"))
-    assert "alpha: 0 or log-uniform [1e-08, 0.0001]" in describe_space(default_space("marthe"))
-    assert set(DEFAULT_SPACES["sgd"]) == {*METHODS, *PEER_NAMES} == set(DEFAULT_SPACES["adam"])
+    assert "alpha: 0 or log-uniform [0.001, 0.3]" in describe_space(default_space("marthe"))
+    # The additive rule: Adam's hyper-LR and alpha ranges sit 1000x lower than SGD's.
+    sgd_add = _by_name(default_space("marthe", "sgd", "additive"))
+    adam_add = _by_name(default_space("marthe", "adam", "additive"))
+    assert adam_add["hyper_lr"].high == pytest.approx(sgd_add["hyper_lr"].high / 1000)
+    assert adam_add["alpha"].high == pytest.approx(sgd_add["alpha"].high / 1000)
+    assert "alpha: 0 or log-uniform [1e-08, 0.0001]" in describe_space(
+        default_space("marthe", "sgd", "additive"))
+    for rule in ("scale-free", "additive"):
+        assert set(DEFAULT_SPACES[rule]["sgd"]) == {*METHODS, *PEER_NAMES} == set(
+            DEFAULT_SPACES[rule]["adam"])
 
 
 @pytest.mark.parametrize("method", PEER_NAMES)
 def test_every_peer_has_a_valid_default_space(method):
     space = default_space(method)
     assert space == default_space(method, "adam")  # a peer is its own optimizer
+    assert space == default_space(method, "sgd", "additive")  # and has no hyper-LR rule
     assert space and {p.name for p in space} <= set(TUNABLE[method])
     assert space[0].name == "lr" and space[0].log
     assert space[0].low < TrainConfig(method=method).lr < space[0].high  # its default inside
@@ -209,7 +222,7 @@ def test_sampling_follows_the_space():
     alphas = [d["alpha"] for d in draws]
     zeros = sum(a == 0.0 for a in alphas)
     assert 0.3 < zeros / len(alphas) < 0.7
-    assert all(a == 0.0 or 1e-8 <= a <= 1e-4 for a in alphas)
+    assert all(a == 0.0 or 1e-3 <= a <= 0.3 for a in alphas)  # scale-free: dimensionless
     assert {d["mu"] for d in draws} == {"auto", 0.99, 0.999}
     assert "alpha_is_zero" in study.trials[0].params
     for d in draws[:20]:  # every draw is a valid config
@@ -226,6 +239,9 @@ def test_sweep_config_defaults_and_validation():
     assert SweepConfig("marthe", sampler=" TPE ").sampler == "tpe"
     assert SweepConfig("marthe").resolved_space(TrainConfig(optimizer="adam")) == default_space(
         "marthe", "adam")
+    assert SweepConfig("marthe").resolved_space(
+        TrainConfig(optimizer="adam", hyper_update="additive")) == default_space(
+        "marthe", "adam", "additive")
     for kwargs, problem in [
         ({"method": "sgd"}, "unknown method 'sgd'"),
         ({"method": "marthe", "trials": 0}, "invalid trials: 0"),
@@ -244,6 +260,6 @@ def test_sweep_config_defaults_and_validation():
 def test_show_space_toml_is_a_valid_space_file():
     text = space_toml(default_space("marthe"), header="x")
     data = tomllib.loads(text)
-    assert data["alpha"] == {"type": "float", "low": 1e-8, "high": 1e-4, "log": True,
+    assert data["alpha"] == {"type": "float", "low": 1e-3, "high": 0.3, "log": True,
                              "zero": True}
     assert data["mu"]["choices"] == ["auto", 0.99, 0.999]

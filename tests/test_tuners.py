@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 import adatune
+from adatune import hyper_update as rules
+from adatune.hyper_update import ADDITIVE, HYPER_UPDATES, SCALE_FREE
 
 ce = nn.functional.cross_entropy
 
@@ -43,7 +45,7 @@ def test_hd_follows_the_published_update_rule(kind):
     opt = {"sgd": lambda p: torch.optim.SGD(p, lr=0.05),
            "momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
            "adam": lambda p: torch.optim.Adam(p, lr=0.01)}[kind](model.parameters())
-    tuner = adatune.HD(opt, hyper_lr=beta)
+    tuner = adatune.HD(opt, hyper_lr=beta, hyper_update="additive")
     lrs = []
     for t in range(len(xs)):
         tuner.step(ce(model(xs[t]), ys[t]))
@@ -88,7 +90,7 @@ def test_auto_mu_and_alpha_follow_the_design_rules_on_a_scalar_problem():
     w0, eta, beta, alpha = 1.0, 0.1, 0.05, 0.5
     w = nn.Parameter(torch.tensor([w0], dtype=torch.float64))
     opt = torch.optim.SGD([w], lr=eta)
-    tuner = adatune.MARTHE(opt, hyper_lr=beta, mu="auto", alpha=alpha)
+    tuner = adatune.MARTHE(opt, hyper_lr=beta, mu="auto", alpha=alpha, hyper_update="additive")
     assert tuner.mu == 0.0
 
     ww, z, mu, cc = w0, 0.0, 0.0, 0.0
@@ -133,9 +135,10 @@ def test_alpha_zero_keeps_the_hyper_lr_fixed():
 
 
 # ------------------------------------------------------------- state round trip
+@pytest.mark.parametrize("rule", HYPER_UPDATES)
 @pytest.mark.parametrize("opt_name", ["momentum", "adamw"])
 @pytest.mark.parametrize("mu", [0.9, "auto"])
-def test_state_dict_round_trip_continues_identically(opt_name, mu):
+def test_state_dict_round_trip_continues_identically(opt_name, mu, rule):
     xs, ys, xv, yv = _data(steps=10)
 
     def fresh():
@@ -144,8 +147,11 @@ def test_state_dict_round_trip_continues_identically(opt_name, mu):
             opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
         else:
             opt = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=1e-2)
-        hyper = 1e-2 if opt_name == "momentum" else 1e-4
-        return model, adatune.MARTHE(opt, hyper_lr=hyper, mu=mu, alpha=1e-3)
+        if rule == ADDITIVE:
+            hyper, alpha = (1e-2 if opt_name == "momentum" else 1e-4), 1e-3
+        else:
+            hyper, alpha = 0.05, 0.1
+        return model, adatune.MARTHE(opt, hyper_lr=hyper, mu=mu, alpha=alpha, hyper_update=rule)
 
     def run(model, tuner, steps):
         out = []
@@ -183,6 +189,12 @@ def test_state_dict_round_trip_continues_identically(opt_name, mu):
         ({"hyper_lr": 1e-3, "alpha": float("inf")}, "alpha"),
         ({"hyper_lr": 1e-3, "grad_clip": 0.0}, "grad_clip"),
         ({"hyper_lr": 1e-3, "hvp": "magic"}, "hvp"),
+        ({"hyper_update": "multiplicative"}, "hyper_update"),
+        ({"hyper_update": None}, "hyper_update"),
+        ({"hyper_lr": 2.0}, "hyper_lr"),  # the scale-free rule's hyper-LR is at most 1
+        ({"hyper_lr": 1e-3, "alpha": 1.5}, "alpha"),
+        ({"hyper_update": "additive"}, "hyper_lr"),  # the additive rule has no default
+        ({"hyper_update": "additive", "hyper_lr": -1e-3}, "hyper_lr"),
     ],
 )
 def test_bad_constructor_arguments_raise_value_error_naming_them(kwargs, name):
@@ -241,30 +253,199 @@ def test_mu_zero_and_first_order_build_no_double_backward_graph(monkeypatch, kwa
 
 
 # ---------------------------------------------------------------------- guards
-def test_non_finite_hypergradient_leaves_the_lr_and_is_counted():
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("rule", HYPER_UPDATES)
+def test_non_finite_hypergradient_leaves_the_lr_and_is_counted(rule, bad):
     xs, ys, xv, yv = _data()
     model = _model()
-    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e-2, mu=0.9)
+    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e-2, mu=0.9,
+                           hyper_update=rule)
     tuner.step(ce(model(xs[0]), ys[0]), val_loss=lambda: ce(model(xv), yv))
-    before = tuner.lr
-    tuner.step(ce(model(xs[1]), ys[1]), val_loss=lambda: ce(model(xv), yv) * float("nan"))
-    assert math.isnan(tuner.last_hypergradient)
+    before, rule_state = tuner.lr, {k: tuner.state[k] for k in rules.initial_state()}
+    tuner.step(ce(model(xs[1]), ys[1]), val_loss=lambda: ce(model(xv), yv) * bad)
+    assert not math.isfinite(tuner.last_hypergradient)
     assert tuner.lr == before and tuner.nonfinite_count == 1
     assert all(g["lr"] == before for g in tuner.param_groups)
+    assert {k: tuner.state[k] for k in rules.initial_state()} == rule_state
     tuner.step(ce(model(xs[2]), ys[2]), val_loss=lambda: ce(model(xv), yv))
     assert math.isfinite(tuner.last_hypergradient) and tuner.nonfinite_count == 1
 
 
-def test_lr_never_goes_below_zero():
+def test_additive_lr_never_goes_below_zero():
     xs, ys, xv, yv = _data()
     model = _model()
-    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e6, mu=0.5)
+    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e6, mu=0.5,
+                           hyper_update="additive")
     # Validation loss = minus the training loss on the same batch: h ~ +|g|^2 > 0, and
     # the huge hyper-LR pushes the LR through zero.
     for t in range(4):
         tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda t=t: -ce(model(xs[t]), ys[t]))
         assert tuner.lr >= 0.0
     assert tuner.lr == 0.0
+
+
+def test_scale_free_rule_skips_a_hypergradient_too_large_to_square():
+    """h = 1e200 is finite, but (eta h)^2 is not: the moving averages would be ruined."""
+    xs, ys, xv, yv = _data()
+    model = _model()
+    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), mu=0.9)
+    tuner.step(ce(model(xs[0]), ys[0]), val_loss=lambda: ce(model(xv), yv))
+    before, rule_state = tuner.lr, {k: tuner.state[k] for k in rules.initial_state()}
+    tuner.step(ce(model(xs[1]), ys[1]), val_loss=lambda: ce(model(xv), yv) * 1e200)
+    assert math.isfinite(tuner.last_hypergradient)
+    assert tuner.lr == before and tuner.nonfinite_count == 1
+    assert {k: tuner.state[k] for k in rules.initial_state()} == rule_state
+
+
+def _scale_free_by_hand(state, h, beta, alpha):
+    """The scale-free rule as documented (adatune/hyper_update.py), written out again."""
+    x = state["lr"] * h
+    state["k"] += 1
+    k = state["k"]
+    state["m"] = rules.B1 * state["m"] + (1 - rules.B1) * x
+    state["v"] = rules.B2 * state["v"] + (1 - rules.B2) * x * x
+    m_hat, v_hat = state["m"] / (1 - rules.B1**k), state["v"] / (1 - rules.B2**k)
+    n = max(-1.0, min(1.0, m_hat / math.sqrt(v_hat)))
+    r = max(-1.0, min(1.0, x / math.sqrt(v_hat)))
+    step = beta * n * (rules.DOWN if n > 0 else 1.0)
+    state["lr"] *= math.exp(-step)
+    beta = min(beta * math.exp(alpha * r * state["r"]), rules.MAX_HYPER_LR)
+    state["r"] = r
+    return beta
+
+
+def test_scale_free_rule_follows_its_formula_on_a_scalar_problem():
+    """L = a w^2 / 2, E = b (w - c)^2 / 2, plain SGD, mu = 0.5: h and the rule by hand."""
+    a, b, c, mu = 1.5, 2.0, 0.3, 0.5
+    w0, eta, beta, alpha = 1.0, 0.05, 0.2, 0.3
+    w = nn.Parameter(torch.tensor([w0], dtype=torch.float64))
+    tuner = adatune.MARTHE(torch.optim.SGD([w], lr=eta), hyper_lr=beta, mu=mu, alpha=alpha)
+    assert tuner.hyper_update == SCALE_FREE  # the default rule
+    ww, z = w0, 0.0
+    ref = {"lr": eta, "m": 0.0, "v": 0.0, "k": 0, "r": 0.0}
+    moves = []
+    for _ in range(40):
+        lr = ref["lr"]
+        g = a * ww
+        z = mu * (z - lr * a * z) - g
+        ww = ww - lr * g
+        h = b * (ww - c) * z
+        beta = _scale_free_by_hand(ref, h, beta, alpha)
+        tuner.step(0.5 * a * (w * w).sum(), val_loss=lambda: 0.5 * b * ((w - c) ** 2).sum())
+        assert tuner.last_hypergradient == pytest.approx(h, rel=1e-12)
+        assert tuner.lr == pytest.approx(ref["lr"], rel=1e-12)
+        assert tuner.hyper_lr == pytest.approx(beta, rel=1e-12)
+        moves.append(math.log(ref["lr"] / lr))
+    # both branches of the rule ran: the LR went up (w far from c) and down (w past c)
+    assert max(moves) > 0 > min(moves)
+
+
+@pytest.mark.parametrize("tuner_cls", [adatune.MARTHE, adatune.RTHO])
+def test_scale_free_rule_ignores_the_scale_of_the_hypergradient(tuner_cls):
+    """Multiplying the validation loss by 1000 multiplies h by 1000 and changes nothing."""
+    xs, ys, xv, yv = _data()
+
+    def run(rule, scale):
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        tuner = tuner_cls(opt, hyper_lr=1e-2 if rule == ADDITIVE else 0.05, hyper_update=rule)
+        lrs = []
+        for t in range(len(xs)):
+            tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda: scale * ce(model(xv), yv))
+            lrs.append(tuner.lr)
+        return lrs
+
+    base = run(SCALE_FREE, 1.0)
+    assert run(SCALE_FREE, 1000.0) == pytest.approx(base, rel=1e-9)
+    assert max(abs(math.log(x / 0.05)) for x in base) > 1e-3  # the LR did move
+    assert run(ADDITIVE, 1.0) != pytest.approx(run(ADDITIVE, 1000.0), rel=1e-3)
+
+
+def test_scale_free_steps_are_bounded_and_the_lr_stays_positive():
+    """A hypergradient of one sign, as large as it gets: the LR moves by a bounded factor."""
+    xs, ys, _, _ = _data(steps=30)
+    beta = rules.MAX_HYPER_LR
+    model = _model()
+    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=beta, mu=0.5)
+    for t in range(len(xs)):
+        before = tuner.lr
+        # validation loss = minus the training loss of this batch: h > 0, "lower the LR"
+        tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda t=t: -1e6 * ce(model(xs[t]), ys[t]))
+        assert 0.0 < tuner.lr <= before
+        assert tuner.lr >= before * math.exp(-rules.DOWN * beta) * (1 - 1e-12)
+    assert tuner.lr < 0.05 * 1e-6  # it kept going down, and never reached 0
+
+
+def test_rtho_upward_drift_is_bounded_per_step():
+    """RTHO on a problem where a larger LR always looks better: h < 0 at every step.
+
+    The validation loss is the training loss on the same (fixed) batch of a convex
+    problem, from an LR far too small: RTHO's tangent keeps accumulating, and under
+    the additive rule the LR runs away; the scale-free rule raises it by exp(beta) per
+    step at most.
+    """
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (64,), generator=g)
+    beta, steps = rules.SCALE_FREE_HYPER_LR["rtho"], 60
+
+    def run(rule, hyper_lr):
+        torch.manual_seed(0)
+        model = nn.Linear(6, 3).double()
+        tuner = adatune.RTHO(torch.optim.SGD(model.parameters(), lr=1e-4), hyper_lr=hyper_lr,
+                             hyper_update=rule)
+        lrs, hs = [1e-4], []
+        for _ in range(steps):
+            tuner.step(ce(model(x), y), val_loss=lambda: ce(model(x), y))
+            lrs.append(tuner.lr)
+            hs.append(tuner.last_hypergradient)
+        return lrs, hs
+
+    lrs, hs = run(SCALE_FREE, beta)
+    assert all(h < 0 for h in hs)  # the drift case: every hypergradient says "raise"
+    for before, after in zip(lrs, lrs[1:]):
+        assert before < after <= before * math.exp(beta) * (1 + 1e-12)
+    assert lrs[-1] <= 1e-4 * math.exp(steps * beta) * (1 + 1e-9)
+    additive, _ = run(ADDITIVE, 1.0)
+    assert additive[-1] > 1e-4 * math.exp(steps * beta)  # what the bound prevents
+
+
+@pytest.mark.parametrize("tuner_cls", [adatune.MARTHE, adatune.RTHO, adatune.HD])
+@pytest.mark.parametrize("make", [
+    lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+    lambda p: torch.optim.Adam(p, lr=1e-2),
+    lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=1e-2),
+], ids=["sgd", "adam", "adamw"])
+def test_default_constructors_need_only_the_optimizer(tuner_cls, make):
+    xs, ys, xv, yv = _data()
+    model = _model()
+    tuner = tuner_cls(make(model.parameters()))
+    name = tuner_cls.__name__.lower()
+    assert tuner.hyper_update == SCALE_FREE
+    assert tuner.hyper_lr == rules.SCALE_FREE_HYPER_LR[name]
+    lr0 = tuner.lr
+    for t in range(len(xs)):
+        if tuner_cls is adatune.HD:
+            tuner.step(ce(model(xs[t]), ys[t]))
+        else:
+            tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv))
+    assert math.isfinite(tuner.lr) and tuner.lr > 0 and tuner.lr != lr0
+
+
+def test_loading_a_state_adopts_its_rule_and_old_states_read_as_additive():
+    xs, ys, xv, yv = _data()
+    model = _model()
+    additive = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e-3,
+                              hyper_update="additive")
+    additive.step(ce(model(xs[0]), ys[0]), val_loss=lambda: ce(model(xv), yv))
+    saved = additive.state_dict()
+    fresh = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05))
+    fresh.load_state_dict(saved)
+    assert fresh.hyper_update == ADDITIVE and fresh.hyper_lr == 1e-3
+    old = {**saved, "tuner": {k: v for k, v in saved["tuner"].items() if k != "hyper_update"}}
+    fresh = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05))
+    fresh.load_state_dict(old)  # saved before the rule was a choice: the additive one
+    assert fresh.hyper_update == ADDITIVE
 
 
 def test_parameters_without_gradient_are_handled():

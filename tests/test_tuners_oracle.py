@@ -3,7 +3,8 @@
 On a small float64 model the tuners' hypergradient must equal
 ``sum_{s<=t} mu^(t-s) dE(w_{t+1})/d eta_s`` computed by unrolling the steps
 with one LR leaf per step and backpropagating through them, for every
-optimizer, with per-group weight decay, a changing LR, from the first step.
+optimizer, with per-group weight decay, a changing LR, from the first step,
+and for every update rule (the rule only decides how ``h`` moves the LR).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 import adatune
+from adatune.hyper_update import ADDITIVE, HYPER_UPDATES
 from tests._unroll import OptSpec, unrolled_step
 
 OPTIMIZERS = {
@@ -27,6 +29,11 @@ OPTIMIZERS = {
     "adamw": OptSpec("adamw", betas=(0.85, 0.98), eps=1e-6),
 }
 STEPS = 5
+
+
+def _hyper_lr(rule: str, additive: float) -> float:
+    """A hyper-LR that visibly moves the LR within STEPS steps under ``rule``."""
+    return additive if rule == ADDITIVE else 0.05
 
 
 def _problem(seed: int = 0):
@@ -113,11 +120,13 @@ def _weighted(derivs_t, mu):
 @pytest.mark.parametrize("weight_decay", [False, True], ids=["no-wd", "wd"])
 @pytest.mark.parametrize("mu", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
-def test_marthe_matches_unrolled_autodiff(opt_name, mu, weight_decay):
+@pytest.mark.parametrize("rule", HYPER_UPDATES)
+def test_marthe_matches_unrolled_autodiff(opt_name, mu, weight_decay, rule):
     spec = OPTIMIZERS[opt_name]
-    hyper_lr = 1e-2 if spec.kind == "sgd" else 1e-4
+    hyper_lr = _hyper_lr(rule, 1e-2 if spec.kind == "sgd" else 1e-4)
     init, lrs, hgs, weights = _run_tuner(adatune.MARTHE, spec, mu=mu,
-                                         weight_decay=weight_decay, hyper_lr=hyper_lr)
+                                         weight_decay=weight_decay, hyper_lr=hyper_lr,
+                                         hyper_update=rule)
     # The LR really changed along the way (the oracle must use the LRs actually used).
     assert max(abs(lr / lrs[0] - 1) for lr in lrs) > 1e-4
     derivs, ref_weights = _oracle(spec, init, lrs, weight_decay=weight_decay)
@@ -129,12 +138,13 @@ def test_marthe_matches_unrolled_autodiff(opt_name, mu, weight_decay):
         assert hgs[t] == pytest.approx(expected, rel=1e-9, abs=1e-12 * scale), (t, hgs, derivs)
 
 
+@pytest.mark.parametrize("rule", HYPER_UPDATES)
 @pytest.mark.parametrize("opt_name", ["sgd", "momentum", "adam", "adamw"])
-def test_rtho_is_marthe_with_mu_one(opt_name):
+def test_rtho_is_marthe_with_mu_one(opt_name, rule):
     spec = OPTIMIZERS[opt_name]
     model, xs, ys, xv, yv = _problem()
     opt = spec.build(_groups(model, spec, True))
-    tuner = adatune.RTHO(opt, hyper_lr=1e-3)
+    tuner = adatune.RTHO(opt, hyper_lr=_hyper_lr(rule, 1e-3), hyper_update=rule)
     assert tuner.mu == 1.0
     init = [p.detach().clone() for p in model.parameters()]
     lrs, hgs = [], []
@@ -149,13 +159,15 @@ def test_rtho_is_marthe_with_mu_one(opt_name):
         assert hgs[t] == pytest.approx(expected, rel=1e-9, abs=1e-12 * scale)
 
 
+@pytest.mark.parametrize("rule", HYPER_UPDATES)
 @pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
 @pytest.mark.parametrize("mu", [0.0, 0.7])
-def test_gradient_clipping_is_differentiated_exactly(opt_name, mu):
+def test_gradient_clipping_is_differentiated_exactly(opt_name, mu, rule):
     spec = OPTIMIZERS[opt_name]
     clip_at = 0.05  # small enough that every step clips
     init, lrs, hgs, weights = _run_tuner(adatune.MARTHE, spec, mu=mu, weight_decay=True,
-                                         hyper_lr=1e-3, grad_clip=clip_at)
+                                         hyper_lr=_hyper_lr(rule, 1e-3),
+                                         grad_clip=clip_at, hyper_update=rule)
     derivs, ref_weights = _oracle(spec, init, lrs, weight_decay=True, grad_clip=clip_at)
     for t in range(STEPS):
         for w, r in zip(weights[t], ref_weights[t]):
@@ -164,15 +176,17 @@ def test_gradient_clipping_is_differentiated_exactly(opt_name, mu):
         assert hgs[t] == pytest.approx(expected, rel=1e-9, abs=1e-12 * scale)
 
 
+@pytest.mark.parametrize("rule", HYPER_UPDATES)
 @pytest.mark.parametrize("grad_clip", [None, 0.05], ids=["", "clipped"])
 @pytest.mark.parametrize("weight_decay", [False, True], ids=["no-wd", "wd"])
 @pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
-def test_hd_is_the_exact_one_step_derivative(opt_name, weight_decay, grad_clip):
+def test_hd_is_the_exact_one_step_derivative(opt_name, weight_decay, grad_clip, rule):
     """HD: h_t = dL_t(w_t)/d eta_{t-1}, through the optimizer's real (clipped) update."""
     spec = OPTIMIZERS[opt_name]
-    hyper_lr = 1e-2 if spec.kind == "sgd" else 1e-5
+    hyper_lr = _hyper_lr(rule, 1e-2 if spec.kind == "sgd" else 1e-5)
     init, lrs, hgs, weights = _run_tuner(adatune.HD, spec, mu=0.0, grad_clip=grad_clip,
-                                         weight_decay=weight_decay, hyper_lr=hyper_lr)
+                                         weight_decay=weight_decay, hyper_lr=hyper_lr,
+                                         hyper_update=rule)
     assert hgs[0] is None  # no previous update to differentiate at the first step
     assert max(abs(lr / lrs[0] - 1) for lr in lrs) > 1e-5
     derivs, ref_weights = _oracle(spec, init, lrs, weight_decay=weight_decay,
@@ -197,8 +211,9 @@ def test_foreach_and_loop_paths_agree(extra):
         assert lr_a == pytest.approx(lr_b, rel=1e-12)
 
 
+@pytest.mark.parametrize("rule", HYPER_UPDATES)
 @pytest.mark.parametrize("opt_name", ["momentum", "adam"])
-def test_conv_batchnorm_network_through_the_fused_double_backward(opt_name):
+def test_conv_batchnorm_network_through_the_fused_double_backward(opt_name, rule):
     # step(closure) records the convolutions and batch norms under
     # fast_double_backward, whose double-backward formulas are our own: the
     # hypergradient must still be the unrolled one.
@@ -218,7 +233,8 @@ def test_conv_batchnorm_network_through_the_fused_double_backward(opt_name):
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     lr = 0.05 if spec.kind == "sgd" else 0.01
     opt = spec.build([{"params": list(model.parameters()), "lr": lr, "weight_decay": wd}])
-    tuner = adatune.MARTHE(opt, hyper_lr=1e-2 if spec.kind == "sgd" else 1e-4, mu=mu)
+    tuner = adatune.MARTHE(opt, hyper_lr=_hyper_lr(rule, 1e-2 if spec.kind == "sgd" else 1e-4),
+                           mu=mu, hyper_update=rule)
     lrs, hgs = [], []
     for t in range(n_steps):
         lrs.append(tuner.lr)

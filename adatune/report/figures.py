@@ -20,6 +20,7 @@ from adatune.report.info import (
     BandCurve,
     EpochCurvesInfo,
     IncumbentInfo,
+    ReplayGroup,
     RunTracesInfo,
     SearchInfo,
     SweepInfo,
@@ -386,6 +387,43 @@ def _get_run_traces_plot(
             fig.update_yaxes(type="log", exponentformat="power")
     if info.axis == "epoch":
         _integer_ticks(fig, [t.x for t in info.traces])
+    return fig
+
+
+SOURCE_COLOR = "#444444"
+
+
+def _get_replay_plot(group: ReplayGroup) -> go.Figure:
+    """A source schedule (dark, dashed) and every replay of it, on the source's progress axis."""
+    fig = go.Figure()
+    replays = [line for line in group.lines if line.role == "replay"]
+    colors = group_colors([line.label for line in replays])
+    for line in group.lines:
+        source = line.role == "source"
+        fig.add_trace(
+            go.Scatter(
+                x=_rs(line.x),
+                y=_rs(line.y, 5),
+                mode="lines",
+                name=plotly_text(("source " if source else "replay ") + line.label),
+                meta=[plotly_text(line.label)],
+                line={"color": SOURCE_COLOR if source else colors[line.label],
+                      "width": 2.4 if source else 1.4, "dash": "dash" if source else "solid"},
+                hovertemplate=(
+                    "<b>%{meta[0]}</b><br>source schedule %{x:.1%}<br>learning rate %{y:.4g}"
+                    "<extra>%{fullData.name}</extra>"
+                ),
+            )
+        )
+    _layout(
+        fig,
+        f"Replayed schedule next to its source: {plotly_text(group.source)}",
+        "position in the source schedule (fraction of its steps)",
+        "learning rate",
+        hovermode="closest",
+        updatemenus=_scale_menu(),
+    )
+    fig.update_xaxes(tickformat=".0%")
     return fig
 
 

@@ -145,6 +145,19 @@ def build_figures(
             blocks.append(
                 FigureBlock("schedules", fig_id, F._get_run_traces_plot(tr, colors), note)
             )
+    for i, group in enumerate(ri._get_replay_info(details, max_points=max_step_points).groups):
+        fig_id = f"fig-replay-{group.source_id if group.source_id is not None else f'file-{i}'}"
+        blocks.append(
+            FigureBlock(
+                "schedules",
+                fig_id,
+                F._get_replay_plot(group),
+                "Each replay's LR at its traced steps, placed at the point of the source "
+                "schedule it replayed (with --stretch: its own fraction of training), next to "
+                "the source run's traced LR: a faithful replay lies on its source, times its "
+                "--scale.",
+            )
+        )
     for search in ri._get_find_alpha_info(details).searches:
         blocks.append(
             FigureBlock(

@@ -42,6 +42,13 @@ Conventions
   The best configuration of a group is the trial whose runs all completed,
   over as many seeds as the group's fullest trial, with the highest mean best
   validation accuracy (the sweep's objective; ties: the earlier trial).
+* Replays (``adatune baseline --lr-scheduler replay``): one figure per
+  source, the source run's traced LR next to each replay's. The x axis is the
+  position in the source schedule, as a fraction of it: the source's step
+  ``i`` of ``N`` sits at ``i / N``; a replay's traced step sits at the point
+  of the schedule it replayed (step ``t`` at ``t / N``, or with ``--stretch``
+  at ``t / M`` for a replay of ``M`` steps; a per-epoch schedule counts in
+  epochs), so a faithful replay lies on its source (times ``--scale``).
 * find-alpha probes carry the CLI's verdict (``adatune find-alpha``): a probe
   run that completed is *stable*; ``diverged``, ``interrupted`` and ``failed``
   keep their names.
@@ -401,6 +408,132 @@ def _get_run_traces_info(
         _constant(values),
         bool(values) and min(values) > 0,
     )
+
+
+# --------------------------------------------------------------------------- replays
+
+
+class ReplayLine(NamedTuple):
+    run_id: int
+    label: str  # run_label(run), and for a replay its options (stretched, x scale)
+    role: str  # "source" or "replay"
+    x: tuple[float, ...]  # position in the source schedule, 0 to 1 (see the module doc)
+    y: tuple[float | None, ...]
+
+
+class ReplayGroup(NamedTuple):
+    """A source schedule and the replays of it in the selection."""
+
+    source_id: int | None  # the source run, when it is one
+    source: str  # how the page names the source (run label or file path)
+    lines: tuple[ReplayLine, ...]  # the source's first (when it is in the selection)
+
+
+class ReplayInfo(NamedTuple):
+    groups: tuple[ReplayGroup, ...]
+
+
+def replay_source_id(run: RunRecord) -> int | None:
+    """The run a replay run replays (``--from-run``, or a file exported from a run)."""
+    meta = _replay_meta(run)
+    if meta is None:
+        return None
+    source = run.config.get("from_run")
+    if source is None and isinstance(meta.get("source"), dict):
+        source = meta["source"].get("run")
+    return source if isinstance(source, int) and not isinstance(source, bool) else None
+
+
+def _replay_meta(run: RunRecord) -> dict[str, Any] | None:
+    extra = run.config.get("extra")
+    meta = extra.get("replay") if run.method == "replay" and isinstance(extra, dict) else None
+    return meta if isinstance(meta, dict) else None
+
+
+def _replay_line(d: RunDetail, meta: dict[str, Any], max_points: int) -> ReplayLine | None:
+    try:
+        n = float(meta["source_points"])
+        m = float(meta["points"])
+        per_point = 1.0 if meta["interval"] == "step" else float(meta["steps_per_epoch"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not (n > 0 and m > 0 and per_point > 0):
+        return None
+    span = m if d.run.config.get("stretch") else n
+    records = sorted({s.step: s for s in d.steps}.values(), key=lambda s: s.step)
+    xs = [s.step / per_point / span for s in records]
+    ys = [_clean(s.lr) for s in records]
+    if all(y is None for y in ys):
+        return None
+    x, y = _downsample(xs, ys, max_points)
+    options = []
+    if d.run.config.get("stretch"):
+        options.append("stretched")
+    scale = d.run.config.get("scale")
+    if isinstance(scale, (int, float)) and scale != 1:
+        options.append(f"×{scale:g}")
+    label = run_label(d.run) + (f" ({', '.join(options)})" if options else "")
+    return ReplayLine(d.run.id, label, "replay", x, y)
+
+
+def _source_line(d: RunDetail, meta: dict[str, Any], max_points: int) -> ReplayLine | None:
+    try:
+        n = float(meta["source_points"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if n <= 0:
+        return None
+    if meta.get("interval") == "epoch":  # what was replayed: the epochs' mean LRs
+        epochs = _sorted_epochs(d)
+        xs = [(e.epoch - 1) / n for e in epochs]
+        ys = [_clean(e.lr_mean) for e in epochs]
+    else:
+        records = sorted({s.step: s for s in d.steps}.values(), key=lambda s: s.step)
+        xs = [s.step / n for s in records]
+        ys = [_clean(s.lr) for s in records]
+    if all(y is None for y in ys):
+        return None
+    x, y = _downsample(xs, ys, max_points)
+    return ReplayLine(d.run.id, run_label(d.run), "source", x, y)
+
+
+def _get_replay_info(
+    details: Sequence[RunDetail], *, max_points: int = DEFAULT_MAX_STEP_POINTS
+) -> ReplayInfo:
+    """Per source schedule: its traced LR and that of each replay of it (see module doc)."""
+    by_id = {d.run.id: d for d in details}
+    buckets: dict[tuple[int, str], list[RunDetail]] = {}
+    for d in details:
+        meta = _replay_meta(d.run)
+        if meta is None:
+            continue
+        source_id = replay_source_id(d.run)
+        if source_id is not None:
+            key = (0, f"{source_id:012d}")
+        else:
+            source = meta.get("source") if isinstance(meta.get("source"), dict) else {}
+            key = (1, str(source.get("file") or d.run.config.get("from_file") or "?"))
+        buckets.setdefault(key, []).append(d)
+    groups = []
+    for key in sorted(buckets):
+        replays = sorted(buckets[key], key=lambda d: d.run.id)
+        lines = []
+        source_id = int(key[1]) if key[0] == 0 else None
+        source = by_id.get(source_id) if source_id is not None else None
+        if source is not None:
+            line = _source_line(source, _replay_meta(replays[0].run) or {}, max_points)
+            if line is not None:
+                lines.append(line)
+            name = run_label(source.run)
+        else:
+            name = f"run #{source_id}" if source_id is not None else f"file {key[1]}"
+        for d in replays:
+            line = _replay_line(d, _replay_meta(d.run) or {}, max_points)
+            if line is not None:
+                lines.append(line)
+        if lines:
+            groups.append(ReplayGroup(source_id, name, tuple(lines)))
+    return ReplayInfo(tuple(groups))
 
 
 # --------------------------------------------------------------------------- find-alpha

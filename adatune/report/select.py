@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from adatune.report.info import replay_source_id
 from adatune.store.records import RunDetail
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ def load_details(
     Filters combine (AND); several ``run_ids`` or ``methods`` match any of
     them. The probes of every selected ``find-alpha`` search come along even
     when the filters alone would not select them, so a search is never shown
-    without its probes.
+    without its probes; so does the source run of every selected replay.
     """
     runs = store.list_runs(
         experiment=experiment,
@@ -37,4 +38,8 @@ def load_details(
     for search in [r for r in runs if r.kind == "find-alpha"]:
         for probe in store.list_runs(parent_id=search.id, kind="probe"):
             by_id.setdefault(probe.id, probe)
+    sources = {replay_source_id(r) for r in runs} - set(by_id) - {None}
+    if sources:  # a replay is shown next to its source
+        for source in store.list_runs(ids=sorted(sources)):
+            by_id.setdefault(source.id, source)
     return [store.get_run(run_id, steps=steps) for run_id in sorted(by_id)]

@@ -24,6 +24,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -138,6 +139,9 @@ class EpochRow(Base):
     elapsed_s: Mapped[float | None] = mapped_column(Double(), nullable=True)
     nonfinite_hypergradients: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     special_floats: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The LR of every step of the epoch, packed (see repository.pack_lrs); NULL in
+    # rows written before revision 0002. Deferred: only get_step_lrs reads it.
+    step_lrs: Mapped[bytes | None] = mapped_column(LargeBinary(), nullable=True, deferred=True)
 
 
 class StepRow(Base):

@@ -43,6 +43,17 @@ class StepRecord:
 
 
 @dataclass(frozen=True)
+class EpochLRs:
+    """The LR used at every training step of one epoch, in step order.
+
+    ``lrs`` is None for an epoch recorded before adatune stored per-step LRs.
+    """
+
+    epoch: int
+    lrs: tuple[float, ...] | None
+
+
+@dataclass(frozen=True)
 class NewRun:
     """What the engine knows about a run when it starts."""
 

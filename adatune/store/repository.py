@@ -11,7 +11,9 @@ import json
 import math
 import os
 import socket
+import sys
 import time
+from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -53,6 +55,7 @@ from adatune.store.orm import EpochRow, ExperimentRow, RunRow, StepRow
 from adatune.store.records import (
     RUN_KINDS,
     RUN_STATUSES,
+    EpochLRs,
     EpochRecord,
     NewRun,
     RunDetail,
@@ -247,7 +250,7 @@ class Store:
 
     def record_epoch(
         self, run_id: int, epoch: EpochRecord, steps: Sequence[StepRecord] = (),
-        *, best: bool | None = None,
+        *, best: bool | None = None, lrs: Sequence[float] | None = None,
     ) -> None:
         """Store one finished epoch and its sampled steps in one transaction.
 
@@ -255,13 +258,16 @@ class Store:
         validation accuracy, its epoch and the test accuracy at that epoch.
         ``best`` says whether this epoch is the run's best so far (the loop
         decides: by validation loss when there is no accuracy); None judges by
-        validation accuracy.
+        validation accuracy. ``lrs`` is the LR used at every step of the epoch,
+        in order (stored packed, 8 bytes a step; read back with
+        :meth:`get_step_lrs`).
         """
         _check_id(run_id, self._location)
         now = _now()
         values, special = _pack(epoch, _EPOCH_FLOATS)
         epoch_row = {"run_id": run_id, "epoch": epoch.epoch, "special_floats": special,
-                     "nonfinite_hypergradients": int(epoch.nonfinite_hypergradients), **values}
+                     "nonfinite_hypergradients": int(epoch.nonfinite_hypergradients),
+                     "step_lrs": None if lrs is None else pack_lrs(lrs), **values}
         step_rows = []
         for step in steps:
             values, special = _pack(step, _STEP_FLOATS)
@@ -474,6 +480,23 @@ class Store:
                 )
             return RunDetail(run=_run_record(*found), epochs=epochs, steps=step_records)
 
+    def get_step_lrs(self, run_id: int) -> tuple[EpochLRs, ...]:
+        """The LR of every training step, per recorded epoch, in epoch order.
+
+        An epoch written before per-step LRs were recorded (schema revision
+        0002) has ``lrs=None``.
+        """
+        with self._session(write=False) as s:
+            if s.get(RunRow, run_id) is None:
+                raise RunNotFound(f"no run with id {run_id} in {self._location}")
+            rows = s.execute(
+                select(EpochRow.epoch, EpochRow.step_lrs)
+                .where(EpochRow.run_id == run_id)
+                .order_by(EpochRow.epoch)
+            )
+            return tuple(EpochLRs(epoch, None if blob is None else unpack_lrs(blob))
+                         for epoch, blob in rows)
+
     def list_experiments(self) -> list[str]:
         """Names of all experiments, sorted."""
         with self._session(write=False) as s:
@@ -537,6 +560,26 @@ def _pack(record: object, fields: Sequence[str]) -> tuple[dict[str, float | None
             values[name] = None
             special[name] = repr(value)  # "nan", "inf", "-inf", "-0.0"
     return values, (json.dumps(special) if special else None)
+
+
+def pack_lrs(values: Sequence[float]) -> bytes:
+    """Little-endian IEEE-754 doubles, 8 bytes a value (the ``step_lrs`` column)."""
+    packed = values if isinstance(values, array) and values.typecode == "d" \
+        and sys.byteorder == "little" else array("d", values)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def unpack_lrs(blob: bytes) -> tuple[float, ...]:
+    """The inverse of :func:`pack_lrs`."""
+    if len(blob) % 8:
+        raise ValueError(f"Invalid packed LRs: {len(blob)} bytes is not a whole number of doubles")
+    values = array("d")
+    values.frombytes(bytes(blob))
+    if sys.byteorder != "little":
+        values.byteswap()
+    return tuple(values)
 
 
 def _unpack_special(text: str | None) -> dict[str, str]:
@@ -607,7 +650,7 @@ class _HotPath:
             engine,
         )
         epoch_keys = ("run_id", "epoch", "special_floats", "nonfinite_hypergradients",
-                      *_EPOCH_FLOATS)
+                      "step_lrs", *_EPOCH_FLOATS)
         self.insert_epoch = Prepared(insert(epochs), engine, epoch_keys)
         step_keys = ("run_id", "step", "epoch", "special_floats", *_STEP_FLOATS)
         self.insert_step = Prepared(insert(steps), engine, step_keys)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from adatune import hyper_update as _rule
 from adatune.tuners import _distributed, _tangent
 from adatune.tuners._double_backward import fast_double_backward
 
@@ -44,6 +45,15 @@ def _check_number(name: str, value: Any, *, low: float = 0.0, high: float | None
            or (high is not None and x > high))
     if bad:
         raise ValueError(f"Invalid {name}: {value!r}")
+    return x
+
+
+def _check_rate(name: str, value: Any, rule: str, low: float, high: float) -> float:
+    """hyper_lr or alpha: a number in the rule's range (ValueError naming it otherwise)."""
+    x = _check_number(name, value)
+    if not low <= x <= high:
+        raise ValueError(f"Invalid {name}: {value!r} (hyper_update={rule!r} takes "
+                         f"{name} in [{low:g}, {high:g}])")
     return x
 
 
@@ -84,6 +94,12 @@ class HypergradientTuner:
     updated weights, after the step) or ``"training"`` (HD: the next training
     gradient, before the step that uses the new learning rate).
 
+    ``hyper_update`` is how the LR moves given the hypergradient
+    (:mod:`adatune.hyper_update`): ``"scale-free"`` (the default; ``hyper_lr``
+    is dimensionless and defaults to the tuner's entry of
+    ``SCALE_FREE_HYPER_LR``) or ``"additive"`` (the papers' rule; ``hyper_lr``
+    is then required, in LR per unit of hypergradient).
+
     ``process_group``: the ranks to average over (default: torch.distributed's
     default group when it is initialised; a group of one rank turns averaging
     off). Only :meth:`step` averages; the low-level :meth:`compute_hg` and
@@ -91,11 +107,12 @@ class HypergradientTuner:
     """
 
     outer = "validation"
+    _name = "marthe"  # key of the tuner's default scale-free hyper-LR
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
-        hyper_lr: float,
+        hyper_lr: float | None = None,
         *,
         mu: float | str = 0.99,
         alpha: float = 0.0,
@@ -105,13 +122,21 @@ class HypergradientTuner:
         hvp: str = "exact",
         model: nn.Module | None = None,
         foreach: bool | None = None,
+        hyper_update: str = _rule.DEFAULT_HYPER_UPDATE,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"Invalid optimizer: {optimizer!r}")
         self.optimizer = optimizer
         self._dyn = _Dynamics(optimizer)
-        hyper_lr = _check_number("hyper_lr", hyper_lr)
-        alpha = _check_number("alpha", alpha)
+        rule = _rule.canonical_hyper_update(hyper_update)
+        low, high = _rule.hyper_lr_range(rule)
+        if hyper_lr is None:
+            if rule == _rule.ADDITIVE:
+                raise ValueError("Invalid hyper_lr: None (hyper_update='additive' has no "
+                                 "default hyper_lr: its units depend on the task)")
+            hyper_lr = _rule.SCALE_FREE_HYPER_LR[self._name]
+        hyper_lr = _check_rate("hyper_lr", hyper_lr, rule, low, high)
+        alpha = _check_rate("alpha", alpha, rule, low, high)
         auto_mu = mu == "auto" or (isinstance(mu, (int, float)) and mu < 0)
         if isinstance(mu, str) and mu != "auto":
             raise ValueError(f"Invalid mu: {mu!r} (a number in [0, 1] or 'auto')")
@@ -136,6 +161,7 @@ class HypergradientTuner:
         self.foreach = foreach if foreach is not None else True
         self.auto_mu = auto_mu
         self.process_group = process_group  # None: the default group, if initialised
+        self.hyper_update = rule
         # Everything that changes while training lives in ``state`` (checkpointed).
         self.state: dict[str, Any] = {
             "lr": lr0,
@@ -147,6 +173,7 @@ class HypergradientTuner:
             "last_hypergradient": None,
             "ratios": ratios,
             "tangent_live": False,  # False while Z == 0 (start, or after a reset)
+            **_rule.initial_state(),
         }
         self._tangents: dict[Tensor, dict[str, Tensor]] = {}
         self._prev_grad: dict[Tensor, Tensor] | None = None  # g_t, for auto-mu
@@ -186,7 +213,8 @@ class HypergradientTuner:
     def __repr__(self) -> str:
         mu = "auto" if self.auto_mu else self.mu
         return (f"{type(self).__name__}({type(self.optimizer).__name__}, lr={self.lr:.4g}, "
-                f"hyper_lr={self.hyper_lr:.4g}, mu={mu}, alpha={self.alpha})")
+                f"hyper_lr={self.hyper_lr:.4g}, mu={mu}, alpha={self.alpha}, "
+                f"hyper_update={self.hyper_update!r})")
 
     # ------------------------------------------------------------- public API
     def step(self, loss: LossArg, val_loss: Callable[[], Tensor] | None = None) -> Tensor:
@@ -315,7 +343,7 @@ class HypergradientTuner:
         return {
             "optimizer": self.optimizer.state_dict(),
             "tuner": {**self.state, "ratios": list(self.state["ratios"]),
-                      "auto_mu": self.auto_mu},
+                      "auto_mu": self.auto_mu, "hyper_update": self.hyper_update},
             "tangents": tangents,
             "prev_grad": prev,
         }
@@ -325,6 +353,10 @@ class HypergradientTuner:
         self.optimizer.load_state_dict(state_dict["optimizer"])
         tuner = dict(state_dict["tuner"])
         self.auto_mu = bool(tuner.pop("auto_mu", self.auto_mu))
+        # The rule gives hyper_lr its meaning: adopt the saved one (states saved before
+        # the choice existed were additive), as torch adopts a saved group's settings.
+        self.hyper_update = _rule.canonical_hyper_update(tuner.pop("hyper_update",
+                                                                   _rule.ADDITIVE))
         self.state.update(tuner)
         params = self._params()
         self._tangents = {}
@@ -539,20 +571,29 @@ class HypergradientTuner:
         self._hyper_update(h, g_dot)
 
     def _hyper_update(self, h: float, g_dot: float | None) -> None:
-        """eta <- max(eta - beta h, 0); then adapt beta (alpha) and mu (auto)."""
+        """Move the LR by the rule (:mod:`adatune.hyper_update`); adapt beta and mu."""
         s = self.state
         s["last_hypergradient"] = h
-        if not math.isfinite(h):
-            # Never let a non-finite hypergradient reach the LR; restart the tangent.
+        additive = self.hyper_update == _rule.ADDITIVE
+        x = s["lr"] * h  # the scale-free rule averages x and x * x: both must be finite
+        if not math.isfinite(h) or not (additive or math.isfinite(x * x)):
+            # Never let a non-finite hypergradient reach the LR (or the rule's moving
+            # averages); restart the tangent.
             s["nonfinite"] += 1
             for t in self._tangents.values():
                 torch._foreach_zero_(list(t.values()))
             s["tangent_live"] = False
             return
-        eta = max(s["lr"] - s["hyper_lr"] * h, 0.0)
+        r_prev = s["hyper_r"]
+        if additive:
+            eta = _rule.additive_step(s["lr"], h, hyper_lr=s["hyper_lr"])
+        else:
+            eta = _rule.scale_free_step(s["lr"], h, s, hyper_lr=s["hyper_lr"])
         self._set_lr(eta)
         if self.alpha != 0:
-            s["hyper_lr"] = max(s["hyper_lr"] + self.alpha * h * eta, 0.0)
+            s["hyper_lr"] = _rule.adapt_hyper_lr(self.hyper_update, s["hyper_lr"], h, eta,
+                                                 alpha=self.alpha, r=s["hyper_r"],
+                                                 r_prev=r_prev)
         if self.auto_mu:
             # q = eta_new / <grad E(w_{t+1}), g_t>; a non-finite q counts as 0.
             q = eta / g_dot if g_dot else float("nan")
@@ -599,15 +640,19 @@ class _RngSnapshot:
 class MARTHE(HypergradientTuner):
     """MARTHE (Donini et al., 2020): ``Z <- mu A Z + B``, validation hypergradient.
 
-    >>> tuner = MARTHE(optimizer, hyper_lr=1e-8, mu=0.99, alpha=0.0)  # mu may be "auto"
+    >>> tuner = MARTHE(optimizer)  # scale-free rule, default hyper-LR; mu may be "auto"
     >>> tuner.step(loss, val_loss=lambda: criterion(model(xv), yv))
+    >>> MARTHE(optimizer, hyper_lr=1e-8, hyper_update="additive")  # the paper's rule
     """
 
 
 class RTHO(HypergradientTuner):
     """RTHO (Franceschi et al., 2017): MARTHE with ``mu = 1`` (exact forward-mode)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, hyper_lr: float, **kwargs: Any) -> None:
+    _name = "rtho"
+
+    def __init__(self, optimizer: torch.optim.Optimizer, hyper_lr: float | None = None,
+                 **kwargs: Any) -> None:
         if "mu" in kwargs:
             raise ValueError("Invalid mu: RTHO fixes mu = 1 (use MARTHE for other values)")
         super().__init__(optimizer, hyper_lr, mu=1.0, **kwargs)
@@ -619,14 +664,17 @@ class HD(HypergradientTuner):
     Before each update the LR moves along ``-dL_t(w_t)/d eta_{t-1}``; for SGD
     this is ``eta_t = eta_{t-1} + beta * g_t . g_{t-1}``.
 
-    >>> tuner = HD(optimizer, hyper_lr=1e-3)
+    >>> tuner = HD(optimizer)  # scale-free rule; HD(optimizer, 1e-3, hyper_update="additive")
     >>> tuner.step(loss)
     """
 
     outer = "training"
+    _name = "hd"
 
-    def __init__(self, optimizer: torch.optim.Optimizer, hyper_lr: float, *,
+    def __init__(self, optimizer: torch.optim.Optimizer, hyper_lr: float | None = None, *,
                  alpha: float = 0.0, grad_clip: float | None = None,
-                 foreach: bool | None = None, process_group: Any = None) -> None:
+                 foreach: bool | None = None, process_group: Any = None,
+                 hyper_update: str = _rule.DEFAULT_HYPER_UPDATE) -> None:
         super().__init__(optimizer, hyper_lr, mu=0.0, alpha=alpha, grad_clip=grad_clip,
-                         foreach=foreach, process_group=process_group)
+                         foreach=foreach, process_group=process_group,
+                         hyper_update=hyper_update)
