@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from adatune._durable import fsync_path
 from adatune.errors import CheckpointError, ConfigError, RunBusy
 from adatune.store.records import EpochRecord, StepRecord
 
@@ -109,20 +110,7 @@ def save(obj: Mapping[str, Any], path: str | os.PathLike[str], *, kind: str) -> 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - no directory handles here (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some file systems cannot sync folders
-        pass
-    finally:
-        os.close(fd)
+    fsync_path(path.parent)
 
 
 def _reason(exc: BaseException) -> str:

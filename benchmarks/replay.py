@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -56,7 +55,6 @@ import adatune  # noqa: E402
 from adatune.build import build_tuner  # noqa: E402
 from adatune.config import TrainConfig  # noqa: E402
 from adatune.replay import schedule_from_run  # noqa: E402
-from adatune.store import open_store  # noqa: E402
 
 SOURCE_SEED = 0
 REPLAY_SEEDS = (1, 2, 3)
@@ -87,27 +85,15 @@ class Outcome:
     lrs: tuple[float, ...] | None = None  # MARTHE's LR of every step, from the store
 
 
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(root: str) -> None:
-    torch.set_num_threads(1)
-    path = Path(root) / f"worker-{os.getpid()}"
-    path.mkdir(parents=True, exist_ok=True)
-    if _WORKER.get("store") is not None:  # an earlier phase in this process
-        _WORKER["store"].close()
-    _WORKER.clear()
-    _WORKER["dir"] = path
-    _WORKER["store"] = open_store(path / "runs.db")
+# The workers are set up as the robustness benchmark's (one torch thread, a store each).
+_WORKER = robustness._WORKER
+_init_worker = robustness._init_worker
 
 
 def train_one(job: Job, lrs: Sequence[float] | None = None) -> Outcome:
     """One run of ``job`` through :func:`adatune.fit` (``lrs``: the schedule a replay replays)."""
     task = robustness.TASKS[job.task]
-    cache = _WORKER.setdefault("data", {})
-    if (job.task, job.seed) not in cache:
-        cache[job.task, job.seed] = task.data(job.seed)
-    train, val, test = cache[job.task, job.seed]
+    train, val, test = robustness.task_data(job.task, job.seed)
     torch.manual_seed(job.seed)
     model = task.model()
     optimizer = robustness.OPTIMIZERS[OPTIMIZER](model.parameters(), job.lr)

@@ -315,14 +315,18 @@ def _init_worker(root: str) -> None:
     _WORKER["store"] = open_store(path / "runs.db")
 
 
+def task_data(task: str, seed: int) -> Any:
+    """The (train, val, test) data of a task and seed, built once per worker process."""
+    cache = _WORKER.setdefault("data", {})
+    if (task, seed) not in cache:
+        cache[task, seed] = TASKS[task].data(seed)
+    return cache[task, seed]
+
+
 def train_once(job: Job, methods: dict[str, Method]) -> Outcome:
     """One run of ``job`` through :func:`adatune.fit`, as the command would train it."""
     method, task = methods[job.method], TASKS[job.task]
-    key = (job.task, job.seed)
-    cache = _WORKER.setdefault("data", {})
-    if key not in cache:  # the data of a (task, seed), built once per process
-        cache[key] = task.data(job.seed)
-    train, val, test = cache[key]
+    train, val, test = task_data(job.task, job.seed)
     torch.manual_seed(job.seed)
     model = task.model()
     family = job.optimizer

@@ -7,12 +7,17 @@ longer, and a test must still pass. Runs are watched through the store itself
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+#: The repository root: on the path of a spawned command (for tests.userpkg's factories).
+REPO = Path(__file__).resolve().parents[1]
 
 #: Upper bound of any one wait, in seconds (a hang, not slowness, ends a test).
 WAIT_S = 1800.0
@@ -70,3 +75,10 @@ def epoch_reached(store: Path, epochs: int, proc: subprocess.Popen) -> int:
 def finish(proc: subprocess.Popen, timeout: float = WAIT_S) -> int:
     """The exit code of ``proc``, however long it takes (within the bound)."""
     return proc.wait(timeout=timeout)
+
+
+def spawn_cli(store: Path, *args: str) -> subprocess.Popen:
+    """``adatune ARGS`` in a subprocess on ``store`` (run in its folder; stderr kept)."""
+    env = {**os.environ, "ADATUNE_STORE": str(store), "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "adatune_cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=store.parent)

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +16,7 @@ from adatune.errors import ConfigError
 from adatune.loop import Events
 from adatune.store import open_store
 from tests._cli import cli
+from tests._wait import epoch_reached, spawn_cli
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "tests.userpkg.models:conv1d"
@@ -184,37 +181,20 @@ def test_adatune_debug_shows_the_factory_traceback(workdir, capsys, monkeypatch)
 
 
 # ----------------------------------------------------------- kill and resume
-def _spawn(store: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "ADATUNE_STORE": str(store), "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "adatune_cli", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=store.parent)
-
-
-def _wait_for_epochs(store: Path, n: int, proc: subprocess.Popen) -> int:
-    while True:  # the test's own timeout bounds this
-        assert proc.poll() is None, proc.stderr.read().decode()
-        if store.exists():
-            with open_store(store) as db:
-                runs = db.list_runs()
-            if runs and runs[0].epochs >= n:
-                return runs[0].id
-        time.sleep(0.1)
-
-
 def test_own_model_resumes_bit_identically_after_sigkill(workdir):
     run = ["train", "--model", MODEL, "--data", DATA, "--epochs", "4", "--batch-size", "8",
            "--lr", "0.02", "--seed", "3"]
     store = workdir / "killed.db"
-    proc = _spawn(store, *run)
-    run_id = _wait_for_epochs(store, 1, proc)
+    proc = spawn_cli(store, *run)
+    run_id = epoch_reached(store, 1, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     kept = _epochs(store, run_id)
     assert 1 <= len(kept) < 4
-    resumed = _spawn(store, "train", "--resume", str(run_id))
+    resumed = spawn_cli(store, "train", "--resume", str(run_id))
     assert resumed.wait() == 0, resumed.stderr.read().decode()
     straight = workdir / "straight.db"  # a second store: its own checkpoint folder
-    assert _spawn(straight, *run, "--checkpoint-dir", str(workdir / "straight-runs")).wait() == 0
+    assert spawn_cli(straight, *run, "--checkpoint-dir", str(workdir / "straight-runs")).wait() == 0
     assert _epochs(store, run_id)[: len(kept)] == kept
     assert _epochs(store, run_id) == _epochs(straight, 1)
 

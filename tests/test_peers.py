@@ -9,9 +9,7 @@ import math
 import os
 import shlex
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,7 @@ from adatune.loop import Events
 from adatune.peers import PEER_NAMES, PEERS, build_peer, optimizer_view, peer_class
 from adatune.store import open_store
 from tests._cli import cli
+from tests._wait import epoch_reached, spawn_cli
 
 METRICS = ("epoch", "lr", "lr_mean", "mu", "hyper_lr", "train_loss", "train_acc", "val_loss",
            "val_acc", "test_loss", "test_acc")
@@ -404,26 +403,6 @@ def test_fit_with_a_peer_and_a_tuner_is_refused(workdir):
 
 
 # ----------------------------------------------------- kill and resume (CLI)
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _spawn(store: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "ADATUNE_STORE": str(store), "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "adatune_cli", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=store.parent)
-
-
-def _wait_for_epochs(store: Path, n: int, proc: subprocess.Popen) -> int:
-    while True:  # the test's own timeout bounds this
-        assert proc.poll() is None, proc.stderr.read().decode()
-        if store.exists():
-            with open_store(store) as db:
-                runs = db.list_runs()
-            if runs and runs[0].epochs >= n:
-                return runs[0].id
-        time.sleep(0.05)
-
-
 # One peer of each package. Schedule-Free warms up across the kill; DoG and D-Adaptation
 # keep their distance estimates in the optimizer's state.
 @pytest.mark.parametrize("extra", [
@@ -435,16 +414,16 @@ def _wait_for_epochs(store: Path, n: int, proc: subprocess.Popen) -> int:
 def test_a_peer_resumes_bit_identically_after_sigkill(workdir, extra):
     run = ["baseline", *extra, "--epochs", "3", "--batch-size", "16", "--seed", "3"]
     store = workdir / "killed.db"
-    proc = _spawn(store, *run)
-    run_id = _wait_for_epochs(store, 1, proc)
+    proc = spawn_cli(store, *run)
+    run_id = epoch_reached(store, 1, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     kept = _epochs(store, run_id)
     assert 1 <= len(kept) < 3
-    resumed = _spawn(store, "baseline", "--resume", str(run_id))
+    resumed = spawn_cli(store, "baseline", "--resume", str(run_id))
     assert resumed.wait() == 0, resumed.stderr.read().decode()
     straight = workdir / "straight.db"  # a second store: its own checkpoint folder
-    assert _spawn(straight, *run, "--checkpoint-dir", str(workdir / "straight-runs")).wait() == 0
+    assert spawn_cli(straight, *run, "--checkpoint-dir", str(workdir / "straight-runs")).wait() == 0
     assert _epochs(store, run_id)[: len(kept)] == kept
     assert _epochs(store, run_id) == _epochs(straight, 1)
     with open_store(store) as db:

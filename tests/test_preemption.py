@@ -9,13 +9,10 @@ Waits are on the store reaching an epoch (see tests/_wait.py), with generous bou
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import shutil
 import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +21,7 @@ from adatune import checkpoint
 from adatune.errors import CheckpointError
 from adatune.store import open_store
 from tests._wait import WAIT_S, epoch_reached, finish, runs, wait_for
+from tests._wait import spawn_cli as spawn
 
 EPOCHS = 5
 RUN = ["train", "--tuner", "marthe", "--epochs", str(EPOCHS), "--batch-size", "16", "--mu",
@@ -32,12 +30,6 @@ METRICS = ("epoch", "lr", "lr_mean", "mu", "hyper_lr", "train_loss", "train_acc"
            "val_acc", "test_loss", "test_acc", "nonfinite_hypergradients")
 
 pytestmark = pytest.mark.timeout(2 * WAIT_S)
-
-
-def spawn(store: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "ADATUNE_STORE": str(store)}
-    return subprocess.Popen([sys.executable, "-m", "adatune_cli", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=store.parent)
 
 
 def trajectory(store: Path, run_id: int) -> tuple[list[dict], list[dict], list]:

@@ -54,6 +54,7 @@ from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
+from adatune._durable import fsync_path
 from adatune.errors import StoreError
 from adatune.store.connection import (
     WRITE_OPTION,
@@ -279,7 +280,7 @@ def create_sqlite_store(path: Path, location: str) -> bool:
         if wal.exists() and wal.stat().st_size:
             raise StoreError(f"cannot create the store {location}: its write-ahead log could "
                              "not be merged into it")
-        _fsync(tmp)
+        fsync_path(tmp)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -288,7 +289,7 @@ def create_sqlite_store(path: Path, location: str) -> bool:
             if path.exists():
                 return False
             os.replace(tmp, path)
-        _fsync(path.parent)
+        fsync_path(path.parent)
         return True
     except DBAPIError as exc:
         raise store_error(exc, location, "create") from None
@@ -303,16 +304,6 @@ def create_sqlite_store(path: Path, location: str) -> bool:
                 pass
             except OSError:  # pragma: no cover - best effort
                 pass
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some file systems cannot sync folders
-        pass
-    finally:
-        os.close(fd)
 
 
 def inspect_store(path_or_url: str | os.PathLike[str]) -> SchemaState:
