@@ -829,9 +829,12 @@ def _open_study(storage: Any, sweep: SweepConfig, base: TrainConfig, space: Spac
         raise ConfigError(f"study {sweep.study!r} in {store.location} was not made by "
                           "adatune sweep (it minimises); give another --study")
     ours = _definition(base, sweep, space)
+    # Trials first, then the marker: a worker writes its marker before its first trial,
+    # so trials seen here mean the marker (if adatune made the study) is seen next.
+    has_trials = bool(study.get_trials(deepcopy=False))
     stored = study.user_attrs.get(STUDY_ATTR)
     if stored is None:
-        if study.get_trials(deepcopy=False):
+        if has_trials:
             raise ConfigError(f"study {sweep.study!r} in {store.location} was not made by "
                               "adatune sweep; give another --study")
         study.set_user_attr(STUDY_ATTR, ours)

@@ -326,8 +326,11 @@ def test_find_alpha_and_sweep_take_own_parts_and_judge_regression_by_loss(workdi
     with open_store("adatune.db") as db:
         probes = db.list_runs(kind="probe")
     assert probes and all(r.config["model"] == REGRESSION[1] for r in probes)
+    # The default space reaches LRs at which SGD diverges on this regression (the trial
+    # is then pruned, as the next test checks): this one stays where it trains.
+    Path("space.toml").write_text('[lr]\ntype = "float"\nlow = 0.001\nhigh = 0.01\nlog = true\n')
     code, out, err = cli(capsys, "sweep", "--method", "constant", *REGRESSION, "--trials", "1",
-                         "--seeds", "1", "--epochs", "2", "--study", "reg")
+                         "--seeds", "1", "--epochs", "2", "--study", "reg", "--space", "space.toml")
     assert code == 0, err
     import optuna
 
@@ -335,7 +338,23 @@ def test_find_alpha_and_sweep_take_own_parts_and_judge_regression_by_loss(workdi
         [trial_run] = db.list_runs(kind="sweep")
         study = optuna.load_study(study_name="reg", storage=db.url)
     [trial] = study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
     assert trial.value == pytest.approx(-trial_run.summary["best_val_loss"])
+
+
+def test_a_sweep_prunes_a_regression_trial_that_diverges(workdir, capsys):
+    Path("space.toml").write_text('[lr]\ntype = "categorical"\nchoices = [0.9]\n')
+    code, out, err = cli(capsys, "sweep", "--method", "constant", *REGRESSION, "--trials", "1",
+                         "--seeds", "1", "--epochs", "2", "--study", "reg", "--space", "space.toml")
+    assert code == 0, err
+    import optuna
+
+    with open_store("adatune.db") as db:
+        [trial_run] = db.list_runs(kind="sweep")
+        study = optuna.load_study(study_name="reg", storage=db.url)
+    [trial] = study.trials
+    assert trial_run.status == "diverged" and trial_run.summary["best_val_loss"] is None
+    assert trial.state == optuna.trial.TrialState.PRUNED and trial.value is None
 
 
 def test_the_report_judges_regression_by_loss_and_names_the_model(workdir, capsys):

@@ -130,6 +130,37 @@ def test_joining_a_study_needs_the_same_sweep(tmp_path):
         assert len(store.list_runs()) == 2
 
 
+def test_a_worker_joining_as_another_writes_its_marker_and_first_trial(tmp_path, monkeypatch):
+    """The interleaving of two workers starting one study at once.
+
+    Worker B created the study; just as this worker looks, B writes its marker and
+    asks for its first trial. This worker must join, not call the study foreign.
+    """
+    from adatune import sweep as sweep_mod
+
+    sweep = SweepConfig("constant", trials=2, seeds=1, study="race", space=DIVERGING)
+    config = base(tmp_path)
+    with open_store(tmp_path / "s.db") as store:
+        url = store.url
+        optuna.create_study(study_name="race", storage=url, direction="maximize")
+        real = optuna.study.Study.get_trials
+        other_done = []
+
+        def get_trials(self, *args, **kwargs):
+            if not other_done:  # worker B, between this worker's reads
+                other_done.append(True)
+                theirs = optuna.load_study(study_name="race", storage=url)
+                theirs.set_user_attr(sweep_mod.STUDY_ATTR,
+                                     sweep_mod._definition(config, sweep, DIVERGING))
+                theirs.ask()
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(optuna.study.Study, "get_trials", get_trials)
+        result = run_sweep(config, sweep, store)
+    assert other_done and result.stopped == "done"
+    assert [t.number for t in result.trials] == [1]  # B's trial 0 is B's (or failed as stale)
+
+
 class _CtrlC(SweepEvents):
     """Ctrl-C during the first step of trial ``at`` (or as the trial starts)."""
 
