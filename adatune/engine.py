@@ -33,6 +33,7 @@ from adatune.loop import (
     RunResult,
     resolve_device,
 )
+from adatune.preflight import check_resume, check_status, run_folder
 from adatune.runtypes import DEFAULT_CHECKPOINT_DIR
 from adatune.store import STALE_AFTER_S, Store
 from adatune.store.records import NewRun, RunRecord
@@ -117,16 +118,7 @@ def resume(store: Store, run_id: int, *, epochs: int | None = None, device: str 
     else of a run changes on resume. Of two processes resuming one run at
     once, one goes on and the other gets :class:`RunBusy`.
     """
-    def recorded() -> RunRecord:
-        run = store.get_run(run_id, steps=False).run
-        if run.config.get("entry") == "fit":
-            raise ConfigError(f"run {run_id} was started from Python with adatune.fit; resume "
-                              f"it there with adatune.fit(..., resume={run_id})")
-        check_resumable(store, run_id, _run_dir(TrainConfig.from_dict(run.config), run_id),
-                        epochs=epochs)
-        return run
-
-    run = distributed.on_main(recorded)  # rank 0 reads the store
+    run = distributed.on_main(lambda: check_resume(store, run_id, epochs=epochs))  # rank 0
     started = time.perf_counter()
     config = TrainConfig.from_dict(run.config)
     ckpt_dir = _run_dir(config, run_id)
@@ -143,7 +135,7 @@ def resume(store: Store, run_id: int, *, epochs: int | None = None, device: str 
 
 
 def _run_dir(config: TrainConfig, run_id: int) -> Path:
-    return checkpoint.run_dir(config.checkpoint_dir or DEFAULT_CHECKPOINT_DIR, run_id)
+    return run_folder(config.checkpoint_dir, run_id)
 
 
 def _fingerprint(config: TrainConfig, **more: object) -> dict:
@@ -174,46 +166,11 @@ def replay_source(config: TrainConfig, store: Store):
                           "schedule.csv") from None
 
 
-def check_resumable(store: Store, run_id: int, ckpt_dir: Path, *,
-                    epochs: int | None = None) -> None:
-    """Refuse a run that is alive, diverged or completed, or has epochs but no checkpoint.
-
-    A completed run may go on when ``epochs`` (its new total) is above the
-    epochs it trained, unless it stopped early.
-    """
-    run = store.get_run(run_id, steps=False).run
-    if run.status == "running" and checkpoint.folder_in_use(ckpt_dir):
-        raise RunBusy(f"run {run_id} is still running (its process is alive)")
-    _check_status(run, epochs)
-    if run.epochs > 0 and not (ckpt_dir / "last.pt").exists():
-        raise ConfigError(f"run {run_id} has no checkpoint at {ckpt_dir / 'last.pt'}; it "
-                          "cannot be resumed")
-
-
-def _check_status(run: RunRecord, epochs: int | None) -> None:
-    if run.status == "diverged":
-        raise ConfigError(f"run {run.id} diverged ({run.error}); start a new run instead")
-    if run.status == "completed" and not (epochs is not None and epochs > run.epochs):
-        raise ConfigError(f"run {run.id} already completed ({run.epochs} epochs); give "
-                          f"--epochs above {run.epochs} to train it longer")
-    if run.status == "completed" and (run.summary or {}).get("stopped_early"):
-        raise ConfigError(f"run {run.id} stopped early (no better validation score for "
-                          f"{run.config.get('patience')} epochs); more epochs would stop it "
-                          "again")
-
-
 def _resumed_config(run: RunRecord, config: TrainConfig, *, epochs: int | None,
                     device: str | None) -> TrainConfig:
     """``config`` with the options applied on resume, and a note of them in ``extra``."""
     changes: dict[str, Any] = {}
-    if epochs is not None and epochs != config.epochs:
-        if epochs < run.epochs:
-            raise ConfigError(f"--epochs {epochs}: run {run.id} has already trained "
-                              f"{run.epochs} epochs")
-        if config.method == REPLAY:  # its schedule was laid out for config.epochs
-            raise ConfigError(f"--epochs {epochs}: run {run.id} replays a schedule laid out "
-                              f"for {config.epochs} epochs; start a new replay with --epochs "
-                              f"{epochs} (and --stretch to map the schedule onto it)")
+    if epochs is not None and epochs != config.epochs:  # checked by check_resume
         changes["epochs"] = epochs
     if device is not None and device != config.device:
         changes["device"] = device
@@ -244,7 +201,7 @@ def continue_run(store: Store, run_id: int, loop: Loop, ckpt_dir: Path, events: 
     def take() -> tuple[int, bool]:  # rank 0 (only it holds the folder and reads the store)
         lock.acquire(run_id, store.location)
         seen = taken["seen"] = store.get_run(run_id, steps=False).run  # no process here has it
-        _check_status(seen, loop.config.epochs)
+        check_status(seen, loop.config.epochs)
         if seen.status == "running" and lock.previous_host != socket.gethostname():
             host = lock.previous_host
             raise RunBusy(f"run {run_id} may still be running{f' on {host}' if host else ''} "

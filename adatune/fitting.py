@@ -30,10 +30,11 @@ from torch.utils.data import Dataset, TensorDataset
 from adatune import distributed
 from adatune.build import AlignedLoss, build_loss, build_tuner
 from adatune.config import DEFAULT_LR, TUNER_NAMES, TrainConfig
-from adatune.engine import DEFAULT_CHECKPOINT_DIR, check_resumable, continue_run, start_run
+from adatune.engine import DEFAULT_CHECKPOINT_DIR, continue_run, start_run
 from adatune.errors import ConfigError
 from adatune.loop import DivergenceRules, Events, Loop, LoopConfig, Parts, RunResult
 from adatune.peers import optimizer_view, peer_name
+from adatune.preflight import check_resumable
 from adatune.schedules import Schedule, ScheduleConfig, build_schedule, canonical_schedule
 from adatune.store import Store, open_store
 from adatune.store.records import NewRun

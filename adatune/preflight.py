@@ -7,19 +7,28 @@ optimizer's package and the top-level packages of the user's own
 the checkpoint directory is, or can be made, a writable directory. None of it
 needs torch, so the command rejects such input at once, before any run is
 written. The user's modules are imported when the run's parts are built.
+
+:func:`check_resume` does the same for ``--resume``: whether the recorded run
+can go on, as asked, is known from the store and its checkpoint folder.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from adatune import checkpoint
 from adatune.catalog import check_dataset_files
-from adatune.config import TrainConfig
-from adatune.errors import ConfigError
+from adatune.config import REPLAY, TrainConfig
+from adatune.errors import ConfigError, RunBusy
 from adatune.imports import check_findable
 from adatune.peers import check_available
 from adatune.runtypes import DEFAULT_CHECKPOINT_DIR
+
+if TYPE_CHECKING:
+    from adatune.store import Store
+    from adatune.store.records import RunRecord
 
 
 def check_writable_dir(path: str | os.PathLike[str], what: str) -> None:
@@ -48,3 +57,64 @@ def check_run_inputs(config: TrainConfig) -> None:
         if path is not None and ":" in path:  # an import path (not a built-in loss name)
             check_findable(option, path)
     check_writable_dir(config.checkpoint_dir or DEFAULT_CHECKPOINT_DIR, "checkpoint_dir")
+
+
+def run_folder(checkpoint_dir: str | None, run_id: int) -> Path:
+    """Run ``run_id``'s checkpoint folder under ``checkpoint_dir`` (None: the default)."""
+    return checkpoint.run_dir(checkpoint_dir or DEFAULT_CHECKPOINT_DIR, run_id)
+
+
+def check_resume(store: Store, run_id: int, *, epochs: int | None = None) -> RunRecord:
+    """The recorded run, if it can be resumed with ``epochs`` (its new total) as asked.
+
+    Refused with one line (:class:`ConfigError`, or :class:`RunBusy` while its
+    process is alive): an unknown run, one of ``adatune.fit``, a diverged one, a
+    completed one unless ``epochs`` is above what it trained, one that stopped
+    early, ``epochs`` below what it trained, a new total for a replay, and a run
+    with epochs but no checkpoint.
+    """
+    run = store.get_run(run_id, steps=False).run
+    if run.config.get("entry") == "fit":
+        raise ConfigError(f"run {run_id} was started from Python with adatune.fit; resume "
+                          f"it there with adatune.fit(..., resume={run_id})")
+    check_resumable(store, run_id, run_folder(run.config.get("checkpoint_dir"), run_id),
+                    epochs=epochs)
+    recorded = run.config.get("epochs")
+    if epochs is not None and epochs != recorded:
+        if epochs < run.epochs:
+            raise ConfigError(f"--epochs {epochs}: run {run.id} has already trained "
+                              f"{run.epochs} epochs")
+        if run.config.get("method") == REPLAY:  # its schedule was laid out for its epochs
+            raise ConfigError(f"--epochs {epochs}: run {run.id} replays a schedule laid out "
+                              f"for {recorded} epochs; start a new replay with --epochs "
+                              f"{epochs} (and --stretch to map the schedule onto it)")
+    return run
+
+
+def check_resumable(store: Store, run_id: int, ckpt_dir: Path, *,
+                    epochs: int | None = None) -> None:
+    """Refuse a run that is alive, diverged or completed, or has epochs but no checkpoint.
+
+    A completed run may go on when ``epochs`` (its new total) is above the
+    epochs it trained, unless it stopped early.
+    """
+    run = store.get_run(run_id, steps=False).run
+    if run.status == "running" and checkpoint.folder_in_use(ckpt_dir):
+        raise RunBusy(f"run {run_id} is still running (its process is alive)")
+    check_status(run, epochs)
+    if run.epochs > 0 and not (ckpt_dir / "last.pt").exists():
+        raise ConfigError(f"run {run_id} has no checkpoint at {ckpt_dir / 'last.pt'}; it "
+                          "cannot be resumed")
+
+
+def check_status(run: RunRecord, epochs: int | None) -> None:
+    """Refuse a diverged run, and a completed one unless ``epochs`` trains it longer."""
+    if run.status == "diverged":
+        raise ConfigError(f"run {run.id} diverged ({run.error}); start a new run instead")
+    if run.status == "completed" and not (epochs is not None and epochs > run.epochs):
+        raise ConfigError(f"run {run.id} already completed ({run.epochs} epochs); give "
+                          f"--epochs above {run.epochs} to train it longer")
+    if run.status == "completed" and (run.summary or {}).get("stopped_early"):
+        raise ConfigError(f"run {run.id} stopped early (no better validation score for "
+                          f"{run.config.get('patience')} epochs); more epochs would stop it "
+                          "again")

@@ -147,7 +147,8 @@ def open_for_run(store: str, config: TrainConfig | None) -> Store:
 
     The files ``config`` names (the dataset's, the checkpoint folder), then the
     store's location and schema version: bad input is rejected here, before
-    the caller imports the training stack (torch).
+    the caller imports the training stack (torch). Without ``config`` (a
+    resumed run) the store must exist: a missing one is refused, not created.
     """
     from adatune.preflight import check_run_inputs
 
@@ -155,4 +156,4 @@ def open_for_run(store: str, config: TrainConfig | None) -> Store:
         check_run_inputs(config)
     from adatune.store import open_store  # SQLAlchemy: only for input that got this far
 
-    return open_store(store)
+    return open_store(store, create=config is not None)

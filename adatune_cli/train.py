@@ -183,9 +183,7 @@ def _run(config: TrainConfig | None, store: str, *, resume_id: int | None = None
     db = open_for_run(store, config)
     try:
         if resume_id is not None:
-            db.get_run(resume_id, steps=False)  # an unknown run id: rejected here
-            if resume_changes:
-                _print_resume_changes(db, resume_id, resume_changes)
+            _check_resume(db, resume_id, resume_changes)
         from adatune.engine import resume, train  # torch, once the input is known good
 
         with _progress() as progress:
@@ -235,9 +233,7 @@ def _run_ranked(config: TrainConfig | None, store: str, *, resume_id: int | None
         db = open_for_run(store, config)
         try:
             if resume_id is not None:
-                db.get_run(resume_id, steps=False)  # an unknown run id: rejected here
-                if resume_changes:
-                    _print_resume_changes(db, resume_id, resume_changes)
+                _check_resume(db, resume_id, resume_changes)
         except BaseException:
             db.close()
             raise
@@ -294,8 +290,12 @@ def resume_changes(ctx: typer.Context, run_id: int, opts: dict[str, Any],
     return {name: opts[name] for name in RESUME_OPTIONS if given(ctx, name)}
 
 
-def _print_resume_changes(db: Any, run_id: int, changes: dict[str, Any]) -> None:
-    config = db.get_run(run_id, steps=False).run.config
+def _check_resume(db: Any, run_id: int, changes: dict[str, Any] | None) -> None:
+    """Refuse a run that cannot go on as asked (before torch loads); say what changes."""
+    from adatune.preflight import check_resume
+
+    changes = changes or {}
+    config = check_resume(db, run_id, epochs=changes.get("epochs")).config
     parts = [f"{flag(k)} {v} (was {config.get(k)})" for k, v in changes.items()
              if config.get(k) != v]
     if parts:

@@ -201,6 +201,26 @@ def test_resume_refuses_a_completed_run(workdir, capsys):
     assert code == 2 and "already completed" in err
 
 
+@pytest.mark.parametrize("epochs, says", [
+    ("1", "already completed (2 epochs); give --epochs above 2"),
+    ("0", "already completed (2 epochs); give --epochs above 2"),
+])
+def test_a_refused_resume_says_one_line_and_announces_no_change(workdir, capsys, epochs, says):
+    assert cli(capsys, "train", "--epochs", "2")[0] == 0
+    code, _, err = cli(capsys, "train", "--resume", "1", "--epochs", epochs)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and says in lines[0], err  # no "resuming run 1 with"
+    with open_store("adatune.db") as db:
+        run = db.get_run(1).run
+    assert run.config["epochs"] == 2 and "resumed" not in run.config["extra"]
+
+
+def test_resume_from_a_missing_store_creates_none(workdir, capsys):
+    code, _, err = cli(capsys, "train", "--resume", "1", "--store", "elsewhere.db")
+    assert code == 2 and "no store at" in err and len(err.strip().splitlines()) == 1
+    assert not Path("elsewhere.db").exists()
+
+
 def test_runs_show_reproduces_a_sweep_trial_with_the_right_command(workdir, capsys):
     code, _, err = cli(capsys, "sweep", "--method", "cosine", "--trials", "1", "--seeds", "1",
                        "--epochs", "1")
