@@ -35,6 +35,16 @@ it, so the rule backs off fast and creeps up slowly (as a backtracking line
 search does). A non-finite ``h`` never reaches the rule (the tuner skips it
 and leaves the state alone).
 
+The fast back-off is kept for when it matters. A flat ``DOWN`` lets a noisy
+``n`` drag the LR down while training goes well (a positive ``n`` counts
+``DOWN`` times a negative one), so the LR drifts below where it should be.
+The training loss tells the two situations apart (:func:`note_loss`): while
+it rises, or has not yet fallen below ``STALL`` times its first value (too
+high an LR kills a network in its first steps, and a dead one no longer
+learns), lowering is ``DOWN`` times faster; otherwise it is ``1 + (DOWN - 1)
+n^2`` times faster, fast only on consistent evidence. Without losses (the
+low-level ``hyper_step`` API) the back-off stays at ``DOWN``.
+
 ``alpha`` adapts ``beta``. Additive: ``beta <- max(beta + alpha * h * eta, 0)``
 (the original AdaTune's rule). Scale-free: ``log beta <- log beta + alpha *
 r_t * r_{t-1}`` with ``r = clip(x / sqrt(v_hat), -1, 1)``, the normalized
@@ -58,6 +68,12 @@ DEFAULT_HYPER_UPDATE = SCALE_FREE
 B1 = 0.9
 B2 = 0.99
 DOWN = 10.0
+#: Scale-free rule: decays of the training loss's fast and slow moving averages (the
+#: loss rises while the fast one is above the slow one), and the fraction of its first
+#: value the loss must fall below before the back-off may slow down.
+LOSS_FAST = 0.5
+LOSS_SLOW = 0.95
+STALL = 0.8
 #: Scale-free rule: the default (dimensionless) hyper-LR of each tuner.
 SCALE_FREE_HYPER_LR: dict[str, float] = {"marthe": 0.015, "rtho": 0.015, "hd": 0.015}
 #: Scale-free rule: the largest hyper-LR (and alpha) accepted.
@@ -80,7 +96,32 @@ def hyper_lr_range(rule: str) -> tuple[float, float]:
 
 def initial_state() -> dict[str, float]:
     """The scale-free rule's own state: flat numbers, kept in the tuner's ``state``."""
-    return {"hyper_m": 0.0, "hyper_v": 0.0, "hyper_steps": 0, "hyper_r": 0.0}
+    return {"hyper_m": 0.0, "hyper_v": 0.0, "hyper_steps": 0, "hyper_r": 0.0,
+            "loss_steps": 0, "loss_fast": 0.0, "loss_slow": 0.0, "loss_first": 0.0,
+            "loss_alarm": 1.0}
+
+
+def note_loss(state: dict[str, Any], loss: float, *, fast: float = LOSS_FAST,
+              slow: float = LOSS_SLOW, stall: float = STALL) -> None:
+    """Follow the training loss; set ``state["loss_alarm"]`` (1.0 or 0.0).
+
+    The alarm is on while the loss rises (its fast moving average, bias-corrected,
+    is above its slow one) or stays above ``stall`` times its first value. A
+    non-finite ``loss`` changes nothing.
+    """
+    if not math.isfinite(loss):
+        return
+    k = state["loss_steps"] + 1
+    state["loss_steps"] = k
+    if k == 1:
+        state["loss_first"] = loss
+    state["loss_fast"] = fast * state["loss_fast"] + (1.0 - fast) * loss
+    state["loss_slow"] = slow * state["loss_slow"] + (1.0 - slow) * loss
+    f_hat = state["loss_fast"] / (1.0 - fast ** k)
+    s_hat = state["loss_slow"] / (1.0 - slow ** k)
+    rising = f_hat > s_hat
+    stalled = f_hat > stall * state["loss_first"]
+    state["loss_alarm"] = 1.0 if rising or stalled else 0.0
 
 
 def additive_step(lr: float, h: float, *, hyper_lr: float) -> float:
@@ -95,7 +136,9 @@ def scale_free_step(lr: float, h: float, state: dict[str, Any], *, hyper_lr: flo
     ``state`` holds the moving averages (``hyper_m``, ``hyper_v``), their step
     count (``hyper_steps``) and, afterwards, this step's normalized
     hypergradient ``hyper_r`` (for :func:`adapt_hyper_lr`). ``h`` must be
-    finite, and so must ``(lr * h) ** 2`` (the tuner checks).
+    finite, and so must ``(lr * h) ** 2`` (the tuner checks). The back-off is
+    ``down`` times faster while ``state["loss_alarm"]`` is on (see
+    :func:`note_loss`; on without one), ``1 + (down - 1) n^2`` times otherwise.
     """
     x = lr * h
     k = state["hyper_steps"] + 1
@@ -110,7 +153,11 @@ def scale_free_step(lr: float, h: float, state: dict[str, Any], *, hyper_lr: flo
     m_hat = state["hyper_m"] / (1.0 - b1 ** k) if b1 > 0 else x
     n = min(max(m_hat / scale, -1.0), 1.0)
     state["hyper_r"] = min(max(x / scale, -1.0), 1.0)
-    rate = hyper_lr * (down if n > 0 else 1.0)
+    if n > 0:
+        alarm = state.get("loss_alarm", 1.0)
+        rate = hyper_lr * (down if alarm else 1.0 + (down - 1.0) * n * n)
+    else:
+        rate = hyper_lr
     return lr * math.exp(-rate * n)
 
 

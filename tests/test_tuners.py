@@ -261,12 +261,14 @@ def test_non_finite_hypergradient_leaves_the_lr_and_is_counted(rule, bad):
     tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e-2, mu=0.9,
                            hyper_update=rule)
     tuner.step(ce(model(xs[0]), ys[0]), val_loss=lambda: ce(model(xv), yv))
-    before, rule_state = tuner.lr, {k: tuner.state[k] for k in rules.initial_state()}
+    # the hypergradient's moving averages (the training loss's go on: it is finite)
+    averages = [k for k in rules.initial_state() if k.startswith("hyper_")]
+    before, rule_state = tuner.lr, {k: tuner.state[k] for k in averages}
     tuner.step(ce(model(xs[1]), ys[1]), val_loss=lambda: ce(model(xv), yv) * bad)
     assert not math.isfinite(tuner.last_hypergradient)
     assert tuner.lr == before and tuner.nonfinite_count == 1
     assert all(g["lr"] == before for g in tuner.param_groups)
-    assert {k: tuner.state[k] for k in rules.initial_state()} == rule_state
+    assert {k: tuner.state[k] for k in averages} == rule_state
     tuner.step(ce(model(xs[2]), ys[2]), val_loss=lambda: ce(model(xv), yv))
     assert math.isfinite(tuner.last_hypergradient) and tuner.nonfinite_count == 1
 
@@ -290,15 +292,19 @@ def test_scale_free_rule_skips_a_hypergradient_too_large_to_square():
     model = _model()
     tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), mu=0.9)
     tuner.step(ce(model(xs[0]), ys[0]), val_loss=lambda: ce(model(xv), yv))
-    before, rule_state = tuner.lr, {k: tuner.state[k] for k in rules.initial_state()}
+    averages = [k for k in rules.initial_state() if k.startswith("hyper_")]
+    before, rule_state = tuner.lr, {k: tuner.state[k] for k in averages}
     tuner.step(ce(model(xs[1]), ys[1]), val_loss=lambda: ce(model(xv), yv) * 1e200)
     assert math.isfinite(tuner.last_hypergradient)
     assert tuner.lr == before and tuner.nonfinite_count == 1
-    assert {k: tuner.state[k] for k in rules.initial_state()} == rule_state
+    assert {k: tuner.state[k] for k in averages} == rule_state
 
 
-def _scale_free_by_hand(state, h, beta, alpha):
-    """The scale-free rule as documented (adatune/hyper_update.py), written out again."""
+def _scale_free_by_hand(state, h, beta, alpha, loss):
+    """The scale-free rule as documented (adatune/hyper_update.py), written out again.
+
+    ``loss`` is this step's training loss: it gates the back-off of the next steps.
+    """
     x = state["lr"] * h
     state["k"] += 1
     k = state["k"]
@@ -307,10 +313,23 @@ def _scale_free_by_hand(state, h, beta, alpha):
     m_hat, v_hat = state["m"] / (1 - rules.B1**k), state["v"] / (1 - rules.B2**k)
     n = max(-1.0, min(1.0, m_hat / math.sqrt(v_hat)))
     r = max(-1.0, min(1.0, x / math.sqrt(v_hat)))
-    step = beta * n * (rules.DOWN if n > 0 else 1.0)
+    down = rules.DOWN if state["alarm"] else 1 + (rules.DOWN - 1) * n**2
+    step = beta * n * (down if n > 0 else 1.0)
     state["lr"] *= math.exp(-step)
+    if n > 0:
+        state["backoffs"].append(state["alarm"])
     beta = min(beta * math.exp(alpha * r * state["r"]), rules.MAX_HYPER_LR)
     state["r"] = r
+    # the training loss: rising (fast average above the slow one), or not yet below
+    # STALL times its first value, sets the alarm
+    state["j"] += 1
+    j = state["j"]
+    state["first"] = loss if j == 1 else state["first"]
+    state["fast"] = rules.LOSS_FAST * state["fast"] + (1 - rules.LOSS_FAST) * loss
+    state["slow"] = rules.LOSS_SLOW * state["slow"] + (1 - rules.LOSS_SLOW) * loss
+    f_hat = state["fast"] / (1 - rules.LOSS_FAST**j)
+    s_hat = state["slow"] / (1 - rules.LOSS_SLOW**j)
+    state["alarm"] = f_hat > s_hat or f_hat > rules.STALL * state["first"]
     return beta
 
 
@@ -322,15 +341,17 @@ def test_scale_free_rule_follows_its_formula_on_a_scalar_problem():
     tuner = adatune.MARTHE(torch.optim.SGD([w], lr=eta), hyper_lr=beta, mu=mu, alpha=alpha)
     assert tuner.hyper_update == SCALE_FREE  # the default rule
     ww, z = w0, 0.0
-    ref = {"lr": eta, "m": 0.0, "v": 0.0, "k": 0, "r": 0.0}
+    ref = {"lr": eta, "m": 0.0, "v": 0.0, "k": 0, "r": 0.0, "j": 0, "fast": 0.0,
+           "slow": 0.0, "first": None, "alarm": True, "backoffs": []}
     moves = []
     for _ in range(40):
         lr = ref["lr"]
+        loss = 0.5 * a * ww**2
         g = a * ww
         z = mu * (z - lr * a * z) - g
         ww = ww - lr * g
         h = b * (ww - c) * z
-        beta = _scale_free_by_hand(ref, h, beta, alpha)
+        beta = _scale_free_by_hand(ref, h, beta, alpha, loss)
         tuner.step(0.5 * a * (w * w).sum(), val_loss=lambda: 0.5 * b * ((w - c) ** 2).sum())
         assert tuner.last_hypergradient == pytest.approx(h, rel=1e-12)
         assert tuner.lr == pytest.approx(ref["lr"], rel=1e-12)
@@ -338,6 +359,54 @@ def test_scale_free_rule_follows_its_formula_on_a_scalar_problem():
         moves.append(math.log(ref["lr"] / lr))
     # both branches of the rule ran: the LR went up (w far from c) and down (w past c)
     assert max(moves) > 0 > min(moves)
+    # and the back-off ran both ways: fast while the loss had not yet fallen, by the
+    # evidence once it had
+    assert True in ref["backoffs"] and False in ref["backoffs"], ref["backoffs"]
+
+
+def test_the_back_off_is_fast_while_the_loss_rises_or_stalls_and_by_the_evidence_otherwise():
+    """The gate, on the rule alone: the training loss sets the alarm, the alarm the back-off."""
+    state = rules.initial_state()
+    assert state["loss_alarm"] == 1.0  # before any loss: the fast back-off
+    for loss in (1.0, 0.95, 0.9, 0.85):  # falling, but not yet below STALL x the first
+        rules.note_loss(state, loss)
+        assert state["loss_alarm"] == 1.0
+    for loss in (0.7, 0.6, 0.5, *[0.45] * 40):  # below 0.8 x the first, then settled
+        rules.note_loss(state, loss)
+    assert state["loss_alarm"] == 0.0
+    rules.note_loss(state, float("nan"))  # changes nothing
+    assert state["loss_alarm"] == 0.0 and state["loss_steps"] == 47
+    rules.note_loss(state, 0.9)  # a jump: rising
+    assert state["loss_alarm"] == 1.0
+    for _ in range(3):
+        rules.note_loss(state, 0.3)
+    assert state["loss_alarm"] == 0.0
+    dead = rules.initial_state()  # a network that stays at its first loss (a dead one)
+    for loss in (2.3, 2.31, 2.29, 2.3, 2.3, 2.3, 2.29, 2.3):
+        rules.note_loss(dead, loss)
+    assert dead["loss_alarm"] == 1.0
+
+    def n_next(state, x):  # the rule's n after x, by hand
+        k = state["hyper_steps"] + 1
+        m = (rules.B1 * state["hyper_m"] + (1 - rules.B1) * x) / (1 - rules.B1**k)
+        v = (rules.B2 * state["hyper_v"] + (1 - rules.B2) * x * x) / (1 - rules.B2**k)
+        return max(-1.0, min(1.0, m / math.sqrt(v)))
+
+    beta = 0.1
+    after_one = {**rules.initial_state(), "hyper_m": 0.1, "hyper_v": 0.01, "hyper_steps": 1}
+    n = n_next(after_one, -0.5)  # a "lower" of weak evidence: 0 < n < 1
+    assert 0 < n < 0.5
+    for alarm, factor in ((1.0, rules.DOWN), (0.0, 1 + (rules.DOWN - 1) * n * n)):
+        lr = rules.scale_free_step(1.0, -0.5, dict(after_one, loss_alarm=alarm), hyper_lr=beta)
+        assert lr == pytest.approx(math.exp(-beta * factor * n), rel=1e-12)
+    for alarm in (1.0, 0.0):  # n = 1 is the largest evidence: DOWN times faster either way
+        lr = rules.scale_free_step(1.0, 1.0, {**rules.initial_state(), "loss_alarm": alarm},
+                                   hyper_lr=beta)
+        assert lr == pytest.approx(math.exp(-beta * rules.DOWN), rel=1e-12)
+        # raising (n = -1) does not depend on the alarm
+        lr = rules.scale_free_step(1.0, -1.0, {**rules.initial_state(), "loss_alarm": alarm},
+                                   hyper_lr=beta)
+        assert lr == pytest.approx(math.exp(beta), rel=1e-12)
 
 
 @pytest.mark.parametrize("tuner_cls", [adatune.MARTHE, adatune.RTHO])

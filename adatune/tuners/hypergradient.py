@@ -280,7 +280,10 @@ class HypergradientTuner:
             gv = torch.autograd.grad(val, params, allow_unused=True)
             self._validation_update(params, gv)
         self.state["step"] += 1
-        return loss_value.detach()
+        loss_value = loss_value.detach()
+        if self.hyper_update == _rule.SCALE_FREE:  # gates the next steps' back-off
+            _rule.note_loss(self.state, float(loss_value))
+        return loss_value
 
     def compute_hg(self, model: nn.Module, first_grad: Sequence[Tensor | None]) -> None:
         """Low-level API of the original AdaTune: advance the tangent.
