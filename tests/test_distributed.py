@@ -172,7 +172,8 @@ def test_two_ranks_resume_bit_identically(tmp_path):
             assert code == 0, (phase, err[-3000:])
     read = lambda name: json.loads((tmp_path / f"{name}.json").read_text())  # noqa: E731
     assert read("stop-0")["status"] == "interrupted"
-    assert read("stop-1")["status"] == "peer-failure"  # rank 1 lost rank 0 and exited
+    stopped = read("stop-1")
+    assert stopped["status"] == "peer-failure", stopped  # rank 1 lost rank 0 and exited
     [last] = (tmp_path / "ckpt-stopped").glob("run-*/last.pt")
     state = torch.load(last, weights_only=True)  # plain tensors, numbers and containers
     ranks = state["rng"]["ranks"]
