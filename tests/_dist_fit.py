@@ -192,8 +192,10 @@ def main(workdir: str, phase: str = "cases") -> None:
             results["low-level API"] = _low_level_refused()
             results["signal checks"] = _signal_checks(path)
         rank = torch.distributed.get_rank()
-        if phase != "stop":  # (in "stop" rank 0 left the run: rank 1 has no peer to wait for)
-            torch.distributed.barrier()  # every rank is done with the group before any tears it down
+        # Every rank is done with the group before any tears it down (in "stop" rank 0
+        # left the run: rank 1 has no peer to wait for).
+        if phase != "stop":
+            torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
     (path / f"{'result' if phase == 'cases' else phase}-{rank}.json").write_text(
