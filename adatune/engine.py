@@ -121,7 +121,7 @@ def resume(store: Store, run_id: int, *, epochs: int | None = None, device: str 
     run = distributed.on_main(lambda: check_resume(store, run_id, epochs=epochs))  # rank 0
     started = time.perf_counter()
     config = TrainConfig.from_dict(run.config)
-    ckpt_dir = _run_dir(config, run_id)
+    ckpt_dir = run_folder(config.checkpoint_dir, run_id)
     changed = _resumed_config(run, config, epochs=epochs, device=device)
     replay = distributed.on_main(lambda: replay_source(changed, store))
     parts = distributed.agree({"entry": "resume", "run_id": run_id, "epochs": epochs,
@@ -132,10 +132,6 @@ def resume(store: Store, run_id: int, *, epochs: int | None = None, device: str 
                         meta=changed.to_dict(), started=started,
                         record_config=None if changed is config else changed.to_dict(),
                         device=None if device is None else str(loop.device))
-
-
-def _run_dir(config: TrainConfig, run_id: int) -> Path:
-    return run_folder(config.checkpoint_dir, run_id)
 
 
 def _fingerprint(config: TrainConfig, **more: object) -> dict:

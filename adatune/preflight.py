@@ -77,8 +77,7 @@ def check_resume(store: Store, run_id: int, *, epochs: int | None = None) -> Run
     if run.config.get("entry") == "fit":
         raise ConfigError(f"run {run_id} was started from Python with adatune.fit; resume "
                           f"it there with adatune.fit(..., resume={run_id})")
-    check_resumable(store, run_id, run_folder(run.config.get("checkpoint_dir"), run_id),
-                    epochs=epochs)
+    _check_resumable(run, run_folder(run.config.get("checkpoint_dir"), run_id), epochs)
     recorded = run.config.get("epochs")
     if epochs is not None and epochs != recorded:
         if epochs < run.epochs:
@@ -98,12 +97,15 @@ def check_resumable(store: Store, run_id: int, ckpt_dir: Path, *,
     A completed run may go on when ``epochs`` (its new total) is above the
     epochs it trained, unless it stopped early.
     """
-    run = store.get_run(run_id, steps=False).run
+    _check_resumable(store.get_run(run_id, steps=False).run, ckpt_dir, epochs)
+
+
+def _check_resumable(run: RunRecord, ckpt_dir: Path, epochs: int | None) -> None:
     if run.status == "running" and checkpoint.folder_in_use(ckpt_dir):
-        raise RunBusy(f"run {run_id} is still running (its process is alive)")
+        raise RunBusy(f"run {run.id} is still running (its process is alive)")
     check_status(run, epochs)
     if run.epochs > 0 and not (ckpt_dir / "last.pt").exists():
-        raise ConfigError(f"run {run_id} has no checkpoint at {ckpt_dir / 'last.pt'}; it "
+        raise ConfigError(f"run {run.id} has no checkpoint at {ckpt_dir / 'last.pt'}; it "
                           "cannot be resumed")
 
 

@@ -107,11 +107,15 @@ def run_case(name: str, store: Path, ckpt: Path) -> dict:
            "final_lr": tuner.lr if tuner is not None else opt.param_groups[0]["lr"]}
     if store.exists() and (not torch.distributed.is_initialized()
                            or torch.distributed.get_rank() == 0):
-        with open_store(store) as db:
-            steps = db.get_run(result.run_id).steps
-        out["lr"] = [s.lr for s in steps]
-        out["h"] = [s.hypergradient for s in steps]
+        out.update(_recorded_steps(store, result.run_id))
     return out
+
+
+def _recorded_steps(store: Path, run_id: int) -> dict:
+    """Every step's LR and hypergradient as the store recorded them (rank 0 reads it)."""
+    with open_store(store) as db:
+        steps = db.get_run(run_id).steps
+    return {"lr": [s.lr for s in steps], "h": [s.hypergradient for s in steps]}
 
 
 def run_cases(workdir: Path) -> dict:
@@ -152,10 +156,7 @@ def resume_phase(workdir: Path, phase: str) -> dict:
            "weights": [p.detach().reshape(-1).tolist() for p in model.parameters()],
            "buffers": [b.reshape(-1).tolist() for b in model.buffers()]}
     if torch.distributed.get_rank() == 0:
-        with open_store(store) as db:
-            steps = db.get_run(result.run_id).steps
-        out["lr"] = [s.lr for s in steps]
-        out["h"] = [s.hypergradient for s in steps]
+        out.update(_recorded_steps(store, result.run_id))
     return out
 
 

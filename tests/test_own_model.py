@@ -328,33 +328,32 @@ def test_find_alpha_and_sweep_take_own_parts_and_judge_regression_by_loss(workdi
     assert probes and all(r.config["model"] == REGRESSION[1] for r in probes)
     # The default space reaches LRs at which SGD diverges on this regression (the trial
     # is then pruned, as the next test checks): this one stays where it trains.
-    Path("space.toml").write_text('[lr]\ntype = "float"\nlow = 0.001\nhigh = 0.01\nlog = true\n')
-    code, out, err = cli(capsys, "sweep", "--method", "constant", *REGRESSION, "--trials", "1",
-                         "--seeds", "1", "--epochs", "2", "--study", "reg", "--space", "space.toml")
-    assert code == 0, err
-    import optuna
-
-    with open_store("adatune.db") as db:
-        [trial_run] = db.list_runs(kind="sweep")
-        study = optuna.load_study(study_name="reg", storage=db.url)
-    [trial] = study.trials
-    assert trial.state == optuna.trial.TrialState.COMPLETE
+    trial_run, trial = _one_regression_trial(
+        capsys, '[lr]\ntype = "float"\nlow = 0.001\nhigh = 0.01\nlog = true\n')
+    assert trial.state.name == "COMPLETE"
     assert trial.value == pytest.approx(-trial_run.summary["best_val_loss"])
 
 
 def test_a_sweep_prunes_a_regression_trial_that_diverges(workdir, capsys):
-    Path("space.toml").write_text('[lr]\ntype = "categorical"\nchoices = [0.9]\n')
-    code, out, err = cli(capsys, "sweep", "--method", "constant", *REGRESSION, "--trials", "1",
-                         "--seeds", "1", "--epochs", "2", "--study", "reg", "--space", "space.toml")
-    assert code == 0, err
+    trial_run, trial = _one_regression_trial(
+        capsys, '[lr]\ntype = "categorical"\nchoices = [0.9]\n')
+    assert trial_run.status == "diverged" and trial_run.summary["best_val_loss"] is None
+    assert trial.state.name == "PRUNED" and trial.value is None
+
+
+def _one_regression_trial(capsys, space: str):
+    """`adatune sweep` of one constant-LR trial on the regression, in ``space`` (TOML):
+    its run in the store and its Optuna trial."""
     import optuna
 
+    Path("space.toml").write_text(space)
+    code, _, err = cli(capsys, "sweep", "--method", "constant", *REGRESSION, "--trials", "1",
+                       "--seeds", "1", "--epochs", "2", "--study", "reg", "--space", "space.toml")
+    assert code == 0, err
     with open_store("adatune.db") as db:
         [trial_run] = db.list_runs(kind="sweep")
-        study = optuna.load_study(study_name="reg", storage=db.url)
-    [trial] = study.trials
-    assert trial_run.status == "diverged" and trial_run.summary["best_val_loss"] is None
-    assert trial.state == optuna.trial.TrialState.PRUNED and trial.value is None
+        [trial] = optuna.load_study(study_name="reg", storage=db.url).trials
+    return trial_run, trial
 
 
 def test_the_report_judges_regression_by_loss_and_names_the_model(workdir, capsys):
