@@ -1,7 +1,7 @@
 """adatune: online learning-rate tuning from exact hypergradients.
 
 The public names are imported on first use (PEP 562): ``import adatune`` and
-the light modules (``adatune.config``, ``adatune.store``, ``adatune.report``
+the light modules (``adatune.running.config``, ``adatune.store``, ``adatune.report``
 minus its HTML) never load torch until a tuner or :func:`fit` is touched. To
 add a public name, add one line to ``_EXPORTS``: the name and the module that
 defines it.
@@ -10,13 +10,13 @@ defines it.
 from adatune._lazy import lazy_exports as _lazy_exports
 
 _EXPORTS = {
-    "HD": "adatune.tuners",
-    "MARTHE": "adatune.tuners",
-    "RTHO": "adatune.tuners",
-    "HypergradientTuner": "adatune.tuners",
-    "ReplayLR": "adatune.schedules",
-    "fast_double_backward": "adatune.tuners",
-    "fit": "adatune.fitting",
+    "HD": "adatune.methods.tuners",
+    "MARTHE": "adatune.methods.tuners",
+    "RTHO": "adatune.methods.tuners",
+    "HypergradientTuner": "adatune.methods.tuners",
+    "ReplayLR": "adatune.methods.schedules",
+    "fast_double_backward": "adatune.methods.tuners",
+    "fit": "adatune.running.fitting",
     "__version__": "adatune._version",
 }
 

@@ -2,12 +2,12 @@
 
 This module imports neither torch nor numpy, so that a configuration can be
 checked, and the command can answer ``--help`` or reject a bad option, without
-loading the training stack. Each table lives here once; :mod:`adatune.data`,
-:mod:`adatune.models`, :mod:`adatune.schedules` and :mod:`adatune.config` build
+loading the training stack. Each table lives here once; :mod:`adatune.data.datasets`,
+:mod:`adatune.data.models`, :mod:`adatune.methods.schedules` and :mod:`adatune.running.config` build
 on it and re-export the names they always had. Two more tables of names a
 command checks before torch are light where they are defined: the peer
-optimizers (:data:`adatune.peers.PEER_NAMES`) and the losses
-(:data:`adatune.config.LOSS_NAMES`). ``tests/test_catalog.py`` checks that every
+optimizers (:data:`adatune.methods.peers.PEER_NAMES`) and the losses
+(:data:`adatune.running.config.LOSS_NAMES`). ``tests/test_catalog.py`` checks that every
 name builds the part it names.
 """
 
@@ -164,7 +164,7 @@ def check_dataset_files(name: str, data_dir: str | os.PathLike | None = None, *,
     """Raise :class:`DatasetError` when the dataset's files are missing and not to be fetched.
 
     Only checks that the files are there (reading them is
-    :func:`adatune.data.load_splits`'s job); ``digits`` needs none, and with
+    :func:`adatune.data.datasets.load_splits`'s job); ``digits`` needs none, and with
     ``download`` missing files are fetched later.
     """
     key = canonical_dataset(name)

@@ -17,7 +17,7 @@ from adatune.errors import AdatuneError
 from adatune.redact import mask_secrets
 
 if TYPE_CHECKING:
-    from adatune.config import TrainConfig
+    from adatune.running.config import TrainConfig
     from adatune.store import Store
     from adatune.store.records import EpochRecord
 
@@ -150,7 +150,7 @@ def open_for_run(store: str, config: TrainConfig | None) -> Store:
     the caller imports the training stack (torch). Without ``config`` (a
     resumed run) the store must exist: a missing one is refused, not created.
     """
-    from adatune.preflight import check_run_inputs
+    from adatune.running.preflight import check_run_inputs
 
     if config is not None:
         check_run_inputs(config)

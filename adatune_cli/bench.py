@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from adatune.bench_config import HVP_MODES, METHODS, BenchConfig
+from adatune.bench.config import HVP_MODES, METHODS, BenchConfig
 from adatune_cli._common import err, out
 from adatune_cli.main import app
 
@@ -51,7 +51,7 @@ def bench_command(
     if not as_json:
         err.print(f"timing {len(config.labels())} methods on {config.network}, batch "
                   f"{config.batch_size}, {total} interleaved rounds ...", markup=False)
-    from adatune.bench import run_bench  # torch
+    from adatune.bench.measure import run_bench  # torch
 
     result = run_bench(config)
     if as_json:

@@ -15,10 +15,13 @@ from rich import box
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
-from adatune import signals
-from adatune.config import TUNER_NAMES, TrainConfig, canonical_method
 from adatune.errors import ConfigError
-from adatune.findalpha import (
+from adatune.methods.hyper_update import ADDITIVE, MAX_HYPER_LR, SCALE_FREE
+from adatune.redact import mask_secrets
+from adatune.running import signals
+from adatune.running.config import TUNER_NAMES, TrainConfig, canonical_method
+from adatune.running.runtypes import RunResult
+from adatune.search.findalpha import (
     DEFAULT_ALPHA_MAX,
     DEFAULT_ALPHA_MIN,
     DEFAULT_FACTOR,
@@ -34,9 +37,6 @@ from adatune.findalpha import (
     find_alpha,
     with_found_value,
 )
-from adatune.hyper_update import ADDITIVE, MAX_HYPER_LR, SCALE_FREE
-from adatune.redact import mask_secrets
-from adatune.runtypes import RunResult
 from adatune_cli._common import StoreOption, err, fail, fmt, json_safe, open_for_run, out
 from adatune_cli.main import app
 from adatune_cli.options import (
@@ -308,7 +308,7 @@ def find_alpha_command(
             result = find_alpha(config, settings, db, name=name, experiment=experiment,
                                 events=_SearchProgress(progress))
         if then_train and result.value is not None and result.status == "completed":
-            from adatune.engine import train
+            from adatune.running.engine import train
 
             with _progress() as progress:
                 trained = train(with_found_value(config, result), db, name=name,

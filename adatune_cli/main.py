@@ -15,9 +15,9 @@ import warnings
 import typer
 
 import adatune
-from adatune import signals
 from adatune.errors import AdatuneError
 from adatune.redact import mask_secrets
+from adatune.running import signals
 
 app = typer.Typer(
     name="adatune",
@@ -56,7 +56,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every user error is one line on stderr and exit code 2.
 
-    SIGTERM is handled as :mod:`adatune.signals` says (a run checkpoints and
+    SIGTERM is handled as :mod:`adatune.running.signals` says (a run checkpoints and
     stops; the exit code is 143), SIGUSR1 checkpoints a run and goes on.
     """
     warnings.showwarning = _show_warning

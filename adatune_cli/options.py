@@ -2,7 +2,7 @@
 
 ``@run_options`` adds every option below to a command's signature and hands
 them to the command as one ``opts: dict``; ``make_config`` turns that into a
-validated :class:`adatune.config.TrainConfig`. The original AdaTune scripts'
+validated :class:`adatune.running.config.TrainConfig`. The original AdaTune scripts'
 flag names are accepted beside the modern ones (``--num-epoch``/``--epochs``,
 ``--wd``/``--weight-decay``, ``--grad-clipping``/``--grad-clip``,
 ``--model-loc``/``--checkpoint-dir``).
@@ -19,9 +19,9 @@ from typing import Annotated, Any
 
 import typer
 
-from adatune.config import DEFAULT_HYPER_LR, TrainConfig
 from adatune.errors import ConfigError
-from adatune.hyper_update import ADDITIVE, DEFAULT_HYPER_UPDATE, MAX_HYPER_LR, SCALE_FREE
+from adatune.methods.hyper_update import ADDITIVE, DEFAULT_HYPER_UPDATE, MAX_HYPER_LR, SCALE_FREE
+from adatune.running.config import DEFAULT_HYPER_LR, TrainConfig
 
 PANEL_RUN = "Run"
 PANEL_TUNER = "Hypergradient tuner"
@@ -239,7 +239,7 @@ def command_line(kind: str, config: dict[str, Any], *, name: str | None = None,
     """The ``adatune`` command that reproduces a run with this configuration."""
     import shlex
 
-    from adatune.peers import PEERS
+    from adatune.methods.peers import PEERS
 
     method = config["method"]
     tuner = kind == "train"

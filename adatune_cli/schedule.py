@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from adatune.errors import ConfigError
-from adatune.replay import (
+from adatune.methods.schedule_file import (
     NoStepLRs,
     format_for,
     format_schedule,

@@ -20,12 +20,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from adatune import signals
-from adatune.config import TrainConfig
 from adatune.errors import ConfigError
-from adatune.hyper_update import ADDITIVE, DEFAULT_HYPER_UPDATE
-from adatune.peers import check_available
-from adatune.sweep import (
+from adatune.methods.hyper_update import ADDITIVE, DEFAULT_HYPER_UPDATE
+from adatune.methods.peers import check_available
+from adatune.running import signals
+from adatune.running.config import TrainConfig
+from adatune.search.sweep import (
     DEFAULT_PATIENCE,
     DEFAULT_SEEDS,
     DEFAULT_SPACES,

@@ -5,7 +5,7 @@ schema) before the training stack is imported: bad input exits at once.
 
 Under ``torchrun`` every rank runs the command; rank 0 alone checks the input
 against the store, opens it, shows progress and prints, and its errors are every
-rank's (:mod:`adatune.distributed`).
+rank's (:mod:`adatune.running.distributed`).
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from adatune import signals
 from adatune.catalog import canonical_schedule
-from adatune.config import REPLAY, TUNER_NAMES, TrainConfig, canonical_method
 from adatune.errors import AdatuneError, ConfigError
-from adatune.peers import PEER_NAMES
-from adatune.runtypes import Events, RunResult
+from adatune.methods.peers import PEER_NAMES
+from adatune.running import signals
+from adatune.running.config import REPLAY, TUNER_NAMES, TrainConfig, canonical_method
+from adatune.running.runtypes import Events, RunResult
 from adatune.store.records import EpochRecord
 from adatune_cli._common import (
     StoreOption,
@@ -184,7 +184,7 @@ def _run(config: TrainConfig | None, store: str, *, resume_id: int | None = None
     try:
         if resume_id is not None:
             _check_resume(db, resume_id, resume_changes)
-        from adatune.engine import resume, train  # torch, once the input is known good
+        from adatune.running.engine import resume, train  # torch, once the input is known good
 
         with _progress() as progress:
             events = RichEvents(progress)
@@ -219,8 +219,8 @@ def _ranked() -> bool:
 def _run_ranked(config: TrainConfig | None, store: str, *, resume_id: int | None,
                 resume_changes: dict[str, Any] | None, **run_kw: Any) -> None:
     """:func:`_run` on one rank of several: rank 0 checks, records, shows and prints."""
-    from adatune.distributed import LazyStore, PeerFailure, launch, on_main
-    from adatune.engine import resume, train
+    from adatune.running.distributed import LazyStore, PeerFailure, launch, on_main
+    from adatune.running.engine import resume, train
 
     def go(db: Any, events: Events) -> RunResult:
         if resume_id is not None:
@@ -292,7 +292,7 @@ def resume_changes(ctx: typer.Context, run_id: int, opts: dict[str, Any],
 
 def _check_resume(db: Any, run_id: int, changes: dict[str, Any] | None) -> None:
     """Refuse a run that cannot go on as asked (before torch loads); say what changes."""
-    from adatune.preflight import check_resume
+    from adatune.running.preflight import check_resume
 
     changes = changes or {}
     config = check_resume(db, run_id, epochs=changes.get("epochs")).config
@@ -417,7 +417,7 @@ def baseline_command(
 
 def _inherited(ctx: typer.Context, run_id: int, store: str) -> dict[str, Any]:
     """The source run's training setup, for every option not given on the command line."""
-    from adatune.replay import replay_defaults
+    from adatune.methods.schedule_file import replay_defaults
     from adatune.store import open_store
 
     with open_store(store, create=False) as db:  # a source run needs a store that exists

@@ -14,7 +14,7 @@ CIFAR-shaped global batch, one method at a time, and counts per step:
   all-reduce of two float64 scalars for the validation side;
 - ``signals``: what the training loop adds to every step of any method when the
   ranks handle SIGTERM/SIGUSR1 (``adatune train`` and ``baseline`` under
-  torchrun, ``adatune.distributed.launch()``): one all-reduce of two int64
+  torchrun, ``adatune.running.distributed.launch()``): one all-reduce of two int64
   numbers, by which the ranks agree after the same step to stop or checkpoint.
 
 It also times the steps (median), but across processes on a small shared CPU
@@ -43,10 +43,10 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
 import adatune
-from adatune.data import DataSpec, shard_bounds
-from adatune.distributed import Ranks, launch
-from adatune.models import build_model
-from adatune.tuners import _distributed
+from adatune.data.datasets import DataSpec, shard_bounds
+from adatune.data.models import build_model
+from adatune.methods.tuners.collectives import counting
+from adatune.running.distributed import Ranks, launch
 
 METHODS = ("ddp", "plain", "hd", "marthe-mu0", "marthe", "rtho", "signals")
 
@@ -144,7 +144,7 @@ def measure(method: str, args, device: torch.device, ranks: Ranks) -> dict:
         ddp_count.collectives = ddp_count.bytes = 0
         _sync(device)
         start = time.perf_counter()
-        with _distributed.counting() as ours:
+        with counting() as ours:
             if method == "ddp":
                 opt.zero_grad(set_to_none=True)
                 ce(net(x), y).backward()

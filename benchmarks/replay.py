@@ -52,9 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import robustness  # noqa: E402 - the tasks live beside this file
 
 import adatune  # noqa: E402
-from adatune.build import build_tuner  # noqa: E402
-from adatune.config import TrainConfig  # noqa: E402
-from adatune.replay import schedule_from_run  # noqa: E402
+from adatune.methods.schedule_file import schedule_from_run  # noqa: E402
+from adatune.running.build import build_tuner  # noqa: E402
+from adatune.running.config import TrainConfig  # noqa: E402
 
 SOURCE_SEED = 0
 REPLAY_SEEDS = (1, 2, 3)

@@ -9,8 +9,8 @@ split is carved from the training set, validation batches run in eval mode,
 the test accuracy is taken at the best-validation epoch, and the loop's
 divergence rules apply (a non-finite loss or LR, or a training loss above 10x
 its first value). The tuners are built from the CLI's defaults for the
-optimizer and the update rule (:func:`adatune.build.build_tuner` of a
-:class:`~adatune.config.TrainConfig`), with no per-task setting.
+optimizer and the update rule (:func:`adatune.running.build.build_tuner` of a
+:class:`~adatune.running.config.TrainConfig`), with no per-task setting.
 
 The tasks are small, so that the whole grid runs in minutes on two CPU cores:
 
@@ -30,7 +30,7 @@ update rule, or a baseline schedule, or (for LR-free optimizers) an optimizer
 factory that replaces the task's optimizer. Add entries to :data:`METHODS`
 (or pass ``--methods``) to compare more.
 
-The *peers* (:mod:`adatune.peers`, at their packages' defaults) are methods of
+The *peers* (:mod:`adatune.methods.peers`, at their packages' defaults) are methods of
 one optimizer family each: D-Adaptation SGD, DoG and Schedule-Free SGD in the
 SGD rows, Prodigy, D-Adaptation Adam and Schedule-Free AdamW in the Adam rows.
 Those that take no LR (D-Adaptation, Prodigy, DoG: lr 1.0 is their authors'
@@ -67,12 +67,12 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import adatune
-from adatune.build import build_tuner
-from adatune.config import TrainConfig
-from adatune.data import load_splits
-from adatune.hyper_update import DEFAULT_HYPER_UPDATE, HYPER_UPDATES
-from adatune.models import build_model
-from adatune.peers import PEERS, build_peer
+from adatune.data.datasets import load_splits
+from adatune.data.models import build_model
+from adatune.methods.hyper_update import DEFAULT_HYPER_UPDATE, HYPER_UPDATES
+from adatune.methods.peers import PEERS, build_peer
+from adatune.running.build import build_tuner
+from adatune.running.config import TrainConfig
 from adatune.store import open_store
 
 FACTORS = (0.1, 1.0, 10.0)
@@ -261,7 +261,7 @@ def _peer_method(name: str, family: str, *, initial_lr: bool = False,
                   optimizer=functools.partial(_peer, name, initial_lr))
 
 
-#: The LR-free optimizers of adatune.peers, each beside the task optimizer of its family.
+#: The LR-free optimizers of adatune.methods.peers, each beside the task optimizer of its family.
 PEER_METHODS: tuple[Method, ...] = (
     _peer_method("dadapt-sgd", "sgd"),
     _peer_method("dog", "sgd"),

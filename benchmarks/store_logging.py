@@ -10,7 +10,7 @@ alternate, so noise hits both alike).
 ``--in-training``: the number that matters. Trains the default task
 (``adatune train`` with its defaults: MARTHE on digits) for a few seeds with a
 real SQLite store, times every ``record_epoch`` call and every epoch inside
-``adatune.engine.train`` (wall-clock and CPU seconds), and prints the median
+``adatune.running.engine.train`` (wall-clock and CPU seconds), and prints the median
 call as a share of the median epoch. Caches are cold there (the model's
 tensors have just streamed through), so a call costs more than alone. Every
 other epoch's call drops the per-step LRs (``lrs=None``), so the cost they add
@@ -78,9 +78,9 @@ def in_training(seeds: int, store_path: str, checkpoint_dir: str, method: str) -
     stretches with the other processes, while CPU seconds (this process's, all
     threads) still say what the work costs.
     """
-    from adatune.config import TrainConfig
-    from adatune.engine import train
-    from adatune.loop import Loop
+    from adatune.running.config import TrainConfig
+    from adatune.running.engine import train
+    from adatune.running.loop import Loop
 
     calls: list[tuple[float, float]] = []
     bare: list[float] = []

@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 import adatune
-import adatune.loop
-from adatune import signals
-from adatune.peers import PEER_NAMES, build_peer
+import adatune.running.loop
+from adatune.methods.peers import PEER_NAMES, build_peer
+from adatune.methods.tuners import collectives
+from adatune.running import signals
 from adatune.store import open_store
-from adatune.tuners import _distributed
 
 # (name, tuner, optimizer, options). Sizes make uneven slices: 43 training examples in
 # batches of 6 (the last batch has 1: rank 0's slice of it is empty), 17 validation
@@ -91,15 +91,15 @@ def run_case(name: str, store: Path, ckpt: Path) -> dict:
     else:
         tuner = None
     train, val, test = _data()
-    saved = _distributed.BUCKET_BYTES
+    saved = collectives.BUCKET_BYTES
     if bucket is not None:
-        _distributed.BUCKET_BYTES = bucket
+        collectives.BUCKET_BYTES = bucket
     try:
         result = adatune.fit(model, train, val, test, optimizer=opt, tuner=tuner,
                              epochs=EPOCHS, batch_size=BATCH, log_every=1, store=str(store),
                              checkpoint_dir=str(ckpt), name=name)
     finally:
-        _distributed.BUCKET_BYTES = saved
+        collectives.BUCKET_BYTES = saved
     out = {"status": result.status, "run_id": result.run_id,
            "val_loss": [e.val_loss for e in result.epochs],
            "train_loss": [e.train_loss for e in result.epochs],
@@ -123,7 +123,7 @@ def run_cases(workdir: Path) -> dict:
     return {name: run_case(name, store, workdir / "ckpt") for name, *_ in CASES}
 
 
-class _StopAfterFirstEpoch(adatune.loop.Events):
+class _StopAfterFirstEpoch(adatune.running.loop.Events):
     def epoch_done(self, record) -> None:
         if record.epoch == 1:
             raise KeyboardInterrupt
@@ -150,7 +150,7 @@ def resume_phase(workdir: Path, phase: str) -> dict:
               resume=resume, events=_StopAfterFirstEpoch() if phase == "stop" else None)
     try:
         result = adatune.fit(model, train, val, test, **kw)
-    except _distributed.PeerFailure as exc:  # rank 0 stopped: the other ranks lose it
+    except collectives.PeerFailure as exc:  # rank 0 stopped: the other ranks lose it
         return {"status": "peer-failure", "error": str(exc)}
     out = {"status": result.status, "run_id": result.run_id,
            "weights": [p.detach().reshape(-1).tolist() for p in model.parameters()],
@@ -164,7 +164,7 @@ def _signal_checks(workdir: Path) -> dict:
     """The collectives of one run with SIGTERM/SIGUSR1 handled and without."""
     out = {}
     for armed in (False, True):
-        with _distributed.counting() as count:
+        with collectives.counting() as count:
             with signals.handle_preemption() if armed else contextlib.nullcontext():
                 run_case("baseline-momentum", workdir / f"signals-{armed}.db",
                          workdir / f"ckpt-signals-{armed}")

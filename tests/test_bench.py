@@ -2,7 +2,7 @@
 
 import json
 
-from adatune.bench import BenchConfig
+from adatune.bench.measure import BenchConfig
 from tests._cli import cli
 
 

@@ -8,8 +8,8 @@ import re
 import pytest
 import typer
 
-from adatune.config import MAX_EPOCHS, MAX_SEED, TrainConfig
 from adatune.errors import ConfigError
+from adatune.running.config import MAX_EPOCHS, MAX_SEED, TrainConfig
 from adatune.store import open_store
 from adatune_cli.main import _register, app
 from tests._cli import cli

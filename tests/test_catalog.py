@@ -1,7 +1,7 @@
 """The light name tables agree with what the training stack builds.
 
 The command checks names against torch-free tables (:mod:`adatune.catalog`,
-:mod:`adatune.peers`, the losses of :mod:`adatune.config`) before it imports
+:mod:`adatune.methods.peers`, the losses of :mod:`adatune.running.config`) before it imports
 torch; the builders then pick by those names. Each table is defined once and
 re-exported; these tests check the re-exports are the same objects and that
 every name the tables accept builds the part it names (a builder's last branch
@@ -16,8 +16,11 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 import adatune
-from adatune import build, catalog, config, data, models, peers, schedules
-from adatune.schedules import ScheduleConfig, build_schedule
+from adatune import catalog
+from adatune.data import datasets, models
+from adatune.methods import peers, schedules
+from adatune.methods.schedules import ScheduleConfig, build_schedule
+from adatune.running import build, config
 
 #: What each name means: the spec of the tables, not a number standing in for one.
 TUNERS = {"marthe": adatune.MARTHE, "rtho": adatune.RTHO, "hd": adatune.HD}
@@ -28,8 +31,8 @@ SCHEDULES = {"constant": lr_scheduler.LambdaLR, "staircase": lr_scheduler.StepLR
 
 
 def test_each_table_is_defined_once() -> None:
-    assert data.DATASET_NAMES is catalog.DATASET_NAMES
-    assert data.canonical_dataset is catalog.canonical_dataset
+    assert datasets.DATASET_NAMES is catalog.DATASET_NAMES
+    assert datasets.canonical_dataset is catalog.canonical_dataset
     assert models.NETWORK_NAMES is catalog.NETWORK_NAMES
     assert models.canonical_network is catalog.canonical_network
     assert schedules.SCHEDULE_NAMES is catalog.SCHEDULE_NAMES

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from adatune import checkpoint, signals
-from adatune.config import TrainConfig
-from adatune.engine import Events, resume, train
 from adatune.errors import CheckpointError
+from adatune.running import checkpoint, signals
+from adatune.running.config import TrainConfig
+from adatune.running.engine import Events, resume, train
 from adatune.store import open_store
 from tests._cli import cli
 

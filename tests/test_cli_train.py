@@ -115,7 +115,7 @@ def test_runs_list_and_show_json_and_the_reproduce_command(workdir, capsys):
 
 
 def test_runs_stored_before_the_rule_was_a_choice_read_as_additive():
-    from adatune.config import TrainConfig
+    from adatune.running.config import TrainConfig
     from adatune_cli.options import command_line
 
     old = TrainConfig(hyper_update="additive").to_dict()

@@ -12,7 +12,7 @@ import torch
 import torchvision
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from adatune import data as D
+from adatune.data import datasets as D
 from adatune.errors import ConfigError, DatasetError
 from tests._fakedata import write_cifar10, write_cifar100, write_mnist
 

@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from adatune import checkpoint, distributed, signals
-from adatune.data import AugmentedImages, batches, shard_bounds
+from adatune.data.datasets import AugmentedImages, batches, shard_bounds
 from adatune.errors import CheckpointError, ConfigError
+from adatune.methods.tuners import collectives
+from adatune.running import checkpoint, distributed, signals
 from adatune.store import open_store
-from adatune.tuners import _distributed
 from tests import _dist_fit, _ranks
 from tests._cli import cli
 from tests._wait import runs, wait_for
@@ -82,7 +82,7 @@ def test_shards_of_a_dataloader_dataset_read_only_their_examples():
 def test_buckets_keep_dtype_and_size_apart():
     f32 = [torch.zeros(10), torch.zeros(10), torch.zeros(30)]
     f64 = torch.zeros(4, dtype=torch.float64)
-    buckets = _distributed._buckets([f32[0], f64, f32[1], f32[2]], cap=100)
+    buckets = collectives._buckets([f32[0], f64, f32[1], f32[2]], cap=100)
     assert buckets == [[0, 2], [1], [3]]  # 40 + 40 bytes, then 120 > 100 alone
 
 
@@ -96,18 +96,18 @@ def test_sigterm_is_an_interruption_unless_a_peer_on_this_host_is_gone(monkeypat
             with signals.deferred():  # in the loop: the stop waits for the agreed step
                 distributed._on_sigterm(signal.SIGTERM, None)
                 assert signals.stop_requested() == signal.SIGTERM
-                assert not _distributed.is_stopping()
+                assert not collectives.is_stopping()
         with signals.handle_preemption(), pytest.raises(distributed.Terminated):
             distributed._on_sigterm(signal.SIGTERM, None)  # elsewhere: at once
-        _distributed.stopping(True)
+        collectives.stopping(True)
         distributed._on_sigterm(signal.SIGTERM, None)  # the run is ending: ignored
-        _distributed.stopping(False)
+        collectives.stopping(False)
         monkeypatch.setattr(distributed, "_peers", [me, {**me, "pid": dead.pid}])
         with pytest.raises(distributed.PeerFailure, match="rank 1 died"):
             distributed._on_sigterm(signal.SIGTERM, None)
-        assert _distributed.is_stopping()
+        assert collectives.is_stopping()
     finally:
-        _distributed.stopping(False)
+        collectives.stopping(False)
 
 
 def test_timeout_from_the_environment(monkeypatch):

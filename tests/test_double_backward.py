@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import adatune
-from adatune.tuners._double_backward import _BatchNormBackward, _ConvBackward
+from adatune.methods.tuners._double_backward import _BatchNormBackward, _ConvBackward
 
 
 def _grad_and_hvp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, fast: bool):

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from adatune.config import TrainConfig
 from adatune.errors import ConfigError
-from adatune.findalpha import SearchConfig, SearchEvents, find_alpha, probe_config
 from adatune.report.info import _get_find_alpha_info
+from adatune.running.config import TrainConfig
+from adatune.search.findalpha import SearchConfig, SearchEvents, find_alpha, probe_config
 from adatune.store import open_store
 from tests._cli import cli
 
@@ -281,8 +281,8 @@ def test_an_interrupted_probe_ends_the_search_as_interrupted(tmp_path):
 ])
 def test_the_zero_lr_and_nonfinite_hypergradient_rules_reach_the_probes(tmp_path, monkeypatch,
                                                                          patch, reason):
-    from adatune.loop import Loop
-    from adatune.tuners import HypergradientTuner
+    from adatune.methods.tuners import HypergradientTuner
+    from adatune.running.loop import Loop
 
     if patch == "zero-lr":  # the LR the loop sees is 0 at every step
         monkeypatch.setattr(Loop, "_lr", lambda self: 0.0)

@@ -6,7 +6,7 @@ import shlex
 
 import pytest
 
-from adatune.config import TrainConfig
+from adatune.running.config import TrainConfig
 from adatune.store import open_store
 from adatune.store.records import EpochRecord
 from adatune_cli import _common

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from adatune import data as D
-from adatune import models as M
+from adatune.data import datasets as D
+from adatune.data import models as M
 from adatune.errors import ConfigError
 
 DIGITS = D.dataset_spec("digits")

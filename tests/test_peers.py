@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 import adatune
-from adatune.build import build_parts
-from adatune.config import TrainConfig
 from adatune.errors import ConfigError
-from adatune.loop import Events
-from adatune.peers import PEER_NAMES, PEERS, build_peer, optimizer_view, peer_class
+from adatune.methods.peers import PEER_NAMES, PEERS, build_peer, optimizer_view, peer_class
+from adatune.running.build import build_parts
+from adatune.running.config import TrainConfig
+from adatune.running.loop import Events
 from adatune.store import open_store
 from tests._cli import cli
 from tests._wait import epoch_reached, spawn_cli
@@ -463,8 +463,8 @@ def _trajectory(store, run_id: int):
                                            ("dadapt-sgd", -1)])
 def test_a_peer_stopped_by_sigterm_mid_epoch_resumes_to_the_same_result(workdir, method,
                                                                          batch):
-    from adatune import signals
-    from adatune.engine import resume, train
+    from adatune.running import signals
+    from adatune.running.engine import resume, train
 
     extra = {"warmup_steps": 30, "lr": 0.5} if method == "schedulefree-sgd" else {}
     cfg = TrainConfig(method=method, epochs=3, seed=3, log_every=1, checkpoint_dir="ckpt",

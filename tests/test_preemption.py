@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from adatune import checkpoint
 from adatune.errors import CheckpointError
+from adatune.running import checkpoint
 from adatune.store import open_store
 from tests._wait import WAIT_S, epoch_reached, finish, runs, wait_for
 from tests._wait import spawn_cli as spawn

@@ -18,10 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from adatune.config import TrainConfig
-from adatune.engine import resume, train
 from adatune.errors import ConfigError
-from adatune.replay import LRSchedule, format_schedule, schedule_from_file, schedule_from_run
+from adatune.methods.schedule_file import (
+    LRSchedule,
+    format_schedule,
+    schedule_from_file,
+    schedule_from_run,
+)
+from adatune.running.config import TrainConfig
+from adatune.running.engine import resume, train
 from adatune.store import EpochRecord, NewRun, open_store
 from tests._cli import cli
 from tests.test_report_e2e import browser  # noqa: F401 - the headless Chromium fixture

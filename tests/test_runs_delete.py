@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from adatune import checkpoint
+from adatune.running import checkpoint
 from adatune.store import open_store
 from tests._cli import cli
 

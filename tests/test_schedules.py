@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from adatune.errors import ConfigError
-from adatune.schedules import ScheduleConfig, build_schedule, canonical_schedule
+from adatune.methods.schedules import ScheduleConfig, build_schedule, canonical_schedule
 
 
 def _lrs(config, epochs=6, steps=4, lr=0.1):

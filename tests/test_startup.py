@@ -22,12 +22,12 @@ import pytest
 
 from adatune.catalog import check_dataset_files
 from adatune.errors import ConfigError, DatasetError
-from adatune.preflight import check_writable_dir
+from adatune.running.preflight import check_writable_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 _NO_MODULE = "adatune_no_such_module"
 _PASSWORD = "s3cret-pw"
-TRAINING = ("torch", "torchvision", "sklearn", "adatune.tuners", "adatune.engine")
+TRAINING = ("torch", "torchvision", "sklearn", "adatune.methods.tuners", "adatune.running.engine")
 HEAVY = (*TRAINING, "plotly", "optuna", "sqlalchemy", "alembic")
 
 _RUNNER = textwrap.dedent("""
@@ -291,17 +291,18 @@ def test_no_password_is_printed(outcome) -> None:
 
 def test_the_check_sees_torch_once_a_tuner_is_touched(outcome) -> None:
     _, got = outcome
-    assert "torch" in got["control"] and "adatune.tuners" in got["control"]
+    assert "torch" in got["control"] and "adatune.methods.tuners" in got["control"]
 
 
 def test_light_modules_never_import_torch() -> None:
-    light = ["adatune", "adatune.errors", "adatune.catalog", "adatune.config",
-             "adatune.runtypes", "adatune.preflight", "adatune.bench_config",
-             "adatune.findalpha", "adatune.sweep", "adatune.store.records",
-             "adatune.peers", "adatune.imports", "adatune.redact", "adatune.signals",
-             "adatune.checkpoint", "adatune.report", "adatune.report.info",
+    light = ["adatune", "adatune.errors", "adatune.catalog", "adatune.running.config",
+             "adatune.running.runtypes", "adatune.running.preflight", "adatune.bench.config",
+             "adatune.search.findalpha", "adatune.search.sweep", "adatune.store.records",
+             "adatune.methods.peers", "adatune.imports", "adatune.redact",
+             "adatune.running.signals",
+             "adatune.running.checkpoint", "adatune.report", "adatune.report.info",
              "adatune.report.table", "adatune.report.select", "adatune.report.synthetic",
-             "adatune.replay", "adatune.hyper_update"]
+             "adatune.methods.schedule_file", "adatune.methods.hyper_update"]
     store = ["adatune.store", "adatune.store.repository", "adatune.store.migrate",
              "adatune.store.health"]
     script = (f"import sys, json\nfor m in {light!r}: __import__(m)\n"
@@ -322,8 +323,8 @@ def test_public_names_load_on_first_use() -> None:
     import adatune.report
     import adatune.store
     from adatune import MARTHE, ReplayLR
-    from adatune.schedules import ReplayLR as schedules_replay
-    from adatune.tuners import MARTHE as tuners_marthe
+    from adatune.methods.schedules import ReplayLR as schedules_replay
+    from adatune.methods.tuners import MARTHE as tuners_marthe
 
     assert MARTHE is tuners_marthe and ReplayLR is schedules_replay
     for package in (adatune, adatune.store, adatune.report):
@@ -399,7 +400,7 @@ def test_checkpoint_dir_must_be_a_writable_folder(tmp_path: Path, read_only) -> 
 
 def test_missing_dataset_files_are_found_before_reading(tmp_path: Path) -> None:
     from adatune.catalog import DATASETS, MNIST_FILES
-    from adatune.data import load_splits
+    from adatune.data.datasets import load_splits
 
     folder = tmp_path / DATASETS["mnist"].folder
     with pytest.raises(DatasetError) as early:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from adatune.config import TrainConfig
-from adatune.engine import train
+from adatune.running.config import TrainConfig
+from adatune.running.engine import train
 from adatune.store import open_store
 
 
@@ -38,7 +38,7 @@ def test_every_step_lr_is_recorded_and_agrees_with_the_samples(tmp_path: Path,
 
 def test_an_epoch_healed_from_the_checkpoint_keeps_its_step_lrs(tmp_path: Path) -> None:
     """Killed after ``last.pt`` but before the epoch's commit: resume records it, LRs included."""
-    from adatune.engine import resume
+    from adatune.running.engine import resume
 
     config = TrainConfig(method="marthe", epochs=3, checkpoint_dir=str(tmp_path / "ck"))
     with open_store(tmp_path / "s.db") as store:
@@ -68,8 +68,8 @@ def test_a_run_stopped_mid_epoch_keeps_every_step_lr(tmp_path: Path) -> None:
     import os
     import signal
 
-    from adatune import checkpoint, signals
-    from adatune.engine import Events, resume
+    from adatune.running import checkpoint, signals
+    from adatune.running.engine import Events, resume
 
     class StopAt(Events):
         def step_done(self, epoch, batch, loss, lr, mu) -> None:
@@ -97,9 +97,9 @@ def test_a_checkpoint_written_before_step_lrs_resumes_without_inventing_them(
 
     import torch
 
-    from adatune import signals
-    from adatune.engine import Events, resume
-    from adatune.replay import NoStepLRs, schedule_from_run
+    from adatune.methods.schedule_file import NoStepLRs, schedule_from_run
+    from adatune.running import signals
+    from adatune.running.engine import Events, resume
 
     class StopAt(Events):
         def step_done(self, epoch, batch, loss, lr, mu) -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from adatune.config import TrainConfig
 from adatune.errors import RunBusy, StoreError
 from adatune.redact import mask_secrets
+from adatune.running.config import TrainConfig
 from adatune.store import VERSION_TABLE, NewRun, open_store
 from adatune.store import health as store_health
 from adatune.store.migrate import head_revision

@@ -21,11 +21,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from adatune.config import TrainConfig
 from adatune.errors import ConfigError
+from adatune.running.config import TrainConfig
+from adatune.search.sweep import SweepConfig, SweepEvents, parse_space, run_sweep
 from adatune.store import open_store
 from adatune.store.records import NewRun
-from adatune.sweep import SweepConfig, SweepEvents, parse_space, run_sweep
 from tests._cli import cli
 from tests._wait import WAIT_S, wait_for
 from tests._wait import runs as runs_in
@@ -136,7 +136,7 @@ def test_a_worker_joining_as_another_writes_its_marker_and_first_trial(tmp_path,
     Worker B created the study; just as this worker looks, B writes its marker and
     asks for its first trial. This worker must join, not call the study foreign.
     """
-    from adatune import sweep as sweep_mod
+    from adatune.search import sweep as sweep_mod
 
     sweep = SweepConfig("constant", trials=2, seeds=1, study="race", space=DIVERGING)
     config = base(tmp_path)
@@ -354,7 +354,7 @@ def _lr_space(tmp_path: Path) -> str:
 
 def test_a_worker_that_loses_the_race_for_the_last_place_gives_its_trial_back(tmp_path,
                                                                                monkeypatch):
-    from adatune import sweep as sweep_module
+    from adatune.search import sweep as sweep_module
 
     sweep = SweepConfig("constant", trials=1, seeds=1, study="r", space=DIVERGING)
     with open_store(tmp_path / "s.db") as store:

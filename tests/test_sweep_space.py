@@ -12,10 +12,10 @@ import sys
 import optuna
 import pytest
 
-from adatune.config import TrainConfig
 from adatune.errors import ConfigError
-from adatune.peers import PEER_NAMES
-from adatune.sweep import (
+from adatune.methods.peers import PEER_NAMES
+from adatune.running.config import TrainConfig
+from adatune.search.sweep import (
     DEFAULT_SPACES,
     TUNABLE,
     Param,

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import adatune
-from adatune import hyper_update as rules
-from adatune.hyper_update import ADDITIVE, HYPER_UPDATES, SCALE_FREE
+from adatune.methods import hyper_update as rules
+from adatune.methods.hyper_update import ADDITIVE, HYPER_UPDATES, SCALE_FREE
 
 ce = nn.functional.cross_entropy
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 import adatune
-from adatune.hyper_update import ADDITIVE, HYPER_UPDATES
+from adatune.methods.hyper_update import ADDITIVE, HYPER_UPDATES
 from tests._unroll import OptSpec, unrolled_step
 
 OPTIMIZERS = {

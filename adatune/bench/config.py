@@ -1,7 +1,7 @@
 """What ``adatune bench`` measures and what it returns, without torch.
 
 The methods, the configuration (validated on creation) and the result records
-of :mod:`adatune.bench`, which re-exports them; the command reads them for its
+of :mod:`adatune.bench.measure`, which re-exports them; the command reads them for its
 options and checks before it loads the training stack.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from adatune.catalog import OPTIMIZER_NAMES, DataSpec, canonical_network, check_compatible
-from adatune.config import MAX_SEED, whole
 from adatune.errors import ConfigError
+from adatune.running.config import MAX_SEED, whole
 
 METHODS = ("plain", "hd", "marthe-mu0", "marthe", "rtho", "floor", "floor-torch")
 # "floor": the autograd work an exact MARTHE step cannot avoid (a gradient with

@@ -3,7 +3,7 @@
 A tuner wraps a ``torch.optim`` optimizer (SGD, Adam, AdamW). It never
 re-implements the parameter update: it computes gradients, advances the
 tangent ``Z`` of the training state with respect to the learning rate
-(:mod:`adatune.tuners._tangent`), lets the optimizer step, and writes the new
+(:mod:`adatune.methods.tuners._tangent`), lets the optimizer step, and writes the new
 learning rate into ``param_groups[i]["lr"]``. With several param groups one
 learning rate is tuned and every group keeps its initial ratio to it.
 
@@ -11,7 +11,7 @@ Under ``torch.distributed`` (a process group initialised, or ``process_group=``
 given) every rank passes its shard of the batch and of the validation batch;
 the tuner averages the training gradient, the Hessian-vector product and the
 validation gradient's dot products over the ranks
-(:mod:`adatune.tuners._distributed`), so every rank takes the same step and
+(:mod:`adatune.methods.tuners.collectives`), so every rank takes the same step and
 the same learning rate.
 """
 
@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adatune import hyper_update as _rule
-from adatune.tuners import _distributed, _tangent
-from adatune.tuners._double_backward import fast_double_backward
+from adatune.methods import hyper_update as _rule
+from adatune.methods.tuners import _tangent
+from adatune.methods.tuners import collectives as _distributed
+from adatune.methods.tuners._double_backward import fast_double_backward
 
 LossArg = Tensor | Callable[[], Tensor]
 HVP_MODES = ("exact", "finite-difference")
@@ -95,7 +96,7 @@ class HypergradientTuner:
     gradient, before the step that uses the new learning rate).
 
     ``hyper_update`` is how the LR moves given the hypergradient
-    (:mod:`adatune.hyper_update`): ``"scale-free"`` (the default; ``hyper_lr``
+    (:mod:`adatune.methods.hyper_update`): ``"scale-free"`` (the default; ``hyper_lr``
     is dimensionless and defaults to the tuner's entry of
     ``SCALE_FREE_HYPER_LR``) or ``"additive"`` (the papers' rule; ``hyper_lr``
     is then required, in LR per unit of hypergradient).
@@ -574,7 +575,7 @@ class HypergradientTuner:
         self._hyper_update(h, g_dot)
 
     def _hyper_update(self, h: float, g_dot: float | None) -> None:
-        """Move the LR by the rule (:mod:`adatune.hyper_update`); adapt beta and mu."""
+        """Move the LR by the rule (:mod:`adatune.methods.hyper_update`); adapt beta and mu."""
         s = self.state
         s["last_hypergradient"] = h
         additive = self.hyper_update == _rule.ADDITIVE

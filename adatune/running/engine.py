@@ -1,16 +1,16 @@
-"""Runs from a configuration: build the parts (:mod:`adatune.build`), then run the loop.
+"""Runs from a configuration: build the parts (:mod:`adatune.running.build`), then run the loop.
 
-The loop itself is :mod:`adatune.loop`. :func:`train` starts a run from a
-:class:`~adatune.config.TrainConfig` and :func:`resume` continues one from its
+The loop itself is :mod:`adatune.running.loop`. :func:`train` starts a run from a
+:class:`~adatune.running.config.TrainConfig` and :func:`resume` continues one from its
 ``last`` checkpoint; the CLI, ``find-alpha`` and ``sweep`` go through these.
 Library users with their own model and data call :func:`adatune.fit`, which
 runs the same loop.
 
 Under ``torch.distributed`` every rank calls the same function: each builds
 its parts once the ranks agree on the configuration
-(:func:`adatune.distributed.agree`), and rank 0 alone reads and writes the
-store (:func:`adatune.distributed.on_main`); the other ranks may pass a
-:class:`~adatune.distributed.LazyStore`.
+(:func:`adatune.running.distributed.agree`), and rank 0 alone reads and writes the
+store (:func:`adatune.running.distributed.on_main`); the other ranks may pass a
+:class:`~adatune.running.distributed.LazyStore`.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from adatune import checkpoint, distributed, signals
-from adatune.build import build_parts, loop_config, replay_steps
-from adatune.config import REPLAY, TrainConfig
 from adatune.errors import CheckpointError, ConfigError, RunBusy
-from adatune.loop import (
+from adatune.running import checkpoint, distributed, signals
+from adatune.running.build import build_parts, loop_config, replay_steps
+from adatune.running.config import REPLAY, TrainConfig
+from adatune.running.loop import (
     DivergenceRules,
     Events,
     Loop,
@@ -33,8 +33,8 @@ from adatune.loop import (
     RunResult,
     resolve_device,
 )
-from adatune.preflight import check_resume, check_status, run_folder
-from adatune.runtypes import DEFAULT_CHECKPOINT_DIR
+from adatune.running.preflight import check_resume, check_status, run_folder
+from adatune.running.runtypes import DEFAULT_CHECKPOINT_DIR
 from adatune.store import STALE_AFTER_S, Store
 from adatune.store.records import NewRun, RunRecord
 
@@ -150,7 +150,7 @@ def replay_source(config: TrainConfig, store: Store):
     """
     if config.method != REPLAY:
         return None
-    from adatune.replay import NoStepLRs, schedule_from_file, schedule_from_run
+    from adatune.methods.schedule_file import NoStepLRs, schedule_from_file, schedule_from_run
 
     if config.from_file is not None:
         return schedule_from_file(config.from_file)

@@ -1,6 +1,6 @@
 """What a run will read and write, checked before the training stack is loaded.
 
-:class:`~adatune.config.TrainConfig` checks values and names; this checks the
+:class:`~adatune.running.config.TrainConfig` checks values and names; this checks the
 file system: the dataset's files are there (or are to be downloaded), a peer
 optimizer's package and the top-level packages of the user's own
 ``--model``/``--data``/``--loss`` are installed (looked up, not imported), and
@@ -18,13 +18,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from adatune import checkpoint
 from adatune.catalog import check_dataset_files
-from adatune.config import REPLAY, TrainConfig
 from adatune.errors import ConfigError, RunBusy
 from adatune.imports import check_findable
-from adatune.peers import check_available
-from adatune.runtypes import DEFAULT_CHECKPOINT_DIR
+from adatune.methods.peers import check_available
+from adatune.running import checkpoint
+from adatune.running.config import REPLAY, TrainConfig
+from adatune.running.runtypes import DEFAULT_CHECKPOINT_DIR
 
 if TYPE_CHECKING:
     from adatune.store import Store

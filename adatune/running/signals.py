@@ -17,10 +17,10 @@ runs every command inside it):
 * SIGUSR1: the loop writes ``last.pt`` after the current step and goes on.
 
 Library users get the same by wrapping their own calls:
-``with adatune.signals.handle_preemption(): adatune.engine.train(...)``.
+``with adatune.running.signals.handle_preemption(): adatune.running.engine.train(...)``.
 The loop asks :func:`stop_requested` and :func:`take_checkpoint_request` at
 its safe points, inside :func:`deferred`. Under several ranks
-(:mod:`adatune.distributed`) the ranks compare their requests at each safe
+(:mod:`adatune.running.distributed`) the ranks compare their requests at each safe
 point, and a stop that reached another rank stops this one too
 (:func:`stop_agreed`): every rank stops, or checkpoints, after the same step.
 """
@@ -131,7 +131,7 @@ def stop_agreed(signum: int) -> None:
     """Another rank of this run received the stop signal ``signum``: stop here too.
 
     The training loop calls this when the ranks compare their requests after a
-    step (:mod:`adatune.distributed`); the loop then stops as if this process had
+    step (:mod:`adatune.running.distributed`); the loop then stops as if this process had
     received it, and :func:`exit_code` is 128 + ``signum``.
     """
     if _state.stop is None:

@@ -24,7 +24,8 @@ from adatune.catalog import (
     dataset_spec,
 )
 from adatune.errors import ConfigError
-from adatune.hyper_update import (
+from adatune.imports import attr_name, check_import_path
+from adatune.methods.hyper_update import (
     ADDITIVE,
     DEFAULT_HYPER_UPDATE,
     HYPER_UPDATES,
@@ -32,8 +33,7 @@ from adatune.hyper_update import (
     canonical_hyper_update,
     hyper_lr_range,
 )
-from adatune.imports import attr_name, check_import_path
-from adatune.peers import PEER_NAMES, PEERS, canonical_peer
+from adatune.methods.peers import PEER_NAMES, PEERS, canonical_peer
 
 REPLAY = "replay"  # a recorded schedule replayed step for step (adatune.ReplayLR)
 DEVICES = ("auto", "cpu", "cuda", "mps")

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import adatune
-from adatune.bench_config import (
+from adatune.bench.config import (
     HVP_METHODS,
     HVP_MODES,
     MAX_BENCH_BATCH,
@@ -32,8 +32,8 @@ from adatune.bench_config import (
     BenchResult,
     MethodResult,
 )
-from adatune.engine import resolve_device
-from adatune.models import build_model
+from adatune.data.models import build_model
+from adatune.running.engine import resolve_device
 
 __all__ = [
     "HVP_METHODS",
@@ -170,7 +170,7 @@ def time_methods(config: BenchConfig, labels: Sequence[str],
 def peak_memory_mb(config: BenchConfig, label: str) -> float:
     """Peak memory of ``steps`` steps of one method, in a fresh subprocess."""
     payload = json.dumps({**asdict(config), "label": label})
-    proc = subprocess.run([sys.executable, "-m", "adatune.bench", payload],
+    proc = subprocess.run([sys.executable, "-m", "adatune.bench.measure", payload],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe for {label} failed: {proc.stderr.strip()[-500:]}")

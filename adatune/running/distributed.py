@@ -2,7 +2,7 @@
 
 Data parallelism: every rank holds the whole model and trains on a disjoint
 shard of every batch; ``batch_size`` is the global batch. The tuners average
-what their math needs across the ranks (:mod:`adatune.tuners._distributed`);
+what their math needs across the ranks (:mod:`adatune.methods.tuners.collectives`);
 this module gives the loop the rest, and every piece of it is a no-op on one
 process:
 
@@ -15,7 +15,7 @@ process:
   other ranks.
 * :func:`launch`: joins the process group from the environment that
   ``torchrun`` sets (gloo on the CPU, NCCL on CUDA), with a bounded timeout,
-  and handles SIGTERM and SIGUSR1 as :mod:`adatune.signals` says: the loop's
+  and handles SIGTERM and SIGUSR1 as :mod:`adatune.running.signals` says: the loop's
   ranks agree after every step on whether any of them was asked to stop or to
   checkpoint, and all do it after the same step. A SIGTERM while a peer on this
   host is gone is :class:`PeerFailure` (the run failed) instead.
@@ -44,12 +44,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from adatune import checkpoint, errors, signals
+from adatune import errors
 from adatune._process import owner_record, process_may_be_alive
-from adatune.data import shard_bounds
+from adatune.data.datasets import shard_bounds
 from adatune.errors import AdatuneError, ConfigError
-from adatune.tuners import _distributed
-from adatune.tuners._distributed import PeerFailure, active_group, all_reduce_
+from adatune.methods.tuners import collectives
+from adatune.methods.tuners.collectives import PeerFailure, active_group, all_reduce_
+from adatune.running import checkpoint, signals
 
 __all__ = ["LazyStore", "PeerFailure", "Ranks", "Terminated", "agree", "launch", "on_main",
            "timeout_s"]
@@ -62,8 +63,8 @@ DEFAULT_TIMEOUT_S = 300.0
 BACKEND_ENV = "ADATUNE_DIST_BACKEND"
 
 
-#: A SIGTERM stopped the run (:class:`adatune.signals.Terminated`, a :class:`KeyboardInterrupt`:
-#: the loop ends the run as ``interrupted``).
+#: A SIGTERM stopped the run (:class:`adatune.running.signals.Terminated`, a
+#: :class:`KeyboardInterrupt`: the loop ends the run as ``interrupted``).
 Terminated = signals.Terminated
 
 
@@ -114,7 +115,7 @@ def launch() -> Iterator[int]:
     Yields this process's rank (0 on one process). With ``WORLD_SIZE`` unset
     or 1, or a group already initialised, it does nothing but yield the rank.
     Collectives (and joining) wait at most :func:`timeout_s` for the other ranks. While
-    inside, SIGTERM and SIGUSR1 are handled as :func:`adatune.signals.handle_preemption`
+    inside, SIGTERM and SIGUSR1 are handled as :func:`adatune.running.signals.handle_preemption`
     handles them (a run stops, or checkpoints, after a step every rank agrees on),
     except that a SIGTERM while a rank on this host has died raises
     :class:`PeerFailure` (torchrun stops the survivors that way), and one after
@@ -141,7 +142,7 @@ def launch() -> Iterator[int]:
     except (RuntimeError, ValueError) as exc:
         raise PeerFailure(f"rank {rank} could not join the {world} ranks within {limit:g} s: "
                           f"{' '.join(str(exc).split())[:300]}") from exc
-    _distributed.stopping(False)
+    collectives.stopping(False)
     handler_set = threading.current_thread() is threading.main_thread()
     try:
         with signals.handle_preemption():
@@ -194,11 +195,11 @@ def _gone(rank: int, wait_s: float) -> bool:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    if _distributed.is_stopping():
+    if collectives.is_stopping():
         return  # already ending the run: let it finish writing its status
     dead = _dead_ranks()
     if dead:
-        _distributed.stopping(True)
+        collectives.stopping(True)
         raise PeerFailure(f"rank {', '.join(map(str, dead))} died (this rank was then stopped "
                           "by SIGTERM)")
     signals.on_stop(signum, frame)  # the loop stops after a step the ranks agree on
@@ -214,7 +215,7 @@ def _gather(obj: Any, group: Any) -> list[Any]:
     try:
         dist.all_gather_object(out, obj, group=group)
     except RuntimeError as exc:
-        _distributed.stopping(True)
+        collectives.stopping(True)
         raise PeerFailure(f"ranks could not exchange data (a rank died or timed out): "
                           f"{_describe(exc)}") from exc
     return out
@@ -225,7 +226,7 @@ def _broadcast(obj: Any, group: Any) -> Any:
     try:
         dist.broadcast_object_list(box, src=0, group=group)
     except RuntimeError as exc:
-        _distributed.stopping(True)
+        collectives.stopping(True)
         raise PeerFailure(f"rank 0 could not share data (a rank died or timed out): "
                           f"{_describe(exc)}") from exc
     return box[0]
@@ -377,7 +378,7 @@ class Ranks:
 
     @property
     def shard(self) -> tuple[int, int] | None:
-        """``(rank, world)`` for :func:`adatune.data.batches`, or None on one process."""
+        """``(rank, world)`` for :func:`adatune.data.datasets.batches`, or None on one process."""
         return (self.rank, self.world) if self.active else None
 
     def weight(self, n_global: int) -> float:
@@ -410,7 +411,7 @@ class Ranks:
         """An untuned step: ``p.grad`` and the loss averaged over the ranks."""
         if not self.active:
             return loss
-        return _distributed.average_gradients(list(params), loss, self.group)
+        return collectives.average_gradients(list(params), loss, self.group)
 
     def sync_buffers(self, model: nn.Module) -> None:
         """Average the floating-point buffers (batch-norm running statistics) over the ranks."""
@@ -422,7 +423,7 @@ class Ranks:
         if not self.active:
             return
         with torch.no_grad():
-            _distributed.broadcast_([t.detach() for t in (*model.parameters(),
+            collectives.broadcast_([t.detach() for t in (*model.parameters(),
                                                           *model.buffers())], self.group)
 
     def rng_states(self, device: torch.device) -> list[dict[str, Any]] | None:
@@ -465,7 +466,7 @@ class Ranks:
     def readable(self, path: Path) -> io.BytesIO | None:
         """Several ranks: rank 0's bytes of checkpoint ``path`` (no shared disk needed).
 
-        For :func:`adatune.checkpoint.load`'s ``file``; None on one process (read
+        For :func:`adatune.running.checkpoint.load`'s ``file``; None on one process (read
         ``path`` itself). Rank 0 failing to read it is a
         :class:`~adatune.errors.CheckpointError` on every rank.
         """
@@ -477,17 +478,17 @@ class Ranks:
         """Each number's maximum over the ranks (one int64 all-reduce; itself on one process)."""
         if not self.active:
             return [int(v) for v in values]
-        return _distributed.max_(values, self.group, device)
+        return collectives.max_(values, self.group, device)
 
     def requests(self, device: torch.device, *, agree: bool = True) -> tuple[bool, bool]:
         """(stop, checkpoint): what SIGTERM and SIGUSR1 ask of the loop after a step.
 
         One process (or ``agree=False``): the requests this process received
-        (:mod:`adatune.signals`). Several ranks: their maximum over the ranks, in
+        (:mod:`adatune.running.signals`). Several ranks: their maximum over the ranks, in
         one all-reduce of two int64 numbers, so that a signal that reached one
         rank, or reached the ranks at different steps, stops or checkpoints every
         rank after the same step. A stop another rank received counts as this
-        rank's (:func:`adatune.signals.stop_agreed`); a SIGTERM that reaches this
+        rank's (:func:`adatune.running.signals.stop_agreed`); a SIGTERM that reaches this
         rank later (torchrun's, forwarded to every rank) is then ignored
         (:func:`launch`): the run is already ending.
         """
@@ -497,7 +498,7 @@ class Ranks:
             signum, asked = self.any_of([stop or 0, int(asked)], device)
             if signum and stop is None:
                 signals.stop_agreed(signum)
-                _distributed.stopping(True)
+                collectives.stopping(True)
             stop = signum or None
         return stop is not None, bool(asked)
 

@@ -4,18 +4,18 @@
 and records the run in a store. Per epoch: train, evaluate on validation and
 test, write the full-state ``last`` checkpoint (and ``best`` on a better
 validation score), then commit the epoch and its sampled steps to the store in
-one transaction. The checkpoint (:mod:`adatune.checkpoint`) carries every
+one transaction. The checkpoint (:mod:`adatune.running.checkpoint`) carries every
 epoch's records, so a store that lost commits (a run killed between the two
 writes, a power cut) is healed on resume. SIGTERM and SIGUSR1 checkpoint in the
-middle of an epoch (:mod:`adatune.signals`). The library never prints:
+middle of an epoch (:mod:`adatune.running.signals`). The library never prints:
 progress goes to an :class:`Events` object the caller supplies.
 
-Where the parts come from is not this module's business: :mod:`adatune.build`
-builds them from a :class:`~adatune.config.TrainConfig` (the CLI),
+Where the parts come from is not this module's business: :mod:`adatune.running.build`
+builds them from a :class:`~adatune.running.config.TrainConfig` (the CLI),
 :func:`adatune.fit` takes them from the caller (the library).
 
 Under ``torch.distributed`` every rank runs this loop on its slice of every
-batch; :class:`adatune.distributed.Ranks` does what differs (weights,
+batch; :class:`adatune.running.distributed.Ranks` does what differs (weights,
 averages, sums), and only rank 0 writes the store and the checkpoints.
 """
 
@@ -34,16 +34,16 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from adatune import checkpoint, signals
-from adatune.data import batches
-from adatune.distributed import Ranks
+from adatune.data.datasets import batches
 from adatune.errors import ConfigError
-from adatune.peers import OptimizerView, optimizer_view
-from adatune.runtypes import DivergenceRules, Events, RunResult
-from adatune.schedules import Schedule
+from adatune.methods.peers import OptimizerView, optimizer_view
+from adatune.methods.schedules import Schedule
+from adatune.methods.tuners import HypergradientTuner
+from adatune.running import checkpoint, signals
+from adatune.running.distributed import Ranks
+from adatune.running.runtypes import DivergenceRules, Events, RunResult
 from adatune.store import Store
 from adatune.store.records import EpochRecord, StepRecord
-from adatune.tuners import HypergradientTuner
 
 HEARTBEAT_EVERY_S = 30.0
 OWNER_FILE = checkpoint.OWNER_FILE
@@ -76,7 +76,7 @@ class Parts:
 
     ``optimizer`` is any ``torch.optim.Optimizer``; the loop reads its
     effective LR and switches its train/eval mode through
-    :func:`adatune.peers.optimizer_view` (Schedule-Free's ``train()``/``eval()``;
+    :func:`adatune.methods.peers.optimizer_view` (Schedule-Free's ``train()``/``eval()``;
     Prodigy's, D-Adaptation's and DoG's own step sizes).
     ``loss(output, target)`` is the minibatch mean loss. ``classification``
     says the output holds class scores and the target class indices: the loop
@@ -131,7 +131,7 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
 
 
 def owner_alive(ckpt_dir: Path) -> bool:
-    """Whether a live process holds the run's folder (see :class:`adatune.checkpoint.RunLock`)."""
+    """Whether a live process holds the run's folder (see :class:`~.checkpoint.RunLock`)."""
     return checkpoint.folder_in_use(ckpt_dir)
 
 
@@ -235,7 +235,7 @@ class Loop:
         ``best.pt`` beside the weights. ``setup_s``, the seconds it took to
         build the parts, is recorded apart from the training time. ``lock``:
         the run folder's lock when the caller already holds it (a resume; on rank 0).
-        SIGTERM (inside :func:`adatune.signals.handle_preemption`) ends the run
+        SIGTERM (inside :func:`adatune.running.signals.handle_preemption`) ends the run
         at the next step, checkpointed; SIGUSR1 checkpoints there.
         """
         with signals.deferred():  # SIGTERM: stop at the next safe point, checkpointed
@@ -487,7 +487,7 @@ class Loop:
     def _requests(self) -> tuple[bool, bool]:
         """(stop, checkpoint): what SIGTERM and SIGUSR1 ask after this step, alike on every rank.
 
-        See :meth:`adatune.distributed.Ranks.requests` (one all-reduce of two
+        See :meth:`adatune.running.distributed.Ranks.requests` (one all-reduce of two
         numbers per step when the ranks handle signals; none on one process).
         """
         return self.ranks.requests(self.device, agree=self._agree_signals)

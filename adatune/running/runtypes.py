@@ -4,8 +4,8 @@ The progress callbacks (:class:`Events`), the rules that judge a run divergent
 (:class:`DivergenceRules`) and what a finished run returns (:class:`RunResult`)
 are plain Python, so that code which only configures, reports on or listens to
 runs (the find-alpha search, sweeps, the command's progress bars) can be
-imported without the training stack. :mod:`adatune.loop` and
-:mod:`adatune.engine` re-export them.
+imported without the training stack. :mod:`adatune.running.loop` and
+:mod:`adatune.running.engine` re-export them.
 """
 
 from __future__ import annotations

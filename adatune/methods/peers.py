@@ -46,7 +46,7 @@ class PeerSpec:
 
     ``lr`` and ``momentum`` are the package's own constructor defaults (a test
     reads them from the installed package). ``settings`` are the
-    :class:`~adatune.config.TrainConfig` fields passed to the constructor;
+    :class:`~adatune.running.config.TrainConfig` fields passed to the constructor;
     nothing else is (every other argument keeps the package's default).
     """
 

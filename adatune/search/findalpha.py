@@ -33,10 +33,10 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from adatune.config import MAX_EPOCHS, TUNER_NAMES, TrainConfig, whole
 from adatune.errors import AdatuneError, ConfigError
-from adatune.hyper_update import ADDITIVE, MAX_HYPER_LR, SCALE_FREE
-from adatune.runtypes import DivergenceRules, Events, RunResult
+from adatune.methods.hyper_update import ADDITIVE, MAX_HYPER_LR, SCALE_FREE
+from adatune.running.config import MAX_EPOCHS, TUNER_NAMES, TrainConfig, whole
+from adatune.running.runtypes import DivergenceRules, Events, RunResult
 from adatune.store.records import NewRun
 
 if TYPE_CHECKING:
@@ -337,7 +337,7 @@ def _search(config: TrainConfig, search: SearchConfig, store: Store, search_id: 
 
 def _probe(config: TrainConfig, search: SearchConfig, store: Store, search_id: int,
            value: float, phase: str, experiment: str | None, events: Events) -> ProbeResult:
-    from adatune.engine import train  # the training stack (torch), once a probe runs
+    from adatune.running.engine import train  # the training stack (torch), once a probe runs
 
     result: RunResult = train(
         probe_config(config, search, value), store,

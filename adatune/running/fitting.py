@@ -1,13 +1,13 @@
 """``adatune.fit``: your own model and data through the recorded, resumable loop.
 
-The same loop the ``adatune`` command runs (:mod:`adatune.loop`), over parts
+The same loop the ``adatune`` command runs (:mod:`adatune.running.loop`), over parts
 you give: the run is recorded in the store (``adatune runs``, ``adatune
 report`` show it), checkpoints go to ``checkpoint_dir/run-ID/``, and
 ``resume=RUN_ID`` continues a killed or interrupted run from its last
 checkpoint, given the same parts again.
 
 Under ``torch.distributed`` (a process group initialised, e.g. by
-``torchrun`` and :func:`adatune.distributed.launch`), call ``fit`` on every
+``torchrun`` and :func:`adatune.running.distributed.launch`), call ``fit`` on every
 rank with the same arguments and the whole datasets: each rank trains on its
 slice of every batch (``batch_size`` is the global batch), rank 0 alone
 writes the store and the checkpoints, and every rank returns the same result.
@@ -27,18 +27,18 @@ from torch import Tensor, nn
 from torch.optim import lr_scheduler
 from torch.utils.data import Dataset, TensorDataset
 
-from adatune import distributed
-from adatune.build import AlignedLoss, build_loss, build_tuner
-from adatune.config import DEFAULT_LR, TUNER_NAMES, TrainConfig
-from adatune.engine import DEFAULT_CHECKPOINT_DIR, continue_run, start_run
 from adatune.errors import ConfigError
-from adatune.loop import DivergenceRules, Events, Loop, LoopConfig, Parts, RunResult
-from adatune.peers import optimizer_view, peer_name
-from adatune.preflight import check_resumable
-from adatune.schedules import Schedule, ScheduleConfig, build_schedule, canonical_schedule
+from adatune.methods.peers import optimizer_view, peer_name
+from adatune.methods.schedules import Schedule, ScheduleConfig, build_schedule, canonical_schedule
+from adatune.methods.tuners import HypergradientTuner
+from adatune.running import distributed
+from adatune.running.build import AlignedLoss, build_loss, build_tuner
+from adatune.running.config import DEFAULT_LR, TUNER_NAMES, TrainConfig
+from adatune.running.engine import DEFAULT_CHECKPOINT_DIR, continue_run, start_run
+from adatune.running.loop import DivergenceRules, Events, Loop, LoopConfig, Parts, RunResult
+from adatune.running.preflight import check_resumable
 from adatune.store import Store, open_store
 from adatune.store.records import NewRun
-from adatune.tuners import HypergradientTuner
 
 DataArg = Dataset | tuple[Tensor, Tensor]
 _DEFAULT = object()
@@ -87,7 +87,7 @@ def fit(
     defaults for the optimizer), a tuner you built around ``optimizer``, or
     None. It defaults to ``"marthe"`` unless a ``schedule`` is given or
     ``optimizer`` sets its own step size (a peer: Prodigy, D-Adaptation,
-    Schedule-Free, DoG; see :mod:`adatune.peers`). A ``schedule`` is a
+    Schedule-Free, DoG; see :mod:`adatune.methods.peers`). A ``schedule`` is a
     baseline name (``"constant"``, ``"staircase"``, ``"exponential"``,
     ``"cosine"``) or a ``torch.optim.lr_scheduler`` instance, stepped every
     ``schedule_interval`` (``"epoch"`` or ``"step"``). With neither, the LR
@@ -105,7 +105,7 @@ def fit(
 
     ``device`` defaults to the model's. ``store`` is a path, an SQLAlchemy
     URL or an open :class:`~adatune.store.Store`. Returns the
-    :class:`~adatune.loop.RunResult` (``run_id`` names it in the store).
+    :class:`~adatune.running.loop.RunResult` (``run_id`` names it in the store).
     """
     started = time.perf_counter()
     if not isinstance(model, nn.Module):
@@ -218,7 +218,7 @@ def _dataset(name: str, data: Any) -> Dataset:
 
 def _loss(loss: Any) -> tuple[Callable[[Tensor, Tensor], Tensor], bool, str]:
     if isinstance(loss, str):
-        from adatune.config import canonical_loss
+        from adatune.running.config import canonical_loss
 
         name = canonical_loss(loss)
         fn, classification = build_loss(name)

@@ -8,7 +8,7 @@ every process pointed at the same store (one SQLite file on one machine, or one
 PostgreSQL URL for many machines) shares it. Nothing here schedules work:
 each worker asks the study for the next trial until the study has enough.
 
-    from adatune.sweep import SweepConfig, run_sweep
+    from adatune.search.sweep import SweepConfig, run_sweep
     result = run_sweep(TrainConfig(method="marthe", epochs=30, patience=10),
                        SweepConfig("marthe", trials=20, seeds=3), store)
 
@@ -75,18 +75,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adatune._process import owner_record, process_may_be_alive
-from adatune.config import MAX_SEED, TrainConfig, canonical_method, whole
 from adatune.errors import ConfigError, StoreError
-from adatune.hyper_update import ADDITIVE, DEFAULT_HYPER_UPDATE, HYPER_UPDATES, SCALE_FREE
-from adatune.peers import PEERS, check_available
+from adatune.methods.hyper_update import ADDITIVE, DEFAULT_HYPER_UPDATE, HYPER_UPDATES, SCALE_FREE
+from adatune.methods.peers import PEERS, check_available
 from adatune.redact import mask_secrets
-from adatune.runtypes import Events, RunResult
+from adatune.running.config import MAX_SEED, TrainConfig, canonical_method, whole
+from adatune.running.runtypes import Events, RunResult
 from adatune.store.records import EpochRecord
 
 if TYPE_CHECKING:
     from adatune.store import Store
 
-# Spaces, configs and results are plain Python: the training stack (adatune.engine,
+# Spaces, configs and results are plain Python: the training stack (adatune.running.engine,
 # torch), the store's SQL layer and Optuna are imported where a sweep runs.
 
 SAMPLERS = ("random", "tpe")
@@ -673,7 +673,7 @@ def _run_trial(study: Any, trial: Any, base: TrainConfig, sweep: SweepConfig, sp
                store: Store, events: SweepEvents) -> TrialOutcome:
     from optuna.trial import TrialState
 
-    from adatune.engine import train
+    from adatune.running.engine import train
 
     values = sample(trial, space)
     trial.set_user_attr("adatune_values", values)

@@ -1,8 +1,8 @@
-"""Build the parts of a run from its :class:`~adatune.config.TrainConfig`.
+"""Build the parts of a run from its :class:`~adatune.running.config.TrainConfig`.
 
 The built-in datasets and networks, or the user's own (``model``/``data``
 import paths), the loss, the optimizer, and the tuner or schedule: everything
-:func:`adatune.loop.run_loop` trains. Every check that can fail on user input
+:func:`adatune.running.loop.run_loop` trains. Every check that can fail on user input
 happens here, before a run is written: a factory that does not import, is not
 callable, raises, or returns the wrong type, and a model whose output the loss
 cannot take (one forward pass on two training examples, in eval mode, checks it).
@@ -21,13 +21,13 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 import adatune
 from adatune import imports
-from adatune.config import REPLAY, TrainConfig
-from adatune.data import DataSpec, DataSplits, load_splits
+from adatune.data.datasets import DataSpec, DataSplits, load_splits
+from adatune.data.models import build_model, check_compatible
 from adatune.errors import ConfigError
-from adatune.loop import DivergenceRules, LoopConfig, Parts, resolve_device
-from adatune.models import build_model, check_compatible
-from adatune.schedules import ReplayLR, Schedule, ScheduleConfig, build_schedule
-from adatune.tuners import HypergradientTuner
+from adatune.methods.schedules import ReplayLR, Schedule, ScheduleConfig, build_schedule
+from adatune.methods.tuners import HypergradientTuner
+from adatune.running.config import REPLAY, TrainConfig
+from adatune.running.loop import DivergenceRules, LoopConfig, Parts, resolve_device
 
 
 def loop_config(config: TrainConfig, rules: DivergenceRules | None = None) -> LoopConfig:
@@ -41,10 +41,10 @@ def build_parts(config: TrainConfig, replay: Any = None) -> Parts:
     """Data, model, loss, optimizer and tuner or schedule for ``config``, on its device.
 
     A replay (method ``replay``) needs its schedule: ``replay`` is the
-    :class:`~adatune.replay.LRSchedule` to replay.
+    :class:`~adatune.methods.schedule_file.LRSchedule` to replay.
     """
     if config.is_peer:  # before any data is read
-        from adatune.peers import check_available
+        from adatune.methods.peers import check_available
 
         check_available(config.method)
     device = resolve_device(config.device)
@@ -269,7 +269,7 @@ def _built_in_model(network: str, spec: DataSpec, classification: bool) -> nn.Mo
     shape = tuple(spec.input_shape)
     if network == "mlp":  # flattens any input shape
         outputs = spec.num_classes if classification else 1
-        from adatune.models import MLP
+        from adatune.data.models import MLP
 
         return MLP(math.prod(shape), outputs)
     if len(shape) != 3:
@@ -322,7 +322,7 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
     """The run's optimizer: torch's SGD, Adam or AdamW, or a peer from its package."""
     params = model.parameters()
     if config.is_peer:
-        from adatune.peers import build_peer
+        from adatune.methods.peers import build_peer
 
         return build_peer(config.method, params, **config.optimizer_settings)
     if config.optimizer == "sgd":
