@@ -13,7 +13,6 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from adatune.errors import AdatuneError
 from adatune.redact import mask_secrets
 
 if TYPE_CHECKING:
@@ -67,10 +66,6 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """Print one clear line on stderr and exit with ``code``."""
     err.print(mask_secrets(f"adatune: error: {message}"), markup=False)
     raise typer.Exit(code)
-
-
-def user_errors(exc: AdatuneError) -> NoReturn:
-    fail(str(exc))
 
 
 _GAP = 2  # between two columns: one space of padding and the (blank) rule

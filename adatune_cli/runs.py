@@ -189,7 +189,7 @@ def delete_run(
     still training is refused.
     Example: adatune runs delete 3 --yes
     """
-    from adatune.running.checkpoint import delete_run as delete
+    from adatune.running.deletion import delete_run as delete
     from adatune.store import open_store
 
     with open_store(store, create=False) as db:

@@ -25,24 +25,26 @@ from adatune.methods.hyper_update import ADDITIVE, DEFAULT_HYPER_UPDATE
 from adatune.methods.peers import check_available
 from adatune.running import signals
 from adatune.running.config import TrainConfig
-from adatune.search.sweep import (
-    DEFAULT_PATIENCE,
-    DEFAULT_SEEDS,
+from adatune.search.space import (
     DEFAULT_SPACES,
-    DEFAULT_TRIALS,
     Space,
-    SweepConfig,
-    SweepEvents,
-    SweepResult,
-    TrialOutcome,
     check_space,
     default_space,
     describe_space,
     load_space,
     parse_space,
-    run_sweep,
     space_toml,
     without,
+)
+from adatune.search.sweep import (
+    DEFAULT_PATIENCE,
+    DEFAULT_SEEDS,
+    DEFAULT_TRIALS,
+    SweepConfig,
+    SweepEvents,
+    SweepResult,
+    TrialOutcome,
+    run_sweep,
 )
 from adatune_cli._common import DEFAULT_STORE, StoreOption, err, fmt, open_for_run, out
 from adatune_cli.main import app

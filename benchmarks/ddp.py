@@ -43,7 +43,8 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
 import adatune
-from adatune.data.datasets import DataSpec, shard_bounds
+from adatune.data.batching import shard_bounds
+from adatune.data.datasets import DataSpec
 from adatune.data.models import build_model
 from adatune.methods.tuners.collectives import counting
 from adatune.running.distributed import Ranks, launch

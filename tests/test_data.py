@@ -12,6 +12,7 @@ import torch
 import torchvision
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from adatune.data import batching as B
 from adatune.data import datasets as D
 from adatune.errors import ConfigError, DatasetError
 from tests._fakedata import write_cifar10, write_cifar100, write_mnist
@@ -275,7 +276,7 @@ def test_cifar10_loads_pickles_without_md5(tmp_path, protocol):
     train_x = s.train.images.numpy()
     assert not set(_sorted_rows(train_x)) & set(_sorted_rows(val_x))
     assert _sorted_rows(np.concatenate([train_x, val_x])) == _sorted_rows(written["train"][0])
-    x, y = next(iter(D.batches(s.train, 16, shuffle=True, generator=torch.Generator())))
+    x, y = next(iter(B.batches(s.train, 16, shuffle=True, generator=torch.Generator())))
     assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
 
 
@@ -419,7 +420,7 @@ class _PlainDataset(Dataset):
 @pytest.mark.parametrize("make", [_toy, _PlainDataset, lambda n: Subset(_toy(n + 5), range(n))])
 def test_batches_cover_each_example_once(make):
     ds = make(10)
-    b = D.batches(ds, 4, shuffle=True, generator=torch.Generator().manual_seed(0))
+    b = B.batches(ds, 4, shuffle=True, generator=torch.Generator().manual_seed(0))
     assert len(b) == 3
     got = [y for _, y in b]
     assert [len(y) for y in got] == [4, 4, 2]
@@ -431,7 +432,7 @@ def test_batches_cover_each_example_once(make):
 @pytest.mark.parametrize("make", [_toy, _PlainDataset])
 def test_batches_deterministic_given_generator(make):
     def epochs(seed):
-        b = D.batches(make(50), 8, shuffle=True, generator=torch.Generator().manual_seed(seed))
+        b = B.batches(make(50), 8, shuffle=True, generator=torch.Generator().manual_seed(seed))
         return [torch.cat([y for _, y in b]).tolist() for _ in range(2)]
 
     first, second = epochs(1)
@@ -441,7 +442,7 @@ def test_batches_deterministic_given_generator(make):
 
 
 def test_batches_without_shuffle_and_drop_last():
-    b = D.batches(_toy(10), 4, shuffle=False, drop_last=True)
+    b = B.batches(_toy(10), 4, shuffle=False, drop_last=True)
     assert len(b) == 2
     assert torch.cat([y for _, y in b]).tolist() == list(range(8))
 
@@ -451,7 +452,7 @@ def test_augmented_batches_deterministic_given_generator(tmp_path):
     aug = D.AugmentedImages(images, torch.arange(20), mean=(0.5,) * 3, std=(0.25,) * 3)
 
     def run(seed):
-        b = D.batches(aug, 8, shuffle=True, generator=torch.Generator().manual_seed(seed))
+        b = B.batches(aug, 8, shuffle=True, generator=torch.Generator().manual_seed(seed))
         return torch.cat([x for x, _ in b])
 
     assert torch.equal(run(0), run(0))
@@ -461,4 +462,4 @@ def test_augmented_batches_deterministic_given_generator(tmp_path):
 @pytest.mark.parametrize("size", [0, -1, 2.0, True])
 def test_batches_reject_bad_batch_size(size):
     with pytest.raises(ConfigError, match="Invalid batch_size"):
-        D.batches(_toy(), size, shuffle=False)
+        B.batches(_toy(), size, shuffle=False)

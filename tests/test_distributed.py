@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from adatune.data.datasets import AugmentedImages, batches, shard_bounds
+from adatune.data.batching import batches, shard_bounds
+from adatune.data.datasets import AugmentedImages
 from adatune.errors import CheckpointError, ConfigError
 from adatune.methods.tuners import collectives
 from adatune.running import checkpoint, distributed, signals

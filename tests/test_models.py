@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from adatune.data import batching as B
 from adatune.data import datasets as D
 from adatune.data import models as M
 from adatune.errors import ConfigError
@@ -214,7 +215,7 @@ def test_default_mlp_learns_digits():
     model = M.build_model("mlp", splits.spec)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     gen = torch.Generator().manual_seed(0)
-    train = D.batches(splits.train, 32, shuffle=True, generator=gen)
+    train = B.batches(splits.train, 32, shuffle=True, generator=gen)
     for _ in range(5):
         for x, y in train:
             opt.zero_grad()

@@ -19,6 +19,7 @@ import pytest
 
 from adatune.errors import CheckpointError
 from adatune.running import checkpoint
+from adatune.running.folder import run_dir
 from adatune.store import open_store
 from tests._wait import WAIT_S, epoch_reached, finish, runs, wait_for
 from tests._wait import spawn_cli as spawn
@@ -90,7 +91,7 @@ def test_sigterm_checkpoints_marks_the_run_interrupted_and_exits_143(tmp_path, s
     assert run.status == "interrupted"  # at once, not after the 300 s staleness cutoff
     assert re.fullmatch(r"stopped by SIGTERM (in epoch \d+ after step \d+ of \d+|after epoch "
                         r"\d+); checkpointed there, --resume continues", run.error), run.error
-    folder = checkpoint.run_dir(run.config["checkpoint_dir"], run_id)
+    folder = run_dir(run.config["checkpoint_dir"], run_id)
     state = checkpoint.load(folder / "last.pt")
     assert (state["partial"] is None) == ("after epoch" in run.error)
     resume_to_the_end(store, run_id, straight)
@@ -108,7 +109,7 @@ def test_sigusr1_checkpoints_mid_epoch_and_goes_on(tmp_path, straight) -> None:
     store = tmp_path / "usr1.db"
     proc = spawn(store, *RUN)
     run_id = epoch_reached(store, 1, proc)
-    folder = checkpoint.run_dir(status(store, run_id).config["checkpoint_dir"], run_id)
+    folder = run_dir(status(store, run_id).config["checkpoint_dir"], run_id)
     for _ in range(EPOCHS):  # if the epoch ended before the checkpoint was seen, ask again
         epochs = runs(store)[0][1]
         assert epochs < EPOCHS, "the run ended before a mid-epoch checkpoint was seen"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from adatune.running import checkpoint
+from adatune.running.folder import MARKER_FILE, RunLock
 from adatune.store import open_store
 from tests._cli import cli
 
@@ -56,7 +56,7 @@ def test_delete_keeps_what_is_not_the_runs(workdir, capsys) -> None:
     for _ in range(2):
         assert cli(capsys, "train", "--epochs", "1")[0] == 0
     (_folder(1) / "notes.txt").write_text("mine")
-    marker = _folder(2) / checkpoint.MARKER_FILE  # a folder another store's run 2 wrote
+    marker = _folder(2) / MARKER_FILE  # a folder another store's run 2 wrote
     marker.write_text(json.dumps({"run_id": 2, "store": "/other/adatune.db"}))
     code, out, err = cli(capsys, "runs", "delete", "1", "--yes")
     assert code == 0, err
@@ -69,7 +69,7 @@ def test_delete_keeps_what_is_not_the_runs(workdir, capsys) -> None:
 
 def test_a_run_still_training_is_not_deleted(workdir, capsys) -> None:
     assert cli(capsys, "train", "--epochs", "1")[0] == 0
-    lock = checkpoint.RunLock(_folder(1)).acquire(1, str(workdir / "adatune.db"))
+    lock = RunLock(_folder(1)).acquire(1, str(workdir / "adatune.db"))
     try:  # as a live training process holds it
         code, _, err = cli(capsys, "runs", "delete", "1", "--yes")
     finally:

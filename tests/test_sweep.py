@@ -23,7 +23,8 @@ import pytest
 
 from adatune.errors import ConfigError
 from adatune.running.config import TrainConfig
-from adatune.search.sweep import SweepConfig, SweepEvents, parse_space, run_sweep
+from adatune.search.space import parse_space
+from adatune.search.sweep import SweepConfig, SweepEvents, run_sweep
 from adatune.store import open_store
 from adatune.store.records import NewRun
 from tests._cli import cli

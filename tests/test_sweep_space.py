@@ -15,11 +15,10 @@ import pytest
 from adatune.errors import ConfigError
 from adatune.methods.peers import PEER_NAMES
 from adatune.running.config import TrainConfig
-from adatune.search.sweep import (
+from adatune.search.space import (
     DEFAULT_SPACES,
     TUNABLE,
     Param,
-    SweepConfig,
     check_space,
     default_space,
     describe_space,
@@ -30,6 +29,7 @@ from adatune.search.sweep import (
     space_toml,
     without,
 )
+from adatune.search.sweep import SweepConfig
 
 METHODS = ("marthe", "rtho", "hd", "constant", "staircase", "exponential", "cosine")
 

@@ -1,6 +1,6 @@
 """Checkpoints: written whole and durably, read without ever running code from them.
 
-A run's folder, ``<checkpoint_dir>/run-ID/``, holds:
+A run's folder, ``<checkpoint_dir>/run-ID/`` (:mod:`adatune.running.folder`), holds:
 
 * ``last.pt``: the full state (model, optimizer, tuner or schedule, RNG streams,
   the loop's progress, and every epoch and sampled step the run recorded). It
@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import re
-import socket
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -45,18 +43,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from adatune._durable import fsync_path
-from adatune.errors import CheckpointError, ConfigError, RunBusy
+from adatune.errors import CheckpointError
 from adatune.store.records import EpochRecord, StepRecord
 
 FORMAT = "adatune-checkpoint"
 VERSION = 2
 KINDS = ("last", "best")
-RUN_DIR_PREFIX = "run-"
-OWNER_FILE = "owner.json"
-LOCK_FILE = "owner.lock"
-MARKER_FILE = "run.json"
-#: What a run folder may hold; ``runs delete`` removes these and nothing else.
-RUN_FILES = ("last.pt", "best.pt", OWNER_FILE, LOCK_FILE, MARKER_FILE)
 
 # Keys (and their kinds) a checkpoint of each kind must have.
 _NUMBER = (int, float)
@@ -65,29 +57,6 @@ _LAST_KEYS: dict[str, tuple[type, ...]] = {
     "rng": (dict,),
 }
 _BEST_KEYS: dict[str, tuple[type, ...]] = {"epoch": (int,), "model": (dict,)}
-
-
-def run_dir(checkpoint_dir: str | os.PathLike[str], run_id: int) -> Path:
-    """Where run ``run_id``'s checkpoints live under ``checkpoint_dir``."""
-    return Path(checkpoint_dir) / f"{RUN_DIR_PREFIX}{run_id}"
-
-
-def check_unused(folder: Path, run_id: int, store: str) -> None:
-    """Refuse to start new run ``run_id`` of ``store`` in a folder an earlier run left.
-
-    Run ids count up per store, so a second store (or one deleted and made again)
-    gives its runs the ids of the first's, and their folders under one
-    ``--checkpoint-dir`` would meet: the new run would overwrite what the
-    earlier one finished.
-    """
-    if not any((folder / name).exists() for name in ("last.pt", "best.pt", MARKER_FILE)):
-        return
-    before = _read_json(folder / MARKER_FILE)
-    whose = (f" (run {before.get('run_id')} of {before.get('store')})"
-             if isinstance(before, dict) and before.get("store") else "")
-    raise ConfigError(f"checkpoint folder {folder} already holds an earlier run's files{whose}, "
-                      f"and new run {run_id} of {store} would overwrite them: give another "
-                      "--checkpoint-dir (one per store), or delete the folder")
 
 
 # --------------------------------------------------------------------------- files
@@ -246,266 +215,4 @@ class History:
         return out
 
 
-# --------------------------------------------------------------- mid-epoch state
-
-
-class Passes:
-    """Endless passes over ``make_pass()`` whose position can be saved and restored.
-
-    Each pass draws its order from ``generator`` when it starts; the position is
-    the generator's state at the start of the current pass and the number of
-    items taken from it, so a restored iterator replays that pass's order and
-    continues where the saved one stood.
-    """
-
-    def __init__(self, make_pass: Any, generator: Any,
-                 position: Mapping[str, Any] | None = None) -> None:
-        self._make, self._gen = make_pass, generator
-        self._it: Iterator[Any] | None = None
-        self._start: Any = None
-        self._used = 0
-        if position:
-            generator.set_state(position["start"].cpu())
-            self._open()
-            for _ in range(int(position["used"])):
-                next(self._it)
-            self._used = int(position["used"])
-
-    def _open(self) -> None:
-        self._start = self._gen.get_state()
-        self._it = iter(self._make())
-        self._used = 0
-
-    def __iter__(self) -> Passes:
-        return self
-
-    def __next__(self) -> Any:
-        if self._it is None:
-            self._open()
-        for _ in range(2):
-            try:
-                item = next(self._it)
-            except StopIteration:
-                self._open()
-                continue
-            self._used += 1
-            return item
-        raise ValueError("Invalid dataset: a pass over it yields nothing (is it empty?)")
-
-    def position(self) -> dict[str, Any] | None:
-        """Where the iterator stands (None before its first item)."""
-        return None if self._it is None else {"start": self._start, "used": self._used}
-
-
-# ------------------------------------------------------------------- the folder
-
-
-class RunLock:
-    """The process training a run: holds ``owner.lock`` locked while it does.
-
-    The lock is the operating system's (``flock``), so it goes with the process
-    however that ends, SIGKILL included; ``owner.json`` names the process for
-    messages, and ``run.json`` ties the folder to its run and store. Where
-    ``flock`` does not exist (Windows), ``owner.json`` and the process id
-    decide, as :func:`adatune._process.process_may_be_alive` does.
-    """
-
-    def __init__(self, folder: str | os.PathLike[str]) -> None:
-        self.folder = Path(folder)
-        self._fd: int | None = None
-        self.held = False
-        #: The host named by the folder's owner.json before this process took it.
-        self.previous_host: str | None = None
-
-    def acquire(self, run_id: int, store: str) -> RunLock:
-        """Take the folder (creating it), or raise RunBusy naming the process that has it."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if not _take_lock(self):
-            raise RunBusy(f"run {run_id} is still running{_owner_text(self.folder)}; "
-                          "stop it first (or wait for it)")
-        for earlier in (OWNER_FILE, MARKER_FILE):  # owner.json goes when a run ends
-            before = _read_json(self.folder / earlier)
-            if isinstance(before, dict) and before.get("host"):
-                self.previous_host = before["host"]
-                break
-        marker = {"run_id": run_id, "store": store, "host": socket.gethostname()}
-        _write_json(self.folder / MARKER_FILE, marker)
-        _write_json(self.folder / OWNER_FILE, {"host": socket.gethostname(), "pid": os.getpid(),
-                                              "run_id": run_id})
-        self.held = True
-        return self
-
-    def release(self) -> None:
-        if not self.held:
-            return
-        (self.folder / OWNER_FILE).unlink(missing_ok=True)
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor releases the lock
-            self._fd = None
-        self.held = False
-
-
-def _take_lock(lock: RunLock) -> bool:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        return not folder_in_use(lock.folder)
-    fd = os.open(lock.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return False
-    lock._fd = fd
-    return True
-
-
-def folder_in_use(folder: str | os.PathLike[str]) -> bool:
-    """Whether a live process holds the run folder (see :class:`RunLock`)."""
-    from adatune._process import process_may_be_alive
-
-    folder = Path(folder)
-    lock_path = folder / LOCK_FILE
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        fcntl = None
-    if fcntl is not None and lock_path.exists():
-        fd = os.open(lock_path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        finally:
-            os.close(fd)
-        return False
-    owner = _read_json(folder / OWNER_FILE)  # a folder of an older adatune: no lock file
-    return owner is not None and process_may_be_alive(owner)
-
-
-def _owner_text(folder: Path) -> str:
-    owner = _read_json(folder / OWNER_FILE)
-    if not isinstance(owner, dict):
-        return ""
-    return f" (pid {owner.get('pid')} on {owner.get('host')})"
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
-
-
-# --------------------------------------------------------------------- deleting
-
-
-@dataclass(frozen=True)
-class FolderOutcome:
-    """What became of one deleted run's checkpoint folder."""
-
-    run_id: int
-    folder: str
-    state: str  # removed | kept | absent | left (other files in it) | failed
-    note: str | None = None
-
-
-def recorded_folder(run: Any) -> Path | None:
-    """A run's checkpoint folder as its record names it (None for runs that train nothing)."""
-    folder = (run.summary or {}).get("checkpoint_dir")
-    if folder:
-        return Path(folder)
-    root = (run.config or {}).get("checkpoint_dir")
-    if root and run.kind in ("train", "baseline", "probe", "sweep"):
-        return run_dir(root, run.id)
-    return None
-
-
-def remove_folder(run: Any, store: str) -> FolderOutcome:
-    """Remove a deleted run's checkpoint folder: the files a run writes, then the folder.
-
-    A folder another run or store claims (its ``run.json``) is kept; other
-    files in it are left, and the folder with them.
-    """
-    folder = recorded_folder(run)
-    if folder is None or not folder.is_dir():
-        return FolderOutcome(run.id, str(folder or "-"), "absent")
-    marker = _read_json(folder / MARKER_FILE)
-    if isinstance(marker, dict) and (marker.get("run_id") != run.id
-                                     or marker.get("store") not in (None, store)):
-        return FolderOutcome(run.id, str(folder), "kept",
-                             f"it belongs to run {marker.get('run_id')} of {marker.get('store')}")
-    try:
-        for entry in folder.iterdir():
-            if entry.name in RUN_FILES or re.fullmatch(r"\..+\.tmp", entry.name):
-                entry.unlink()
-        folder.rmdir()
-    except OSError as exc:
-        left = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-        if left and not isinstance(exc, PermissionError):
-            return FolderOutcome(run.id, str(folder), "left",
-                                 f"it holds other files: {', '.join(left[:5])}")
-        return FolderOutcome(run.id, str(folder), "failed", exc.strerror or str(exc))
-    return FolderOutcome(run.id, str(folder), "removed")
-
-
-@dataclass(frozen=True)
-class Deleted:
-    """What :func:`delete_run` deleted: the runs (the run, then its descendants) and folders."""
-
-    runs: tuple[Any, ...]
-    folders: tuple[FolderOutcome, ...]
-    kept: tuple[str, ...] = ()  # the folders left on purpose (keep_checkpoints)
-
-
-def delete_run(store: Any, run_id: int, *, keep_checkpoints: bool = False) -> Deleted:
-    """Delete a run, its epochs, steps and child runs, and their checkpoint folders.
-
-    A run whose folder a live process holds (it is training) is refused with
-    :class:`RunBusy`, before anything is deleted. With ``keep_checkpoints``
-    the folders stay, and :attr:`Deleted.kept` names them.
-    """
-    family = [store.get_run(run_id, steps=False).run]
-    frontier = [run_id]
-    while frontier:
-        children = store.list_runs(parent_id=frontier[0])
-        frontier = frontier[1:] + [c.id for c in children]
-        family += children
-    for run in family:
-        folder = recorded_folder(run)
-        if folder is not None and folder.is_dir() and folder_in_use(folder):
-            raise RunBusy(f"run {run.id} is still running{_owner_text(folder)}; stop it before "
-                          "deleting it (nothing was deleted)")
-    deleted = tuple(store.delete_run(run_id))
-    folders = [recorded_folder(r) for r in deleted]
-    if keep_checkpoints:
-        kept = tuple(str(f) for f in folders if f is not None and f.is_dir())
-        return Deleted(deleted, (), kept)
-    return Deleted(deleted, tuple(remove_folder(r, store.location) for r in deleted))
-
-
-__all__ = [
-    "FORMAT",
-    "KINDS",
-    "VERSION",
-    "Deleted",
-    "FolderOutcome",
-    "History",
-    "Passes",
-    "delete_run",
-    "RunLock",
-    "folder_in_use",
-    "load",
-    "read_bytes",
-    "recorded_folder",
-    "remove_folder",
-    "restoring",
-    "run_dir",
-    "save",
-]
+__all__ = ["FORMAT", "KINDS", "VERSION", "History", "load", "read_bytes", "restoring", "save"]

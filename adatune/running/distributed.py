@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from adatune import errors
 from adatune._process import owner_record, process_may_be_alive
-from adatune.data.datasets import shard_bounds
+from adatune.data.batching import shard_bounds
 from adatune.errors import AdatuneError, ConfigError
 from adatune.methods.tuners import collectives
 from adatune.methods.tuners.collectives import PeerFailure, active_group, all_reduce_
@@ -378,7 +378,7 @@ class Ranks:
 
     @property
     def shard(self) -> tuple[int, int] | None:
-        """``(rank, world)`` for :func:`adatune.data.datasets.batches`, or None on one process."""
+        """``(rank, world)`` for :func:`adatune.data.batching.batches`, or None on one process."""
         return (self.rank, self.world) if self.active else None
 
     def weight(self, n_global: int) -> float:

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from adatune.errors import CheckpointError, ConfigError, RunBusy
-from adatune.running import checkpoint, distributed, signals
+from adatune.running import distributed, signals
 from adatune.running.build import build_parts, loop_config, replay_steps
 from adatune.running.config import REPLAY, TrainConfig
+from adatune.running.folder import RunLock, check_unused, run_dir
 from adatune.running.loop import (
     DivergenceRules,
     Events,
@@ -98,9 +99,9 @@ def train(
 def start_run(store: Store, new: NewRun, checkpoint_root: Path) -> tuple[int, Path]:
     """Create the run and its checkpoint folder's path; no run is left if the folder is taken."""
     run_id = store.create_run(new)
-    folder = checkpoint.run_dir(checkpoint_root, run_id)
+    folder = run_dir(checkpoint_root, run_id)
     try:
-        checkpoint.check_unused(folder, run_id, store.location)
+        check_unused(folder, run_id, store.location)
     except ConfigError:
         store.delete_run(run_id)
         raise
@@ -191,7 +192,7 @@ def continue_run(store: Store, run_id: int, loop: Loop, ckpt_dir: Path, events: 
     Under several ranks, rank 0 reads the checkpoint for all and alone touches the store.
     """
     ranks = loop.ranks
-    lock = checkpoint.RunLock(ckpt_dir)
+    lock = RunLock(ckpt_dir)
     taken: dict[str, RunRecord] = {}
 
     def take() -> tuple[int, bool]:  # rank 0 (only it holds the folder and reads the store)

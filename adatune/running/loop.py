@@ -34,19 +34,19 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from adatune.data.datasets import batches
+from adatune.data.batching import Passes, batches
 from adatune.errors import ConfigError
 from adatune.methods.peers import OptimizerView, optimizer_view
 from adatune.methods.schedules import Schedule
 from adatune.methods.tuners import HypergradientTuner
 from adatune.running import checkpoint, signals
 from adatune.running.distributed import Ranks
+from adatune.running.folder import RunLock
 from adatune.running.runtypes import DivergenceRules, Events, RunResult
 from adatune.store import Store
 from adatune.store.records import EpochRecord, StepRecord
 
 HEARTBEAT_EVERY_S = 30.0
-OWNER_FILE = checkpoint.OWNER_FILE
 
 Loss = Callable[[Tensor, Tensor], Tensor]
 
@@ -129,10 +129,6 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     except (RuntimeError, TypeError):
         raise ConfigError(f"unknown device {name!r} (choose from: auto, cpu, cuda, mps)") from None
 
-
-def owner_alive(ckpt_dir: Path) -> bool:
-    """Whether a live process holds the run's folder (see :class:`~.checkpoint.RunLock`)."""
-    return checkpoint.folder_in_use(ckpt_dir)
 
 
 class Loop:
@@ -227,7 +223,7 @@ class Loop:
     def run(self, store: Store, run_id: int, ckpt_dir: Path, events: Events, *,
             announce: Any = None, meta: dict[str, Any] | None = None,
             resumed: bool = False, setup_s: float | None = None,
-            lock: checkpoint.RunLock | None = None) -> RunResult:
+            lock: RunLock | None = None) -> RunResult:
         """Train to the last epoch (or divergence, patience, Ctrl-C), recording into ``store``.
 
         ``announce`` is what :meth:`Events.run_started` receives as the run's
@@ -240,11 +236,11 @@ class Loop:
         """
         with signals.deferred():  # SIGTERM: stop at the next safe point, checkpointed
             return self._run(store, run_id, ckpt_dir, events, announce, meta, resumed,
-                             setup_s, lock or checkpoint.RunLock(ckpt_dir), take=lock is None)
+                             setup_s, lock or RunLock(ckpt_dir), take=lock is None)
 
     def _run(self, store: Store, run_id: int, ckpt_dir: Path, events: Events, announce: Any,
              meta: dict[str, Any] | None, resumed: bool, setup_s: float | None,
-             lock: checkpoint.RunLock, *, take: bool) -> RunResult:
+             lock: RunLock, *, take: bool) -> RunResult:
         cfg, model = self.config, self.parts.model
         if not self.ranks.is_main:  # rank 0 writes and reports; the others do neither
             store, events = self.ranks.store_view(store), Events()
@@ -475,14 +471,14 @@ class Loop:
             loss = p.tuner.step(closure, val_loss=val_loss)
         return lr_used, loss.detach(), kept.get("output")
 
-    def _val_batches(self, position: dict[str, Any] | None = None) -> checkpoint.Passes:
+    def _val_batches(self, position: dict[str, Any] | None = None) -> Passes:
         """Validation batches forever: (this rank's x, y, the whole batch's size)."""
         def one_pass() -> Iterator[tuple[Tensor, Tensor, int]]:
             parts = self._batches(self.parts.val, shuffle=True, generator=self.val_gen)
             for i, (x, y) in enumerate(parts):
                 yield x, y, self._global_size(self.parts.val, i)
 
-        return checkpoint.Passes(one_pass, self.val_gen, position)
+        return Passes(one_pass, self.val_gen, position)
 
     def _requests(self) -> tuple[bool, bool]:
         """(stop, checkpoint): what SIGTERM and SIGUSR1 ask after this step, alike on every rank.

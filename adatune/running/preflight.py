@@ -22,8 +22,8 @@ from adatune.catalog import check_dataset_files
 from adatune.errors import ConfigError, RunBusy
 from adatune.imports import check_findable
 from adatune.methods.peers import check_available
-from adatune.running import checkpoint
 from adatune.running.config import REPLAY, TrainConfig
+from adatune.running.folder import folder_in_use, run_dir
 from adatune.running.runtypes import DEFAULT_CHECKPOINT_DIR
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def check_run_inputs(config: TrainConfig) -> None:
 
 def run_folder(checkpoint_dir: str | None, run_id: int) -> Path:
     """Run ``run_id``'s checkpoint folder under ``checkpoint_dir`` (None: the default)."""
-    return checkpoint.run_dir(checkpoint_dir or DEFAULT_CHECKPOINT_DIR, run_id)
+    return run_dir(checkpoint_dir or DEFAULT_CHECKPOINT_DIR, run_id)
 
 
 def check_resume(store: Store, run_id: int, *, epochs: int | None = None) -> RunRecord:
@@ -101,7 +101,7 @@ def check_resumable(store: Store, run_id: int, ckpt_dir: Path, *,
 
 
 def _check_resumable(run: RunRecord, ckpt_dir: Path, epochs: int | None) -> None:
-    if run.status == "running" and checkpoint.folder_in_use(ckpt_dir):
+    if run.status == "running" and folder_in_use(ckpt_dir):
         raise RunBusy(f"run {run.id} is still running (its process is alive)")
     check_status(run, epochs)
     if run.epochs > 0 and not (ckpt_dir / "last.pt").exists():

@@ -1,0 +1,110 @@
+"""Deleting runs: the run, its child runs, and their checkpoint folders.
+
+``adatune runs delete`` calls :func:`delete_run`. A folder is removed only
+when it holds nothing but the files a run writes, and belongs to the run
+being deleted (its ``run.json``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adatune.errors import RunBusy
+from adatune.running.folder import (
+    MARKER_FILE,
+    RUN_FILES,
+    folder_in_use,
+    owner_text,
+    read_json,
+    run_dir,
+)
+
+
+@dataclass(frozen=True)
+class FolderOutcome:
+    """What became of one deleted run's checkpoint folder."""
+
+    run_id: int
+    folder: str
+    state: str  # removed | kept | absent | left (other files in it) | failed
+    note: str | None = None
+
+
+def recorded_folder(run: Any) -> Path | None:
+    """A run's checkpoint folder as its record names it (None for runs that train nothing)."""
+    folder = (run.summary or {}).get("checkpoint_dir")
+    if folder:
+        return Path(folder)
+    root = (run.config or {}).get("checkpoint_dir")
+    if root and run.kind in ("train", "baseline", "probe", "sweep"):
+        return run_dir(root, run.id)
+    return None
+
+
+def remove_folder(run: Any, store: str) -> FolderOutcome:
+    """Remove a deleted run's checkpoint folder: the files a run writes, then the folder.
+
+    A folder another run or store claims (its ``run.json``) is kept; other
+    files in it are left, and the folder with them.
+    """
+    folder = recorded_folder(run)
+    if folder is None or not folder.is_dir():
+        return FolderOutcome(run.id, str(folder or "-"), "absent")
+    marker = read_json(folder / MARKER_FILE)
+    if isinstance(marker, dict) and (marker.get("run_id") != run.id
+                                     or marker.get("store") not in (None, store)):
+        return FolderOutcome(run.id, str(folder), "kept",
+                             f"it belongs to run {marker.get('run_id')} of {marker.get('store')}")
+    try:
+        for entry in folder.iterdir():
+            if entry.name in RUN_FILES or re.fullmatch(r"\..+\.tmp", entry.name):
+                entry.unlink()
+        folder.rmdir()
+    except OSError as exc:
+        left = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        if left and not isinstance(exc, PermissionError):
+            return FolderOutcome(run.id, str(folder), "left",
+                                 f"it holds other files: {', '.join(left[:5])}")
+        return FolderOutcome(run.id, str(folder), "failed", exc.strerror or str(exc))
+    return FolderOutcome(run.id, str(folder), "removed")
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """What :func:`delete_run` deleted: the runs (the run, then its descendants) and folders."""
+
+    runs: tuple[Any, ...]
+    folders: tuple[FolderOutcome, ...]
+    kept: tuple[str, ...] = ()  # the folders left on purpose (keep_checkpoints)
+
+
+def delete_run(store: Any, run_id: int, *, keep_checkpoints: bool = False) -> Deleted:
+    """Delete a run, its epochs, steps and child runs, and their checkpoint folders.
+
+    A run whose folder a live process holds (it is training) is refused with
+    :class:`RunBusy`, before anything is deleted. With ``keep_checkpoints``
+    the folders stay, and :attr:`Deleted.kept` names them.
+    """
+    family = [store.get_run(run_id, steps=False).run]
+    frontier = [run_id]
+    while frontier:
+        children = store.list_runs(parent_id=frontier[0])
+        frontier = frontier[1:] + [c.id for c in children]
+        family += children
+    for run in family:
+        folder = recorded_folder(run)
+        if folder is not None and folder.is_dir() and folder_in_use(folder):
+            raise RunBusy(f"run {run.id} is still running{owner_text(folder)}; stop it before "
+                          "deleting it (nothing was deleted)")
+    deleted = tuple(store.delete_run(run_id))
+    folders = [recorded_folder(r) for r in deleted]
+    if keep_checkpoints:
+        kept = tuple(str(f) for f in folders if f is not None and f.is_dir())
+        return Deleted(deleted, (), kept)
+    return Deleted(deleted, tuple(remove_folder(r, store.location) for r in deleted))
+
+
+__all__ = ["Deleted", "FolderOutcome", "delete_run", "recorded_folder", "remove_folder"]

@@ -1,0 +1,161 @@
+"""A run's checkpoint folder, ``<checkpoint_dir>/run-ID/``: its name, its files, its lock.
+
+The folder holds ``last.pt`` and ``best.pt`` (:mod:`adatune.running.checkpoint`),
+``run.json`` (which run of which store the folder belongs to, and the host
+that last trained it) and ``owner.lock``, locked while a process trains the
+run (``owner.json`` names that process). :class:`RunLock` takes the folder
+for one process; :func:`folder_in_use` asks whether a live process has it.
+
+Nothing here imports torch (the command line's light commands use it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Any
+
+from adatune.errors import ConfigError, RunBusy
+
+RUN_DIR_PREFIX = "run-"
+OWNER_FILE = "owner.json"
+LOCK_FILE = "owner.lock"
+MARKER_FILE = "run.json"
+#: What a run folder may hold; ``runs delete`` removes these and nothing else.
+RUN_FILES = ("last.pt", "best.pt", OWNER_FILE, LOCK_FILE, MARKER_FILE)
+
+
+def run_dir(checkpoint_dir: str | os.PathLike[str], run_id: int) -> Path:
+    """Where run ``run_id``'s checkpoints live under ``checkpoint_dir``."""
+    return Path(checkpoint_dir) / f"{RUN_DIR_PREFIX}{run_id}"
+
+
+def check_unused(folder: Path, run_id: int, store: str) -> None:
+    """Refuse to start new run ``run_id`` of ``store`` in a folder an earlier run left.
+
+    Run ids count up per store, so a second store (or one deleted and made again)
+    gives its runs the ids of the first's, and their folders under one
+    ``--checkpoint-dir`` would meet: the new run would overwrite what the
+    earlier one finished.
+    """
+    if not any((folder / name).exists() for name in ("last.pt", "best.pt", MARKER_FILE)):
+        return
+    before = read_json(folder / MARKER_FILE)
+    whose = (f" (run {before.get('run_id')} of {before.get('store')})"
+             if isinstance(before, dict) and before.get("store") else "")
+    raise ConfigError(f"checkpoint folder {folder} already holds an earlier run's files{whose}, "
+                      f"and new run {run_id} of {store} would overwrite them: give another "
+                      "--checkpoint-dir (one per store), or delete the folder")
+
+
+class RunLock:
+    """The process training a run: holds ``owner.lock`` locked while it does.
+
+    The lock is the operating system's (``flock``), so it goes with the process
+    however that ends, SIGKILL included; ``owner.json`` names the process for
+    messages, and ``run.json`` ties the folder to its run and store. Where
+    ``flock`` does not exist (Windows), ``owner.json`` and the process id
+    decide, as :func:`adatune._process.process_may_be_alive` does.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self._fd: int | None = None
+        self.held = False
+        #: The host named by the folder's owner.json before this process took it.
+        self.previous_host: str | None = None
+
+    def acquire(self, run_id: int, store: str) -> RunLock:
+        """Take the folder (creating it), or raise RunBusy naming the process that has it."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not _take_lock(self):
+            raise RunBusy(f"run {run_id} is still running{owner_text(self.folder)}; "
+                          "stop it first (or wait for it)")
+        for earlier in (OWNER_FILE, MARKER_FILE):  # owner.json goes when a run ends
+            before = read_json(self.folder / earlier)
+            if isinstance(before, dict) and before.get("host"):
+                self.previous_host = before["host"]
+                break
+        marker = {"run_id": run_id, "store": store, "host": socket.gethostname()}
+        write_json(self.folder / MARKER_FILE, marker)
+        write_json(self.folder / OWNER_FILE, {"host": socket.gethostname(), "pid": os.getpid(),
+                                              "run_id": run_id})
+        self.held = True
+        return self
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        (self.folder / OWNER_FILE).unlink(missing_ok=True)
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
+        self.held = False
+
+
+def _take_lock(lock: RunLock) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return not folder_in_use(lock.folder)
+    fd = os.open(lock.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    lock._fd = fd
+    return True
+
+
+def folder_in_use(folder: str | os.PathLike[str]) -> bool:
+    """Whether a live process holds the run folder (see :class:`RunLock`)."""
+    from adatune._process import process_may_be_alive
+
+    folder = Path(folder)
+    lock_path = folder / LOCK_FILE
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        fcntl = None
+    if fcntl is not None and lock_path.exists():
+        fd = os.open(lock_path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+    owner = read_json(folder / OWNER_FILE)  # a folder of an older adatune: no lock file
+    return owner is not None and process_may_be_alive(owner)
+
+
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+def owner_text(folder: Path) -> str:
+    """`` (pid P on HOST)``: the process that holds ``folder``, for messages ('' if unknown)."""
+    owner = read_json(folder / OWNER_FILE)
+    if not isinstance(owner, dict):
+        return ""
+    return f" (pid {owner.get('pid')} on {owner.get('host')})"
+
+
+__all__ = ["MARKER_FILE", "RUN_FILES", "RunLock", "check_unused", "folder_in_use", "owner_text",
+           "read_json", "run_dir"]
