@@ -1,6 +1,6 @@
 """An independent, differentiable re-implementation of torch's optimizer updates.
 
-Used as the test oracle of DESIGN.md section 2: one LR leaf per step,
+Used as the test oracle of docs/math.md: one LR leaf per step,
 unrolled with autograd, so that ``dE(w_{t+1})/d eta_s`` comes from autodiff,
 not from the tangent formulas under test. Its weights are checked against the
 real ``torch.optim`` trajectory in the tests that use it.

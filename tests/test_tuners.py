@@ -96,7 +96,7 @@ def test_auto_mu_and_alpha_follow_the_design_rules_on_a_scalar_problem():
     ww, z, mu, cc = w0, 0.0, 0.0, 0.0
     seen_mu = []
     for _ in range(6):
-        # expected, from DESIGN.md section 2
+        # expected, from docs/math.md (what a tuner computes)
         g = a * ww
         z = mu * (z - eta * a * z) - g
         ww = ww - eta * g

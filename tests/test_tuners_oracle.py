@@ -1,4 +1,4 @@
-"""The hypergradient oracle of DESIGN.md section 2.
+"""The hypergradient oracle of docs/math.md ("How exact is tested").
 
 On a small float64 model the tuners' hypergradient must equal
 ``sum_{s<=t} mu^(t-s) dE(w_{t+1})/d eta_s`` computed by unrolling the steps

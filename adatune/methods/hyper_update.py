@@ -1,6 +1,6 @@
 """How the learning rate moves once the hypergradient ``h`` is known.
 
-A hypergradient tuner makes two separate choices (DESIGN.md section 2):
+A hypergradient tuner makes two separate choices (docs/benchmarks.md section 1):
 *what* ``h`` is (the exact derivative of the validation loss with respect to
 the past learning rates; the oracle tests check it) and *how* the learning
 rate moves given ``h``. This module is the second: pure scalar math, no

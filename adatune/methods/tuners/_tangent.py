@@ -2,7 +2,7 @@
 
 ``Z`` is the derivative of the training state (weights and optimizer buffers)
 with respect to the learning rate, ``A_t = dPhi_t/ds`` and ``B_t = dPhi_t/d eta``
-(DESIGN.md section 2). Every function here updates the tangent lists in place,
+(docs/math.md). Every function here updates the tangent lists in place,
 reads the optimizer state *before* the step, and never touches the weights.
 
 Conventions shared by every function:
