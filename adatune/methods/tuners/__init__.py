@@ -1,6 +1,18 @@
-"""Hypergradient learning-rate tuners."""
+"""Hypergradient learning-rate tuners.
 
-from adatune.methods.tuners._double_backward import fast_double_backward
-from adatune.methods.tuners.hypergradient import HD, MARTHE, RTHO, HypergradientTuner
+The tuners load on first use (PEP 562): :mod:`adatune.methods.tuners.settings`,
+their defaults as plain data, is read without torch.
+"""
 
-__all__ = ["HD", "MARTHE", "RTHO", "HypergradientTuner", "fast_double_backward"]
+from adatune._lazy import lazy_exports as _lazy_exports
+
+_EXPORTS = {
+    "HD": "adatune.methods.tuners.hypergradient",
+    "MARTHE": "adatune.methods.tuners.hypergradient",
+    "RTHO": "adatune.methods.tuners.hypergradient",
+    "HypergradientTuner": "adatune.methods.tuners.hypergradient",
+    "fast_double_backward": "adatune.methods.tuners._double_backward",
+}
+
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

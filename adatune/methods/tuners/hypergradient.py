@@ -29,9 +29,9 @@ from adatune.methods import hyper_update as _rule
 from adatune.methods.tuners import _tangent
 from adatune.methods.tuners import collectives as _distributed
 from adatune.methods.tuners._double_backward import fast_double_backward
+from adatune.methods.tuners.settings import DEFAULT_ALPHA, DEFAULT_HVP, DEFAULT_MU, HVP_MODES
 
 LossArg = Tensor | Callable[[], Tensor]
-HVP_MODES = ("exact", "finite-difference")
 
 _CLIP_EPS = 1e-6  # the epsilon torch.nn.utils.clip_grad_norm_ adds to the norm
 
@@ -88,7 +88,7 @@ class _Dynamics:
 
 
 class HypergradientTuner:
-    """Shared machinery of MARTHE, RTHO and HD (see DESIGN.md section 2).
+    """Shared machinery of MARTHE, RTHO and HD (the math: docs/math.md).
 
     ``outer`` selects where the hypergradient's outer gradient comes from:
     ``"validation"`` (MARTHE/RTHO: the gradient of a validation loss at the
@@ -115,12 +115,12 @@ class HypergradientTuner:
         optimizer: torch.optim.Optimizer,
         hyper_lr: float | None = None,
         *,
-        mu: float | str = 0.99,
-        alpha: float = 0.0,
+        mu: float | str = DEFAULT_MU,
+        alpha: float = DEFAULT_ALPHA,
         first_order: bool = False,
         grad_clip: float | None = None,
         process_group: Any = None,
-        hvp: str = "exact",
+        hvp: str = DEFAULT_HVP,
         model: nn.Module | None = None,
         foreach: bool | None = None,
         hyper_update: str = _rule.DEFAULT_HYPER_UPDATE,
@@ -676,7 +676,7 @@ class HD(HypergradientTuner):
     _name = "hd"
 
     def __init__(self, optimizer: torch.optim.Optimizer, hyper_lr: float | None = None, *,
-                 alpha: float = 0.0, grad_clip: float | None = None,
+                 alpha: float = DEFAULT_ALPHA, grad_clip: float | None = None,
                  foreach: bool | None = None, process_group: Any = None,
                  hyper_update: str = _rule.DEFAULT_HYPER_UPDATE) -> None:
         super().__init__(optimizer, hyper_lr, mu=0.0, alpha=alpha, grad_clip=grad_clip,

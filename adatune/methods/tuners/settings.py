@@ -1,0 +1,20 @@
+"""The tuners' settings as plain data: defaults and choices, without torch.
+
+The tuners (:mod:`adatune.methods.tuners.hypergradient`) take their argument
+defaults from here, and the run configuration and the command line read the
+same objects, so a default is written once. The hyper-LR's defaults and range
+belong to the update rule (:mod:`adatune.methods.hyper_update`).
+"""
+
+from __future__ import annotations
+
+#: How the Hessian-vector product of MARTHE and RTHO is computed: by double backward
+#: (exact) or by a finite difference of two gradients (faster).
+HVP_MODES: tuple[str, ...] = ("exact", "finite-difference")
+DEFAULT_HVP = HVP_MODES[0]
+#: MARTHE's mu: how much of the tangent carries over each step (1: RTHO; "auto": adapted).
+DEFAULT_MU = 0.99
+#: How fast the hyper-LR adapts (0: fixed).
+DEFAULT_ALPHA = 0.0
+
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_HVP", "DEFAULT_MU", "HVP_MODES"]
