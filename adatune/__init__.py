@@ -14,9 +14,11 @@ _EXPORTS = {
     "MARTHE": "adatune.methods.tuners",
     "RTHO": "adatune.methods.tuners",
     "HypergradientTuner": "adatune.methods.tuners",
-    "ReplayLR": "adatune.methods.schedules",
+    "ReplayLR": "adatune.methods.replay",
     "fast_double_backward": "adatune.methods.tuners",
     "fit": "adatune.running.fitting",
+    "Events": "adatune.running.runtypes",
+    "RunResult": "adatune.running.runtypes",
     "__version__": "adatune._version",
 }
 

@@ -154,8 +154,8 @@ def missing_message(key: str, folder: Path, files: Sequence[str]) -> str:
     """The one line that says a dataset's files are not where they should be."""
     return (
         f"{key} not found: expected {', '.join(files)} in {folder} "
-        "(use --download / download=True to fetch them when online, "
-        "or --data-dir to point at another folder)"
+        "(use download=True to fetch them when online, "
+        "or data_dir= to point at another folder)"
     )
 
 

@@ -2,8 +2,9 @@
 
 The convention of uvicorn and of entry points. The current directory is on the
 import path, as with ``python -m``. Every failure is one :class:`ConfigError`
-line naming the option, the path and what was wrong; the original exception is
-kept as ``__cause__`` (the CLI shows its traceback with ``ADATUNE_DEBUG=1``).
+line naming the argument (``model='pkg:make'``), the path and what was wrong;
+the original exception is kept as ``__cause__`` (the CLI shows its traceback
+with ``ADATUNE_DEBUG=1``).
 
 This module imports nothing heavy itself: checking the *form* of a path is
 cheap, and only :func:`load` imports the user's module.
@@ -31,9 +32,10 @@ def is_import_path(text: str) -> bool:
 
 
 def check_import_path(option: str, text: str) -> str:
-    """``text`` stripped, or one ConfigError line if it is not ``module.path:attr``."""
+    """``text`` stripped, or one ConfigError line (naming argument ``option``) if it is not
+    ``module.path:attr``."""
     if not is_import_path(text):
-        raise ConfigError(f"invalid {option} {text!r}: expected an import path "
+        raise ConfigError(f"invalid {option}={text!r}: expected an import path "
                           "module.path:name (e.g. mypkg.models:make_net)")
     return text.strip()
 
@@ -50,7 +52,7 @@ def _cwd_on_path() -> None:
 
 
 def _not_found(option: str, path: str, name: str) -> ConfigError:
-    return ConfigError(f"cannot import {option} {path!r}: no module named {name!r} (is it on "
+    return ConfigError(f"cannot import {option}={path!r}: no module named {name!r} (is it on "
                        "the import path, or in the current directory?)")
 
 
@@ -82,14 +84,14 @@ def load(option: str, path: str) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name is not None and module_name.startswith(exc.name):
             raise _not_found(option, path, exc.name) from exc
-        raise ConfigError(f"cannot import {option} {path!r}: {one_line(exc)}") from exc
+        raise ConfigError(f"cannot import {option}={path!r}: {one_line(exc)}") from exc
     except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
-        raise ConfigError(f"cannot import {option} {path!r}: {one_line(exc)}") from exc
+        raise ConfigError(f"cannot import {option}={path!r}: {one_line(exc)}") from exc
     for name in attrs.split("."):
         try:
             obj = getattr(obj, name)
         except AttributeError as exc:
-            raise ConfigError(f"cannot import {option} {path!r}: {module_name} has no "
+            raise ConfigError(f"cannot import {option}={path!r}: {module_name} has no "
                               f"attribute {attrs!r}") from exc
     return obj
 
@@ -97,7 +99,7 @@ def load(option: str, path: str) -> Any:
 def load_callable(option: str, path: str) -> Callable[..., Any]:
     obj = load(option, path)
     if not callable(obj):
-        raise ConfigError(f"{option} {path!r} is not callable (it is {_a(obj)})")
+        raise ConfigError(f"{option}={path!r} is not callable (it is {_a(obj)})")
     return obj
 
 
@@ -107,7 +109,7 @@ def call(option: str, path: str, factory: Callable[..., Any], *args: Any,
     try:
         return factory(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the user's code failed
-        raise ConfigError(f"{option} {path!r} raised {one_line(exc)}") from exc
+        raise ConfigError(f"{option}={path!r} raised {one_line(exc)}") from exc
 
 
 def positional_arity(func: Callable[..., Any]) -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -14,13 +15,13 @@ from rich.console import Console
 from rich.table import Table
 
 from adatune.redact import mask_secrets
+from adatune.store import DEFAULT_STORE
 
 if TYPE_CHECKING:
     from adatune.running.config import TrainConfig
     from adatune.store import Store
     from adatune.store.records import EpochRecord
 
-DEFAULT_STORE = "adatune.db"
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -64,8 +65,56 @@ def json_safe(value: Any) -> Any:
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print one clear line on stderr and exit with ``code``."""
-    err.print(mask_secrets(f"adatune: error: {message}"), markup=False)
+    err.print(mask_secrets(f"adatune: error: {as_flags(message)}"), markup=False)
     raise typer.Exit(code)
+
+
+#: Library arguments whose flag is not ``--`` + the name with dashes.
+_FLAG_OF = {"method": "--lr-scheduler"}
+#: ``name=value`` as the library writes an argument in its messages (``epochs=30``,
+#: ``stretch=True``, ``model='pkg:make'``, ``from_run=``): a value is a quoted string, or
+#: anything up to a space or a closing punctuation mark.
+_ARGUMENT = re.compile(r"(?<![\w.-])([a-z][a-z0-9_]*)=('[^']*'|\"[^\"]*\"|[^\s,;)]+)?")
+
+
+def error_line(exc: BaseException) -> str:
+    """What the command says about a library error: its arguments as flags, and what to do."""
+    from adatune.methods.schedule_file import NoStepLRs
+
+    text = str(exc)
+    if isinstance(exc, NoStepLRs):  # the one advice, for `schedule export` and for a replay
+        text += (f"; export its per-epoch mean LRs with `adatune schedule export {exc.run_id} "
+                 "--per-epoch -o schedule.csv`, and replay that file with --from-file "
+                 "schedule.csv")
+    return as_flags(text)
+
+
+_PLAIN = re.compile(r"[\w.-]+")
+
+
+def as_flags(message: str) -> str:
+    """A library message for the command line: its arguments written as the flags that set them.
+
+    The library names arguments (``add stretch=True``, ``epochs=30: run 3 has
+    ...``); the command says ``add --stretch``, ``--epochs 30: run 3 has ...``.
+    Only the names of the command's options are rewritten.
+    """
+    from adatune_cli.options import flag, option_names
+
+    known = option_names()
+
+    def one(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        if name not in known:
+            return match.group(0)
+        spelled = _FLAG_OF.get(name, flag(name))
+        if value is None or value == "True":
+            return spelled
+        if value[:1] in "'\"" and _PLAIN.fullmatch(value[1:-1]):
+            value = value[1:-1]  # 'sgd' -> sgd; 'pkg.mod:make' and 'a b' keep their quotes
+        return f"{spelled} {value}"
+
+    return _ARGUMENT.sub(one, message)
 
 
 _GAP = 2  # between two columns: one space of padding and the (blank) rule

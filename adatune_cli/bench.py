@@ -20,20 +20,26 @@ def _csv(text: str) -> tuple[str, ...]:
 
 @app.command("bench")
 def bench_command(
-    network: Annotated[str, typer.Option("--network", help="Network to time.")] = "vgg11",
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
-    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd, adam or adamw.")] = "sgd",
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
-    steps: Annotated[int, typer.Option("--steps", help="Timed steps per method.")] = 10,
-    warmup: Annotated[int, typer.Option("--warmup", help="Untimed steps first.")] = 2,
+    network: Annotated[str, typer.Option("--network", help="Network to time.")]
+    = BenchConfig.network,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = BenchConfig.batch_size,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd, adam or adamw.")]
+    = BenchConfig.optimizer,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
+    = BenchConfig.device,
+    steps: Annotated[int, typer.Option("--steps", help="Timed steps per method.")]
+    = BenchConfig.steps,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed steps first.")]
+    = BenchConfig.warmup,
     methods: Annotated[str, typer.Option(
-        "--methods", help=f"Comma-separated subset of {','.join(METHODS)}.")] = ",".join(METHODS),
+        "--methods", help=f"Comma-separated subset of {','.join(METHODS)}.")]
+    = ",".join(BenchConfig.methods),
     hvp: Annotated[str, typer.Option(
         "--hvp", help=f"HVP modes for marthe/rtho, comma-separated: {','.join(HVP_MODES)}.")]
-    = ",".join(HVP_MODES),
+    = ",".join(BenchConfig.hvp),
     memory: Annotated[bool, typer.Option(
         "--memory/--no-memory", help="Measure peak memory (a fresh process per method).")]
-    = True,
+    = BenchConfig.memory,
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
 ) -> None:
     """Median step time and peak memory of a plain step, HD, MARTHE (mu=0), MARTHE and RTHO.

@@ -37,7 +37,16 @@ from adatune.search.findalpha import (
     find_alpha,
     with_found_value,
 )
-from adatune_cli._common import StoreOption, err, fail, fmt, json_safe, open_for_run, out
+from adatune_cli._common import (
+    DEFAULT_STORE,
+    StoreOption,
+    err,
+    fail,
+    fmt,
+    json_safe,
+    open_for_run,
+    out,
+)
 from adatune_cli.main import app
 from adatune_cli.options import (
     PANEL_PEER,
@@ -84,14 +93,15 @@ class _SearchProgress(SearchEvents):
     def probe_started(self, index: int, value: float, phase: str) -> None:
         self.value = value
 
-    def run_started(self, run_id: int, config: TrainConfig, *, steps_per_epoch: int,
+    def run_started(self, run_id: int, config: dict[str, Any], *, steps_per_epoch: int,
                     start_epoch: int) -> None:
         if self.header is not None:  # printed once the first probe could start
             self.progress.console.print(self.header, markup=False)
             self.header = None
         self.steps_per_epoch = steps_per_epoch
         self.task = self.progress.add_task(f"{self.parameter} {self.value:.3g}",
-                                           total=steps_per_epoch * config.epochs, info="")
+                                           total=steps_per_epoch * config["epochs"],
+                                           info="")
 
     def step_done(self, epoch: int, batch: int, loss: float, lr: float,
                   mu: float | None) -> None:
@@ -226,10 +236,10 @@ def _all_diverged(result: SearchResult, config: TrainConfig) -> str:
 def find_alpha_command(
     ctx: typer.Context,
     opts: dict[str, Any],
-    tuner: Annotated[str, _opt("--tuner", help="marthe, rtho or hd.")] = "marthe",
+    tuner: Annotated[str, _opt("--tuner", help="marthe, rtho or hd.")] = TrainConfig.method,
     search: Annotated[str, _opt(
         "--search", help="What to search: alpha (the hyper-LR fixed at --hyper-lr), or "
-                         "hyper-lr (alpha fixed at --alpha).")] = "alpha",
+                         "hyper-lr (alpha fixed at --alpha).")] = SearchConfig.search,
     alpha_max: Annotated[float | None, _opt(
         "--alpha-max", help="First (largest) alpha probed \\[default: "
                             f"{DEFAULT_ALPHA_MAX[SCALE_FREE]:g} with --hyper-update {SCALE_FREE}, "
@@ -258,7 +268,7 @@ def find_alpha_command(
                                  "(cheaper probes) \\[default: all of it].")] = None,
     refine: Annotated[int, _opt(
         "--refine", help="Bisection probes (log space) between the last divergent and the "
-                         "first stable value.", metavar="N")] = 0,
+                         "first stable value.", metavar="N")] = SearchConfig.refine,
     probe_loss_factor: Annotated[float, _opt(
         "--probe-loss-factor", help="Divergent: a minibatch loss above this times the first.")]
     = DEFAULT_LOSS_FACTOR,
@@ -270,7 +280,7 @@ def find_alpha_command(
     as_json: Annotated[bool, _opt("--json", help="Print the result as JSON.")] = False,
     name: NameOption = None,
     experiment: ExperimentOption = None,
-    store: StoreOption = "adatune.db",
+    store: StoreOption = DEFAULT_STORE,
 ) -> None:
     """Find the largest alpha at which a tuner does not diverge, with short probe runs.
 

@@ -56,6 +56,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every user error is one line on stderr and exit code 2.
 
+    The library's errors name arguments (``epochs=30``); the line says the
+    flags instead (``--epochs 30``).
+
     SIGTERM is handled as :mod:`adatune.running.signals` says (a run checkpoints and
     stops; the exit code is 143), SIGUSR1 checkpoints a run and goes on.
     """
@@ -85,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("ADATUNE_DEBUG") and exc.__cause__ is not None:
             traceback.print_exception(exc.__cause__, file=sys.stderr)
         if not _follower():
-            print(mask_secrets(f"adatune: error: {exc}"), file=sys.stderr)
+            from adatune_cli._common import error_line  # the library names arguments
+
+            print(mask_secrets(f"adatune: error: {error_line(exc)}"), file=sys.stderr)
         return _exit(2)
     return _exit(rv if isinstance(rv, int) else 0)
 

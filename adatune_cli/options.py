@@ -11,6 +11,7 @@ flag names are accepted beside the modern ones (``--num-epoch``/``--epochs``,
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import inspect
 import typing
@@ -20,8 +21,20 @@ from typing import Annotated, Any
 import typer
 
 from adatune.errors import ConfigError
-from adatune.methods.hyper_update import ADDITIVE, DEFAULT_HYPER_UPDATE, MAX_HYPER_LR, SCALE_FREE
-from adatune.running.config import DEFAULT_HYPER_LR, TrainConfig
+from adatune.methods.hyper_update import ADDITIVE, MAX_HYPER_LR, SCALE_FREE
+from adatune.methods.peers import PEERS
+from adatune.methods.schedules import DEFAULT_LR_DECAY
+from adatune.methods.tuners.settings import HVP_MODES
+from adatune.running.config import (
+    DEFAULT_DATASET,
+    DEFAULT_HYPER_LR,
+    DEFAULT_LR,
+    DEFAULT_MOMENTUM,
+    DEFAULT_NETWORK,
+    DEFAULT_OPTIMIZER,
+    TrainConfig,
+)
+from adatune.running.runtypes import DEFAULT_CHECKPOINT_DIR
 
 PANEL_RUN = "Run"
 PANEL_TUNER = "Hypergradient tuner"
@@ -46,115 +59,135 @@ def _opt(*names: str, help: str, panel: str = PANEL_RUN, **kw: Any) -> Any:
     return typer.Option(*names, help=help, rich_help_panel=panel, **kw)
 
 
-# name -> (annotation, default). Order is the order in --help.
-OPTIONS: dict[str, tuple[Any, Any]] = {
-    "network": (Annotated[str | None, _opt("--network", help="mlp, lenet, vgg11, resnet18, "
+#: Every option's default is the run configuration's own (the very object): see
+#: tests/test_defaults.py. Defaults that depend on other options are said in the help,
+#: from the library's tables.
+_D = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+def _peer_defaults(key: str) -> str:
+    """``1.0, schedulefree-adamw 0.0025``: the peers' own defaults of ``key``, commonest first."""
+    values = {name: getattr(spec, key) for name, spec in PEERS.items()
+              if getattr(spec, key) is not None}
+    common = max(set(values.values()), key=list(values.values()).count)
+    return ", ".join([f"{common:g}", *(f"{n} {v:g}" for n, v in values.items() if v != common)])
+
+
+def _lr_help() -> str:
+    adam = DEFAULT_LR["adam"] if DEFAULT_LR["adam"] == DEFAULT_LR["adamw"] else None
+    mine = (f"{DEFAULT_LR['sgd']:g} for sgd, {adam:g} for adam/adamw" if adam is not None
+            else ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items()))
+    return f"Initial learning rate \\[default: {mine}; a peer's own: {_peer_defaults('lr')}]."
+
+
+def _momentum_help() -> str:
+    peers = ", ".join(f"{name} {spec.momentum:g}" for name, spec in PEERS.items()
+                      if spec.momentum is not None)
+    return f"SGD momentum \\[default: {DEFAULT_MOMENTUM:g}; {peers}]."
+
+
+# name -> its annotation (type and typer.Option). Order is the order in --help. Every
+# option is a field of TrainConfig, and its default is that field's default (DEFAULTS).
+OPTIONS: dict[str, Any] = {
+    "network": Annotated[str | None, _opt("--network", help="mlp, lenet, vgg11, resnet18, "
                                            "wrn28_10, densenet_bc100 (or vgg, resnet, "
-                                           "wide_resnet, densenet) \\[default: mlp].")],
-                None),
-    "model": (Annotated[str | None, _opt(
+                                           "wide_resnet, densenet) "
+                                           f"\\[default: {DEFAULT_NETWORK}].")],
+    "model": Annotated[str | None, _opt(
         "--model", metavar="MODULE:FACTORY",
         help="Your own network instead of --network: an import path module.path:factory; the "
              "factory takes the data's spec (input_shape, num_classes) or nothing and returns "
-             "an nn.Module. The current directory is on the import path.")], None),
-    "dataset": (Annotated[str | None, _opt("--dataset", help="digits (embedded, offline), mnist, "
+             "an nn.Module. The current directory is on the import path.")],
+    "dataset": Annotated[str | None, _opt("--dataset", help="digits (embedded, offline), mnist, "
                                            "fashion_mnist, cifar10, cifar100 (or cifar_10, "
-                                           "cifar_100) \\[default: digits].")],
-                None),
-    "data": (Annotated[str | None, _opt(
+                                           f"cifar_100) \\[default: {DEFAULT_DATASET}].")],
+    "data": Annotated[str | None, _opt(
         "--data", metavar="MODULE:FACTORY",
         help="Your own data instead of --dataset: an import path module.path:factory; the "
              "factory takes the seed (and data_dir) and returns (train, val) or (train, val, "
-             "test), each a torch Dataset or an (x, y) tensor pair.")], None),
-    "loss": (Annotated[str, _opt(
+             "test), each a torch Dataset or an (x, y) tensor pair.")],
+    "loss": Annotated[str, _opt(
         "--loss", help="cross_entropy (class scores; accuracy picks the best epoch), mse, or "
                        "an import path module:fn (the lowest validation loss picks the best "
-                       "epoch).")], "cross_entropy"),
-    "optimizer": (Annotated[str | None, _opt(
-        "--optimizer", help="sgd, adam or adamw \\[default: sgd; a peer --method is its own "
-                            "optimizer].")], None),
-    "lr": (Annotated[float | None, _opt("--lr", help="Initial learning rate "
-                                        "\\[default: 0.05 for sgd, 1e-3 for adam/adamw; a "
-                                        "peer's own: 1.0, schedulefree-adamw 0.0025].")], None),
-    "momentum": (Annotated[float | None, _opt(
-        "--momentum", help="SGD momentum \\[default: 0.9; dadapt-sgd 0, schedulefree-sgd "
-                           "0.9].")], None),
-    "nesterov": (Annotated[bool, _opt("--nesterov", help="Nesterov momentum (SGD).")], False),
-    "weight_decay": (Annotated[float, _opt("--weight-decay", "--wd",
-                                           help="Weight decay (L2; decoupled for adamw).")], 0.0),
-    "epochs": (Annotated[int, _opt("--epochs", "--num-epoch", help="Epochs to train.")], 15),
-    "batch_size": (Annotated[int, _opt("--batch-size", help="Minibatch size.")], 64),
-    "seed": (Annotated[int, _opt("--seed", help="Random seed (data split, init, order).")], 0),
-    "device": (Annotated[str, _opt("--device", help="auto, cpu, cuda or mps.")], "auto"),
-    "grad_clip": (Annotated[float | None, _opt("--grad-clip", "--grad-clipping",
+                       "epoch).")],
+    "optimizer": Annotated[str | None, _opt(
+        "--optimizer", help=f"sgd, adam or adamw \\[default: {DEFAULT_OPTIMIZER}; a peer "
+                            "--method is its own optimizer].")],
+    "lr": Annotated[float | None, _opt("--lr", help=_lr_help())],
+    "momentum": Annotated[float | None, _opt("--momentum", help=_momentum_help())],
+    "nesterov": Annotated[bool, _opt("--nesterov", help="Nesterov momentum (SGD).")],
+    "weight_decay": Annotated[float, _opt("--weight-decay", "--wd",
+                                           help="Weight decay (L2; decoupled for adamw).")],
+    "epochs": Annotated[int, _opt("--epochs", "--num-epoch", help="Epochs to train.")],
+    "batch_size": Annotated[int, _opt("--batch-size", help="Minibatch size.")],
+    "seed": Annotated[int, _opt("--seed", help="Random seed (data split, init, order).")],
+    "device": Annotated[str, _opt("--device", help="auto, cpu, cuda or mps.")],
+    "grad_clip": Annotated[float | None, _opt("--grad-clip", "--grad-clipping",
                                                help="Clip the gradient norm at this value.")],
-                  None),
-    "hyper_update": (Annotated[str, _opt(
+    "hyper_update": Annotated[str, _opt(
         "--hyper-update", panel=PANEL_TUNER,
         help=f"How the hypergradient moves the LR: {SCALE_FREE} (in log space, by a normalized "
              f"hypergradient; bounded steps, LR > 0) or {ADDITIVE} (LR - hyper_lr * h, the "
-             "papers' rule).")], DEFAULT_HYPER_UPDATE),
-    "hyper_lr": (Annotated[float | None, _opt(
-        "--hyper-lr", panel=PANEL_TUNER, help=_hyper_lr_help())], None),
-    "mu": (Annotated[str, _opt("--mu", panel=PANEL_TUNER,
+             "papers' rule).")],
+    "hyper_lr": Annotated[float | None, _opt(
+        "--hyper-lr", panel=PANEL_TUNER, help=_hyper_lr_help())],
+    "mu": Annotated[str, _opt("--mu", panel=PANEL_TUNER,
                                help="MARTHE's mu in [0, 1], or 'auto' (a negative value means "
-                                    "auto, as in the original).")], "0.99"),
-    "alpha": (Annotated[float, _opt("--alpha", panel=PANEL_TUNER,
+                                    "auto, as in the original).")],
+    "alpha": Annotated[float, _opt("--alpha", panel=PANEL_TUNER,
                                     help="Rate at which the hyper-LR adapts (0 keeps it fixed; "
                                          f"dimensionless, in [0, {MAX_HYPER_LR:g}], with "
                                          f"{SCALE_FREE}).")],
-              0.0),
-    "first_order": (Annotated[bool, _opt("--first-order", panel=PANEL_TUNER,
-                                         help="Drop the Hessian term (no HVP).")], False),
-    "hvp": (Annotated[str, _opt("--hvp", panel=PANEL_TUNER,
-                                help="exact (double backward) or finite-difference (faster).")],
-            "exact"),
-    "step_size": (Annotated[int, _opt("--step-size", panel=PANEL_SCHED,
-                                      help="Staircase: epochs between decays.")], 5),
-    "lr_decay": (Annotated[float | None, _opt(
+    "first_order": Annotated[bool, _opt("--first-order", panel=PANEL_TUNER,
+                                         help="Drop the Hessian term (no HVP).")],
+    "hvp": Annotated[str, _opt("--hvp", panel=PANEL_TUNER,
+                                help=f"{HVP_MODES[0]} (double backward) or {HVP_MODES[1]} "
+                                     "(faster).")],
+    "step_size": Annotated[int, _opt("--step-size", panel=PANEL_SCHED,
+                                      help="Staircase: epochs between decays.")],
+    "lr_decay": Annotated[float | None, _opt(
         "--lr-decay", panel=PANEL_SCHED,
-        help="Decay factor \\[default: 0.5 staircase, 0.85 exponential per epoch].")], None),
-    "t_0": (Annotated[int, _opt("--t-0", panel=PANEL_SCHED,
-                                help="Cosine: epochs of the first period.")], 2),
-    "t_mult": (Annotated[int, _opt("--t-mult", panel=PANEL_SCHED,
-                                   help="Cosine: period multiplier after each restart.")], 2),
-    "warmup_steps": (Annotated[int, _opt("--warmup-steps", panel=PANEL_PEER,
+        help="Decay factor \\[default: " + ", ".join(
+            f"{v:g} {k}" for k, v in DEFAULT_LR_DECAY.items()) + " per epoch].")],
+    "t_0": Annotated[int, _opt("--t-0", panel=PANEL_SCHED,
+                                help="Cosine: epochs of the first period.")],
+    "t_mult": Annotated[int, _opt("--t-mult", panel=PANEL_SCHED,
+                                   help="Cosine: period multiplier after each restart.")],
+    "warmup_steps": Annotated[int, _opt("--warmup-steps", panel=PANEL_PEER,
                                          help="Schedule-Free: steps of linear LR warm-up.")],
-                     0),
-    "data_dir": (Annotated[str | None, _opt("--data-dir", panel=PANEL_DATA,
+    "data_dir": Annotated[str | None, _opt("--data-dir", panel=PANEL_DATA,
                                             help="Where datasets live \\[default: "
                                                  "$ADATUNE_DATA or ~/.cache/adatune/data].")],
-                 None),
-    "download": (Annotated[bool, _opt("--download", panel=PANEL_DATA,
+    "download": Annotated[bool, _opt("--download", panel=PANEL_DATA,
                                       help="Download a missing dataset (needs a network).")],
-                 False),
-    "val_fraction": (Annotated[float, _opt("--val-fraction", panel=PANEL_DATA,
+    "val_fraction": Annotated[float, _opt("--val-fraction", panel=PANEL_DATA,
                                            help="Share of the training set held out for "
-                                                "validation.")], 0.1),
-    "val_source": (Annotated[str, _opt("--val-source", panel=PANEL_DATA,
+                                                "validation.")],
+    "val_source": Annotated[str, _opt("--val-source", panel=PANEL_DATA,
                                        help="train (a split of it), or test: the original's "
                                             "protocol, for reproducing old numbers only.")],
-                   "train"),
-    "patience": (Annotated[int | None, _opt("--patience", panel=PANEL_DATA,
+    "patience": Annotated[int | None, _opt("--patience", panel=PANEL_DATA,
                                             help="Stop after this many epochs without a better "
-                                                 "validation accuracy.")], None),
-    "workers": (Annotated[int, _opt("--workers", panel=PANEL_DATA,
+                                                 "validation accuracy.")],
+    "workers": Annotated[int, _opt("--workers", panel=PANEL_DATA,
                                     help="DataLoader worker processes for --data datasets that "
-                                         "are not in-memory tensors.")], 0),
-    "log_every": (Annotated[int, _opt("--log-every", panel=PANEL_DATA,
-                                      help="Record a step trace every N steps.")], 10),
-    "checkpoint_dir": (Annotated[str | None, _opt("--checkpoint-dir", "--model-loc",
+                                         "are not in-memory tensors.")],
+    "log_every": Annotated[int, _opt("--log-every", panel=PANEL_DATA,
+                                      help="Record a step trace every N steps.")],
+    "checkpoint_dir": Annotated[str | None, _opt("--checkpoint-dir", "--model-loc",
                                                   panel=PANEL_DATA,
                                                   help="Where checkpoints go \\[default: "
-                                                       "./adatune-runs].")], None),
+                                                       f"./{DEFAULT_CHECKPOINT_DIR}].")],
 }
 
 _CONFIG_KEYS = tuple(OPTIONS)
+#: Each option's default: the run configuration's field default, the very object.
+DEFAULTS: dict[str, Any] = {name: _D[name] for name in OPTIONS}
 
 
 def panel_of(name: str) -> str:
     """The --help panel option ``name`` is listed under."""
-    return typing.get_args(OPTIONS[name][0])[1].rich_help_panel
+    return typing.get_args(OPTIONS[name])[1].rich_help_panel
 
 
 def _hidden(annotation: Any) -> Any:
@@ -177,8 +210,9 @@ def run_options(func: Callable[..., Any] | None = None, *,
     hints = typing.get_type_hints(func, include_extras=True)  # resolve string annotations
     own = [p.replace(annotation=hints.get(name, p.annotation))
            for name, p in sig.parameters.items() if name != "opts"]
-    shown = {name: (_hidden(annotation) if panel_of(name) in hide else annotation, default)
-             for name, (annotation, default) in OPTIONS.items()}
+    shown = {name: (_hidden(annotation) if panel_of(name) in hide else annotation,
+                    DEFAULTS[name])
+             for name, annotation in OPTIONS.items()}
     extra = [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
                           annotation=annotation)
@@ -211,12 +245,20 @@ def given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
 
 
+def option_names() -> frozenset[str]:
+    """The arguments the commands take as options: the run's, and replay's and export's."""
+    return frozenset({*OPTIONS, "method", "from_run", "from_file", "stretch", "scale",
+                      "per_epoch", "study", "trials", "seeds", "sampler", "space", "timeout"})
+
+
 def flag(name: str) -> str:
     """The command-line flag of a parameter name: ``weight_decay`` -> ``--weight-decay``."""
     return "--" + name.replace("_", "-")
 
 
-def parse_mu(text: str) -> float | str:
+def parse_mu(text: str | float) -> float | str:
+    if isinstance(text, (int, float)):  # the default, as the configuration holds it
+        return text
     value = text.strip().lower()
     if value == "auto":
         return "auto"

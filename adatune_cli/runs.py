@@ -12,6 +12,7 @@ from adatune.catalog import TUNER_NAMES
 from adatune.redact import mask_secrets, mask_values
 from adatune.store.records import RunRecord
 from adatune_cli._common import (
+    DEFAULT_STORE,
     Column,
     StoreOption,
     compact_table,
@@ -92,7 +93,7 @@ def list_runs(
     kind: Annotated[str | None, typer.Option("--kind", help="train, baseline, probe, "
                                                             "find-alpha or sweep.")] = None,
     as_json: JsonOption = False,
-    store: StoreOption = "adatune.db",
+    store: StoreOption = DEFAULT_STORE,
 ) -> None:
     """List runs, newest last.
 
@@ -120,7 +121,7 @@ def list_runs(
 def show_run(
     run_id: Annotated[int, typer.Argument(metavar="RUN_ID")],
     as_json: JsonOption = False,
-    store: StoreOption = "adatune.db",
+    store: StoreOption = DEFAULT_STORE,
 ) -> None:
     """Show one run: its configuration, every epoch, and the command that reproduces it.
 
@@ -180,7 +181,7 @@ def delete_run(
     keep_checkpoints: Annotated[bool, typer.Option(
         "--keep-checkpoints", help="Keep the run's checkpoint folder (last.pt, best.pt).")]
     = False,
-    store: StoreOption = "adatune.db",
+    store: StoreOption = DEFAULT_STORE,
 ) -> None:
     """Delete a run with its epochs and steps (and a search's probes), and their checkpoints.
 

@@ -7,9 +7,7 @@ from typing import Annotated
 
 import typer
 
-from adatune.errors import ConfigError
 from adatune.methods.schedule_file import (
-    NoStepLRs,
     format_for,
     format_schedule,
     schedule_from_run,
@@ -49,10 +47,7 @@ def export(
 
     kind = format_for(output, fmt)
     with open_store(store, create=False) as db:  # reading: a missing store is one line
-        try:
-            schedule = schedule_from_run(db, run_id, per_epoch=per_epoch)
-        except NoStepLRs as exc:
-            raise ConfigError(f"{exc}; export its per-epoch mean with --per-epoch") from None
+        schedule = schedule_from_run(db, run_id, per_epoch=per_epoch)  # NoStepLRs: main says
     if output is None:
         typer.echo(format_schedule(schedule, kind), nl=False)
         return

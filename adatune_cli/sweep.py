@@ -86,7 +86,7 @@ class _SweepProgress(RichEvents, SweepEvents):
             f"trial {number}: {_fmt_values(values)} (seed{'s' if len(seeds) > 1 else ''} "
             f"{seeds_text})", markup=False, highlight=False)
 
-    def run_started(self, run_id: int, config: TrainConfig, *, steps_per_epoch: int,
+    def run_started(self, run_id: int, config: dict[str, Any], *, steps_per_epoch: int,
                     start_epoch: int) -> None:
         for task in (self.epoch_task, self.batch_task):
             if task is not None:
@@ -162,7 +162,8 @@ def sweep_command(
         "--trials", help="Trials of the whole study, over all workers.")] = DEFAULT_TRIALS,
     seeds: Annotated[int, typer.Option(
         "--seeds", help="Runs per trial: seeds --seed, --seed + 1, ...")] = DEFAULT_SEEDS,
-    sampler: Annotated[str, typer.Option("--sampler", help="random or tpe.")] = "random",
+    sampler: Annotated[str, typer.Option("--sampler", help="random or tpe.")]
+    = SweepConfig.sampler,
     study: Annotated[str | None, typer.Option(
         "--study", help="Optuna study (and experiment) name (default: sweep-METHOD). "
                         "Workers running the same command share it.")] = None,

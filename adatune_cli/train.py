@@ -28,12 +28,14 @@ from rich.table import Table
 
 from adatune.catalog import canonical_schedule
 from adatune.errors import AdatuneError, ConfigError
+from adatune.imports import attr_name
 from adatune.methods.peers import PEER_NAMES
 from adatune.running import signals
 from adatune.running.config import REPLAY, TUNER_NAMES, TrainConfig, canonical_method
 from adatune.running.runtypes import Events, RunResult
 from adatune.store.records import EpochRecord
 from adatune_cli._common import (
+    DEFAULT_STORE,
     StoreOption,
     epoch_seconds,
     err,
@@ -69,12 +71,15 @@ class RichEvents(Events):
         self.batch_task = None
         self.last: EpochRecord | None = None
 
-    def run_started(self, run_id: int, config: TrainConfig, *, steps_per_epoch: int,
+    def run_started(self, run_id: int, config: dict[str, Any], *, steps_per_epoch: int,
                     start_epoch: int) -> None:
+        data = _label(config.get("dataset") or config.get("data"))
+        network = _label(config.get("network") or config.get("model"))
         self.progress.console.print(
-            f"run {run_id}: {config.method} on {config.dataset_label}/{config.network_label} "
-            f"({config.optimizer}, lr {config.lr:g}) for {config.epochs} epochs", markup=False)
-        self.epoch_task = self.progress.add_task("epochs", total=config.epochs,
+            f"run {run_id}: {config['method']} on {data}/{network} "
+            f"({config['optimizer']}, lr {config['lr']:g}) for {config['epochs']} epochs",
+            markup=False)
+        self.epoch_task = self.progress.add_task("epochs", total=config["epochs"],
                                                  completed=start_epoch - 1, info="")
         self.batch_task = self.progress.add_task("batches", total=steps_per_epoch, info="")
 
@@ -97,6 +102,11 @@ class RichEvents(Events):
         if self.batch_task is not None:
             self.progress.remove_task(self.batch_task)
             self.batch_task = None
+
+
+def _label(name: str | None) -> str:
+    """How progress names a network or dataset: its name, or its factory's (``pkg:make``)."""
+    return "?" if not name else attr_name(name) if ":" in name else name
 
 
 def _progress() -> Progress:
@@ -219,7 +229,7 @@ def _ranked() -> bool:
 def _run_ranked(config: TrainConfig | None, store: str, *, resume_id: int | None,
                 resume_changes: dict[str, Any] | None, **run_kw: Any) -> None:
     """:func:`_run` on one rank of several: rank 0 checks, records, shows and prints."""
-    from adatune.running.distributed import LazyStore, PeerFailure, launch, on_main
+    from adatune.running.distributed import LazyStore, RankFailure, launch, on_main
     from adatune.running.engine import resume, train
 
     def go(db: Any, events: Events) -> RunResult:
@@ -257,7 +267,7 @@ def _run_ranked(config: TrainConfig | None, store: str, *, resume_id: int | None
                     hints = next_steps(db, result, store)
                 finally:
                     db.close()
-    except PeerFailure as exc:
+    except RankFailure as exc:
         fail(f"the run failed on rank {rank}: {exc}", code=1)
     except AdatuneError:
         if rank == 0:
@@ -314,7 +324,7 @@ def train_command(
         metavar="RUN_ID")] = None,
     name: NameOption = None,
     experiment: ExperimentOption = None,
-    store: StoreOption = "adatune.db",
+    store: StoreOption = DEFAULT_STORE,
 ) -> None:
     """Train with an online hypergradient LR tuner and record the run.
 
@@ -372,7 +382,7 @@ def baseline_command(
         help="Multiply every replayed LR by this factor.")] = 1.0,
     name: NameOption = None,
     experiment: ExperimentOption = None,
-    store: StoreOption = "adatune.db",
+    store: StoreOption = DEFAULT_STORE,
 ) -> None:
     """Train with a fixed LR schedule, or with a learning-rate-free optimizer, and record it.
 
@@ -415,11 +425,27 @@ def baseline_command(
     _run(make_config(chosen, opts, **replay), store, name=name, experiment=experiment)
 
 
+#: What a replay of a recorded run takes from it unless told otherwise: the task and
+#: the optimizer, not the seed (replaying on other seeds is the point), the device or
+#: the folders; and the epochs the source recorded.
+INHERITED = ("network", "model", "dataset", "data", "loss", "optimizer", "momentum", "nesterov",
+             "weight_decay", "batch_size", "grad_clip", "data_dir", "val_fraction",
+             "val_source", "workers", "log_every")
+
+
 def _inherited(ctx: typer.Context, run_id: int, store: str) -> dict[str, Any]:
-    """The source run's training setup, for every option not given on the command line."""
-    from adatune.methods.schedule_file import replay_defaults
+    """The source run's training setup (:data:`INHERITED`), for every option not given.
+
+    Nothing for a run started from Python (``adatune.fit``), whose parts are objects.
+    """
     from adatune.store import open_store
 
     with open_store(store, create=False) as db:  # a source run needs a store that exists
         source = db.get_run(run_id, steps=False).run
-    return {k: v for k, v in replay_defaults(source).items() if not given(ctx, k)}
+    config = source.config
+    if config.get("entry") == "fit" or "method" not in config:
+        return {}
+    inherited = {key: config[key] for key in INHERITED if key in config}
+    if source.epochs:
+        inherited["epochs"] = source.epochs
+    return {k: v for k, v in inherited.items() if not given(ctx, k)}

@@ -123,7 +123,7 @@ def run_cases(workdir: Path) -> dict:
     return {name: run_case(name, store, workdir / "ckpt") for name, *_ in CASES}
 
 
-class _StopAfterFirstEpoch(adatune.running.loop.Events):
+class _StopAfterFirstEpoch(adatune.Events):
     def epoch_done(self, record) -> None:
         if record.epoch == 1:
             raise KeyboardInterrupt
@@ -150,8 +150,8 @@ def resume_phase(workdir: Path, phase: str) -> dict:
               resume=resume, events=_StopAfterFirstEpoch() if phase == "stop" else None)
     try:
         result = adatune.fit(model, train, val, test, **kw)
-    except collectives.PeerFailure as exc:  # rank 0 stopped: the other ranks lose it
-        return {"status": "peer-failure", "error": str(exc)}
+    except collectives.RankFailure as exc:  # rank 0 stopped: the other ranks lose it
+        return {"status": "rank-failure", "error": str(exc)}
     out = {"status": result.status, "run_id": result.run_id,
            "weights": [p.detach().reshape(-1).tolist() for p in model.parameters()],
            "buffers": [b.reshape(-1).tolist() for b in model.buffers()]}
@@ -194,7 +194,7 @@ def main(workdir: str, phase: str = "cases") -> None:
             results["signal checks"] = _signal_checks(path)
         rank = torch.distributed.get_rank()
         # Every rank is done with the group before any tears it down (in "stop" rank 0
-        # left the run: rank 1 has no peer to wait for).
+        # left the run: rank 1 has no other rank to wait for).
         if phase != "stop":
             torch.distributed.barrier()
     finally:

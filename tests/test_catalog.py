@@ -20,7 +20,7 @@ from adatune import catalog
 from adatune.data import datasets, models
 from adatune.methods import peers, schedules
 from adatune.methods.schedules import ScheduleConfig, build_schedule
-from adatune.running import build, config
+from adatune.running import build, config, losses
 
 #: What each name means: the spec of the tables, not a number standing in for one.
 TUNERS = {"marthe": adatune.MARTHE, "rtho": adatune.RTHO, "hd": adatune.HD}
@@ -71,7 +71,7 @@ def test_each_schedule_name_builds_its_scheduler(name: str) -> None:
     assert type(schedule.scheduler) is SCHEDULES[name]
 
 
-@pytest.mark.parametrize("name", config.LOSS_NAMES)
+@pytest.mark.parametrize("name", losses.LOSS_NAMES)
 def test_each_loss_name_is_its_loss(name: str) -> None:
     torch.manual_seed(0)
     output = torch.randn(5, 3)
@@ -81,7 +81,7 @@ def test_each_loss_name_is_its_loss(name: str) -> None:
     else:
         target = torch.randn(5, 3)
         expected, classification = nn.functional.mse_loss(output, target), False
-    loss, is_classification = build.build_loss(config.canonical_loss(name))
+    loss, is_classification = losses.build_loss(losses.canonical_loss(name))
     assert is_classification is classification
     torch.testing.assert_close(loss(output, target), expected)
 

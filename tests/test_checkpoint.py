@@ -16,7 +16,8 @@ import torch
 from adatune.errors import CheckpointError
 from adatune.running import checkpoint, signals
 from adatune.running.config import TrainConfig
-from adatune.running.engine import Events, resume, train
+from adatune.running.engine import resume, train
+from adatune.running.runtypes import Events
 from adatune.store import open_store
 from tests._cli import cli
 

@@ -218,7 +218,7 @@ def test_missing_mnist_is_one_line_naming_folder_and_download(tmp_path):
     message = str(info.value)
     assert "\n" not in message
     assert str(tmp_path / "data" / "MNIST" / "raw") in message
-    assert "train-images-idx3-ubyte" in message and "--download" in message
+    assert "train-images-idx3-ubyte" in message and "download=True" in message
 
 
 def test_partial_mnist_folder_is_missing(tmp_path):
@@ -302,7 +302,7 @@ def test_missing_cifar_names_files_and_folder(tmp_path):
         D.load_splits("cifar100", data_dir=tmp_path)
     message = str(info.value)
     assert "\n" not in message and str(tmp_path / "cifar-100-python") in message
-    assert "train, test, meta" in message and "--download" in message
+    assert "train, test, meta" in message and "download=True" in message
 
 
 def test_cifar_meta_with_wrong_class_count(tmp_path):

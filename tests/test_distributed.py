@@ -87,11 +87,11 @@ def test_buckets_keep_dtype_and_size_apart():
     assert buckets == [[0, 2], [1], [3]]  # 40 + 40 bytes, then 120 > 100 alone
 
 
-def test_sigterm_is_an_interruption_unless_a_peer_on_this_host_is_gone(monkeypatch):
+def test_sigterm_is_an_interruption_unless_a_rank_on_this_host_is_gone(monkeypatch):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     me = {"host": socket.gethostname(), "pid": os.getpid()}
-    monkeypatch.setattr(distributed, "_peers", [me, dict(me)])
+    monkeypatch.setattr(distributed, "_rank_owners", [me, dict(me)])
     try:
         with signals.handle_preemption():
             with signals.deferred():  # in the loop: the stop waits for the agreed step
@@ -103,8 +103,8 @@ def test_sigterm_is_an_interruption_unless_a_peer_on_this_host_is_gone(monkeypat
         collectives.stopping(True)
         distributed._on_sigterm(signal.SIGTERM, None)  # the run is ending: ignored
         collectives.stopping(False)
-        monkeypatch.setattr(distributed, "_peers", [me, {**me, "pid": dead.pid}])
-        with pytest.raises(distributed.PeerFailure, match="rank 1 died"):
+        monkeypatch.setattr(distributed, "_rank_owners", [me, {**me, "pid": dead.pid}])
+        with pytest.raises(distributed.RankFailure, match="rank 1 died"):
             distributed._on_sigterm(signal.SIGTERM, None)
         assert collectives.is_stopping()
     finally:
@@ -174,7 +174,7 @@ def test_two_ranks_resume_bit_identically(tmp_path):
     read = lambda name: json.loads((tmp_path / f"{name}.json").read_text())  # noqa: E731
     assert read("stop-0")["status"] == "interrupted"
     stopped = read("stop-1")
-    assert stopped["status"] == "peer-failure", stopped  # rank 1 lost rank 0 and exited
+    assert stopped["status"] == "rank-failure", stopped  # rank 1 lost rank 0 and exited
     [last] = (tmp_path / "ckpt-stopped").glob("run-*/last.pt")
     state = torch.load(last, weights_only=True)  # plain tensors, numbers and containers
     ranks = state["rng"]["ranks"]
@@ -232,7 +232,7 @@ def test_sigkill_of_one_rank_fails_the_run_and_resume_continues(tmp_path, capsys
     with open_store(store) as db:
         [run] = db.list_runs()
     assert run.status == "failed" and 1 <= run.epochs < 8, (run.status, run.epochs, run.error)
-    assert "PeerFailure" in run.error
+    assert "RankFailure" in run.error
     if victim == 0:
         assert run.error.startswith("rank 0 died")  # rank 1 recorded it
     # one process continues the run from its last checkpoint
@@ -395,7 +395,8 @@ def test_a_signal_to_one_rank_reaches_every_rank_at_the_same_step(tmp_path, stra
         run = db.get_run(run_id, steps=False).run
     assert run.status == "interrupted"
     assert re.fullmatch(r"stopped by SIGTERM (in epoch \d+ after step \d+ of \d+|after epoch "
-                        r"\d+); checkpointed there, --resume continues", run.error), run.error
+                        r"\d+); checkpointed there, a resume continues from it",
+                        run.error), run.error
     _resume_on_two_ranks(tmp_path, store, run_id, straight_two)
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 import adatune
 from adatune.errors import ConfigError
-from adatune.running.loop import Events
+from adatune.running.runtypes import Events
 from adatune.store import open_store
 from tests._cli import cli
 from tests._wait import epoch_reached, spawn_cli

@@ -21,7 +21,7 @@ from adatune.errors import ConfigError
 from adatune.methods.peers import PEER_NAMES, PEERS, build_peer, optimizer_view, peer_class
 from adatune.running.build import build_parts
 from adatune.running.config import TrainConfig
-from adatune.running.loop import Events
+from adatune.running.runtypes import Events
 from adatune.store import open_store
 from tests._cli import cli
 from tests._wait import epoch_reached, spawn_cli

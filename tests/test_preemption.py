@@ -90,7 +90,8 @@ def test_sigterm_checkpoints_marks_the_run_interrupted_and_exits_143(tmp_path, s
     run = status(store, run_id)
     assert run.status == "interrupted"  # at once, not after the 300 s staleness cutoff
     assert re.fullmatch(r"stopped by SIGTERM (in epoch \d+ after step \d+ of \d+|after epoch "
-                        r"\d+); checkpointed there, --resume continues", run.error), run.error
+                        r"\d+); checkpointed there, a resume continues from it",
+                        run.error), run.error
     folder = run_dir(run.config["checkpoint_dir"], run_id)
     state = checkpoint.load(folder / "last.pt")
     assert (state["partial"] is None) == ("after epoch" in run.error)

@@ -69,7 +69,8 @@ def test_a_run_stopped_mid_epoch_keeps_every_step_lr(tmp_path: Path) -> None:
     import signal
 
     from adatune.running import checkpoint, signals
-    from adatune.running.engine import Events, resume
+    from adatune.running.engine import resume
+    from adatune.running.runtypes import Events
 
     class StopAt(Events):
         def step_done(self, epoch, batch, loss, lr, mu) -> None:
@@ -99,7 +100,8 @@ def test_a_checkpoint_written_before_step_lrs_resumes_without_inventing_them(
 
     from adatune.methods.schedule_file import NoStepLRs, schedule_from_run
     from adatune.running import signals
-    from adatune.running.engine import Events, resume
+    from adatune.running.engine import resume
+    from adatune.running.runtypes import Events
 
     class StopAt(Events):
         def step_done(self, epoch, batch, loss, lr, mu) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from adatune.catalog import OPTIMIZER_NAMES, DataSpec, canonical_network, check_compatible
+from adatune.checks import MAX_SEED, whole
 from adatune.errors import ConfigError
-from adatune.running.config import MAX_SEED, whole
+from adatune.methods.tuners.settings import HVP_MODES
 
 METHODS = ("plain", "hd", "marthe-mu0", "marthe", "rtho", "floor", "floor-torch")
 # "floor": the autograd work an exact MARTHE step cannot avoid (a gradient with
@@ -20,7 +21,6 @@ METHODS = ("plain", "hd", "marthe-mu0", "marthe", "rtho", "floor", "floor-torch"
 # MARTHE's ratio to it is the tuner's own overhead. "floor-torch": the same with
 # torch's own double-backward formulas.
 HVP_METHODS = ("marthe", "rtho")  # the methods whose cost depends on the HVP mode
-HVP_MODES = ("exact", "finite-difference")
 #: Bounds of the bench's sizes (a batch of 65536 CIFAR-shaped inputs is 800 MB).
 MAX_BENCH_BATCH = 65_536
 MAX_BENCH_STEPS = 100_000
@@ -34,7 +34,7 @@ class BenchConfig:
     device: str = "auto"
     steps: int = 10
     warmup: int = 2
-    hvp: tuple[str, ...] = ("exact", "finite-difference")
+    hvp: tuple[str, ...] = HVP_MODES
     memory: bool = True
     input_shape: tuple[int, int, int] = (3, 32, 32)
     num_classes: int = 10

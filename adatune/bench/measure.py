@@ -21,7 +21,6 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-import adatune
 from adatune.bench.config import (
     HVP_METHODS,
     HVP_MODES,
@@ -33,7 +32,8 @@ from adatune.bench.config import (
     MethodResult,
 )
 from adatune.data.models import build_model
-from adatune.running.engine import resolve_device
+from adatune.methods.tuners import HD, MARTHE, RTHO, fast_double_backward
+from adatune.running.build import resolve_device
 
 __all__ = [
     "HVP_METHODS",
@@ -79,15 +79,15 @@ class _Runner:
         self.tuner = None
         self.floor = ([torch.full_like(p, 1e-3) for p in self.model.parameters()]
                       if method.startswith("floor") else None)
-        self.forward_mode = (adatune.fast_double_backward if method == "floor"
+        self.forward_mode = (fast_double_backward if method == "floor"
                              else contextlib.nullcontext)
         if method == "hd":
-            self.tuner = adatune.HD(opt, hyper_lr=tiny)
+            self.tuner = HD(opt, hyper_lr=tiny)
         elif method in ("marthe-mu0", "marthe"):
-            self.tuner = adatune.MARTHE(opt, hyper_lr=tiny, mu=0.0 if method != "marthe" else 0.99,
+            self.tuner = MARTHE(opt, hyper_lr=tiny, mu=0.0 if method != "marthe" else 0.99,
                                         hvp=mode, model=self.model)
         elif method == "rtho":
-            self.tuner = adatune.RTHO(opt, hyper_lr=tiny, hvp=mode, model=self.model)
+            self.tuner = RTHO(opt, hyper_lr=tiny, hvp=mode, model=self.model)
 
     def step(self) -> None:
         x, y, xv, yv = self.batches[self.i % len(self.batches)]

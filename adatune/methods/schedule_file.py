@@ -5,7 +5,7 @@ step, epoch, lr) or one per epoch (``interval="epoch"``: the epoch's mean LR).
 :func:`schedule_from_run` reads it from the store, :func:`schedule_from_file`
 from a CSV or JSON file, and :func:`format_schedule` writes CSV, JSON or a
 small Python module that needs only torch (a ``LambdaLR``). Replaying it is
-:class:`adatune.ReplayLR`'s job (``adatune baseline --lr-scheduler replay``).
+:mod:`adatune.methods.replay`'s job.
 
 This module needs no torch: the command line imports it for ``adatune
 schedule export``.
@@ -115,28 +115,6 @@ def schedule_from_run(store: Any, run_id: int, *, per_epoch: bool = False) -> LR
         raise ConfigError(f"run {run_id} recorded no training step")
     source["steps"] = len(lrs)
     return LRSchedule("step", lrs, epochs, tuple(range(len(lrs))), source)
-
-
-#: What a replay of a recorded run takes from it unless told otherwise: the task and
-#: the optimizer, not the seed (replaying on other seeds is the point), the device or
-#: the folders. ``epochs`` is the number of epochs the source recorded.
-INHERITED = ("network", "model", "dataset", "data", "loss", "optimizer", "momentum", "nesterov",
-             "weight_decay", "batch_size", "grad_clip", "data_dir", "val_fraction",
-             "val_source", "workers", "log_every")
-
-
-def replay_defaults(run: Any) -> dict[str, Any]:
-    """The training setup a replay of ``run`` (a RunRecord) inherits (see :data:`INHERITED`).
-
-    Empty for a run started from Python (``adatune.fit``), whose parts are objects.
-    """
-    config = run.config
-    if config.get("entry") == "fit" or "method" not in config:
-        return {}
-    inherited = {key: config[key] for key in INHERITED if key in config}
-    if run.epochs:
-        inherited["epochs"] = run.epochs
-    return inherited
 
 
 # ------------------------------------------------------------------ writing
@@ -405,5 +383,5 @@ def _read_json(p: Path, text: str, source: dict[str, Any]) -> LRSchedule:
     return _checked(p, rows, source, per_step)
 
 
-__all__ = ["FORMATS", "INHERITED", "LRSchedule", "NoStepLRs", "format_for", "format_schedule",
-           "replay_defaults", "schedule_from_file", "schedule_from_run", "write_schedule"]
+__all__ = ["FORMATS", "LRSchedule", "NoStepLRs", "format_for", "format_schedule",
+           "schedule_from_file", "schedule_from_run", "write_schedule"]

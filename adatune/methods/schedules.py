@@ -3,24 +3,29 @@
 constant, staircase (step decay every ``step_size`` epochs), exponential (decay
 by ``lr_decay`` every epoch) and cosine annealing with warm restarts (period
 ``t_0`` epochs, multiplied by ``t_mult`` after each restart), the latter
-stepped every iteration as in the original AdaTune. :class:`ReplayLR` replays
-a recorded schedule (a tuner's, learned once) step for step.
+stepped every iteration as in the original AdaTune. Replaying a recorded
+schedule is :mod:`adatune.methods.replay`.
+
+:class:`ScheduleConfig` holds each setting's default and range, once: the run
+configuration and the command line read them from here. This module imports
+torch only when a schedule is built.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch.optim import lr_scheduler
+from typing import TYPE_CHECKING, Any
 
 from adatune.catalog import SCHEDULE_NAMES, canonical_schedule
+from adatune.checks import MAX_EPOCHS, finite, whole
 from adatune.errors import ConfigError
 
+if TYPE_CHECKING:
+    import torch
+    from torch.optim import lr_scheduler
+
 __all__ = [
+    "DEFAULT_LR_DECAY",
     "SCHEDULE_NAMES",
     "Schedule",
     "ScheduleConfig",
@@ -28,117 +33,33 @@ __all__ = [
     "canonical_schedule",
 ]
 
+#: The decay factor of each schedule that decays, unless one is given: staircase halves
+#: the LR every ``step_size`` epochs, exponential multiplies it by 0.85 every epoch.
+DEFAULT_LR_DECAY = {"staircase": 0.5, "exponential": 0.85}
+_OTHER_LR_DECAY = 0.5  # what a schedule that does not decay records (it never reads it)
+
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """A baseline schedule. ``step_size``/``t_0`` count epochs."""
+    """A baseline schedule. ``step_size``/``t_0`` count epochs.
+
+    ``lr_decay`` defaults to the schedule's entry of :data:`DEFAULT_LR_DECAY`.
+    """
 
     name: str = "constant"
-    step_size: int = 3
-    lr_decay: float = 0.5
+    step_size: int = 5
+    lr_decay: float | None = None
     t_0: int = 2
     t_mult: int = 2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", canonical_schedule(self.name))
-        if self.step_size < 1:
-            raise ConfigError(f"invalid step_size: {self.step_size} (must be >= 1)")
-        if not (math.isfinite(self.lr_decay) and 0 < self.lr_decay <= 1):
-            raise ConfigError(f"invalid lr_decay: {self.lr_decay} (must be in (0, 1])")
-        if self.t_0 < 1:
-            raise ConfigError(f"invalid t_0: {self.t_0} (must be >= 1)")
-        if self.t_mult < 1:
-            raise ConfigError(f"invalid t_mult: {self.t_mult} (must be >= 1)")
-
-
-class ReplayLR(lr_scheduler.LRScheduler):
-    """Replay a recorded learning-rate schedule: one LR per scheduler step.
-
-    >>> scheduler = adatune.ReplayLR(optimizer, lrs)   # lrs[t]: the LR of step t
-    >>> for x, y in loader:
-    ...     loss_fn(model(x), y).backward(); optimizer.step(); scheduler.step()
-
-    Step ``t`` (counted by :meth:`step` calls; 0 after construction) runs at
-    ``scale * lrs[t]``, value for value, so replaying a run's recorded LRs
-    reproduces its LR sequence exactly. ``total_steps`` stretches (or shrinks)
-    the schedule onto a run of that many steps, linearly in progress: step
-    ``t`` takes the schedule at position ``t * len(lrs) / total_steps``,
-    linearly interpolated between the two recorded steps around it, so step
-    ``t`` of the new run and step ``t * len(lrs) / total_steps`` of the
-    recorded one sit at the same fraction of training and agree exactly where
-    that position is a whole step. Past the end the last LR is kept.
-
-    Group 0 of the optimizer follows the schedule; every other param group
-    keeps its initial ratio to group 0. Step it per epoch instead of per
-    iteration to replay one LR per epoch. The schedule is part of
-    :meth:`state_dict` (as a float64 tensor), which ``torch.load(...,
-    weights_only=True)`` reads back.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, lrs: Sequence[float], *,
-                 total_steps: int | None = None, scale: float = 1.0,
-                 last_epoch: int = -1) -> None:
-        self.lrs = check_lrs(lrs)
-        if total_steps is not None and (isinstance(total_steps, bool)
-                                        or not isinstance(total_steps, int) or total_steps < 1):
-            raise ValueError(f"Invalid total_steps: {total_steps!r} (a whole number >= 1)")
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) \
-                or not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"Invalid scale: {scale!r} (a finite number > 0)")
-        self.total_steps = total_steps
-        self.scale = float(scale)
-        super().__init__(optimizer, last_epoch)
-
-    def lr_at(self, step: int) -> float:
-        """The LR of group 0 at scheduler step ``step``."""
-        lrs, n = self.lrs, len(self.lrs)
-        if self.total_steps is None:
-            index, rem = step, 0
-        else:
-            index, rem = divmod(step * n, self.total_steps)
-        if index >= n - 1:
-            value = lrs[-1]
-        elif rem == 0:
-            value = lrs[index]
-        else:
-            low = lrs[index]
-            value = low + (lrs[index + 1] - low) * (rem / self.total_steps)
-        return value if self.scale == 1.0 else value * self.scale
-
-    def get_lr(self) -> list[float]:
-        value = self.lr_at(max(self.last_epoch, 0))
-        base0 = self.base_lrs[0]
-        return [value if i == 0 or not base0 else value * (float(base) / float(base0))
-                for i, base in enumerate(self.base_lrs)]
-
-    def _get_closed_form_lr(self) -> list[float]:
-        return self.get_lr()
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["lrs"] = torch.tensor(self.lrs, dtype=torch.float64)
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = dict(state_dict)
-        lrs = state.pop("lrs")
-        super().load_state_dict(state)
-        self.lrs = check_lrs(lrs.tolist() if isinstance(lrs, torch.Tensor) else lrs)
-
-
-def check_lrs(lrs: Sequence[float]) -> list[float]:
-    """``lrs`` as a list of floats, or ValueError: it must be non-empty, finite and >= 0."""
-    try:
-        values = [float(v) for v in lrs]
-    except (TypeError, ValueError):
-        raise ValueError(f"Invalid lrs: {type(lrs).__name__} (a sequence of numbers)") from None
-    if not values:
-        raise ValueError("Invalid lrs: empty (at least one learning rate)")
-    for step, value in enumerate(values):
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"Invalid lrs: {value!r} at step {step} (learning rates are "
-                             "finite and >= 0)")
-    return values
+        if self.lr_decay is None:
+            object.__setattr__(self, "lr_decay",
+                               DEFAULT_LR_DECAY.get(self.name, _OTHER_LR_DECAY))
+        for name in ("step_size", "t_0", "t_mult"):
+            whole(name, getattr(self, name), 1, MAX_EPOCHS)
+        finite("lr_decay", self.lr_decay, low=0, low_open=True, high=1)
 
 
 class Schedule:
@@ -168,6 +89,8 @@ def build_schedule(optimizer: torch.optim.Optimizer, config: ScheduleConfig, *,
     """The torch scheduler for ``config`` on ``optimizer``."""
     if steps_per_epoch < 1:
         raise ConfigError(f"invalid steps_per_epoch: {steps_per_epoch}")
+    from torch.optim import lr_scheduler
+
     if config.name == "constant":
         return Schedule(lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), "epoch")
     if config.name == "staircase":

@@ -30,7 +30,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-import adatune
+from adatune._version import __version__
 from adatune.report import figures as F
 from adatune.report import info as ri
 from adatune.report.table import fmt_pct, fmt_seconds, fmt_value, summary_rows
@@ -548,7 +548,7 @@ def _page(
     meta = (
         f"{len(details)} runs"
         + (f" · experiments: {_e(', '.join(experiments))}" if experiments else "")
-        + f" · generated {now} by adatune {_e(adatune.__version__)}"
+        + f" · generated {now} by adatune {_e(__version__)}"
     )
     nav = "".join(f'<a href="#{sid}">{_e(head)}</a>' for sid, head, _ in sections)
     body = "".join(

@@ -1,47 +1,79 @@
 """Build the parts of a run from its :class:`~adatune.running.config.TrainConfig`.
 
-The built-in datasets and networks, or the user's own (``model``/``data``
-import paths), the loss, the optimizer, and the tuner or schedule: everything
-:func:`adatune.running.loop.run_loop` trains. Every check that can fail on user input
-happens here, before a run is written: a factory that does not import, is not
-callable, raises, or returns the wrong type, and a model whose output the loss
-cannot take (one forward pass on two training examples, in eval mode, checks it).
+The device, the built-in datasets and networks or the user's own (``model``
+and ``data`` import paths), the loss, the optimizer, and the tuner or schedule:
+everything :class:`~adatune.running.loop.Loop` trains, and the loop's settings.
+Every check that can fail on user input happens here, before a run is written:
+a factory that does not import, is not callable, raises, or returns the wrong
+type, and a model whose output the loss cannot take (one forward pass on two
+training examples, in eval mode, checks it). :mod:`adatune.running.engine`
+builds a run's parts here; :func:`adatune.fit` is given them.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset
 
-import adatune
 from adatune import imports
-from adatune.data.datasets import DataSpec, DataSplits, load_splits
-from adatune.data.models import build_model, check_compatible
+from adatune.catalog import DataSpec
+from adatune.data.datasets import DataSplits, load_splits
+from adatune.data.factory import user_splits
+from adatune.data.models import MLP, build_model, check_compatible
 from adatune.errors import ConfigError
-from adatune.methods.schedules import ReplayLR, Schedule, ScheduleConfig, build_schedule
-from adatune.methods.tuners import HypergradientTuner
+from adatune.methods.replay import build_replay
+from adatune.methods.schedule_file import LRSchedule
+from adatune.methods.schedules import build_schedule
+from adatune.methods.tuners import HD, MARTHE, RTHO, HypergradientTuner
 from adatune.running.config import REPLAY, TrainConfig
-from adatune.running.loop import DivergenceRules, LoopConfig, Parts, resolve_device
+from adatune.running.loop import Parts
+from adatune.running.losses import build_loss
+from adatune.running.runtypes import DivergenceRules, LoopConfig
+
+__all__ = ["build_optimizer", "build_parts", "build_tuner", "loop_config", "resolve_device"]
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``auto`` (or None) picks CUDA, then MPS, then the CPU."""
+    if isinstance(name, torch.device):
+        return name
+    if name is None or name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda': no CUDA device is available here (try device='auto')")
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError("device='mps': MPS is not available here (try device='auto')")
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {name!r} (choose from: auto, cpu, cuda, mps)") from None
 
 
 def loop_config(config: TrainConfig, rules: DivergenceRules | None = None) -> LoopConfig:
+    """The loop's settings: ``config``'s, and its divergence rule unless ``rules`` replaces it."""
     return LoopConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
                       patience=config.patience, log_every=config.log_every,
                       grad_clip=config.grad_clip, workers=config.workers,
                       rules=rules or DivergenceRules(loss_factor=config.divergence_factor))
 
 
-def build_parts(config: TrainConfig, replay: Any = None) -> Parts:
+def build_parts(config: TrainConfig, replay: LRSchedule | None = None) -> Parts:
     """Data, model, loss, optimizer and tuner or schedule for ``config``, on its device.
 
     A replay (method ``replay``) needs its schedule: ``replay`` is the
-    :class:`~adatune.methods.schedule_file.LRSchedule` to replay.
+    :class:`~adatune.methods.schedule_file.LRSchedule` to replay
+    (:func:`adatune.methods.replay.read_schedule`).
     """
     if config.is_peer:  # before any data is read
         from adatune.methods.peers import check_available
@@ -60,92 +92,18 @@ def build_parts(config: TrainConfig, replay: Any = None) -> Parts:
         if config.is_tuner:
             tuner = build_tuner(config, optimizer, model)
         elif config.method == REPLAY:
-            schedule = build_replay(config, optimizer, replay, steps_per_epoch)
+            if replay is None:
+                raise ConfigError("a replay run needs the schedule to replay")
+            schedule = build_replay(optimizer, replay, epochs=config.epochs,
+                                    steps_per_epoch=steps_per_epoch, stretch=config.stretch,
+                                    scale=config.scale)
         elif not config.is_peer:  # a peer sets its own step size: no schedule
-            schedule = build_schedule(
-                optimizer,
-                ScheduleConfig(config.method, step_size=config.step_size,
-                               lr_decay=config.lr_decay, t_0=config.t_0, t_mult=config.t_mult),
-                steps_per_epoch=steps_per_epoch)
+            schedule = build_schedule(optimizer, config.schedule, steps_per_epoch=steps_per_epoch)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return Parts(model=model, optimizer=optimizer, train=splits.train, val=splits.val,
                  test=splits.test, loss=loss, classification=classification, device=device,
                  tuner=tuner, schedule=schedule)
-
-
-def replay_steps(config: TrainConfig, replay: Any, steps_per_epoch: int) -> int:
-    """How many schedule points this run uses: its steps, or its epochs per epoch."""
-    return config.epochs * (steps_per_epoch if replay.interval == "step" else 1)
-
-
-def build_replay(config: TrainConfig, optimizer: torch.optim.Optimizer, replay: Any,
-                 steps_per_epoch: int) -> Schedule:
-    """The :class:`ReplayLR` of a replay run, stepped per step or per epoch like its schedule.
-
-    Without ``stretch`` the schedule must cover the run: a shorter one is refused.
-    """
-    if replay is None:
-        raise ConfigError("a replay run needs the schedule to replay")
-    unit = replay.interval
-    needed = replay_steps(config, replay, steps_per_epoch)
-    if not config.stretch and len(replay) < needed:
-        per = f" ({config.epochs} epochs of {steps_per_epoch} steps)" if unit == "step" else ""
-        raise ConfigError(f"the schedule has {len(replay)} {unit}s but this run trains "
-                          f"{needed}{per}: add --stretch to map it onto the run, or train "
-                          "fewer epochs")
-    scheduler = ReplayLR(optimizer, replay.lrs, scale=config.scale,
-                         total_steps=needed if config.stretch else None)
-    return Schedule(scheduler, unit)
-
-
-# ------------------------------------------------------------------- the loss
-def _cross_entropy(output: Tensor, target: Tensor) -> Tensor:
-    return nn.functional.cross_entropy(output, target)
-
-
-def _align(output: Tensor, target: Tensor) -> Tensor:
-    """(N,) targets for (N, 1) outputs, and the like: the target in the output's shape.
-
-    Without it, torch's element-wise losses broadcast (N, 1) against (N,) to an
-    (N, N) loss matrix, with a warning only.
-    """
-    if output.shape != target.shape and output.numel() == target.numel():
-        return target.reshape(output.shape)
-    return target
-
-
-def _mse(output: Tensor, target: Tensor) -> Tensor:
-    return nn.functional.mse_loss(output, _align(output, target).to(output.dtype))
-
-
-class AlignedLoss:
-    """A user's loss, given targets in the output's shape when only the shape differs."""
-
-    def __init__(self, loss: Any) -> None:
-        self.loss = loss
-
-    def __call__(self, output: Tensor, target: Tensor) -> Tensor:
-        return self.loss(output, _align(output, target))
-
-
-def build_loss(name: str) -> tuple[Any, bool]:
-    """(loss(output, target), classification) for ``cross_entropy``, ``mse`` or a path.
-
-    A path may name a loss function or a loss class (``torch.nn:SmoothL1Loss``),
-    which is instantiated without arguments.
-    """
-    if name == "cross_entropy":
-        return _cross_entropy, True
-    if name == "mse":
-        return _mse, False
-    obj = imports.load_callable("--loss", name)
-    if isinstance(obj, type):
-        obj = imports.call("--loss", name, obj)
-        if not callable(obj):
-            raise ConfigError(f"--loss {name!r} built {imports.describe_type(obj)}, "
-                              "which is not callable")
-    return AlignedLoss(obj), False
 
 
 # ------------------------------------------------------------------- the data
@@ -154,98 +112,9 @@ def _data(config: TrainConfig, classification: bool) -> DataSplits:
         return load_splits(config.dataset, data_dir=config.data_dir, download=config.download,
                            val_fraction=config.val_fraction, val_source=config.val_source,
                            seed=config.seed, train_subset=config.train_subset)
-    return custom_splits(config, classification)
-
-
-def custom_splits(config: TrainConfig, classification: bool) -> DataSplits:
-    """Call the ``data`` factory with the seed (and data directory) and check what it returns."""
-    path = config.data
-    factory = imports.load_callable("--data", path)
-    kwargs: dict[str, Any] = {}
-    args: list[Any] = []
-    if imports.accepts_keyword(factory, "seed"):
-        kwargs["seed"] = config.seed
-        if imports.accepts_keyword(factory, "data_dir"):
-            kwargs["data_dir"] = config.data_dir
-    else:
-        arity = imports.positional_arity(factory)
-        args = [config.seed, config.data_dir][: 2 if arity is None else min(arity, 2)]
-    returned = imports.call("--data", path, factory, *args, **kwargs)
-    expected = ("(train, val) or (train, val, test), each a torch Dataset or an (x, y) "
-                "tensor pair")
-    if not isinstance(returned, (tuple, list)) or len(returned) not in (2, 3):
-        raise ConfigError(f"--data {path!r} returned {imports.describe_type(returned)}; "
-                          f"expected {expected}")
-    names = ("train", "val", "test")
-    sets = [_as_dataset(path, names[i], part, expected) for i, part in enumerate(returned)]
-    train, val = sets[0], sets[1]
-    test = sets[2] if len(sets) == 3 else None
-    for name, ds in zip(names, sets):
-        if ds is not None and len(ds) == 0:
-            raise ConfigError(f"--data {path!r} returned an empty {name} set")
-    if train is None or val is None:
-        raise ConfigError(f"--data {path!r} returned no {'train' if train is None else 'val'} "
-                          "set")
-    if config.val_source == "test":
-        if test is None:
-            raise ConfigError(f"--val-source test: --data {path!r} returned no test set")
-        val = test
-    if config.train_subset is not None and config.train_subset < 1.0:
-        keep = max(1, round(config.train_subset * len(train)))
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
-        train = Subset(train, sorted(order[:keep].tolist()))
-    x0, _ = train[0]
-    num_classes = _num_classes(path, returned[0], [train, val, test]) if classification else None
-    spec = DataSpec(imports.attr_name(path), tuple(torch.as_tensor(x0).shape), num_classes)
-    return DataSplits(spec=spec, train=train, val=val, test=test)
-
-
-def _as_dataset(path: str, name: str, part: Any, expected: str) -> Dataset | None:
-    if part is None and name == "test":
-        return None
-    if isinstance(part, Dataset):
-        return part
-    if isinstance(part, (tuple, list)) and len(part) == 2 \
-            and all(isinstance(t, Tensor) for t in part):
-        x, y = part
-        if x.shape[0] != y.shape[0]:
-            raise ConfigError(f"--data {path!r}: the {name} set has {x.shape[0]} inputs but "
-                              f"{y.shape[0]} targets")
-        return TensorDataset(x, y)
-    raise ConfigError(f"--data {path!r} returned {imports.describe_type(part)} as its {name} "
-                      f"set; expected {expected}")
-
-
-def _num_classes(path: str, raw: Any, sets: Sequence[Dataset | None]) -> int:
-    """The class count: a ``classes``/``num_classes`` attribute, else the largest label + 1."""
-    for source in (raw, sets[0]):
-        if isinstance(getattr(source, "num_classes", None), int):
-            return source.num_classes
-        classes = getattr(source, "classes", None)
-        if isinstance(classes, (list, tuple)) and classes:
-            return len(classes)
-    top = -1
-    for ds in sets:
-        if ds is None:
-            continue
-        labels = _labels(ds)
-        if labels.dtype.is_floating_point or labels.dim() != 1:
-            raise ConfigError(f"--data {path!r}: cross-entropy needs integer class labels, got "
-                              f"{labels.dtype} targets of shape {tuple(labels.shape[1:])} per "
-                              "example (use --loss mse for regression)")
-        if labels.numel():
-            top = max(top, int(labels.max()))
-    return top + 1
-
-
-def _labels(ds: Dataset) -> Tensor:
-    base, index = ds, None
-    if isinstance(ds, Subset):
-        base, index = ds.dataset, torch.as_tensor(ds.indices, dtype=torch.long)
-    if isinstance(base, TensorDataset) and len(base.tensors) == 2:
-        y = base.tensors[1]
-        return y if index is None else y[index]
-    return torch.stack([torch.as_tensor(ds[i][1]) for i in range(len(ds))])
+    return user_splits(config.data, seed=config.seed, data_dir=config.data_dir,
+                       val_source=config.val_source, train_subset=config.train_subset,
+                       classification=classification)
 
 
 # ------------------------------------------------------------------ the model
@@ -253,15 +122,15 @@ def _model(config: TrainConfig, spec: DataSpec, classification: bool) -> nn.Modu
     if config.model is None:
         return _built_in_model(config.network, spec, classification)
     path = config.model
-    factory = imports.load_callable("--model", path)
+    factory = imports.load_callable("model", path)
     arity = imports.positional_arity(factory)
     args = [] if arity == 0 else [spec]
-    model = imports.call("--model", path, factory, *args)
+    model = imports.call("model", path, factory, *args)
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"--model {path!r} returned {imports.describe_type(model)}, not a "
+        raise ConfigError(f"model={path!r} returned {imports.describe_type(model)}, not a "
                           "torch.nn.Module")
     if not any(p.requires_grad for p in model.parameters()):
-        raise ConfigError(f"--model {path!r} returned a model with no trainable parameters")
+        raise ConfigError(f"model={path!r} returned a model with no trainable parameters")
     return model
 
 
@@ -269,13 +138,11 @@ def _built_in_model(network: str, spec: DataSpec, classification: bool) -> nn.Mo
     shape = tuple(spec.input_shape)
     if network == "mlp":  # flattens any input shape
         outputs = spec.num_classes if classification else 1
-        from adatune.data.models import MLP
-
         return MLP(math.prod(shape), outputs)
     if len(shape) != 3:
-        raise ConfigError(f"--network {network} needs image inputs (channels, height, width); "
-                          f"{spec.name} has inputs of shape {shape} (use --network mlp or your "
-                          "own --model)")
+        raise ConfigError(f"network={network!r} needs image inputs (channels, height, width); "
+                          f"{spec.name} has inputs of shape {shape} (use network='mlp' or your "
+                          "own model=)")
     spec3 = DataSpec(spec.name, shape, spec.num_classes)
     check_compatible(network, spec3)
     return build_model(network, spec3)
@@ -287,7 +154,7 @@ def _check_forward(config: TrainConfig, model: nn.Module, train: Dataset, loss,
 
     It draws nothing from torch's random streams (augmentation does, so they are forked).
     """
-    what = f"--model {config.model!r}" if config.model else f"--network {config.network}"
+    what = f"model={config.model!r}" if config.model else f"network={config.network!r}"
     was_training = model.training
     model.eval()
     try:
@@ -334,12 +201,13 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
 
 def build_tuner(config: TrainConfig, optimizer: torch.optim.Optimizer,
                 model: nn.Module) -> HypergradientTuner:
+    """The tuner ``config`` names, around ``optimizer``, with ``config``'s settings."""
     if config.method == "hd":
-        return adatune.HD(optimizer, hyper_lr=config.hyper_lr, alpha=config.alpha,
+        return HD(optimizer, hyper_lr=config.hyper_lr, alpha=config.alpha,
                           grad_clip=config.grad_clip, hyper_update=config.hyper_update)
     common = {"alpha": config.alpha, "first_order": config.first_order,
               "grad_clip": config.grad_clip, "hvp": config.hvp, "model": model,
               "hyper_update": config.hyper_update}
     if config.method == "rtho":
-        return adatune.RTHO(optimizer, hyper_lr=config.hyper_lr, **common)
-    return adatune.MARTHE(optimizer, hyper_lr=config.hyper_lr, mu=config.mu, **common)
+        return RTHO(optimizer, hyper_lr=config.hyper_lr, **common)
+    return MARTHE(optimizer, hyper_lr=config.hyper_lr, mu=config.mu, **common)

@@ -23,6 +23,7 @@ from adatune.catalog import (
     check_compatible,
     dataset_spec,
 )
+from adatune.checks import MAX_EPOCHS, MAX_SEED, finite, whole
 from adatune.errors import ConfigError
 from adatune.imports import attr_name, check_import_path
 from adatune.methods.hyper_update import (
@@ -34,12 +35,21 @@ from adatune.methods.hyper_update import (
     hyper_lr_range,
 )
 from adatune.methods.peers import PEER_NAMES, PEERS, canonical_peer
+from adatune.methods.schedules import ScheduleConfig
+from adatune.methods.tuners.settings import DEFAULT_ALPHA, DEFAULT_HVP, DEFAULT_MU, HVP_MODES
+from adatune.running.losses import canonical_loss
+from adatune.running.runtypes import DivergenceRules
 
 REPLAY = "replay"  # a recorded schedule replayed step for step (adatune.ReplayLR)
 DEVICES = ("auto", "cpu", "cuda", "mps")
-HVP_NAMES = ("exact", "finite-difference")
 
+#: The built-in parts a run uses unless told otherwise (or given its own model and data).
+DEFAULT_NETWORK = "mlp"
+DEFAULT_DATASET = "digits"
+DEFAULT_OPTIMIZER = "sgd"
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+#: SGD's momentum unless told otherwise (a peer has its own default: PeerSpec.momentum).
+DEFAULT_MOMENTUM = 0.9
 # The hyper-LR by (update rule, tuner, optimizer family). Scale-free: dimensionless, one
 # value per tuner for every optimizer and task (chosen by benchmarks/robustness.py).
 # Additive: in LR per unit of hypergradient, measured on the embedded task (digits, MLP,
@@ -54,14 +64,9 @@ DEFAULT_HYPER_LR = {
     (ADDITIVE, "marthe", "adam"): 1e-7, (ADDITIVE, "rtho", "adam"): 1e-7,
     (ADDITIVE, "hd", "adam"): 1e-6,
 }
-DEFAULT_LR_DECAY = {"staircase": 0.5, "exponential": 0.85}
 
-# Bounds of the whole-number options: what the code and the store can hold.
-#: Seeds seed torch's generators (64 bits) and are stored as 64-bit integers.
-MAX_SEED = 2**63 - 1
-#: Epoch counts (epochs, patience, staircase step, cosine periods): finite, and the
-#: step numbers of the longest run still fit the store's 32-bit columns.
-MAX_EPOCHS = 100_000
+# Bounds of the whole-number options: what the code and the store can hold (seeds and
+# epoch counts: adatune.checks).
 #: Batch sizes and step intervals fit the 32-bit integers of kernels and the store.
 MAX_BATCH_SIZE = 2**31 - 1
 MAX_LOG_EVERY = 2**31 - 1
@@ -69,33 +74,13 @@ MAX_LOG_EVERY = 2**31 - 1
 
 MAX_WORKERS = 256
 MAX_WARMUP_STEPS = 2**31 - 1
-LOSS_NAMES = ("cross_entropy", "mse")
-_LOSS_ALIASES = {"ce": "cross_entropy", "crossentropy": "cross_entropy",
-                 "cross-entropy": "cross_entropy", "l2": "mse"}
-
-
-def canonical_loss(name: str) -> str:
-    """cross_entropy, mse, or an import path ``module:fn`` (a loss function or class)."""
-    if not isinstance(name, str):
-        raise ConfigError(f"invalid loss: {name!r}")
-    key = name.strip()
-    if ":" in key:
-        return check_import_path("--loss", key)
-    key = key.lower()
-    key = _LOSS_ALIASES.get(key, key)
-    if key not in LOSS_NAMES:
-        raise ConfigError(f"unknown loss {name!r} (choose from: {', '.join(LOSS_NAMES)}, "
-                          "or an import path module:fn)")
-    return key
-
-
 def _built_in(kind: str, name: str | None, custom_kind: str, custom: str | None,
               default: str, canonical) -> str | None:
     """The canonical built-in name, or None when the user's own (``custom``) replaces it."""
     if custom is None:
         return canonical(default if name is None else name)
     if name is not None:
-        raise ConfigError(f"give --{kind} or --{custom_kind}, not both")
+        raise ConfigError(f"give {kind}= or {custom_kind}=, not both")
     return None
 
 
@@ -128,39 +113,23 @@ _FIELDS_OF_SCHEDULE = {"constant": (), "staircase": ("step_size", "lr_decay"),
                        "exponential": ("lr_decay",), "cosine": ("t_0", "t_mult"), REPLAY: ()}
 
 
-def whole(name: str, value: int, low: int, high: int) -> None:
-    """Refuse anything but a whole number in [low, high] (ConfigError naming ``name``)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"invalid {name}: {value!r} (must be a whole number from {low} "
-                          f"to {high})")
-
-
-def _finite(name: str, value: float, *, low: float | None = None, low_open: bool = False,
-            high: float | None = None, high_open: bool = False, rule: str | None = None) -> None:
-    ok = isinstance(value, (int, float)) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
-        hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
-        where = f" (must be in {lo or '(-inf'}, {hi or 'inf)'}" if (lo or hi) else ""
-        if where and rule is not None:
-            where += f" with --hyper-update {rule}"
-        raise ConfigError(f"invalid {name}: {value!r}{where}{')' if where else ''}")
-
-
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a run; stored as JSON with the run."""
+    """Everything that defines a run; stored as JSON with the run.
+
+    A default that belongs to a part is read from the part (a tuner's from
+    :mod:`adatune.methods.tuners.settings`, a schedule's from
+    :class:`~adatune.methods.schedules.ScheduleConfig`, the divergence rule's
+    from :class:`~adatune.running.runtypes.DivergenceRules`); the command line
+    and :func:`adatune.fit` read theirs from these fields.
+    """
 
     method: str = "marthe"
-    network: str | None = None  # default: mlp, unless ``model`` is given
-    dataset: str | None = None  # default: digits, unless ``data`` is given
-    optimizer: str | None = None  # default: sgd (a peer method is its own optimizer)
+    network: str | None = None  # default: DEFAULT_NETWORK, unless ``model`` is given
+    dataset: str | None = None  # default: DEFAULT_DATASET, unless ``data`` is given
+    optimizer: str | None = None  # default: DEFAULT_OPTIMIZER (a peer is its own optimizer)
     lr: float | None = None  # default: DEFAULT_LR by optimizer, or the peer's own default
-    momentum: float | None = None  # default: 0.9, or the peer's own default where it has one
+    momentum: float | None = None  # default: DEFAULT_MOMENTUM, or the peer's own default
     nesterov: bool = False
     weight_decay: float = 0.0
     epochs: int = 15
@@ -170,16 +139,16 @@ class TrainConfig:
     # hypergradient tuners
     hyper_update: str = DEFAULT_HYPER_UPDATE  # how h moves the LR: scale-free or additive
     hyper_lr: float | None = None  # default: DEFAULT_HYPER_LR by rule, method and optimizer
-    mu: float | str = 0.99
-    alpha: float = 0.0
+    mu: float | str = DEFAULT_MU
+    alpha: float = DEFAULT_ALPHA
     first_order: bool = False
     grad_clip: float | None = None
-    hvp: str = "exact"
+    hvp: str = DEFAULT_HVP
     # baseline schedules (epochs)
-    step_size: int = 5
-    lr_decay: float | None = None  # default: DEFAULT_LR_DECAY by schedule
-    t_0: int = 2
-    t_mult: int = 2
+    step_size: int = ScheduleConfig.step_size
+    lr_decay: float | None = ScheduleConfig.lr_decay  # None: the schedule's own default
+    t_0: int = ScheduleConfig.t_0
+    t_mult: int = ScheduleConfig.t_mult
     # replay (method "replay"): the schedule of a recorded run, or of a schedule file
     from_run: int | None = None
     from_file: str | None = None
@@ -195,7 +164,7 @@ class TrainConfig:
     train_subset: float | None = None
     patience: int | None = None
     log_every: int = 10
-    divergence_factor: float = 10.0
+    divergence_factor: float = DivergenceRules.loss_factor
     checkpoint_dir: str | None = None
     # the user's own parts: import paths module.path:name
     model: str | None = None  # a factory returning an nn.Module (instead of ``network``)
@@ -207,12 +176,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", canonical_method(self.method))
         canon = {
-            "network": _built_in("network", self.network, "model", self.model, "mlp",
-                                 canonical_network),
-            "dataset": _built_in("dataset", self.dataset, "data", self.data, "digits",
+            "network": _built_in("network", self.network, "model", self.model,
+                                 DEFAULT_NETWORK, canonical_network),
+            "dataset": _built_in("dataset", self.dataset, "data", self.data, DEFAULT_DATASET,
                                  canonical_dataset),
-            "model": None if self.model is None else check_import_path("--model", self.model),
-            "data": None if self.data is None else check_import_path("--data", self.data),
+            "model": None if self.model is None else check_import_path("model", self.model),
+            "data": None if self.data is None else check_import_path("data", self.data),
             "loss": canonical_loss(self.loss),
             "optimizer": self._optimizer(),
         }
@@ -227,22 +196,21 @@ class TrainConfig:
         family = "sgd" if self.optimizer == "sgd" else "adam"
         defaults = {
             "lr": DEFAULT_LR[self.optimizer] if peer is None else peer.lr,
-            "momentum": 0.9 if peer is None else peer.momentum,
+            "momentum": DEFAULT_MOMENTUM if peer is None else peer.momentum,
             "hyper_lr": DEFAULT_HYPER_LR.get((self.hyper_update, self.method, family), 0.0),
-            "lr_decay": DEFAULT_LR_DECAY.get(self.method, 0.5),
         }
         for key, value in defaults.items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
-        _finite("lr", self.lr, low=0, low_open=True)
+        finite("lr", self.lr, low=0, low_open=True)
         if peer is not None:
             self._check_peer_settings()
         if self.momentum is not None:
             low_open = self.method == "schedulefree-sgd"  # its momentum must be > 0
-            _finite("momentum", self.momentum, low=0, low_open=low_open, high=1, high_open=True)
-        _finite("weight_decay", self.weight_decay, low=0)
+            finite("momentum", self.momentum, low=0, low_open=low_open, high=1, high_open=True)
+        finite("weight_decay", self.weight_decay, low=0)
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
-            raise ConfigError("nesterov needs --optimizer sgd with a momentum > 0")
+            raise ConfigError("nesterov needs optimizer='sgd' with a momentum > 0")
         whole("epochs", self.epochs, 1, MAX_EPOCHS)
         whole("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
         whole("seed", self.seed, 0, MAX_SEED)
@@ -250,7 +218,7 @@ class TrainConfig:
             raise ConfigError(f"unknown device {self.device!r} (choose from: {', '.join(DEVICES)})")
         low, high = hyper_lr_range(self.hyper_update)
         bound = {} if math.isinf(high) else {"high": high}
-        _finite("hyper_lr", self.hyper_lr, low=low, **bound, rule=self.hyper_update)
+        finite("hyper_lr", self.hyper_lr, low=low, **bound, rule=self.hyper_update)
         if isinstance(self.mu, str):
             if self.mu.strip().lower() != "auto":
                 raise ConfigError(f"invalid mu: {self.mu!r} (a number in [0, 1] or 'auto')")
@@ -258,29 +226,28 @@ class TrainConfig:
         elif self.mu < 0:  # the original's convention: negative means automatic
             object.__setattr__(self, "mu", "auto")
         else:
-            _finite("mu", self.mu, low=0, high=1)
-        _finite("alpha", self.alpha, low=low, **bound, rule=self.hyper_update)
+            finite("mu", self.mu, low=0, high=1)
+        finite("alpha", self.alpha, low=low, **bound, rule=self.hyper_update)
         if self.grad_clip is not None:
-            _finite("grad_clip", self.grad_clip, low=0, low_open=True)
-        if self.hvp not in HVP_NAMES:
-            raise ConfigError(f"unknown hvp {self.hvp!r} (choose from: {', '.join(HVP_NAMES)})")
-        for name in ("step_size", "t_0", "t_mult"):
-            whole(name, getattr(self, name), 1, MAX_EPOCHS)
+            finite("grad_clip", self.grad_clip, low=0, low_open=True)
+        if self.hvp not in HVP_MODES:
+            raise ConfigError(f"unknown hvp {self.hvp!r} (choose from: {', '.join(HVP_MODES)})")
+        # the schedule's settings: their defaults and ranges are the schedule's own
+        object.__setattr__(self, "lr_decay", self.schedule.lr_decay)
         whole("warmup_steps", self.warmup_steps, 0, MAX_WARMUP_STEPS)
         if self.warmup_steps and "warmup_steps" not in self._settings():
             takes = [p.name for p in PEERS.values() if "warmup_steps" in p.settings]
             raise ConfigError(f"warmup_steps applies to {' and '.join(takes)} only")
-        _finite("lr_decay", self.lr_decay, low=0, low_open=True, high=1)
         self._check_replay()
-        _finite("val_fraction", self.val_fraction, low=0, low_open=True, high=1, high_open=True)
+        finite("val_fraction", self.val_fraction, low=0, low_open=True, high=1, high_open=True)
         if self.val_source not in ("train", "test"):
             raise ConfigError(f"invalid val_source: {self.val_source!r} (train or test)")
         if self.train_subset is not None:
-            _finite("train_subset", self.train_subset, low=0, low_open=True, high=1)
+            finite("train_subset", self.train_subset, low=0, low_open=True, high=1)
         if self.patience is not None:
             whole("patience", self.patience, 1, MAX_EPOCHS)
         whole("log_every", self.log_every, 1, MAX_LOG_EVERY)
-        _finite("divergence_factor", self.divergence_factor, low=1, low_open=True)
+        finite("divergence_factor", self.divergence_factor, low=1, low_open=True)
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) \
                 or not 0 <= self.workers <= MAX_WORKERS:
             raise ConfigError(f"invalid workers: {self.workers!r} (must be a whole number in "
@@ -289,26 +256,27 @@ class TrainConfig:
             check_compatible(self.network, dataset_spec(self.dataset))
         elif self.data is not None and self.network is not None \
                 and not self.classification and self.network != "mlp":
-            raise ConfigError(f"--network {self.network} is a classifier; with --loss "
-                              f"{self.loss} use --network mlp or your own --model")
+            raise ConfigError(f"network={self.network!r} is a classifier; with "
+                              f"loss={self.loss!r} use network='mlp' or your own model=")
 
     def _check_replay(self) -> None:
-        sources = [flag for flag, value in (("--from-run", self.from_run),
-                                            ("--from-file", self.from_file)) if value is not None]
+        sources = [name for name, value in (("from_run=", self.from_run),
+                                            ("from_file=", self.from_file)) if value is not None]
         if self.method != REPLAY:
-            given = sources + ["--stretch"] * bool(self.stretch) \
-                + ["--scale"] * (self.scale != 1.0)
+            given = sources + ["stretch=True"] * bool(self.stretch) \
+                + ["scale="] * (self.scale != 1.0)
             if given:
-                raise ConfigError(f"{given[0]} needs --lr-scheduler replay")
+                raise ConfigError(f"{given[0]} needs method={REPLAY!r}")
             return
         if len(sources) != 1:
-            raise ConfigError("--lr-scheduler replay needs --from-run RUN_ID or --from-file "
-                              "FILE" + (" (not both)" if sources else ""))
+            raise ConfigError(f"method={REPLAY!r} needs from_run=RUN_ID or from_file=FILE"
+                              + (" (not both)" if sources else ""))
         if self.from_run is not None and (isinstance(self.from_run, bool)
                                           or not isinstance(self.from_run, int)
                                           or self.from_run < 1):
             raise ConfigError(f"invalid from_run: {self.from_run!r} (a run id)")
-        _finite("scale", self.scale, low=0, low_open=True)
+        finite("scale", self.scale, low=0, low_open=True)
+
     def _optimizer(self) -> str:
         """The optimizer's canonical name: a peer method is its own optimizer."""
         given = None if self.optimizer is None else str(self.optimizer).strip().lower()
@@ -335,6 +303,13 @@ class TrainConfig:
             raise ConfigError(f"momentum does not apply to method {self.method}")
         if self.nesterov:
             raise ConfigError(f"nesterov does not apply to method {self.method}")
+
+    @property
+    def schedule(self) -> ScheduleConfig:
+        """The baseline schedule's settings (a schedule method's; ``constant`` for the others)."""
+        name = self.method if self.method in SCHEDULE_NAMES else "constant"
+        return ScheduleConfig(name, step_size=self.step_size, lr_decay=self.lr_decay,
+                              t_0=self.t_0, t_mult=self.t_mult)
 
     @property
     def is_peer(self) -> bool:

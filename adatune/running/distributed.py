@@ -17,8 +17,8 @@ process:
   ``torchrun`` sets (gloo on the CPU, NCCL on CUDA), with a bounded timeout,
   and handles SIGTERM and SIGUSR1 as :mod:`adatune.running.signals` says: the loop's
   ranks agree after every step on whether any of them was asked to stop or to
-  checkpoint, and all do it after the same step. A SIGTERM while a peer on this
-  host is gone is :class:`PeerFailure` (the run failed) instead.
+  checkpoint, and all do it after the same step. A SIGTERM while a rank on this
+  host is gone is :class:`RankFailure` (the run failed) instead.
 * :func:`agree` and :func:`on_main`: every rank takes the same decisions at
   the start (the same configuration, no rank failed to build its parts; rank
   0 alone reads and writes the store and shares what it found).
@@ -49,10 +49,10 @@ from adatune._process import owner_record, process_may_be_alive
 from adatune.data.batching import shard_bounds
 from adatune.errors import AdatuneError, ConfigError
 from adatune.methods.tuners import collectives
-from adatune.methods.tuners.collectives import PeerFailure, active_group, all_reduce_
+from adatune.methods.tuners.collectives import RankFailure, active_group, all_reduce_
 from adatune.running import checkpoint, signals
 
-__all__ = ["LazyStore", "PeerFailure", "Ranks", "Terminated", "agree", "launch", "on_main",
+__all__ = ["LazyStore", "RankFailure", "Ranks", "Terminated", "agree", "launch", "on_main",
            "timeout_s"]
 
 T = TypeVar("T")
@@ -118,7 +118,7 @@ def launch() -> Iterator[int]:
     inside, SIGTERM and SIGUSR1 are handled as :func:`adatune.running.signals.handle_preemption`
     handles them (a run stops, or checkpoints, after a step every rank agrees on),
     except that a SIGTERM while a rank on this host has died raises
-    :class:`PeerFailure` (torchrun stops the survivors that way), and one after
+    :class:`RankFailure` (torchrun stops the survivors that way), and one after
     the run began to end (a failed collective, an agreed stop) is ignored.
     On leaving, the group is destroyed.
     """
@@ -140,7 +140,7 @@ def launch() -> Iterator[int]:
     try:
         dist.init_process_group(backend, timeout=dt.timedelta(seconds=limit))
     except (RuntimeError, ValueError) as exc:
-        raise PeerFailure(f"rank {rank} could not join the {world} ranks within {limit:g} s: "
+        raise RankFailure(f"rank {rank} could not join the {world} ranks within {limit:g} s: "
                           f"{' '.join(str(exc).split())[:300]}") from exc
     collectives.stopping(False)
     handler_set = threading.current_thread() is threading.main_thread()
@@ -157,7 +157,7 @@ def launch() -> Iterator[int]:
             dist.destroy_process_group()
 
 
-_peers: list[dict[str, Any]] = []  # (host, pid) of every rank, set by the latest Ranks
+_rank_owners: list[dict[str, Any]] = []  # (host, pid) of every rank, set by the latest Ranks
 
 
 def _alive(owner: Mapping[str, Any]) -> bool:
@@ -175,10 +175,10 @@ def _alive(owner: Mapping[str, Any]) -> bool:
 
 
 def _dead_ranks() -> list[int]:
-    return [r for r, owner in enumerate(_peers) if not _alive(owner)]
+    return [r for r, owner in enumerate(_rank_owners) if not _alive(owner)]
 
 
-#: How long a rank that lost its peers waits to see rank 0's process gone (a killed
+#: How long a rank that lost the other ranks waits to see rank 0's process gone (a killed
 #: process closes its sockets a moment before it is seen dead) before leaving the
 #: run's status to rank 0.
 MAIN_EXIT_WAIT_S = 10.0
@@ -200,7 +200,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     dead = _dead_ranks()
     if dead:
         collectives.stopping(True)
-        raise PeerFailure(f"rank {', '.join(map(str, dead))} died (this rank was then stopped "
+        raise RankFailure(f"rank {', '.join(map(str, dead))} died (this rank was then stopped "
                           "by SIGTERM)")
     signals.on_stop(signum, frame)  # the loop stops after a step the ranks agree on
 
@@ -216,7 +216,7 @@ def _gather(obj: Any, group: Any) -> list[Any]:
         dist.all_gather_object(out, obj, group=group)
     except RuntimeError as exc:
         collectives.stopping(True)
-        raise PeerFailure(f"ranks could not exchange data (a rank died or timed out): "
+        raise RankFailure(f"ranks could not exchange data (a rank died or timed out): "
                           f"{_describe(exc)}") from exc
     return out
 
@@ -227,7 +227,7 @@ def _broadcast(obj: Any, group: Any) -> Any:
         dist.broadcast_object_list(box, src=0, group=group)
     except RuntimeError as exc:
         collectives.stopping(True)
-        raise PeerFailure(f"rank 0 could not share data (a rank died or timed out): "
+        raise RankFailure(f"rank 0 could not share data (a rank died or timed out): "
                           f"{_describe(exc)}") from exc
     return box[0]
 
@@ -242,7 +242,7 @@ def on_main(fn: Callable[[], T], group: Any = None) -> T:
 
     A user error (:class:`~adatune.errors.AdatuneError`) on rank 0 is raised
     on every rank with the same message; anything else raises on rank 0 and
-    is a :class:`PeerFailure` elsewhere.
+    is a :class:`RankFailure` elsewhere.
     """
     group = active_group(group)
     if group is None:
@@ -265,7 +265,7 @@ def on_main(fn: Callable[[], T], group: Any = None) -> T:
         return message[1]
     if message[0] == "error":
         raise _error_class(message[1])(message[2])
-    raise PeerFailure(f"rank 0 failed: {message[1]}")
+    raise RankFailure(f"rank 0 failed: {message[1]}")
 
 
 def _digest(fingerprint: Mapping[str, Any]) -> str:
@@ -297,7 +297,7 @@ def agree(fingerprint: Mapping[str, Any], build: Callable[[], T], *,
                           f"{odd[0]} differs from rank 0 in: {', '.join(keys)}); give every "
                           "rank the same arguments")
     if batch_size is not None and batch_size < world:
-        raise ConfigError(f"--batch-size {batch_size} is smaller than the {world} ranks: the "
+        raise ConfigError(f"batch_size={batch_size} is smaller than the {world} ranks: the "
                           "batch size is the global one, and every rank needs at least one "
                           "example of each batch")
     result: Any = None
@@ -366,7 +366,7 @@ class Ranks:
         self.rank = 0 if self.group is None else dist.get_rank(self.group)
         self.world = 1 if self.group is None else dist.get_world_size(self.group)
         if self.group is not None:
-            _peers[:] = _gather(owner_record(), self.group)
+            _rank_owners[:] = _gather(owner_record(), self.group)
 
     @property
     def active(self) -> bool:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from adatune.errors import ConfigError, RunBusy
+from adatune.running.runtypes import DEFAULT_CHECKPOINT_DIR
 
 RUN_DIR_PREFIX = "run-"
 OWNER_FILE = "owner.json"
@@ -28,8 +29,13 @@ MARKER_FILE = "run.json"
 RUN_FILES = ("last.pt", "best.pt", OWNER_FILE, LOCK_FILE, MARKER_FILE)
 
 
+def checkpoint_root(checkpoint_dir: str | os.PathLike[str] | None) -> Path:
+    """The absolute folder that holds the runs' folders (``checkpoint_dir``, or the default)."""
+    return Path(checkpoint_dir or DEFAULT_CHECKPOINT_DIR).resolve()
+
+
 def run_dir(checkpoint_dir: str | os.PathLike[str], run_id: int) -> Path:
-    """Where run ``run_id``'s checkpoints live under ``checkpoint_dir``."""
+    """Where run ``run_id``'s checkpoints live under ``checkpoint_dir``: ``run-ID``."""
     return Path(checkpoint_dir) / f"{RUN_DIR_PREFIX}{run_id}"
 
 
@@ -48,7 +54,7 @@ def check_unused(folder: Path, run_id: int, store: str) -> None:
              if isinstance(before, dict) and before.get("store") else "")
     raise ConfigError(f"checkpoint folder {folder} already holds an earlier run's files{whose}, "
                       f"and new run {run_id} of {store} would overwrite them: give another "
-                      "--checkpoint-dir (one per store), or delete the folder")
+                      "checkpoint_dir= (one per store), or delete the folder")
 
 
 class RunLock:
@@ -157,5 +163,5 @@ def owner_text(folder: Path) -> str:
     return f" (pid {owner.get('pid')} on {owner.get('host')})"
 
 
-__all__ = ["MARKER_FILE", "RUN_FILES", "RunLock", "check_unused", "folder_in_use", "owner_text",
-           "read_json", "run_dir"]
+__all__ = ["MARKER_FILE", "RUN_FILES", "RunLock", "check_unused", "checkpoint_root",
+           "folder_in_use", "owner_text", "read_json", "run_dir"]

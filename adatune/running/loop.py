@@ -42,32 +42,13 @@ from adatune.methods.tuners import HypergradientTuner
 from adatune.running import checkpoint, signals
 from adatune.running.distributed import Ranks
 from adatune.running.folder import RunLock
-from adatune.running.runtypes import DivergenceRules, Events, RunResult
+from adatune.running.runtypes import Events, LoopConfig, RunResult
 from adatune.store import Store
 from adatune.store.records import EpochRecord, StepRecord
 
 HEARTBEAT_EVERY_S = 30.0
 
 Loss = Callable[[Tensor, Tensor], Tensor]
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    """How the loop runs: everything that is not one of the parts.
-
-    ``grad_clip`` clips the gradient norm of untuned steps (a tuner clips its
-    own). ``workers`` feeds datasets that are not in-memory tensors through
-    that many :class:`~torch.utils.data.DataLoader` worker processes.
-    """
-
-    epochs: int
-    batch_size: int = 64
-    seed: int = 0
-    patience: int | None = None
-    log_every: int = 10
-    grad_clip: float | None = None
-    workers: int = 0
-    rules: DivergenceRules = DivergenceRules()
 
 
 @dataclass
@@ -105,30 +86,6 @@ class Parts:
 
 class _Diverged(Exception):
     pass
-
-
-def resolve_device(name: str | torch.device | None) -> torch.device:
-    """``auto`` (or None) picks CUDA, then MPS, then the CPU."""
-    if isinstance(name, torch.device):
-        return name
-    if name is None or name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available here (try --device auto)")
-    if name == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise ConfigError("--device mps: MPS is not available here (try --device auto)")
-    try:
-        return torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"unknown device {name!r} (choose from: auto, cpu, cuda, mps)") from None
-
 
 
 class Loop:
@@ -221,25 +178,24 @@ class Loop:
 
     # -------------------------------------------------------------- the loop
     def run(self, store: Store, run_id: int, ckpt_dir: Path, events: Events, *,
-            announce: Any = None, meta: dict[str, Any] | None = None,
-            resumed: bool = False, setup_s: float | None = None,
+            config: dict[str, Any], resumed: bool = False, setup_s: float | None = None,
             lock: RunLock | None = None) -> RunResult:
         """Train to the last epoch (or divergence, patience, Ctrl-C), recording into ``store``.
 
-        ``announce`` is what :meth:`Events.run_started` receives as the run's
-        configuration; ``meta`` (the run's recorded configuration) goes into
-        ``best.pt`` beside the weights. ``setup_s``, the seconds it took to
+        ``config`` is the run's recorded configuration: what
+        :meth:`Events.run_started` receives, and what ``best.pt`` holds beside
+        the weights. ``setup_s``, the seconds it took to
         build the parts, is recorded apart from the training time. ``lock``:
         the run folder's lock when the caller already holds it (a resume; on rank 0).
         SIGTERM (inside :func:`adatune.running.signals.handle_preemption`) ends the run
         at the next step, checkpointed; SIGUSR1 checkpoints there.
         """
         with signals.deferred():  # SIGTERM: stop at the next safe point, checkpointed
-            return self._run(store, run_id, ckpt_dir, events, announce, meta, resumed,
-                             setup_s, lock or RunLock(ckpt_dir), take=lock is None)
+            return self._run(store, run_id, ckpt_dir, events, config, resumed, setup_s,
+                             lock or RunLock(ckpt_dir), take=lock is None)
 
-    def _run(self, store: Store, run_id: int, ckpt_dir: Path, events: Events, announce: Any,
-             meta: dict[str, Any] | None, resumed: bool, setup_s: float | None,
+    def _run(self, store: Store, run_id: int, ckpt_dir: Path, events: Events,
+             config: dict[str, Any], resumed: bool, setup_s: float | None,
              lock: RunLock, *, take: bool) -> RunResult:
         cfg, model = self.config, self.parts.model
         if not self.ranks.is_main:  # rank 0 writes and reports; the others do neither
@@ -257,7 +213,7 @@ class Loop:
             # any of them handles those (a signal may reach one rank, or each at its own step).
             self._agree_signals = self.ranks.active and bool(
                 self.ranks.any_of([int(signals.armed())], self.device)[0])
-            events.run_started(run_id, announce, steps_per_epoch=self.steps_per_epoch,
+            events.run_started(run_id, config, steps_per_epoch=self.steps_per_epoch,
                                start_epoch=self.epoch + 1)
             while self.epoch < cfg.epochs:
                 record, steps, lrs = self._epoch(store, run_id, events)
@@ -268,7 +224,7 @@ class Loop:
                     self.best_epoch, self.bad_epochs = record.epoch, 0
                     self.test_at_best, self.test_loss_at_best = record.test_acc, record.test_loss
                     self._save({"epoch": record.epoch, "model": model.state_dict(),
-                                "config": meta or {}}, ckpt_dir / "best.pt", "best")
+                                "config": config}, ckpt_dir / "best.pt", "best")
                 else:
                     self.bad_epochs += 1
                 self.history.add(record, steps, improved, lrs)
@@ -500,7 +456,8 @@ class Loop:
         if signum is not None:
             signals.acted_on_stop()
             raise signals.Terminated(signum, f"stopped by {signals.signal_name(signum)} "
-                                             f"{where}; checkpointed there, --resume continues")
+                                             f"{where}; checkpointed there, a resume continues "
+                                             "from it")
 
     @torch.no_grad()
     def evaluate(self, dataset: Dataset) -> tuple[float, float | None]:

@@ -23,7 +23,7 @@ from adatune.errors import ConfigError, RunBusy
 from adatune.imports import check_findable
 from adatune.methods.peers import check_available
 from adatune.running.config import REPLAY, TrainConfig
-from adatune.running.folder import folder_in_use, run_dir
+from adatune.running.folder import checkpoint_root, folder_in_use, run_dir
 from adatune.running.runtypes import DEFAULT_CHECKPOINT_DIR
 
 if TYPE_CHECKING:
@@ -52,16 +52,11 @@ def check_run_inputs(config: TrainConfig) -> None:
         check_dataset_files(config.dataset, config.data_dir, download=config.download)
     if config.is_peer:
         check_available(config.method)
-    for option, path in (("--model", config.model), ("--data", config.data),
-                         ("--loss", config.loss)):
+    for option, path in (("model", config.model), ("data", config.data),
+                         ("loss", config.loss)):
         if path is not None and ":" in path:  # an import path (not a built-in loss name)
             check_findable(option, path)
     check_writable_dir(config.checkpoint_dir or DEFAULT_CHECKPOINT_DIR, "checkpoint_dir")
-
-
-def run_folder(checkpoint_dir: str | None, run_id: int) -> Path:
-    """Run ``run_id``'s checkpoint folder under ``checkpoint_dir`` (None: the default)."""
-    return run_dir(checkpoint_dir or DEFAULT_CHECKPOINT_DIR, run_id)
 
 
 def check_resume(store: Store, run_id: int, *, epochs: int | None = None) -> RunRecord:
@@ -77,27 +72,18 @@ def check_resume(store: Store, run_id: int, *, epochs: int | None = None) -> Run
     if run.config.get("entry") == "fit":
         raise ConfigError(f"run {run_id} was started from Python with adatune.fit; resume "
                           f"it there with adatune.fit(..., resume={run_id})")
-    _check_resumable(run, run_folder(run.config.get("checkpoint_dir"), run_id), epochs)
+    folder = run_dir(checkpoint_root(run.config.get("checkpoint_dir")), run_id)
+    _check_resumable(run, folder, epochs)
     recorded = run.config.get("epochs")
     if epochs is not None and epochs != recorded:
         if epochs < run.epochs:
-            raise ConfigError(f"--epochs {epochs}: run {run.id} has already trained "
+            raise ConfigError(f"epochs={epochs}: run {run.id} has already trained "
                               f"{run.epochs} epochs")
         if run.config.get("method") == REPLAY:  # its schedule was laid out for its epochs
-            raise ConfigError(f"--epochs {epochs}: run {run.id} replays a schedule laid out "
-                              f"for {recorded} epochs; start a new replay with --epochs "
-                              f"{epochs} (and --stretch to map the schedule onto it)")
+            raise ConfigError(f"epochs={epochs}: run {run.id} replays a schedule laid out "
+                              f"for {recorded} epochs; start a new replay with epochs={epochs} "
+                              "(and stretch=True to map the schedule onto it)")
     return run
-
-
-def check_resumable(store: Store, run_id: int, ckpt_dir: Path, *,
-                    epochs: int | None = None) -> None:
-    """Refuse a run that is alive, diverged or completed, or has epochs but no checkpoint.
-
-    A completed run may go on when ``epochs`` (its new total) is above the
-    epochs it trained, unless it stopped early.
-    """
-    _check_resumable(store.get_run(run_id, steps=False).run, ckpt_dir, epochs)
 
 
 def _check_resumable(run: RunRecord, ckpt_dir: Path, epochs: int | None) -> None:
@@ -115,7 +101,7 @@ def check_status(run: RunRecord, epochs: int | None) -> None:
         raise ConfigError(f"run {run.id} diverged ({run.error}); start a new run instead")
     if run.status == "completed" and not (epochs is not None and epochs > run.epochs):
         raise ConfigError(f"run {run.id} already completed ({run.epochs} epochs); give "
-                          f"--epochs above {run.epochs} to train it longer")
+                          f"epochs= above {run.epochs} to train it longer")
     if run.status == "completed" and (run.summary or {}).get("stopped_early"):
         raise ConfigError(f"run {run.id} stopped early (no better validation score for "
                           f"{run.config.get('patience')} epochs); more epochs would stop it "

@@ -1,11 +1,11 @@
 """What a training run promises its callers, without torch.
 
-The progress callbacks (:class:`Events`), the rules that judge a run divergent
-(:class:`DivergenceRules`) and what a finished run returns (:class:`RunResult`)
-are plain Python, so that code which only configures, reports on or listens to
-runs (the find-alpha search, sweeps, the command's progress bars) can be
-imported without the training stack. :mod:`adatune.running.loop` and
-:mod:`adatune.running.engine` re-export them.
+The loop's settings (:class:`LoopConfig`), the rules that judge a run
+divergent (:class:`DivergenceRules`), the progress callbacks (:class:`Events`)
+and what a finished run returns (:class:`RunResult`) are plain Python, so that
+code which only configures, reports on or listens to runs (the find-alpha
+search, sweeps, the command's progress bars) can be imported without the
+training stack.
 """
 
 from __future__ import annotations
@@ -35,11 +35,35 @@ class DivergenceRules:
     nonfinite_hypergradient: bool = False
 
 
+@dataclass(frozen=True)
+class LoopConfig:
+    """How the loop runs: everything that is not one of the parts.
+
+    :func:`adatune.running.build.loop_config` makes it from a run's
+    configuration, whose fields hold the defaults. ``grad_clip`` clips the
+    gradient norm of untuned steps (a tuner clips its own). ``workers`` feeds
+    datasets that are not in-memory tensors through that many
+    :class:`~torch.utils.data.DataLoader` worker processes.
+    """
+
+    epochs: int
+    batch_size: int
+    seed: int
+    patience: int | None
+    log_every: int
+    grad_clip: float | None
+    workers: int
+    rules: DivergenceRules
+
+
 class Events:
     """Progress callbacks; override what you need. The defaults do nothing."""
 
-    def run_started(self, run_id: int, config: Any, *, steps_per_epoch: int,
-                    start_epoch: int) -> None: ...
+    def run_started(self, run_id: int, config: dict[str, Any], *, steps_per_epoch: int,
+                    start_epoch: int) -> None:
+        """Run ``run_id`` starts at ``start_epoch`` (> 1 when resumed); ``config`` is the
+        configuration the store records for it (``RunRecord.config``), whichever entry point
+        (the command, :func:`adatune.fit`) started it."""
 
     def step_done(self, epoch: int, batch: int, loss: float, lr: float,
                   mu: float | None) -> None: ...

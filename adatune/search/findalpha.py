@@ -33,9 +33,10 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from adatune.checks import MAX_EPOCHS, whole
 from adatune.errors import AdatuneError, ConfigError
 from adatune.methods.hyper_update import ADDITIVE, MAX_HYPER_LR, SCALE_FREE
-from adatune.running.config import MAX_EPOCHS, TUNER_NAMES, TrainConfig, whole
+from adatune.running.config import TUNER_NAMES, TrainConfig
 from adatune.running.runtypes import DivergenceRules, Events, RunResult
 from adatune.store.records import NewRun
 

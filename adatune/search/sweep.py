@@ -54,11 +54,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from adatune._process import owner_record, process_may_be_alive
+from adatune.checks import MAX_SEED, whole
 from adatune.errors import ConfigError, StoreError
 from adatune.methods.hyper_update import ADDITIVE
 from adatune.methods.peers import check_available
 from adatune.redact import mask_secrets
-from adatune.running.config import MAX_SEED, TrainConfig, canonical_method, whole
+from adatune.running.config import TrainConfig, canonical_method
 from adatune.running.runtypes import Events, RunResult
 from adatune.search.space import TUNABLE, Space, check_space, default_space, sample, space_dict
 from adatune.store.records import EpochRecord
@@ -109,8 +110,8 @@ class SweepConfig:
     def __post_init__(self) -> None:
         method = canonical_method(self.method)
         if method not in TUNABLE:
-            raise ConfigError(f"sweep has no search space for {method} (replay a learned "
-                              "schedule with `adatune baseline --lr-scheduler replay`)")
+            raise ConfigError(f"sweep has no search space for {method} (a replay's LRs are "
+                              "the recorded schedule's: there is nothing to sample)")
         object.__setattr__(self, "method", method)
         whole("trials", self.trials, 1, MAX_TRIALS)
         whole("seeds", self.seeds, 1, MAX_SEEDS)
@@ -271,7 +272,7 @@ class _TrialEvents(Events):
     def __init__(self, trial: Any, events: Events, run_ids: list[int]) -> None:
         self.trial, self.events, self.run_ids = trial, events, run_ids
 
-    def run_started(self, run_id: int, config: TrainConfig, *, steps_per_epoch: int,
+    def run_started(self, run_id: int, config: dict[str, Any], *, steps_per_epoch: int,
                     start_epoch: int) -> None:
         self.run_ids.append(run_id)
         self.trial.set_user_attr("adatune_runs", list(self.run_ids))
@@ -444,7 +445,7 @@ def _open_study(storage: Any, sweep: SweepConfig, base: TrainConfig, space: Spac
                                 direction="maximize", load_if_exists=True)
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise ConfigError(f"study {sweep.study!r} in {store.location} was not made by "
-                          "adatune sweep (it minimises); give another --study")
+                          "adatune sweep (it minimises); give another study=")
     ours = _definition(base, sweep, space)
     # Trials first, then the marker: a worker writes its marker before its first trial,
     # so trials seen here mean the marker (if adatune made the study) is seen next.
@@ -453,13 +454,13 @@ def _open_study(storage: Any, sweep: SweepConfig, base: TrainConfig, space: Spac
     if stored is None:
         if has_trials:
             raise ConfigError(f"study {sweep.study!r} in {store.location} was not made by "
-                              "adatune sweep; give another --study")
+                              "adatune sweep; give another study=")
         study.set_user_attr(STUDY_ATTR, ours)
         stored = study.user_attrs.get(STUDY_ATTR)  # another worker may have written first
     problem = _mismatch(sweep.study, stored, ours)
     if problem:
         raise ConfigError(f"{problem}: run the same command on every worker, or give "
-                          "another --study")
+                          "another study=")
     return study
 
 

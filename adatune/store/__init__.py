@@ -15,6 +15,9 @@ can be imported without SQLAlchemy and Alembic.
 
 from adatune._lazy import lazy_exports as _lazy_exports
 
+#: The store a run goes to unless told otherwise: a SQLite file in the current directory.
+DEFAULT_STORE = "adatune.db"
+
 _EXPORTS = {
     "RUN_KINDS": "adatune.store.records",
     "RUN_STATUSES": "adatune.store.records",
@@ -34,5 +37,5 @@ _EXPORTS = {
     "open_store": "adatune.store.repository",
 }
 
-__all__ = list(_EXPORTS)
+__all__ = ["DEFAULT_STORE", *_EXPORTS]
 __getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

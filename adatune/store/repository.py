@@ -35,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-import adatune
+from adatune._version import __version__
 from adatune.errors import RunBusy, RunNotFound
 from adatune.store._prepared import Prepared, RawWriter
 from adatune.store.connection import (
@@ -226,7 +226,7 @@ class Store:
                 started_at=now,
                 heartbeat_at=now,
                 epochs=0,
-                adatune_version=adatune.__version__,
+                adatune_version=__version__,
                 torch_version=_torch_version(),
                 device=new_run.device,
                 host=socket.gethostname(),

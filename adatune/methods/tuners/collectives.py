@@ -16,7 +16,7 @@ the whole gradient in exact arithmetic.
 
 Every collective goes through :func:`_all_reduce`, which counts what it sends
 (:func:`counting`, for the benchmark) and turns a failed collective (a rank
-died, or did not answer within the group's timeout) into :class:`PeerFailure`.
+died, or did not answer within the group's timeout) into :class:`RankFailure`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from torch import Tensor
 BUCKET_BYTES = 25 * 2**20
 
 
-class PeerFailure(RuntimeError):
+class RankFailure(RuntimeError):
     """A collective failed: another rank died, or did not answer within the timeout."""
 
 
@@ -110,10 +110,10 @@ def _wait(work) -> None:
         raise _failure(exc) from exc
 
 
-def _failure(exc: BaseException) -> PeerFailure:
+def _failure(exc: BaseException) -> RankFailure:
     stopping(True)
     text = " ".join(str(exc).split())
-    return PeerFailure(f"a collective across ranks failed (a rank died or timed out): "
+    return RankFailure(f"a collective across ranks failed (a rank died or timed out): "
                        f"{text[:300]}")
 
 
