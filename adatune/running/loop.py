@@ -1,18 +1,21 @@
 """The one training loop, over given parts: a model, an optimizer, a tuner or a schedule, data.
 
-:func:`run_loop` trains a :class:`Parts` for the epochs of a :class:`LoopConfig`
-and records the run in a store. Per epoch: train, evaluate on validation and
-test, write the full-state ``last`` checkpoint (and ``best`` on a better
-validation score), then commit the epoch and its sampled steps to the store in
-one transaction. The checkpoint (:mod:`adatune.running.checkpoint`) carries every
-epoch's records, so a store that lost commits (a run killed between the two
-writes, a power cut) is healed on resume. SIGTERM and SIGUSR1 checkpoint in the
-middle of an epoch (:mod:`adatune.running.signals`). The library never prints:
-progress goes to an :class:`Events` object the caller supplies.
+:meth:`Loop.run` trains a :class:`Parts` for the epochs of a
+:class:`~adatune.running.runtypes.LoopConfig` and records the run in a store.
+Per epoch: train, evaluate on validation and test, write the full-state
+``last`` checkpoint (and ``best`` on a better validation score), then commit
+the epoch and its sampled steps to the store in one transaction. The
+checkpoint (:mod:`adatune.running.checkpoint`) carries every epoch's records,
+so a store that lost commits (a run killed between the two writes, a power
+cut) is healed on resume. SIGTERM and SIGUSR1 checkpoint in the middle of an
+epoch (:mod:`adatune.running.signals`). The library never prints: progress
+goes to an :class:`~adatune.running.runtypes.Events` object the caller supplies.
 
 Where the parts come from is not this module's business: :mod:`adatune.running.build`
 builds them from a :class:`~adatune.running.config.TrainConfig` (the CLI),
-:func:`adatune.fit` takes them from the caller (the library).
+:func:`adatune.fit` takes them from the caller (the library), and both hand
+them to :func:`adatune.running.assembly.train_run`. An epoch's running sums are
+an :class:`~adatune.running.epoch.EpochProgress`.
 
 Under ``torch.distributed`` every rank runs this loop on its slice of every
 batch; :class:`adatune.running.distributed.Ranks` does what differs (weights,
@@ -21,7 +24,6 @@ averages, sums), and only rank 0 writes the store and the checkpoints.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from array import array
@@ -41,6 +43,7 @@ from adatune.methods.schedules import Schedule
 from adatune.methods.tuners import HypergradientTuner
 from adatune.running import checkpoint, signals
 from adatune.running.distributed import Ranks
+from adatune.running.epoch import EpochProgress
 from adatune.running.folder import RunLock
 from adatune.running.runtypes import Events, LoopConfig, RunResult
 from adatune.store import Store
@@ -282,79 +285,95 @@ class Loop:
         size = self.config.batch_size
         return min(size, len(dataset) - batch * size)
 
-    def _epoch(self, store: Store, run_id: int, events: Events):
-        p, dev = self.parts, self.device
-        epoch = self.epoch + 1
-        part, self.partial = self.partial or {}, None  # resumed in the middle of this epoch
-        if part:  # replay the epoch's order, then skip what was done
-            self.train_gen.set_state(part["train_gen"].cpu())
-        train_start = self.train_gen.get_state()
-        started = time.perf_counter() - part.get("seconds", 0.0)
-        cpu_started = time.process_time() - part.get("cpu_seconds", 0.0)
+    def _epoch(self, store: Store, run_id: int,
+               events: Events) -> tuple[EpochRecord, list[StepRecord], array | None]:
+        """Train one epoch (or what is left of one, resumed mid-epoch), then evaluate it.
+
+        Returns the epoch's record, its sampled steps and the LR of every step.
+        """
+        progress = self._begin_epoch()
+        resume_at = progress.batches  # resumed: replay the epoch's order, skip what was done
+        val_iter = self._val_batches(progress.val)
         last_beat = time.monotonic()
-        p.model.train()
-        p.view.train()  # a no-op when resumed mid-epoch (saved in train mode)
-        val_iter = self._val_batches(part.get("val"))
-        loss_sum, seen, n_steps = (part.get(k, 0) for k in ("loss_sum", "seen", "n_steps"))
-        # each rank counts its own slice's correct predictions; a checkpoint holds their sum
-        correct = part.get("correct", 0) if self.ranks.is_main else 0
-        lr_sum, lr_max = part.get("lr_sum", 0.0), part.get("lr_max", 0.0)
-        steps = [StepRecord(**s) for s in part.get("steps", [])]
-        lrs = array("d", part.get("lrs", ()))  # the LR of every step, recorded with the epoch
-        lrs_known = not part or "lrs" in part  # (older mid-epoch checkpoints lack them)
-        nonfinite_before = part.get("nonfinite_before", p.tuner.nonfinite_count if p.tuner else 0)
-        done = part.get("batches", 0)
-        for batch, (x, y) in enumerate(self._batches(p.train, shuffle=True,
+        for batch, (x, y) in enumerate(self._batches(self.parts.train, shuffle=True,
                                                      generator=self.train_gen)):
-            if batch < done:
+            if batch < resume_at:
                 continue
-            if batch == done and part:  # skipping may have drawn from torch's generator
-                self._set_rng(part["rng"])
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            n = self._global_size(p.train, batch)
-            lr_used, loss, output = self._train_step(x, y, val_iter, n)
-            loss_value = float(loss)  # the global batch's loss, the same on every rank
-            lr_now = self._lr()
-            self._judge_step(loss_value, lr_now, epoch)
-            loss_sum += loss_value * n
-            if p.classification and output is not None:  # on the device until the epoch ends
-                correct += (output.argmax(1) == y).sum()
-            seen += n
-            n_steps += 1
-            lr_sum += lr_used
-            lr_max = max(lr_max, lr_used)
-            lrs.append(lr_used)
-            mu, hyper_lr, h = self._tuner_view()
-            if self.step % self.config.log_every == 0:
-                steps.append(StepRecord(step=self.step, epoch=epoch, lr=lr_used, mu=mu,
-                                        hyper_lr=hyper_lr, hypergradient=h,
-                                        train_loss=loss_value))
-            self.step += 1
-            events.step_done(epoch, batch + 1, loss_value, lr_now, mu)
+            if batch == resume_at and progress.resumed:  # skipping may have drawn from torch
+                self._set_rng(progress.rng)
+            self._step(progress, batch, x, y, val_iter, events)
             if time.monotonic() - last_beat > HEARTBEAT_EVERY_S:
                 store.heartbeat(run_id)
                 last_beat = time.monotonic()
-            if any(self._requests()):
-                # SIGTERM or SIGUSR1: checkpoint the epoch's progress after this step (every
-                # rank's RNG state, and batch-norm statistics, which differ by rank mid-epoch)
-                self._save(self._state(partial={
-                    "batches": batch + 1, "train_gen": train_start, "val": val_iter.position(),
-                    "loss_sum": loss_sum, "correct": self._global_count(correct), "seen": seen,
-                    "n_steps": n_steps, "lr_sum": lr_sum, "lr_max": lr_max,
-                    "steps": [dataclasses.asdict(s) for s in steps],
-                    **({"lrs": lrs.tolist()} if lrs_known else {}),
-                    "nonfinite_before": nonfinite_before,
-                    "seconds": time.perf_counter() - started,
-                    "cpu_seconds": time.process_time() - cpu_started,
-                    "buffers": self.ranks.buffer_states(p.model)}),
-                    self.ckpt_dir / "last.pt")
+            if any(self._requests()):  # SIGTERM or SIGUSR1, on any rank
+                self._checkpoint_mid_epoch(progress, val_iter)
                 store.heartbeat(run_id)
-                self._stop_if_asked(f"in epoch {epoch} after step {batch + 1} of "
+                self._stop_if_asked(f"in epoch {progress.epoch} after step {batch + 1} of "
                                     f"{self.steps_per_epoch}")
-        if part and done >= self.steps_per_epoch:  # resumed after the epoch's last step
-            self._set_rng(part["rng"])
+        if progress.resumed and resume_at >= self.steps_per_epoch:  # after its last step
+            self._set_rng(progress.rng)
+        return self._end_epoch(progress)
+
+    def _begin_epoch(self) -> EpochProgress:
+        """The next epoch's progress: a fresh one, or the one a mid-epoch checkpoint saved."""
+        p = self.parts
+        partial, self.partial = self.partial, None
+        nonfinite = p.tuner.nonfinite_count if p.tuner is not None else 0
+        if partial:  # resumed in the middle of this epoch: its order is drawn again
+            self.train_gen.set_state(partial["train_gen"].cpu())
+            progress = EpochProgress.from_checkpoint(self.epoch + 1, partial,
+                                                     is_main=self.ranks.is_main,
+                                                     nonfinite_before=nonfinite)
+        else:
+            progress = EpochProgress(self.epoch + 1, nonfinite_before=nonfinite)
+        progress.train_start = self.train_gen.get_state()
+        p.model.train()
+        p.view.train()  # a no-op when resumed mid-epoch (saved in train mode)
+        return progress
+
+    def _step(self, progress: EpochProgress, batch: int, x: Tensor, y: Tensor,
+              val_iter: Iterator, events: Events) -> None:
+        """Train on batch ``batch`` (this rank's slice ``x, y``) and count it in ``progress``."""
+        p, dev = self.parts, self.device
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        n = self._global_size(p.train, batch)
+        lr_used, loss, output = self._train_step(x, y, val_iter, n)
+        loss_value = float(loss)  # the global batch's loss, the same on every rank
+        lr_now = self._lr()
+        self._judge_step(loss_value, lr_now, progress.epoch)
+        # each rank counts its own slice's correct predictions, on the device until the end
+        correct = (output.argmax(1) == y).sum() \
+            if p.classification and output is not None else None
+        progress.add(n=n, loss=loss_value, lr=lr_used, correct=correct)
+        progress.batches = batch + 1
+        mu, hyper_lr, h = self._tuner_view()
+        if self.step % self.config.log_every == 0:
+            progress.steps.append(StepRecord(step=self.step, epoch=progress.epoch, lr=lr_used,
+                                             mu=mu, hyper_lr=hyper_lr, hypergradient=h,
+                                             train_loss=loss_value))
+        self.step += 1
+        events.step_done(progress.epoch, batch + 1, loss_value, lr_now, mu)
+
+    def _checkpoint_mid_epoch(self, progress: EpochProgress, val_iter: Passes) -> None:
+        """Write ``last.pt`` with the epoch's progress after this step.
+
+        Every rank's RNG state goes in, and the batch-norm statistics, which
+        differ by rank in the middle of an epoch; a checkpoint holds the
+        correct predictions summed over the ranks.
+        """
+        correct = self._global_count(progress.correct)
+        buffers = self.ranks.buffer_states(self.parts.model)
+        partial = progress.to_checkpoint(correct=correct, val=val_iter.position(),
+                                         buffers=buffers)
+        self._save(self._state(partial=partial), self.ckpt_dir / "last.pt")
+
+    def _end_epoch(self,
+                   progress: EpochProgress) -> tuple[EpochRecord, list[StepRecord], array | None]:
+        """Step the schedule, evaluate, and make the epoch's record."""
+        p, dev = self.parts, self.device
         if p.schedule is not None:
             p.schedule.after_epoch()
+        correct = progress.correct
         if p.classification and self.ranks.active:
             [correct] = self.ranks.sum([int(correct)], dev)
         self.ranks.sync_buffers(p.model)  # batch-norm statistics: their mean over the ranks
@@ -364,20 +383,22 @@ class Loop:
         p.view.eval()
         val_loss, val_acc = self.evaluate(p.val)
         test_loss, test_acc = (None, None) if p.test is None else self.evaluate(p.test)
-        self.elapsed += time.perf_counter() - started
-        self.cpu += time.process_time() - cpu_started
-        self.epoch = epoch
+        seconds, cpu_seconds = progress.seconds()
+        self.elapsed += seconds
+        self.cpu += cpu_seconds
+        self.epoch = progress.epoch
         mu, hyper_lr, _ = self._tuner_view()
+        seen = max(progress.seen, 1)
         record = EpochRecord(
-            epoch=epoch, lr=self._lr(), lr_mean=lr_sum / max(n_steps, 1), mu=mu, hyper_lr=hyper_lr,
-            train_loss=loss_sum / max(seen, 1),
-            train_acc=int(correct) / max(seen, 1) if p.classification else None,
+            epoch=progress.epoch, lr=self._lr(), lr_mean=progress.lr_sum / max(progress.n_steps, 1),
+            mu=mu, hyper_lr=hyper_lr, train_loss=progress.loss_sum / seen,
+            train_acc=int(correct) / seen if p.classification else None,
             val_loss=val_loss, val_acc=val_acc, test_loss=test_loss, test_acc=test_acc,
             elapsed_s=self.elapsed,
-            nonfinite_hypergradients=(p.tuner.nonfinite_count - nonfinite_before
-                                      if p.tuner else 0))
-        self.lr_max_last_epoch = lr_max
-        return record, steps, lrs if lrs_known else None
+            nonfinite_hypergradients=(p.tuner.nonfinite_count - progress.nonfinite_before
+                                      if p.tuner is not None else 0))
+        self.lr_max_last_epoch = progress.lr_max
+        return record, progress.steps, progress.lrs
 
     def _train_step(self, x: Tensor, y: Tensor, val_iter: Iterator,
                     n: int) -> tuple[float, Tensor, Tensor | None]:
