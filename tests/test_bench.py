@@ -2,10 +2,13 @@
 
 import json
 
+import pytest
+
 from adatune.bench.measure import BenchConfig
 from tests._cli import cli
 
 
+@pytest.mark.slow
 def test_bench_json_shape_with_memory(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, err = cli(capsys, "bench", "--network", "mlp", "--batch-size", "8", "--steps",

@@ -92,6 +92,7 @@ def test_the_config_states_its_bounds(field, low, high) -> None:
             TrainConfig(**{field: bad})
 
 
+@pytest.mark.slow
 def test_the_largest_seed_trains(workdir, capsys) -> None:
     code, _, err = cli(capsys, "train", "--epochs", "1", "--seed", str(MAX_SEED))
     assert code == 0, err

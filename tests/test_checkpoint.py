@@ -83,7 +83,8 @@ def reference(store):
 
 
 # ----------------------------------------------------------------- preemption
-@pytest.mark.parametrize("method", ["marthe", "hd", "cosine"])
+@pytest.mark.parametrize("method", [pytest.param("marthe", marks=pytest.mark.slow), "hd",
+                                    pytest.param("cosine", marks=pytest.mark.slow)])
 def test_sigterm_mid_epoch_checkpoints_and_resumes_to_the_same_result(store, reference,
                                                                      method) -> None:
     cfg = config(method)
@@ -103,6 +104,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_to_the_same_result(store, ref
     assert trajectory(store, result.run_id) == reference(cfg)
 
 
+@pytest.mark.slow
 def test_sigusr1_checkpoints_and_goes_on_and_a_crash_after_it_resumes_from_there(
         store, reference) -> None:
     cfg = config("marthe")
@@ -143,6 +145,7 @@ def test_sigusr1_does_not_change_the_run(store, reference) -> None:
     assert trajectory(store, result.run_id) == reference(cfg)
 
 
+@pytest.mark.slow
 def test_a_second_sigterm_abandons_the_step(store, reference) -> None:
     cfg = config("marthe")
 

@@ -138,6 +138,7 @@ def test_divergence_is_recorded_as_diverged(workdir, capsys):
     assert "diverged" in out
 
 
+@pytest.mark.slow
 def test_patience_stops_early(workdir, capsys):
     code, out, _ = cli(capsys, "baseline", "--lr-scheduler", "constant", "--lr", "1e-6",
                        "--epochs", "8", "--patience", "1")
@@ -247,6 +248,7 @@ def test_resume_refuses_options_that_would_change_the_run(workdir, capsys, flags
     assert run.status == "completed" and run.epochs == 1 and run.config["epochs"] == 1
 
 
+@pytest.mark.slow
 def test_resume_with_epochs_extends_a_run_to_what_a_longer_run_gives(workdir, capsys):
     assert cli(capsys, "train", "--epochs", "2", "--seed", "4")[0] == 0
     assert cli(capsys, "train", "--epochs", "3", "--seed", "4")[0] == 0

@@ -40,6 +40,7 @@ def _details(store: str = "adatune.db"):
         return [db.get_run(r.id) for r in db.list_runs()]
 
 
+@pytest.mark.slow
 def test_unstable_setting_diverges_at_high_alpha_and_is_stable_lower(workdir, capsys):
     code, data, err = _json(capsys, *UNSTABLE)
     assert code == 0, err
@@ -75,6 +76,7 @@ def test_unstable_setting_diverges_at_high_alpha_and_is_stable_lower(workdir, ca
         (0.01, "completed"), (0.1, "diverged"), (1.0, "diverged")]
 
 
+@pytest.mark.slow
 def test_same_seed_same_search_and_refine_bisects_in_log_space(workdir, capsys):
     runs = [_json(capsys, *UNSTABLE, "--refine", "1") for _ in range(2)]
     assert [code for code, _, _ in runs] == [0, 0]

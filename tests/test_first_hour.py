@@ -85,6 +85,7 @@ def test_a_new_run_never_overwrites_another_stores_checkpoints(capsys, here):
     assert _store_runs(here / "second.db") == []  # and no half-made run was left
 
 
+@pytest.mark.slow
 def test_find_alpha_prints_the_train_command_that_uses_its_result(capsys, here):
     code, out, err = cli(capsys, "find-alpha", "--epochs", "2", "--probe-epochs", "1",
                          "--alpha-max", "0.01", "--alpha-min", "0.001", "--lr", "0.03",

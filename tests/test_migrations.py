@@ -211,6 +211,7 @@ def test_current_release_refuses_a_store_a_later_release_created(
         open_store(store_url)
 
 
+@pytest.mark.slow
 def test_non_editable_install_creates_a_store_from_anywhere(tmp_path: Path) -> None:
     """``pip install .`` (not -e) ships the migrations: a store can be made from any folder."""
     src = tmp_path / "src"

@@ -109,7 +109,7 @@ def _count(model: nn.Module) -> int:
         ("resnet18", CIFAR10, 11.17),
         ("resnet18", CIFAR100, 11.22),
         ("wrn28_10", CIFAR10, 36.48),
-        ("densenet_bc100", CIFAR10, 0.77),
+        pytest.param("densenet_bc100", CIFAR10, 0.77, marks=pytest.mark.slow),
         ("mlp", DIGITS, 0.085),
         ("lenet", CIFAR10, 0.062),
     ],
@@ -199,6 +199,7 @@ def test_double_backward_hessian_vector_product(make, spec):
     _hvp_matches_forward_over_reverse(make(), spec)
 
 
+@pytest.mark.slow
 def test_double_backward_through_full_size_resnet18():
     torch.manual_seed(0)
     model = M.build_model("resnet18", DIGITS)

@@ -181,6 +181,7 @@ def test_adatune_debug_shows_the_factory_traceback(workdir, capsys, monkeypatch)
 
 
 # ----------------------------------------------------------- kill and resume
+@pytest.mark.slow
 def test_own_model_resumes_bit_identically_after_sigkill(workdir):
     run = ["train", "--model", MODEL, "--data", DATA, "--epochs", "4", "--batch-size", "8",
            "--lr", "0.02", "--seed", "3"]

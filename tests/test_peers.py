@@ -203,6 +203,7 @@ def test_schedule_free_warm_up_is_recorded_as_it_ramps(workdir, capsys):
     assert detail.epochs[0].lr_mean < detail.epochs[1].lr_mean
 
 
+@pytest.mark.slow
 def test_the_reproduce_command_of_a_peer_run_reproduces_it(workdir, capsys):
     assert cli(capsys, "baseline", "--method", "dadapt-sgd", "--momentum", "0.9",
                "--epochs", "1")[0] == 0
@@ -297,6 +298,7 @@ def test_a_peer_without_its_package_is_one_line_and_no_run(workdir, capsys, monk
 
 
 # ------------------------------------------------------------------- sweeps
+@pytest.mark.slow
 def test_a_peer_sweeps_its_default_space(workdir, capsys):
     code, out, err = cli(capsys, "sweep", "--method", "schedulefree-sgd", "--trials", "2",
                          "--seeds", "1", "--epochs", "1", "--sampler", "random")
@@ -405,6 +407,7 @@ def test_fit_with_a_peer_and_a_tuner_is_refused(workdir):
 # ----------------------------------------------------- kill and resume (CLI)
 # One peer of each package. Schedule-Free warms up across the kill; DoG and D-Adaptation
 # keep their distance estimates in the optimizer's state.
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [
     ["--method", "prodigy"],
     ["--method", "dadapt-sgd"],
@@ -459,8 +462,9 @@ def _trajectory(store, run_id: int):
 # so neither a resume nor a SIGUSR1 that goes on moves the weights through an extra switch.
 # After an epoch's last step, D-Adaptation's state holds the next d: the view's own state says
 # which d that step used.
-@pytest.mark.parametrize("method, batch", [("schedulefree-sgd", 7), ("prodigy", 7),
-                                           ("dadapt-sgd", -1)])
+@pytest.mark.parametrize("method, batch", [
+    ("schedulefree-sgd", 7), pytest.param("prodigy", 7, marks=pytest.mark.slow),
+    ("dadapt-sgd", -1)])
 def test_a_peer_stopped_by_sigterm_mid_epoch_resumes_to_the_same_result(workdir, method,
                                                                          batch):
     from adatune.running import signals

@@ -30,7 +30,8 @@ RUN = ["train", "--tuner", "marthe", "--epochs", str(EPOCHS), "--batch-size", "1
 METRICS = ("epoch", "lr", "lr_mean", "mu", "hyper_lr", "train_loss", "train_acc", "val_loss",
            "val_acc", "test_loss", "test_acc", "nonfinite_hypergradients")
 
-pytestmark = pytest.mark.timeout(2 * WAIT_S)
+# Each test trains in subprocesses that are killed and resumed: the slow selection.
+pytestmark = [pytest.mark.timeout(2 * WAIT_S), pytest.mark.slow]
 
 
 def trajectory(store: Path, run_id: int) -> tuple[list[dict], list[dict], list]:

@@ -159,6 +159,7 @@ def test_a_replay_resumes_to_the_same_lrs(db: Path) -> None:
 
 
 # ------------------------------------------------------------------ the report
+@pytest.mark.slow
 def test_the_report_shows_a_replay_next_to_its_source(db: Path, capsys,
                                                       browser) -> None:  # noqa: F811
     from adatune.report import info as ri
@@ -229,6 +230,7 @@ def test_csv_and_json_round_trip(db: Path, capsys, suffix: str, fmt: str,
     assert out == path.read_text()
 
 
+@pytest.mark.slow
 def test_replay_from_a_file_equals_replay_from_the_run(db: Path, capsys) -> None:
     ok(capsys, "schedule", "export", "1", "-o", "s.csv")
     ok(capsys, "schedule", "export", "1", "-o", "s.json")
@@ -242,6 +244,7 @@ def test_replay_from_a_file_equals_replay_from_the_run(db: Path, capsys) -> None
     assert config["extra"]["replay"]["source"]["file"] == config["from_file"]
 
 
+@pytest.mark.slow
 def test_a_per_epoch_file_is_replayed_once_per_epoch(db: Path, capsys) -> None:
     ok(capsys, "schedule", "export", "1", "--per-epoch", "-o", "e.csv")
     ok(capsys, "baseline", "--lr-scheduler", "replay", "--from-file", "e.csv",
@@ -273,6 +276,7 @@ _WITHOUT_ADATUNE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("per_epoch", [False, True], ids=["per-step", "per-epoch"])
 def test_the_torch_file_gives_the_same_lrs_without_adatune(db: Path, capsys,
                                                            per_epoch: bool) -> None:

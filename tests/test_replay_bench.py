@@ -22,6 +22,7 @@ def R():
     del sys.modules[spec.name]
 
 
+@pytest.mark.slow
 def test_the_schedule_of_seed_0_is_replayed_on_the_other_seeds(R, monkeypatch, tmp_path):
     base = R.robustness.TASKS["teacher-mlp"]
     monkeypatch.setitem(R.robustness.TASKS, "tiny",

@@ -396,6 +396,7 @@ def assert_buttons_clear_the_modebar(page, must_have: set[str]) -> None:
             assert fig["y"] <= button["y"], (fid, button, fig)
 
 
+@pytest.mark.slow
 def test_report_renders_in_chromium(browser, report_html, store_path):
     _, ids = store_path
     page, problems = open_page(browser, report_html)
@@ -476,6 +477,7 @@ def test_report_renders_in_chromium(browser, report_html, store_path):
         page.close()
 
 
+@pytest.mark.slow
 def test_plain_plotlyjs_report_renders(browser, tmp_path):
     from adatune.report import write_html
     from adatune.report.synthetic import synthetic_details

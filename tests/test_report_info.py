@@ -579,6 +579,7 @@ def test_html_refuses_an_empty_selection(tmp_path):
     assert not (tmp_path / "r.html").exists()
 
 
+@pytest.mark.slow
 def test_large_report_size(tmp_path):
     """200 runs x 200 epochs, all tuners with step traces: the file stays under 5 MB."""
     details = synthetic_details(200, 200, methods=("marthe", "rtho", "hd"), steps_per_epoch=20)

@@ -24,6 +24,7 @@ def R():
     del sys.modules[spec.name]
 
 
+@pytest.mark.slow
 def test_every_method_runs_from_every_start_through_fit(R, monkeypatch):
     base = R.TASKS["teacher-mlp"]
     monkeypatch.setitem(R.TASKS, "tiny", R.Task("tiny", base.data, base.model, epochs=2))
@@ -59,6 +60,7 @@ def test_unknown_task_or_method_is_refused(R, capsys):
     assert exc.value.code == 2 and "unknown task or method: imagenet" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_peers_run_beside_their_own_family_only(R, monkeypatch):
     base = R.TASKS["teacher-mlp"]
     monkeypatch.setitem(R.TASKS, "tiny", R.Task("tiny", base.data, base.model, epochs=2))

@@ -78,6 +78,7 @@ def _write_script(tmp_path: Path, name: str, source: str) -> Path:
     return script
 
 
+@pytest.mark.slow
 def test_four_processes_write_one_sqlite_file_at_once(tmp_path: Path) -> None:
     db = tmp_path / "shared.db"  # does not exist yet: the writers race to create it
     script = _write_script(tmp_path, "writer.py", WRITER)

@@ -303,6 +303,7 @@ def _worker(store_url: str, cwd: Path, *args: str) -> subprocess.Popen:
                             cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study(store_url, tmp_path):
     """Two processes, one store (SQLite file, or PostgreSQL): 4 trials, 4 runs, no duplicate."""
     space = tmp_path / "safe.json"
@@ -328,6 +329,7 @@ def test_two_workers_share_one_study(store_url, tmp_path):
                for t in trials if t not in counted)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_a_worker_and_leaves_the_study_consistent(tmp_path):
     store = tmp_path / "c.db"
     worker = _worker(str(store), tmp_path, "--method", "constant", "--trials", "50", "--seeds",
