@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -56,6 +56,10 @@ from adatune_cli.options import (
     refuse_given,
     run_options,
 )
+
+if TYPE_CHECKING:
+    from adatune.running.distributed import LazyStore
+    from adatune.store import Store
 
 NameOption = Annotated[str | None, typer.Option("--name", help="A name for the run.")]
 ExperimentOption = Annotated[str | None, typer.Option(
@@ -117,7 +121,7 @@ def _progress() -> Progress:
     )
 
 
-def next_steps(db: Any, result: RunResult, store: str) -> list[str]:
+def next_steps(db: Store, result: RunResult, store: str) -> list[str]:
     """Where the run went and the commands that come next: what ``train``/``baseline`` print.
 
     ``store`` is the store as given; the commands name it unless it is the default
@@ -232,7 +236,7 @@ def _run_ranked(config: TrainConfig | None, store: str, *, resume_id: int | None
     from adatune.running.distributed import LazyStore, RankFailure, launch, on_main
     from adatune.running.engine import resume, train
 
-    def go(db: Any, events: Events) -> RunResult:
+    def go(db: Store | LazyStore, events: Events) -> RunResult:
         if resume_id is not None:
             return resume(db, resume_id, events=events, **(resume_changes or {}))
         return train(config, db, events=events, **run_kw)
@@ -300,7 +304,7 @@ def resume_changes(ctx: typer.Context, run_id: int, opts: dict[str, Any],
     return {name: opts[name] for name in RESUME_OPTIONS if given(ctx, name)}
 
 
-def _check_resume(db: Any, run_id: int, changes: dict[str, Any] | None) -> None:
+def _check_resume(db: Store, run_id: int, changes: dict[str, Any] | None) -> None:
     """Refuse a run that cannot go on as asked (before torch loads); say what changes."""
     from adatune.running.preflight import check_resume
 

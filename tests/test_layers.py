@@ -6,7 +6,8 @@ besides itself:
 
 * base: errors, checks, names, imports, redaction, the catalog of names;
 * store: the experiment store;
-* methods (what moves the LR) and data (datasets, batches, networks);
+* methods (what moves the LR; a learned schedule is read from the store) and data
+  (datasets, batches, networks);
 * report (records to HTML) reads only the store;
 * running: a run's configuration, assembly, loop, checkpoints, ranks;
 * search and bench: made of runs;
@@ -32,7 +33,7 @@ PUBLIC = {"adatune", "adatune.distributed", "adatune.replay",
 MAY_IMPORT = {
     "base": {"base"},
     "store": {"base", "store"},
-    "methods": {"base", "methods"},
+    "methods": {"base", "store", "methods"},  # a learned schedule is read from the store
     "data": {"base", "data"},
     "report": {"base", "store", "report"},
     "running": {"base", "store", "methods", "data", "running"},

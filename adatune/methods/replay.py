@@ -27,6 +27,7 @@ from torch.optim import lr_scheduler
 from adatune.errors import ConfigError
 from adatune.methods.schedule_file import LRSchedule, schedule_from_file, schedule_from_run
 from adatune.methods.schedules import Schedule
+from adatune.store.protocols import RunSource
 
 __all__ = ["ReplayLR", "build_replay", "check_lrs", "read_schedule", "replay_note",
            "replay_points"]
@@ -122,7 +123,7 @@ def check_lrs(lrs: Sequence[float]) -> list[float]:
     return values
 
 
-def read_schedule(store: Any, *, from_run: int | None = None,
+def read_schedule(store: RunSource, *, from_run: int | None = None,
                   from_file: str | None = None) -> LRSchedule:
     """The schedule to replay: run ``from_run``'s every-step LRs in ``store``, or a file.
 

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from adatune.errors import ConfigError
+from adatune.store.protocols import RunSource
+from adatune.store.records import RunRecord
 
 FILE_FORMAT = "adatune-lr-schedule"
 FILE_VERSION = 1
@@ -85,13 +87,14 @@ class LRSchedule:
         return len(self.lrs)
 
 
-def _run_source(run: Any) -> dict[str, Any]:
+def _run_source(run: RunRecord) -> dict[str, Any]:
     return {"run": run.id, "name": run.name, "method": run.method, "dataset": run.dataset,
             "network": run.network, "optimizer": run.optimizer, "seed": run.seed,
             "status": run.status, "epochs": run.epochs}
 
 
-def schedule_from_run(store: Any, run_id: int, *, per_epoch: bool = False) -> LRSchedule:
+def schedule_from_run(store: RunSource, run_id: int, *,
+                      per_epoch: bool = False) -> LRSchedule:
     """The LR of every step of a recorded run (or, ``per_epoch``, each epoch's mean LR).
 
     Raises :class:`~adatune.errors.RunNotFound` for an unknown run,

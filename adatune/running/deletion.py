@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from adatune.errors import RunBusy
 from adatune.running.folder import (
@@ -21,6 +20,8 @@ from adatune.running.folder import (
     read_json,
     run_dir,
 )
+from adatune.store.protocols import RunCatalog
+from adatune.store.records import RunRecord
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class FolderOutcome:
     note: str | None = None
 
 
-def recorded_folder(run: Any) -> Path | None:
+def recorded_folder(run: RunRecord) -> Path | None:
     """A run's checkpoint folder as its record names it (None for runs that train nothing)."""
     folder = (run.summary or {}).get("checkpoint_dir")
     if folder:
@@ -44,7 +45,7 @@ def recorded_folder(run: Any) -> Path | None:
     return None
 
 
-def remove_folder(run: Any, store: str) -> FolderOutcome:
+def remove_folder(run: RunRecord, store: str) -> FolderOutcome:
     """Remove a deleted run's checkpoint folder: the files a run writes, then the folder.
 
     A folder another run or store claims (its ``run.json``) is kept; other
@@ -76,12 +77,12 @@ def remove_folder(run: Any, store: str) -> FolderOutcome:
 class Deleted:
     """What :func:`delete_run` deleted: the runs (the run, then its descendants) and folders."""
 
-    runs: tuple[Any, ...]
+    runs: tuple[RunRecord, ...]
     folders: tuple[FolderOutcome, ...]
     kept: tuple[str, ...] = ()  # the folders left on purpose (keep_checkpoints)
 
 
-def delete_run(store: Any, run_id: int, *, keep_checkpoints: bool = False) -> Deleted:
+def delete_run(store: RunCatalog, run_id: int, *, keep_checkpoints: bool = False) -> Deleted:
     """Delete a run, its epochs, steps and child runs, and their checkpoint folders.
 
     A run whose folder a live process holds (it is training) is refused with

@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -51,6 +51,11 @@ from adatune.errors import AdatuneError, ConfigError
 from adatune.methods.tuners import collectives
 from adatune.methods.tuners.collectives import RankFailure, active_group, all_reduce_
 from adatune.running import checkpoint, signals
+from adatune.store.protocols import RunLog
+from adatune.store.records import EpochRecord, StepRecord
+
+if TYPE_CHECKING:
+    from adatune.store import Store
 
 __all__ = ["LazyStore", "RankFailure", "Ranks", "Terminated", "agree", "launch", "on_main",
            "timeout_s"]
@@ -318,11 +323,11 @@ def agree(fingerprint: Mapping[str, Any], build: Callable[[], T], *,
 class LazyStore:
     """A store that a rank other than 0 opens only to mark the run failed when rank 0 died."""
 
-    def __init__(self, spec: Any) -> None:
+    def __init__(self, spec: Store | str) -> None:
         self.spec = spec  # a path or URL, or an open Store
 
     @contextlib.contextmanager
-    def opened(self) -> Iterator[Any]:
+    def opened(self) -> Iterator[Store]:
         from adatune.store import Store, open_store
 
         if isinstance(self.spec, Store):
@@ -333,16 +338,17 @@ class LazyStore:
 
 
 class _Follower:
-    """What the loop writes to on ranks other than 0: nothing, except a dead rank 0's status."""
+    """What the loop records into on ranks other than 0 (a
+    :class:`~adatune.store.protocols.RunLog`): nothing, except a dead rank 0's status."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Store | LazyStore | str | None) -> None:
         self.store = store if isinstance(store, LazyStore | None) else LazyStore(store)
 
-    def record_epoch(self, *args: Any, **kwargs: Any) -> None: ...
+    def record_epoch(self, run_id: int, epoch: EpochRecord, steps: Sequence[StepRecord] = (),
+                     *, best: bool | None = None,
+                     lrs: Sequence[float] | None = None) -> None: ...
 
     def heartbeat(self, run_id: int) -> None: ...
-
-    def reopen_run(self, run_id: int) -> None: ...
 
     def finish_run(self, run_id: int, status: str, *, error: str | None = None,
                    summary: Mapping[str, Any] | None = None) -> None:
@@ -522,6 +528,6 @@ class Ranks:
             for b, saved in zip(own, states[self.rank], strict=True):
                 b.copy_(saved.to(b.device))
 
-    def store_view(self, store: Any) -> Any:
+    def store_view(self, store: Store | LazyStore) -> RunLog:
         """What a rank other than 0 records into: nothing, unless rank 0 died (then: failed)."""
         return store if self.is_main else _Follower(store)

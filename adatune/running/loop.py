@@ -42,11 +42,12 @@ from adatune.methods.peers import OptimizerView, optimizer_view
 from adatune.methods.schedules import Schedule
 from adatune.methods.tuners import HypergradientTuner
 from adatune.running import checkpoint, signals
-from adatune.running.distributed import Ranks
+from adatune.running.distributed import LazyStore, Ranks
 from adatune.running.epoch import EpochProgress
 from adatune.running.folder import RunLock
 from adatune.running.runtypes import Events, LoopConfig, RunResult
 from adatune.store import Store
+from adatune.store.protocols import RunLog
 from adatune.store.records import EpochRecord, StepRecord
 
 HEARTBEAT_EVERY_S = 30.0
@@ -180,7 +181,7 @@ class Loop:
             checkpoint.save(obj, path, kind=kind)  # atomic and fsynced
 
     # -------------------------------------------------------------- the loop
-    def run(self, store: Store, run_id: int, ckpt_dir: Path, events: Events, *,
+    def run(self, store: Store | LazyStore, run_id: int, ckpt_dir: Path, events: Events, *,
             config: dict[str, Any], resumed: bool = False, setup_s: float | None = None,
             lock: RunLock | None = None) -> RunResult:
         """Train to the last epoch (or divergence, patience, Ctrl-C), recording into ``store``.
@@ -197,12 +198,13 @@ class Loop:
             return self._run(store, run_id, ckpt_dir, events, config, resumed, setup_s,
                              lock or RunLock(ckpt_dir), take=lock is None)
 
-    def _run(self, store: Store, run_id: int, ckpt_dir: Path, events: Events,
+    def _run(self, store: Store | LazyStore, run_id: int, ckpt_dir: Path, events: Events,
              config: dict[str, Any], resumed: bool, setup_s: float | None,
              lock: RunLock, *, take: bool) -> RunResult:
         cfg, model = self.config, self.parts.model
         if not self.ranks.is_main:  # rank 0 writes and reports; the others do neither
-            store, events = self.ranks.store_view(store), Events()
+            events = Events()
+        log: RunLog = self.ranks.store_view(store)  # what the other ranks record: nothing
         self.ckpt_dir = ckpt_dir
         records = list(store.get_run(run_id, steps=False).epochs) \
             if resumed and self.ranks.is_main else []
@@ -219,7 +221,7 @@ class Loop:
             events.run_started(run_id, config, steps_per_epoch=self.steps_per_epoch,
                                start_epoch=self.epoch + 1)
             while self.epoch < cfg.epochs:
-                record, steps, lrs = self._epoch(store, run_id, events)
+                record, steps, lrs = self._epoch(log, run_id, events)
                 self._judge_epoch(record)
                 improved = self._improved(record)
                 if improved:
@@ -232,7 +234,7 @@ class Loop:
                     self.bad_epochs += 1
                 self.history.add(record, steps, improved, lrs)
                 self._save(self._state(), ckpt_dir / "last.pt")
-                store.record_epoch(run_id, record, steps, best=improved, lrs=lrs)
+                log.record_epoch(run_id, record, steps, best=improved, lrs=lrs)
                 records.append(record)
                 events.epoch_done(record)
                 if cfg.patience is not None and self.bad_epochs >= cfg.patience:
@@ -249,7 +251,7 @@ class Loop:
             reason = signals.interruption_reason(exc, self.epoch + 1)
         except BaseException as exc:
             self.parts.view.eval()
-            store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+            log.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
             lock.release()
             raise
         self.parts.view.eval()  # the model holds the weights that were evaluated
@@ -258,7 +260,7 @@ class Loop:
                    "test_loss": self.test_loss_at_best, "final_lr": self._lr(),
                    "stopped_early": stopped_early, "checkpoint_dir": str(ckpt_dir),
                    "train_s": self.elapsed, "cpu_s": self.cpu, "setup_s": setup_s}
-        store.finish_run(run_id, status, error=reason, summary=summary)
+        log.finish_run(run_id, status, error=reason, summary=summary)
         lock.release()
         return RunResult(run_id=run_id, status=status, reason=reason, epochs=tuple(records),
                          best_val_acc=self.best_val_acc, best_epoch=self.best_epoch,
@@ -285,7 +287,7 @@ class Loop:
         size = self.config.batch_size
         return min(size, len(dataset) - batch * size)
 
-    def _epoch(self, store: Store, run_id: int,
+    def _epoch(self, log: RunLog, run_id: int,
                events: Events) -> tuple[EpochRecord, list[StepRecord], array | None]:
         """Train one epoch (or what is left of one, resumed mid-epoch), then evaluate it.
 
@@ -303,11 +305,11 @@ class Loop:
                 self._set_rng(progress.rng)
             self._step(progress, batch, x, y, val_iter, events)
             if time.monotonic() - last_beat > HEARTBEAT_EVERY_S:
-                store.heartbeat(run_id)
+                log.heartbeat(run_id)
                 last_beat = time.monotonic()
             if any(self._requests()):  # SIGTERM or SIGUSR1, on any rank
                 self._checkpoint_mid_epoch(progress, val_iter)
-                store.heartbeat(run_id)
+                log.heartbeat(run_id)
                 self._stop_if_asked(f"in epoch {progress.epoch} after step {batch + 1} of "
                                     f"{self.steps_per_epoch}")
         if progress.resumed and resume_at >= self.steps_per_epoch:  # after its last step
