@@ -2,13 +2,14 @@
 
 This module imports neither torch nor numpy, so that a configuration can be
 checked, and the command can answer ``--help`` or reject a bad option, without
-loading the training stack. Each table lives here once; :mod:`adatune.data.datasets`,
-:mod:`adatune.data.models`, :mod:`adatune.methods.schedules` and :mod:`adatune.running.config` build
-on it and re-export the names they always had. Two more tables of names a
-command checks before torch are light where they are defined: the peer
-optimizers (:data:`adatune.methods.peers.PEER_NAMES`) and the losses
-(:data:`adatune.running.config.LOSS_NAMES`). ``tests/test_catalog.py`` checks that every
-name builds the part it names.
+loading the training stack. Each table lives here once;
+:mod:`adatune.data.datasets`, :mod:`adatune.data.models`,
+:mod:`adatune.methods.schedules` and :mod:`adatune.running.config` build on it
+and re-export the names they always had. Two more tables of names a command
+checks before torch are light where they are defined: the peer optimizers
+(:data:`adatune.methods.peers.PEER_NAMES`) and the losses
+(:data:`adatune.running.losses.LOSS_NAMES`). ``tests/test_catalog.py`` checks
+that every name builds the part it names.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ runs every command inside it):
 * SIGUSR1: the loop writes ``last.pt`` after the current step and goes on.
 
 Library users get the same by wrapping their own calls:
-``with adatune.running.signals.handle_preemption(): adatune.running.engine.train(...)``.
+``with adatune.signals.handle_preemption(): adatune.fit(...)``.
 The loop asks :func:`stop_requested` and :func:`take_checkpoint_request` at
 its safe points, inside :func:`deferred`. Under several ranks
 (:mod:`adatune.running.distributed`) the ranks compare their requests at each safe
