@@ -123,3 +123,17 @@ def test_library_errors_name_arguments_not_flags(module: str) -> None:
             text = re.sub(r"`[^`]*`", "", text)
             flags += _FLAG.findall(text)
     assert flags == [], f"{module} raises errors that name command-line flags"
+
+
+def test_every_package_ships_in_the_wheel() -> None:
+    """A new folder of the package must be in pyproject.toml's list, or a wheel leaves it out."""
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        tomllib = pytest.importorskip("tomli")
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    packages = {m for m, path in MODULES.items() if path.name == "__init__.py"}
+    assert packages <= listed, sorted(packages - listed)
