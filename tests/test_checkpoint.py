@@ -315,6 +315,7 @@ def test_written_checkpoints_are_plain_data_and_written_whole(store) -> None:
     assert checkpoint.load(folder / "best.pt", kind="best")["config"]["method"] == "hd"
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_an_older_adatune_still_resumes(store, reference) -> None:
     result = train(config("marthe", epochs=2), store)
     last = Path(result.checkpoint_dir) / "last.pt"
