@@ -344,6 +344,22 @@ def test_public_names_load_on_first_use() -> None:
         adatune.nope  # noqa: B018
 
 
+def test_the_public_module_paths_name_the_library_s_objects() -> None:
+    """``adatune.distributed``, ``.replay``, ``.signals`` and ``.checkpoint`` stay importable
+    for users (the docs name them); each name there is the library's own object."""
+    import adatune.checkpoint
+    import adatune.distributed
+    import adatune.replay
+    import adatune.signals
+    from adatune.methods import schedule_file
+    from adatune.running import checkpoint, distributed, signals
+
+    for public, home in ((adatune.checkpoint, checkpoint), (adatune.distributed, distributed),
+                         (adatune.replay, schedule_file), (adatune.signals, signals)):
+        for name in public.__all__:
+            assert getattr(public, name) is getattr(home, name), (public.__name__, name)
+
+
 def test_the_revisions_read_from_the_files_are_alembics(tmp_path: Path, monkeypatch,
                                                        later_release) -> None:
     from adatune.store import migrate
