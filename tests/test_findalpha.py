@@ -1,7 +1,8 @@
 """`adatune find-alpha`: probes, verdicts and reasons, determinism, --then-train, exits.
 
-The unstable setting: RTHO under the additive rule with a hyper-LR ten times
-its default (1e-3) on digits, 3-epoch probes on half the training set. There
+The unstable setting: online RTHO (the papers' tuner) under the additive rule
+with a hyper-LR ten times its default (1e-3) on digits, 3-epoch probes on half
+the training set. There
 alpha 1 and 0.1 blow the training loss up in epoch 3 and alpha 0.01 stays
 stable (measured; the search is deterministic, so these verdicts are exact).
 The scale-free rule bounds every step, so the searches that must diverge use
@@ -25,7 +26,7 @@ from adatune.store import open_store
 from tests._cli import cli
 
 ADDITIVE = ["--hyper-update", "additive"]
-UNSTABLE = ["--tuner", "rtho", *ADDITIVE, "--hyper-lr", "1e-3", "--alpha-max", "1",
+UNSTABLE = ["--tuner", "rtho", "--online", *ADDITIVE, "--hyper-lr", "1e-3", "--alpha-max", "1",
             "--probe-epochs", "3", "--probe-fraction", "0.5", "--device", "cpu"]
 LOSS_REASON = r"training loss [0-9.e+]+ exceeds 3x its initial 2\.304 at epoch 3, step \d+"
 
@@ -33,6 +34,13 @@ LOSS_REASON = r"training loss [0-9.e+]+ exceeds 3x its initial 2\.304 at epoch 3
 def _json(capsys, *args: str) -> tuple[int, dict, str]:
     code, out, err = cli(capsys, "find-alpha", *args, "--json")
     return code, json.loads(out), err
+
+
+def _rungs(data: dict) -> list[dict]:
+    """The probes of the ladder (and refinement), after the reference probe."""
+    reference, *rungs = data["probes"]
+    assert reference["phase"] == "reference"
+    return rungs
 
 
 def _details(store: str = "adatune.db"):
@@ -44,7 +52,8 @@ def _details(store: str = "adatune.db"):
 def test_unstable_setting_diverges_at_high_alpha_and_is_stable_lower(workdir, capsys):
     code, data, err = _json(capsys, *UNSTABLE)
     assert code == 0, err
-    probes = data["probes"]
+    probes = _rungs(data)
+    assert (data["probes"][0]["alpha"], data["probes"][0]["status"]) == (0.0, "stable")
     assert [(p["alpha"], p["status"]) for p in probes] == [
         (1.0, "diverged"), (0.1, "diverged"), (0.01, "stable")]
     assert data["alpha"] == 0.01 and data["search"] == "alpha"
@@ -61,8 +70,8 @@ def test_unstable_setting_diverges_at_high_alpha_and_is_stable_lower(workdir, ca
     assert search.summary["alpha"] == 0.01 and search.summary["search"] == "alpha"
     assert search.config["search"]["ladder"][:3] == [1.0, 0.1, 0.01]
     by_id = {r.id: r for r in runs}
-    assert sorted(by_id) == [p["run_id"] for p in probes]
-    for p in probes:
+    assert sorted(by_id) == [p["run_id"] for p in data["probes"]]
+    for p in data["probes"]:
         run = by_id[p["run_id"]]
         assert run.config["alpha"] == p["alpha"] and run.config["epochs"] == 3
         assert run.config["train_subset"] == 0.5 and run.config["hyper_lr"] == 1e-3
@@ -73,7 +82,7 @@ def test_unstable_setting_diverges_at_high_alpha_and_is_stable_lower(workdir, ca
     [info] = _get_find_alpha_info(_details()).searches
     assert info.parameter == "alpha" and info.chosen == 0.01
     assert [(p.value, p.status) for p in info.probes] == [
-        (0.01, "completed"), (0.1, "diverged"), (1.0, "diverged")]
+        (0.0, "completed"), (0.01, "completed"), (0.1, "diverged"), (1.0, "diverged")]
 
 
 @pytest.mark.slow
@@ -88,7 +97,7 @@ def test_same_seed_same_search_and_refine_bisects_in_log_space(workdir, capsys):
     assert strip(first) == strip(second) and first["alpha"] == second["alpha"]
     refine = first["probes"][-1]
     assert refine["phase"] == "refine" and math.isclose(refine["alpha"], math.sqrt(0.1 * 0.01))
-    assert len(first["probes"]) == 4
+    assert len(_rungs(first)) == 4
     # the answer is the largest value judged stable
     assert first["alpha"] == max(p["alpha"] for p in first["probes"] if p["status"] == "stable")
     # probe by probe, epoch by epoch, the same numbers
@@ -100,11 +109,13 @@ def test_same_seed_same_search_and_refine_bisects_in_log_space(workdir, capsys):
 
 
 def test_hyper_lr_search_and_the_lr_explosion_rule(workdir, capsys):
-    code, data, err = _json(capsys, "--search", "hyper-lr", "--tuner", "rtho", *ADDITIVE,
+    code, data, err = _json(capsys, "--search", "hyper-lr", "--tuner", "rtho", "--online",
+                            *ADDITIVE,
                             "--hyper-lr-max", "1", "--hyper-lr-min", "1e-4", "--probe-epochs",
                             "2", "--probe-fraction", "0.5", "--device", "cpu")
     assert code == 0, err
-    probes = data["probes"]
+    probes = _rungs(data)
+    assert data["probes"][0]["hyper_lr"] == 1e-4  # the reference: the rule's default
     assert [(p["hyper_lr"], p["status"]) for p in probes] == [
         (1.0, "diverged"), (0.1, "diverged"), (0.01, "diverged"), (0.001, "stable")]
     assert data["hyper_lr"] == 0.001 and "alpha" not in data
@@ -116,11 +127,11 @@ def test_hyper_lr_search_and_the_lr_explosion_rule(workdir, capsys):
         [search] = db.list_runs(kind="find-alpha")
         runs = db.list_runs(kind="probe", parent_id=search.id)
     assert search.summary["search"] == "hyper-lr" and search.summary["hyper_lr"] == 0.001
-    assert sorted(r.config["hyper_lr"] for r in runs) == [0.001, 0.01, 0.1, 1.0]
+    assert sorted(r.config["hyper_lr"] for r in runs) == [1e-4, 0.001, 0.01, 0.1, 1.0]
     assert {r.config["alpha"] for r in runs} == {0.0}
     [info] = _get_find_alpha_info(_details()).searches
     assert info.parameter == "hyper-lr" and info.chosen == 0.001
-    assert [p.value for p in info.probes] == [0.001, 0.01, 0.1, 1.0]
+    assert [p.value for p in info.probes] == [1e-4, 0.001, 0.01, 0.1, 1.0]
 
 
 def test_then_train_runs_the_full_training_with_the_found_alpha(workdir, capsys):

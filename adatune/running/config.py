@@ -26,6 +26,13 @@ from adatune.catalog import (
 from adatune.checks import MAX_EPOCHS, MAX_SEED, finite, whole
 from adatune.errors import ConfigError
 from adatune.imports import attr_name, check_import_path
+from adatune.methods.horizon import (
+    ANNEALS,
+    DEFAULT_ANNEAL,
+    DEFAULT_WARMUP,
+    canonical_anneal,
+    check_warmup,
+)
 from adatune.methods.hyper_update import (
     ADDITIVE,
     DEFAULT_HYPER_UPDATE,
@@ -104,7 +111,8 @@ def canonical_method(name: str) -> str:
 
 # What a field is for: a peer's record keeps only the fields that apply to it (the
 # general ones and its PeerSpec.settings); warmup_steps is recorded for peers only.
-_TUNER_FIELDS = ("hyper_update", "hyper_lr", "mu", "alpha", "first_order", "hvp")
+_TUNER_FIELDS = ("hyper_update", "hyper_lr", "mu", "alpha", "first_order", "hvp", "anneal",
+                 "warmup", "online")
 _SCHEDULE_FIELDS = ("step_size", "lr_decay", "t_0", "t_mult")
 _OPTIMIZER_FIELDS = ("momentum", "nesterov", "warmup_steps")
 _REPLAY_FIELDS = ("from_run", "from_file", "stretch", "scale")
@@ -144,6 +152,9 @@ class TrainConfig:
     first_order: bool = False
     grad_clip: float | None = None
     hvp: str = DEFAULT_HVP
+    anneal: str = DEFAULT_ANNEAL  # after the warm-up: cosine, linear or none
+    warmup: float = DEFAULT_WARMUP  # the warm-up (and tuning) phase: a fraction of the run
+    online: bool = False  # the papers' tuner: no horizon, the LR moved at every step
     # baseline schedules (epochs)
     step_size: int = ScheduleConfig.step_size
     lr_decay: float | None = ScheduleConfig.lr_decay  # None: the schedule's own default
@@ -232,6 +243,18 @@ class TrainConfig:
             finite("grad_clip", self.grad_clip, low=0, low_open=True)
         if self.hvp not in HVP_MODES:
             raise ConfigError(f"unknown hvp {self.hvp!r} (choose from: {', '.join(HVP_MODES)})")
+        try:
+            object.__setattr__(self, "anneal", canonical_anneal(self.anneal))
+        except ValueError:
+            raise ConfigError(f"unknown anneal {self.anneal!r} "
+                              f"(choose from: {', '.join(ANNEALS)})") from None
+        try:
+            object.__setattr__(self, "warmup", check_warmup(self.warmup))
+        except ValueError:
+            raise ConfigError(f"invalid warmup: {self.warmup!r} (a fraction of the run, "
+                              "in (0, 1))") from None
+        if not isinstance(self.online, bool):
+            raise ConfigError(f"invalid online: {self.online!r} (True or False)")
         # the schedule's settings: their defaults and ranges are the schedule's own
         object.__setattr__(self, "lr_decay", self.schedule.lr_decay)
         whole("warmup_steps", self.warmup_steps, 0, MAX_WARMUP_STEPS)

@@ -262,4 +262,5 @@ def _tuner_settings(tuner: HypergradientTuner) -> dict[str, Any]:
     return {"class": type(tuner).__name__, "hyper_update": tuner.hyper_update,
             "hyper_lr": tuner.hyper_lr,
             "mu": "auto" if tuner.auto_mu else tuner.mu, "alpha": tuner.alpha,
-            "first_order": tuner.first_order, "grad_clip": tuner.grad_clip, "hvp": tuner.hvp}
+            "first_order": tuner.first_order, "grad_clip": tuner.grad_clip, "hvp": tuner.hvp,
+            "anneal": tuner.anneal, "warmup": tuner.warmup, "online": tuner.online}

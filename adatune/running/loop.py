@@ -107,13 +107,17 @@ class Loop:
         self.steps_per_epoch = len(self._batches(parts.train, shuffle=True))
         if self.steps_per_epoch < 1:
             raise ConfigError("the training set is empty")
+        tuner = parts.tuner
+        if tuner is not None and not tuner.online and tuner.total_steps is None:
+            tuner.total_steps = config.epochs * self.steps_per_epoch  # the tuner's horizon
         # progress of the run (checkpointed)
         self.epoch = 0
         self.step = 0
         self.elapsed = 0.0  # wall-clock seconds in the epochs (training and evaluation)
         self.cpu = 0.0  # CPU seconds of this process in the epochs (all its threads)
         self.initial_loss: float | None = None
-        self.initial_lr = self._lr()
+        # the user's LR (a tuner with a horizon starts its warm-up below it)
+        self.initial_lr = parts.tuner.scale if parts.tuner is not None else self._lr()
         self.best_val_acc: float | None = None
         self.best_val_loss: float | None = None
         self.best_epoch: int | None = None
