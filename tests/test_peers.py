@@ -405,6 +405,10 @@ def test_schedule_free_is_judged_on_its_averaged_weights(workdir, capsys):
     (["baseline", "--method", "prodigy", "--momentum", "0.9"], "momentum does not apply"),
     (["baseline", "--method", "dog", "--nesterov"], "nesterov does not apply"),
     (["baseline", "--method", "schedulefree-sgd", "--momentum", "0"], "invalid momentum"),
+    (["baseline", "--method", "mechanic-adam", "--momentum", "0.9"], "momentum does not apply"),
+    (["baseline", "--method", "mechanic-sgd", "--momentum", "1"], "invalid momentum"),
+    (["baseline", "--method", "mechanic-sgd", "--lr", "0"], "invalid lr"),
+    (["baseline", "--method", "mechanic-adam", "--warmup-steps", "5"], "warmup_steps applies"),
     (["baseline", "--lr-scheduler", "cosine", "--warmup-steps", "10"], "for the peer"),
     (["baseline", "--method", "schedulefree-sgd", "--warmup-steps", "-1"], "warmup_steps"),
     (["train", "--optimizer", "prodigy"], "prodigy is a method"),
@@ -423,7 +427,7 @@ def test_bad_peer_input_exits_2_with_one_line_and_writes_no_run(workdir, capsys,
 
 @pytest.mark.parametrize("command", [["baseline", "--method"], ["sweep", "--trials", "1",
                                                                  "--method"]])
-@pytest.mark.parametrize("name", ["prodigy", "dog"])
+@pytest.mark.parametrize("name", ["prodigy", "dog", "mechanic-sgd"])
 def test_a_peer_without_its_package_is_one_line_and_no_run(workdir, capsys, monkeypatch,
                                                            command, name):
     spec = PEERS[name]
@@ -510,6 +514,45 @@ def test_fit_switches_schedule_free_and_leaves_the_averaged_weights_in_the_model
         result.epochs[-1].val_loss, rel=1e-6)
 
 
+@pytest.mark.parametrize("base, name", [(torch.optim.AdamW, "mechanic-adam"),
+                                        (torch.optim.Adam, "mechanizedadam")])
+def test_fit_takes_an_optimizer_the_user_mechanized(workdir, base, name):
+    """Recognised whatever class mechanize made: no tuner, its effective LR recorded (a peer's
+    name only over the peer's own base class)."""
+    import mechanic_pytorch
+
+    model, (train, val, test) = _fit_data(2)
+    opt = mechanic_pytorch.mechanize(base)(model.parameters(), lr=1.0, weight_decay=0.0)
+    result = adatune.fit(model, train, val, test, optimizer=opt, epochs=2, store="runs.db",
+                         log_every=1)
+    assert result.status == "completed"
+    with open_store("runs.db") as db:
+        detail = db.get_run(result.run_id)
+    assert (detail.run.kind, detail.run.method, detail.run.optimizer) == ("baseline", name, name)
+    assert detail.run.config["tuner"] is None
+    lrs = [s.lr for s in detail.steps]
+    assert min(lrs) > 0 and len(set(lrs)) > 2  # s moves every step
+    assert lrs[-1] == float(torch.sum(opt.state["_mechanic"]["s"]))  # lr 1.0 times sum(s)
+
+
+def test_fit_records_mechanic_scaling_the_lr_a_schedule_sets(workdir):
+    """A schedule moves the base LR; the step's effective LR is the LR it began with, times s."""
+    import mechanic_pytorch
+
+    model, (train, val, test) = _fit_data(3)
+    opt = mechanic_pytorch.mechanize(torch.optim.SGD)(model.parameters(), lr=1.0, momentum=0.9)
+    schedule = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)  # per epoch
+    result = adatune.fit(model, train, val, test, optimizer=opt, schedule=schedule, epochs=3,
+                         store="runs.db", log_every=1)
+    assert result.status == "completed"
+    with open_store("runs.db") as db:
+        run = db.get_run(result.run_id).run
+    assert (run.method, run.optimizer) == ("steplr", "mechanic-sgd")
+    assert opt.param_groups[0]["lr"] == 0.125  # stepped after the last epoch too
+    scale = float(torch.sum(opt.state["_mechanic"]["s"]))
+    assert result.epochs[-1].lr == 0.25 * scale  # the last epoch's steps began at 0.25
+
+
 class _StopAt(Events):
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
@@ -519,7 +562,7 @@ class _StopAt(Events):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("name", ["schedulefree-sgd", "dog"])
+@pytest.mark.parametrize("name", ["schedulefree-sgd", "dog", "mechanic-sgd"])
 def test_fit_resumes_a_peer_to_the_uninterrupted_result(workdir, name):
     def fit(**kw):
         model, (train, val, test) = _fit_data(4)
@@ -546,14 +589,16 @@ def test_fit_with_a_peer_and_a_tuner_is_refused(workdir):
 
 # ----------------------------------------------------- kill and resume (CLI)
 # One peer of each package. Schedule-Free warms up across the kill; DoG and D-Adaptation
-# keep their distance estimates in the optimizer's state.
+# keep their distance estimates in the optimizer's state; Mechanic its scales, its wealth and
+# each parameter's reference point (keyed by the parameters: saved by index).
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [
     ["--method", "prodigy"],
     ["--method", "dadapt-sgd"],
     ["--method", "schedulefree-sgd", "--lr", "0.5", "--warmup-steps", "120"],
     ["--method", "dog"],
-], ids=["prodigyopt", "dadaptation", "schedulefree", "dog-optimizer"])
+    ["--method", "mechanic-adam"],
+], ids=["prodigyopt", "dadaptation", "schedulefree", "dog-optimizer", "mechanic-pytorch"])
 def test_a_peer_resumes_bit_identically_after_sigkill(workdir, extra):
     run = ["baseline", *extra, "--epochs", "3", "--batch-size", "16", "--seed", "3"]
     store = workdir / "killed.db"
@@ -604,7 +649,7 @@ def _trajectory(store, run_id: int):
 # which d that step used.
 @pytest.mark.parametrize("method, batch", [
     ("schedulefree-sgd", 7), pytest.param("prodigy", 7, marks=pytest.mark.slow),
-    ("dadapt-sgd", -1)])
+    ("dadapt-sgd", -1), ("mechanic-sgd", 7)])
 def test_a_peer_stopped_by_sigterm_mid_epoch_resumes_to_the_same_result(workdir, method,
                                                                          batch):
     from adatune.running import signals
