@@ -290,6 +290,11 @@ def test_each_peer_runs_two_epochs_through_the_cli_with_its_effective_lr(workdir
     code, out, err = cli(capsys, "baseline", "--method", name, "--epochs", "2",
                          "--log-every", "1")
     assert code == 0, (out, err)
+    [compare] = [line for line in out.splitlines() if "# compare: MARTHE" in line]
+    if PEERS[name].wraps:  # Mechanic: MARTHE over the optimizer it wraps
+        assert f"--optimizer {PEERS[name].wraps.lower()} " in compare
+    else:
+        assert "--optimizer" not in compare
     detail = _only_run()
     run = detail.run
     assert (run.kind, run.method, run.optimizer, run.status, run.epochs) == (
