@@ -31,13 +31,17 @@ factory that replaces the task's optimizer. Add entries to :data:`METHODS`
 (or pass ``--methods``) to compare more.
 
 The *peers* (:mod:`adatune.methods.peers`, at their packages' defaults) are methods of
-one optimizer family each: D-Adaptation SGD, DoG and Schedule-Free SGD in the
-SGD rows, Prodigy, D-Adaptation Adam and Schedule-Free AdamW in the Adam rows.
-Those that take no LR (D-Adaptation, Prodigy, DoG: lr 1.0 is their authors'
-setting, a multiplier of the step size they estimate) run once per task and
-seed, and that result is shown at every initial LR. Schedule-Free takes an
-LR: it starts from the same 0.1x, 1x and 10x as the others, and runs once
-more at its package's default LR (``schedulefree-*-default``).
+one optimizer family each: D-Adaptation SGD, DoG, Schedule-Free SGD and Mechanic
+SGD in the SGD rows, Prodigy, D-Adaptation Adam, Schedule-Free AdamW and Mechanic
+AdamW in the Adam rows. Those that take no LR (D-Adaptation, Prodigy, DoG: lr
+1.0 is their authors' setting, a multiplier of the step size they estimate) run
+once per task and seed, and that result is shown at every initial LR.
+Schedule-Free takes an LR: it starts from the same 0.1x, 1x and 10x as the
+others, and runs once more at its package's default LR
+(``schedulefree-*-default``). Mechanic wraps the task's optimizer itself (SGD
+with momentum 0.9; AdamW without weight decay, which is Adam) and learns the
+scale of its LR: it starts from the same initial LRs as the tuners, which is
+what it claims to be robust to.
 
     python benchmarks/robustness.py                       # everything (2 workers)
     python benchmarks/robustness.py --no-peers            # the tuners and schedules only
@@ -270,7 +274,9 @@ TUNERS = tuple(
 
 
 def _peer(name: str, initial_lr: bool, params: Any, lr: float, family: str) -> Any:
-    """Peer ``name`` at its package's defaults; with ``initial_lr``, at the run's LR."""
+    """Peer ``name`` at its defaults (:func:`build_peer`'s: Mechanic's base optimizer is the
+    task's, SGD with momentum 0.9 or AdamW without decay); with ``initial_lr``, at the run's
+    LR."""
     return build_peer(name, params, **({"lr": lr} if initial_lr else {}))
 
 
@@ -290,6 +296,8 @@ PEER_METHODS: tuple[Method, ...] = (
     _peer_method("dadapt-adam", "adam"),
     _peer_method("schedulefree-adamw", "adam", initial_lr=True),
     _peer_method("schedulefree-adamw", "adam", suffix="-default"),
+    _peer_method("mechanic-sgd", "sgd", initial_lr=True),
+    _peer_method("mechanic-adam", "adam", initial_lr=True),
 )
 assert {m.name.removesuffix("-default") for m in PEER_METHODS} == set(PEERS)
 METHODS: tuple[Method, ...] = TUNERS + BASELINES + PEER_METHODS
@@ -638,6 +646,7 @@ COMPACT: tuple[str | Column, ...] = (
     ("DoG / Prodigy", ("dog", "prodigy")),
     ("Schedule-Free SGD / AdamW", ("schedulefree-sgd", "schedulefree-adamw")),
     ("Schedule-Free, package LR", ("schedulefree-sgd-default", "schedulefree-adamw-default")),
+    ("Mechanic SGD / AdamW", ("mechanic-sgd", "mechanic-adam")),
 )
 
 

@@ -40,6 +40,7 @@ CASES = [
     ("peer-prodigy", None, "prodigy", {}),
     ("peer-schedulefree-sgd", None, "schedulefree-sgd", {}),
     ("peer-dog", None, "dog", {}),
+    ("peer-mechanic-sgd", None, "mechanic-sgd", {}),
 ]
 # The finite difference divides a difference of two gradients by eps ~ 1e-8: the
 # summation-order rounding of one process and of two ranks (1e-16) comes out ~1e-8

@@ -336,7 +336,8 @@ class TrainConfig:
 
     @property
     def is_peer(self) -> bool:
-        """A peer optimizer (Prodigy, D-Adaptation, Schedule-Free, DoG): no tuner, no schedule."""
+        """A peer optimizer (Prodigy, D-Adaptation, Schedule-Free, DoG, Mechanic): no tuner, no
+        schedule."""
         return self.method in PEERS
 
     @property

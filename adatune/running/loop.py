@@ -62,7 +62,8 @@ class Parts:
     ``optimizer`` is any ``torch.optim.Optimizer``; the loop reads its
     effective LR and switches its train/eval mode through
     :func:`adatune.methods.peers.optimizer_view` (Schedule-Free's ``train()``/``eval()``;
-    Prodigy's, D-Adaptation's and DoG's own step sizes).
+    Prodigy's, D-Adaptation's, DoG's and Mechanic's own step sizes), and saves and
+    restores its state through that view.
     ``loss(output, target)`` is the minibatch mean loss. ``classification``
     says the output holds class scores and the target class indices: the loop
     then records accuracies and picks the best epoch by validation accuracy;
@@ -136,11 +137,11 @@ class Loop:
 
     def _state(self, partial: dict[str, Any] | None = None) -> dict[str, Any]:
         p = self.parts
-        owner = p.tuner if p.tuner is not None else p.optimizer
         return {
             **{key: getattr(self, key) for key in self._PROGRESS},
             "model": p.model.state_dict(),
-            "optim": owner.state_dict(),
+            # the view saves a peer's state as plain containers (Mechanic's is keyed by tensors)
+            "optim": p.tuner.state_dict() if p.tuner is not None else p.view.optimizer_state(),
             "optim_view": p.view.state(),
             "schedule": None if p.schedule is None else p.schedule.state_dict(),
             "rng": {"torch": torch.get_rng_state(),
@@ -159,7 +160,10 @@ class Loop:
                                 file=self.ranks.readable(path))
         with checkpoint.restoring(path):  # a state that does not fit this run: one line
             p.model.load_state_dict(state["model"])
-            (p.tuner if p.tuner is not None else p.optimizer).load_state_dict(state["optim"])
+            if p.tuner is not None:
+                p.tuner.load_state_dict(state["optim"])
+            else:
+                p.view.load_optimizer_state(state["optim"])
             p.view.load(state.get("optim_view"))
             if p.schedule is not None:
                 p.schedule.load_state_dict(state["schedule"])
