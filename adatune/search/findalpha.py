@@ -372,16 +372,14 @@ def _harm(probe: ProbeResult, reference: ProbeResult,
         return None, None
     if probe.final_lr is not None and reference.final_lr \
             and probe.final_lr < reference.final_lr / search.collapse:
-        return "collapsed", (f"its LR ended at {probe.final_lr:.3g}, below 1/"
-                             f"{search.collapse:g} of the reference's {reference.final_lr:.3g}")
+        return "collapsed", (f"last LR {probe.final_lr:.3g}, under 1/{search.collapse:g} of "
+                             f"the reference's")
     if probe.val_acc is not None and reference.val_acc is not None:
         if probe.val_acc < reference.val_acc - search.worse:
-            return "worse", (f"validation accuracy {probe.val_acc:.1%}, the reference's "
-                             f"{reference.val_acc:.1%}")
+            return "worse", f"the reference has {reference.val_acc:.1%}"
     elif probe.val_loss is not None and reference.val_loss is not None \
             and probe.val_loss > reference.val_loss * (1 + search.worse):
-        return "worse", (f"validation loss {probe.val_loss:.4g}, the reference's "
-                         f"{reference.val_loss:.4g}")
+        return "worse", f"the reference has {reference.val_loss:.4g}"
     return None, None
 
 
