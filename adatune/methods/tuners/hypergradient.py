@@ -721,7 +721,8 @@ class HypergradientTuner:
         if additive:
             scale = _rule.additive_step(s["scale"], h, hyper_lr=s["hyper_lr"])
         else:
-            scale = _rule.scale_free_step(s["scale"], h, s, hyper_lr=s["hyper_lr"])
+            scale = _rule.scale_free_step(s["scale"], h, s, hyper_lr=s["hyper_lr"],
+                                          calm="evidence" if self.online else "even")
         if s["phase"] == _horizon.CLIMB and not scale > s["scale"]:
             self._fix()  # the evidence no longer says "raise": the scale is final
             return
