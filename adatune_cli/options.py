@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from adatune.errors import ConfigError
-from adatune.methods.horizon import ANNEALS
+from adatune.methods.horizon import ANNEALS, HORIZON_HYPER_LR
 from adatune.methods.hyper_update import ADDITIVE, MAX_HYPER_LR, SCALE_FREE
 from adatune.methods.peers import PEERS
 from adatune.methods.schedules import DEFAULT_LR_DECAY
@@ -50,7 +50,8 @@ def _hyper_lr_help() -> str:
     free_text = " / ".join(f"{v:g}" for v in free)
     return (f"Hyper-learning rate beta. With --hyper-update {SCALE_FREE}: dimensionless, in "
             f"[0, {MAX_HYPER_LR:g}] (the most log(LR) moves up in one step) \\[default: "
-            f"{free_text}, for every optimizer]. With {ADDITIVE}: LR per unit of "
+            f"{HORIZON_HYPER_LR:g}; {free_text} with --online; for every optimizer]. With "
+            f"{ADDITIVE}: LR per unit of "
             f"hypergradient \\[default: {d[(ADDITIVE, 'marthe', 'sgd')]:g} marthe/rtho, "
             f"{d[(ADDITIVE, 'hd', 'sgd')]:g} hd with sgd; {d[(ADDITIVE, 'marthe', 'adam')]:g} / "
             f"{d[(ADDITIVE, 'hd', 'adam')]:g} with adam].")

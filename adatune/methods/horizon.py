@@ -36,7 +36,11 @@ from typing import Any
 ANNEALS: tuple[str, ...] = ("cosine", "linear", "none")
 DEFAULT_ANNEAL = "cosine"
 #: The warm-up (and tuning) phase, as a fraction of the run.
-DEFAULT_WARMUP = 0.2
+DEFAULT_WARMUP = 0.1
+#: The scale-free rule's hyper-LR with a horizon: log(scale) moves at most 0.03 a step,
+#: so that the warm-up of a 2000-step run (200 steps) can cross a factor e^6 (0.01x to
+#: 10x the best LR and back) and the climb after it is as fast.
+HORIZON_HYPER_LR = 0.03
 
 WARMUP, CLIMB, FIXED = "warmup", "climb", "fixed"
 PHASES: tuple[str, ...] = (WARMUP, CLIMB, FIXED)
@@ -98,6 +102,7 @@ __all__ = [
     "CLIMB",
     "DEFAULT_ANNEAL",
     "DEFAULT_WARMUP",
+    "HORIZON_HYPER_LR",
     "FIXED",
     "PHASES",
     "WARMUP",

@@ -30,6 +30,7 @@ from adatune.methods.horizon import (
     ANNEALS,
     DEFAULT_ANNEAL,
     DEFAULT_WARMUP,
+    HORIZON_HYPER_LR,
     canonical_anneal,
     check_warmup,
 )
@@ -57,7 +58,8 @@ DEFAULT_OPTIMIZER = "sgd"
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 #: SGD's momentum unless told otherwise (a peer has its own default: PeerSpec.momentum).
 DEFAULT_MOMENTUM = 0.9
-# The hyper-LR by (update rule, tuner, optimizer family). Scale-free: dimensionless, one
+# The hyper-LR of the online tuners by (update rule, tuner, optimizer family); with a
+# horizon, the scale-free rule's is HORIZON_HYPER_LR. Scale-free: dimensionless, one
 # value per tuner for every optimizer and task (chosen by benchmarks/robustness.py).
 # Additive: in LR per unit of hypergradient, measured on the embedded task (digits, MLP,
 # 15 epochs, 2 seeds: the LR visibly adapts and no run diverges); Adam needs a hyper-LR
@@ -146,7 +148,7 @@ class TrainConfig:
     device: str = "auto"
     # hypergradient tuners
     hyper_update: str = DEFAULT_HYPER_UPDATE  # how h moves the LR: scale-free or additive
-    hyper_lr: float | None = None  # default: DEFAULT_HYPER_LR by rule, method and optimizer
+    hyper_lr: float | None = None  # default: DEFAULT_HYPER_LR online, else HORIZON_HYPER_LR
     mu: float | str = DEFAULT_MU
     alpha: float = DEFAULT_ALPHA
     first_order: bool = False
@@ -208,7 +210,7 @@ class TrainConfig:
         defaults = {
             "lr": DEFAULT_LR[self.optimizer] if peer is None else peer.lr,
             "momentum": DEFAULT_MOMENTUM if peer is None else peer.momentum,
-            "hyper_lr": DEFAULT_HYPER_LR.get((self.hyper_update, self.method, family), 0.0),
+            "hyper_lr": self._default_hyper_lr(family),
         }
         for key, value in defaults.items():
             if getattr(self, key) is None:
@@ -281,6 +283,11 @@ class TrainConfig:
                 and not self.classification and self.network != "mlp":
             raise ConfigError(f"network={self.network!r} is a classifier; with "
                               f"loss={self.loss!r} use network='mlp' or your own model=")
+
+    def _default_hyper_lr(self, family: str) -> float:
+        if self.hyper_update != ADDITIVE and not self.online and self.method in TUNER_NAMES:
+            return HORIZON_HYPER_LR
+        return DEFAULT_HYPER_LR.get((self.hyper_update, self.method, family), 0.0)
 
     def _check_replay(self) -> None:
         sources = [name for name, value in (("from_run=", self.from_run),

@@ -98,8 +98,8 @@ class HypergradientTuner:
 
     ``hyper_update`` is how the LR moves given the hypergradient
     (:mod:`adatune.methods.hyper_update`): ``"scale-free"`` (the default; ``hyper_lr``
-    is dimensionless and defaults to the tuner's entry of
-    ``SCALE_FREE_HYPER_LR``) or ``"additive"`` (the papers' rule; ``hyper_lr``
+    is dimensionless and defaults to ``horizon.HORIZON_HYPER_LR``, online to the
+    tuner's entry of ``SCALE_FREE_HYPER_LR``) or ``"additive"`` (the papers' rule; ``hyper_lr``
     is then required, in LR per unit of hypergradient).
 
     ``total_steps``, ``anneal`` and ``warmup`` (:mod:`adatune.methods.horizon`):
@@ -152,7 +152,8 @@ class HypergradientTuner:
             if rule == _rule.ADDITIVE:
                 raise ValueError("Invalid hyper_lr: None (hyper_update='additive' has no "
                                  "default hyper_lr: its units depend on the task)")
-            hyper_lr = _rule.SCALE_FREE_HYPER_LR[self._name]
+            hyper_lr = (_rule.SCALE_FREE_HYPER_LR[self._name] if online
+                        else _horizon.HORIZON_HYPER_LR)
         hyper_lr = _check_rate("hyper_lr", hyper_lr, rule, low, high)
         alpha = _check_rate("alpha", alpha, rule, low, high)
         auto_mu = mu == "auto" or (isinstance(mu, (int, float)) and mu < 0)
