@@ -1,0 +1,213 @@
+"""adatune in PyTorch Lightning and the Hugging Face Trainer, and HD as a drop-in optimizer.
+
+The real packages, no mocks: a tiny LightningModule on the CPU (one process,
+and two ranks under Lightning's DDP with gloo), a tiny BERT built from a
+config (no download), and HD's drop-in against the HD tuner, bit for bit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import adatune
+from adatune.errors import ConfigError, MissingExtra
+from tests import _ranks
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+# ------------------------------------------------------------------ HD drop-in
+def _hand_loop(make_optimizer, drop_in: bool, steps: int = 30):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 3))
+    x, y = torch.randn(64, 10), torch.randint(0, 3, (64,))
+    optimizer = make_optimizer(model.parameters())
+    lrs = []
+    if drop_in:
+        hd = adatune.HDOptimizer(optimizer, total_steps=steps)
+    else:
+        hd = adatune.HD(optimizer, total_steps=steps)
+    for t in range(steps):
+        xb, yb = x[t % 4 * 16:(t % 4 + 1) * 16], y[t % 4 * 16:(t % 4 + 1) * 16]
+        if drop_in:
+            hd.zero_grad()
+            loss = nn.functional.cross_entropy(model(xb), yb)
+            loss.backward()
+            hd.step(loss=loss)
+        else:
+            hd.step(nn.functional.cross_entropy(model(xb), yb))
+        lrs.append(hd.lr)
+    return lrs, [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-4),
+    lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.01),
+], ids=["sgd-momentum", "adamw"])
+def test_hd_optimizer_takes_the_lrs_of_the_hd_tuner_bit_for_bit(make_optimizer):
+    """The same arithmetic on the same gradients (backward() and autograd.grad agree)."""
+    lrs, weights = _hand_loop(make_optimizer, drop_in=False)
+    lrs_drop, weights_drop = _hand_loop(make_optimizer, drop_in=True)
+    assert lrs_drop == lrs and len(set(lrs)) > 10
+    assert all(torch.equal(a, b) for a, b in zip(weights, weights_drop))
+
+
+def test_hd_optimizer_is_an_optimizer_with_the_tuners_state():
+    model = nn.Linear(3, 1)
+    hd = adatune.HDOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), online=True)
+    assert isinstance(hd, torch.optim.Optimizer)
+    assert hd.param_groups is hd.tuner.optimizer.param_groups
+    loss = model(torch.ones(2, 3)).pow(2).mean()
+    loss.backward()
+    assert hd.step(lambda: loss) is loss
+    assert set(hd.state_dict()) == set(hd.tuner.state_dict())
+
+
+# ------------------------------------------------------------------ Lightning
+L = pytest.importorskip("lightning")
+from adatune.integrations.lightning import Tuner  # noqa: E402
+from tests._lightning_ddp import Net, data  # noqa: E402
+
+
+def _trainer(tmp_path, callbacks, **kwargs):
+    options = dict(max_epochs=2, accelerator="cpu", devices=1, logger=False,
+                   enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, default_root_dir=tmp_path)
+    options.update(kwargs)
+    return L.Trainer(callbacks=callbacks, **options)
+
+
+def _loaders(batch: int = 8):
+    from torch.utils.data import DataLoader
+
+    train, val = data()
+    return DataLoader(train, batch_size=batch), DataLoader(val, batch_size=batch)
+
+
+def test_lightning_logs_and_records_the_tuners_lr(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    callback = Tuner("marthe", store=str(tmp_path / "runs.db"), log_every=1)
+    logger = CSVLogger(tmp_path / "logs")
+    trainer = _trainer(tmp_path, [callback], logger=logger, log_every_n_steps=1)
+    model = Net()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.fit(model, *_loaders())
+    tuner = callback.tuner
+    assert tuner.total_steps == 16 and len(callback.lrs) == 16  # estimated_stepping_batches
+    assert tuner.phase in ("climb", "fixed") and len(set(callback.lrs)) > 5
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    # through self.log: the LR every step used, as float32 (the logger's tensors)
+    import csv
+
+    with open(os.path.join(logger.log_dir, "metrics.csv")) as f:
+        logged = [float(r["adatune/lr"]) for r in csv.DictReader(f) if r.get("adatune/lr")]
+    assert logged == [float(torch.tensor(lr, dtype=torch.float32)) for lr in callback.lrs]
+    # the module is as it was, and the run is in the store, every step's LR exactly
+    assert model.automatic_optimization and "training_step" not in vars(model)
+    from adatune.replay import schedule_from_run
+    from adatune.store import open_store
+
+    with open_store(tmp_path / "runs.db") as store:
+        [run] = store.list_runs()
+        detail = store.get_run(run.id)
+        assert list(schedule_from_run(store, run.id).lrs) == callback.lrs
+    assert (run.method, run.status, run.epochs) == ("marthe", "completed", 2)
+    assert all(e.val_loss == e.val_loss for e in detail.epochs)  # the logged val_loss
+
+
+def test_lightning_hd_needs_no_validation_data(tmp_path):
+    callback = Tuner("hd", online=True)
+    trainer = _trainer(tmp_path, [callback], max_epochs=1, limit_val_batches=0)
+    train, _ = _loaders()
+    trainer.fit(Net(), train)
+    assert len(callback.lrs) == 8 and callback.tuner.online
+
+
+class _NoValidation(Net):
+    validation_step = L.LightningModule.validation_step
+
+
+def test_lightning_marthe_without_validation_data_fails_before_the_first_step(tmp_path):
+    callback = Tuner("marthe")
+    model = _NoValidation()
+    before = [p.detach().clone() for p in model.parameters()]
+    train, _ = _loaders()
+    with pytest.raises(ConfigError, match="MARTHE needs validation batches"):
+        _trainer(tmp_path, [callback]).fit(model, train)
+    assert callback.lrs == []
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+class _StopAfterFirstEpoch(L.Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = True
+
+
+def test_lightning_checkpoint_and_resume_restore_the_tuner_bit_for_bit(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    whole = Tuner("marthe")
+    model = Net()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    _trainer(tmp_path, [whole], max_epochs=3).fit(model, *_loaders())
+
+    first = Tuner("marthe")
+    stopped = Net()
+    stopped.load_state_dict(start)
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    _trainer(tmp_path, [first, saver, _StopAfterFirstEpoch()], max_epochs=3,
+             enable_checkpointing=True).fit(stopped, *_loaders())
+    second = Tuner("marthe")
+    resumed = Net()  # other initial weights: the checkpoint's replace them
+    _trainer(tmp_path, [second], max_epochs=3).fit(resumed, *_loaders(),
+                                                   ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert len(first.lrs) == 8 and first.lrs + second.lrs == whole.lrs
+    a, b = whole.tuner.state_dict(), second.tuner.state_dict()
+    assert a["tuner"] == b["tuner"] and set(a["tangents"]) == set(b["tangents"])
+    for i, tangent in a["tangents"].items():
+        assert all(torch.equal(tangent[k], b["tangents"][i][k]) for k in tangent)
+    for i, kept in a["optimizer"]["state"].items():
+        assert torch.equal(kept["momentum_buffer"], b["optimizer"]["state"][i]["momentum_buffer"])
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed.parameters()))
+
+
+@pytest.mark.slow
+def test_lightning_ddp_on_two_cpu_processes_gives_every_rank_the_same_lr(tmp_path):
+    results = _ranks.run([["-m", "tests._lightning_ddp", str(tmp_path)]] * 2, tmp_path,
+                         timeout=300)
+    assert all(code == 0 for code, _, _ in results), [err[-2000:] for _, _, err in results]
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world"] == 2 and len(ranks[0]["lrs"]) == 8
+    assert ranks[0]["lrs"] == ranks[1]["lrs"] and len(set(ranks[0]["lrs"])) > 3
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("module,packages,extra", [
+    ("adatune.integrations.lightning", ("lightning", "lightning.pytorch", "pytorch_lightning"),
+     "lightning"),
+    ("adatune.integrations.huggingface", ("transformers",), "huggingface"),
+])
+def test_a_missing_framework_is_one_line_naming_the_extra(monkeypatch, module, packages,
+                                                          extra):
+    for name in packages:
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    with pytest.raises(MissingExtra) as info:
+        importlib.import_module(module)
+    message = str(info.value)
+    assert "\n" not in message and f"pip install 'adatune[{extra}]'" in message
+    assert isinstance(info.value, ImportError)
+
+
+def test_an_unknown_tuner_is_refused_when_the_callback_is_made():
+    with pytest.raises(ConfigError, match="Invalid tuner: 'adam'"):
+        Tuner("adam")
