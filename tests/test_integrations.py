@@ -211,3 +211,71 @@ def test_a_missing_framework_is_one_line_naming_the_extra(monkeypatch, module, p
 def test_an_unknown_tuner_is_refused_when_the_callback_is_made():
     with pytest.raises(ConfigError, match="Invalid tuner: 'adam'"):
         Tuner("adam")
+
+
+# ------------------------------------------------------------ Hugging Face Trainer
+transformers = pytest.importorskip("transformers")
+from adatune.integrations.huggingface import TunedTrainer  # noqa: E402
+
+
+def _rows(n: int = 96):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 40, (n, 8), generator=g)
+    labels = (ids[:, 0] > 20).long()
+    return [{"input_ids": ids[i], "labels": labels[i]} for i in range(n)]
+
+
+def _hf_trainer(out, *, tuner="marthe", callbacks=None, eval_dataset=True, **args):
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32,
+                                     max_position_embeddings=16, num_labels=2)
+    model = transformers.BertForSequenceClassification(config)  # built here: no download
+    options = dict(output_dir=str(out), num_train_epochs=2, per_device_train_batch_size=8,
+                   per_device_eval_batch_size=16, learning_rate=0.01, save_strategy="no",
+                   logging_steps=1, report_to=[], use_cpu=True, disable_tqdm=True)
+    options.update(args)
+    rows = _rows()
+    return TunedTrainer(model=model, args=transformers.TrainingArguments(**options),
+                        train_dataset=rows[:64], eval_dataset=rows[64:] if eval_dataset else None,
+                        tuner=tuner, callbacks=callbacks)
+
+
+@pytest.mark.parametrize("tuner,accumulation", [("marthe", 1), ("marthe", 2), ("hd", 1)])
+def test_huggingface_trainer_logs_the_tuners_lr(tmp_path, tuner, accumulation):
+    trainer = _hf_trainer(tmp_path, tuner=tuner, gradient_accumulation_steps=accumulation)
+    trainer.train()
+    steps = 16 // accumulation
+    assert trainer.tuner.total_steps == steps and len(trainer.lrs) == steps
+    assert len(set(trainer.lrs)) > 3 and trainer.state.global_step == steps
+    logs = [h for h in trainer.state.log_history if "learning_rate" in h]
+    assert [h["learning_rate"] for h in logs] == trainer.lrs
+    assert all("adatune/hyper_lr" in h for h in logs)
+
+
+class _StopAfterAnEpoch(transformers.TrainerCallback):
+    def on_epoch_end(self, args, state, control, **kwargs):
+        control.should_training_stop = True
+
+
+def test_huggingface_checkpoint_and_resume_restore_the_tuner_bit_for_bit(tmp_path):
+    whole = _hf_trainer(tmp_path / "whole", logging_strategy="no")
+    whole.train()
+    first = _hf_trainer(tmp_path / "run", save_strategy="epoch", logging_strategy="no",
+                        callbacks=[_StopAfterAnEpoch()])
+    first.train()
+    resumed = _hf_trainer(tmp_path / "run", logging_strategy="no")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-8"))
+    assert len(first.lrs) == 8 and first.lrs + resumed.lrs == whole.lrs
+    a, b = whole.tuner.state_dict(), resumed.tuner.state_dict()
+    assert a["tuner"] == b["tuner"]
+    for i, tangent in a["tangents"].items():
+        assert all(torch.equal(tangent[k], b["tangents"][i][k]) for k in tangent)
+    assert all(torch.equal(p, q) for p, q in zip(whole.model.parameters(),
+                                                 resumed.model.parameters()))
+
+
+def test_huggingface_marthe_without_an_eval_dataset_is_refused_at_once(tmp_path):
+    with pytest.raises(ConfigError, match="MARTHE needs validation batches"):
+        _hf_trainer(tmp_path, eval_dataset=False)
+    _hf_trainer(tmp_path, tuner="hd", eval_dataset=False)  # HD needs none

@@ -26,6 +26,7 @@ class TunerStep(torch.optim.Optimizer):
 
     def __init__(self, tuner: Any) -> None:
         self.tuner = tuner
+        self.val_drawn = 0  # validation batches drawn, where the framework keeps no count
         inner = tuner.optimizer
         super().__init__(inner.param_groups, inner.defaults)
         self.param_groups = inner.param_groups
@@ -38,10 +39,11 @@ class TunerStep(torch.optim.Optimizer):
         self.tuner.optimizer.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.tuner.state_dict()
+        return {**self.tuner.state_dict(), "val_drawn": self.val_drawn}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         self.tuner.load_state_dict(state_dict)
+        self.val_drawn = int(state_dict.get("val_drawn", 0))
 
     def __repr__(self) -> str:
         return f"TunerStep({self.tuner!r})"
