@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import sys
 
 import pytest
@@ -144,6 +145,21 @@ def test_lightning_marthe_without_validation_data_fails_before_the_first_step(tm
         _trainer(tmp_path, [callback]).fit(model, train)
     assert callback.lrs == []
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert model.automatic_optimization and "training_step" not in vars(model)
+
+
+@pytest.mark.parametrize("trainer_args,message", [
+    ({"accumulate_grad_batches": 2}, "accumulate_grad_batches must be 1"),
+    ({"gradient_clip_val": 1.0, "gradient_clip_algorithm": "value"},
+     "gradient_clip_algorithm must be 'norm'"),
+])
+def test_lightning_settings_the_tuner_cannot_follow_are_refused_at_setup(tmp_path, trainer_args,
+                                                                         message):
+    callback = Tuner("marthe")
+    model = Net()
+    with pytest.raises(ConfigError, match=message):
+        _trainer(tmp_path, [callback], **trainer_args).fit(model, *_loaders())
+    assert callback.lrs == [] and "training_step" not in vars(model)
 
 
 class _StopAfterFirstEpoch(L.Callback):
@@ -279,3 +295,36 @@ def test_huggingface_marthe_without_an_eval_dataset_is_refused_at_once(tmp_path)
     with pytest.raises(ConfigError, match="MARTHE needs validation batches"):
         _hf_trainer(tmp_path, eval_dataset=False)
     _hf_trainer(tmp_path, tuner="hd", eval_dataset=False)  # HD needs none
+
+
+# ------------------------------------------------------------ docs/integrations.md
+def _run_example(name: str) -> None:
+    from tests.test_readme_examples import example
+
+    exec(compile(example(name), "docs/integrations.md", "exec"), {"__name__": "doc"})  # noqa: S102
+
+
+def test_the_lightning_example_runs_and_records_its_run(workdir, capsys):
+    _run_example("lightning")
+    assert re.search(r"(climb|fixed): the last step's LR was \d", capsys.readouterr().out)
+    from adatune.store import open_store
+
+    with open_store("runs.db") as store:
+        [run] = store.list_runs()
+        assert len(store.get_run(run.id).epochs) == 5
+    assert (run.method, run.dataset, run.status) == ("marthe", "lightning", "completed")
+
+
+def test_the_lightning_hd_optimizer_example_runs(workdir, capsys):
+    _run_example("lightning-hd")
+    assert re.search(r"HD's last LR: \d", capsys.readouterr().out)
+
+
+def test_the_huggingface_example_runs(workdir, capsys):
+    _run_example("huggingface")
+    assert re.search(r"^8 steps; the LR went from", capsys.readouterr().out, re.M)
+
+
+def test_the_hd_optimizer_example_runs(workdir, capsys):
+    _run_example("hd-optimizer")
+    assert re.search(r"HD's last LR: \d", capsys.readouterr().out)

@@ -133,7 +133,8 @@ class TunedTrainer(transformers.Trainer):
         if self.args.n_gpu > 1:
             loss = loss.mean()
         if not self._loss_is_scaled(num_items_in_batch):
-            loss = loss / self.current_gradient_accumulation_steps
+            loss = loss / getattr(self, "current_gradient_accumulation_steps",
+                               self.args.gradient_accumulation_steps)
         self._window.append(loss)
         if not self.accelerator.sync_gradients:
             return loss.detach()

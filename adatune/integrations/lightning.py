@@ -106,7 +106,12 @@ class Tuner(pl.Callback):
         pl_module.training_step = self._training_step
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if stage == "fit" and self._module is pl_module and self._original is not None:
+        if stage == "fit":
+            self._restore(pl_module)
+
+    def _restore(self, pl_module: Any) -> None:
+        """The module as it was before ``fit``."""
+        if self._module is pl_module and self._original is not None:
             del pl_module.training_step  # the class's again
             pl_module.automatic_optimization = self._automatic
             self._original = None
@@ -156,6 +161,7 @@ class Tuner(pl.Callback):
             self.recorder.finish("completed")
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._restore(pl_module)  # Lightning calls no teardown after an exception
         if self.recorder is not None and trainer.is_global_zero:
             status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
             self.recorder.finish(status, f"{type(exception).__name__}: {exception}")
