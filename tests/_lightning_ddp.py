@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from adatune.integrations.lightning import Tuner
+from adatune.integrations.lightning import AdatuneCallback
 
 
 class Net(L.LightningModule):
@@ -47,7 +47,7 @@ def data(n: int = 96) -> tuple[TensorDataset, TensorDataset]:
 def main(out: Path) -> None:
     L.seed_everything(0, verbose=False)
     train, val = data()
-    callback = Tuner("marthe")
+    callback = AdatuneCallback("marthe")
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp",
                         callbacks=[callback], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)

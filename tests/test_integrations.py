@@ -73,7 +73,7 @@ def test_hd_optimizer_is_an_optimizer_with_the_tuners_state():
 
 # ------------------------------------------------------------------ Lightning
 L = pytest.importorskip("lightning")
-from adatune.integrations.lightning import Tuner  # noqa: E402
+from adatune.integrations.lightning import AdatuneCallback  # noqa: E402
 from tests._lightning_ddp import Net, data  # noqa: E402
 
 
@@ -95,7 +95,7 @@ def _loaders(batch: int = 8):
 def test_lightning_logs_and_records_the_tuners_lr(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 
-    callback = Tuner("marthe", store=str(tmp_path / "runs.db"), log_every=1)
+    callback = AdatuneCallback("marthe", store=str(tmp_path / "runs.db"), log_every=1)
     logger = CSVLogger(tmp_path / "logs")
     trainer = _trainer(tmp_path, [callback], logger=logger, log_every_n_steps=1)
     model = Net()
@@ -125,7 +125,7 @@ def test_lightning_logs_and_records_the_tuners_lr(tmp_path):
 
 
 def test_lightning_hd_needs_no_validation_data(tmp_path):
-    callback = Tuner("hd", online=True)
+    callback = AdatuneCallback("hd", online=True)
     trainer = _trainer(tmp_path, [callback], max_epochs=1, limit_val_batches=0)
     train, _ = _loaders()
     trainer.fit(Net(), train)
@@ -137,7 +137,7 @@ class _NoValidation(Net):
 
 
 def test_lightning_marthe_without_validation_data_fails_before_the_first_step(tmp_path):
-    callback = Tuner("marthe")
+    callback = AdatuneCallback("marthe")
     model = _NoValidation()
     before = [p.detach().clone() for p in model.parameters()]
     train, _ = _loaders()
@@ -155,7 +155,7 @@ def test_lightning_marthe_without_validation_data_fails_before_the_first_step(tm
 ])
 def test_lightning_settings_the_tuner_cannot_follow_are_refused_at_setup(tmp_path, trainer_args,
                                                                          message):
-    callback = Tuner("marthe")
+    callback = AdatuneCallback("marthe")
     model = Net()
     with pytest.raises(ConfigError, match=message):
         _trainer(tmp_path, [callback], **trainer_args).fit(model, *_loaders())
@@ -170,18 +170,21 @@ class _StopAfterFirstEpoch(L.Callback):
 def test_lightning_checkpoint_and_resume_restore_the_tuner_bit_for_bit(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    whole = Tuner("marthe")
+    whole = AdatuneCallback("marthe")
     model = Net()
     start = {k: v.clone() for k, v in model.state_dict().items()}
     _trainer(tmp_path, [whole], max_epochs=3).fit(model, *_loaders())
 
-    first = Tuner("marthe")
+    store = str(tmp_path / "runs.db")
+    first = AdatuneCallback("marthe", store=store)
     stopped = Net()
     stopped.load_state_dict(start)
-    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    # saved after validation, before the callback records the epoch: the resume records it
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True,
+                            save_on_train_epoch_end=False)
     _trainer(tmp_path, [first, saver, _StopAfterFirstEpoch()], max_epochs=3,
              enable_checkpointing=True).fit(stopped, *_loaders())
-    second = Tuner("marthe")
+    second = AdatuneCallback("marthe", store=store)
     resumed = Net()  # other initial weights: the checkpoint's replace them
     _trainer(tmp_path, [second], max_epochs=3).fit(resumed, *_loaders(),
                                                    ckpt_path=tmp_path / "ckpt" / "last.ckpt")
@@ -193,6 +196,14 @@ def test_lightning_checkpoint_and_resume_restore_the_tuner_bit_for_bit(tmp_path)
     for i, kept in a["optimizer"]["state"].items():
         assert torch.equal(kept["momentum_buffer"], b["optimizer"]["state"][i]["momentum_buffer"])
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed.parameters()))
+    from adatune.replay import schedule_from_run
+    from adatune.store import open_store
+
+    with open_store(store) as db:  # one run, continued: every epoch once, every step's LR
+        [run] = db.list_runs()
+        assert [e.epoch for e in db.get_run(run.id).epochs] == [1, 2, 3]
+        assert list(schedule_from_run(db, run.id).lrs) == whole.lrs
+    assert run.status == "completed"
 
 
 @pytest.mark.slow
@@ -226,7 +237,7 @@ def test_a_missing_framework_is_one_line_naming_the_extra(monkeypatch, module, p
 
 def test_an_unknown_tuner_is_refused_when_the_callback_is_made():
     with pytest.raises(ConfigError, match="Invalid tuner: 'adam'"):
-        Tuner("adam")
+        AdatuneCallback("adam")
 
 
 # ------------------------------------------------------------ Hugging Face Trainer

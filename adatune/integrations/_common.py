@@ -100,7 +100,9 @@ class Recorder:
     Every step's LR goes in (``adatune schedule export``), with a sampled
     step every ``log_every`` steps, and one record per epoch (``adatune
     report``). ``state()`` / ``load()`` carry the run's id and the epoch in
-    progress through the framework's checkpoints.
+    progress through the framework's checkpoints; an epoch that a checkpoint
+    saw end but the store did not (a checkpoint written before the epoch's
+    record) is recorded on resume by :meth:`catch_up`.
     """
 
     def __init__(self, location: str, name: str | None, log_every: int) -> None:
@@ -109,25 +111,29 @@ class Recorder:
         self.log_every = log_every
         self.run_id: int | None = None
         self.step = 0
-        self.epoch_lrs: list[float] = []
-        self.epoch_losses: list[float] = []
-        self.steps: list[Any] = []
+        self.epoch: int | None = None  # the epoch whose steps are pending
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.steps: list[dict[str, Any]] = []
+        self.val: tuple[float | None, float | None] = (None, None)
         self.started = time.monotonic()
         self.elapsed = 0.0
         self.best_loss: float | None = None
+        self.last_recorded = 0  # the store's last epoch, as :meth:`catch_up` found it
+
+    _STATE = ("run_id", "step", "epoch", "lrs", "losses", "steps", "val", "best_loss")
 
     def state(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "step": self.step, "lrs": list(self.epoch_lrs),
-                "losses": list(self.epoch_losses), "elapsed": self._elapsed(),
-                "best_loss": self.best_loss}
+        return {**{key: getattr(self, key) for key in self._STATE},
+                "elapsed": self._elapsed()}
 
     def load(self, state: Mapping[str, Any]) -> None:
-        self.run_id = state.get("run_id")
-        self.step = int(state.get("step", 0))
-        self.epoch_lrs = list(state.get("lrs", []))
-        self.epoch_losses = list(state.get("losses", []))
+        for key in self._STATE:
+            if key in state:
+                setattr(self, key, state[key])
+        self.lrs, self.losses, self.steps = list(self.lrs), list(self.losses), list(self.steps)
+        self.val = tuple(self.val)
         self.elapsed = float(state.get("elapsed", 0.0))
-        self.best_loss = state.get("best_loss")
 
     def _elapsed(self) -> float:
         return self.elapsed + time.monotonic() - self.started
@@ -146,38 +152,64 @@ class Recorder:
                 kind="train", method=method, optimizer=optimizer, network=network,
                 dataset=dataset, seed=seed, config=config, name=self.name))
 
-    def add_step(self, epoch: int, lr: float, loss: float, tuner: Any) -> None:
-        from adatune.store.records import StepRecord
-
-        if self.step % self.log_every == 0:
-            self.steps.append(StepRecord(step=self.step, epoch=epoch, lr=lr, mu=tuner.mu,
-                                         hyper_lr=tuner.hyper_lr,
-                                         hypergradient=tuner.last_hypergradient,
-                                         train_loss=loss))
-        self.step += 1
-        self.epoch_lrs.append(lr)
-        self.epoch_losses.append(loss)
-
-    def end_epoch(self, epoch: int, tuner: Any, val_loss: float | None,
-                  val_acc: float | None) -> None:
+    def catch_up(self, epoch: int, tuner: Any) -> None:
+        """Training starts (or resumes) in ``epoch``: learn which epochs the store has, and
+        record the pending one if it ended before the checkpoint and the store lacks it."""
         from adatune.store import open_store
-        from adatune.store.records import EpochRecord
 
-        lrs, losses = self.epoch_lrs, self.epoch_losses
+        with open_store(self.location) as store:
+            recorded = [e.epoch for e in store.get_run(self.run_id, steps=False).epochs]
+        self.last_recorded = max(recorded, default=0)
+        if self.epoch is not None and self.epoch <= self.last_recorded:
+            self._clear()  # the epoch's record was written after the checkpoint
+        elif self.epoch is not None and self.epoch < epoch and self.lrs:
+            self.end_epoch(self.epoch, tuner)
+
+    def add_step(self, epoch: int, lr: float, loss: float, tuner: Any) -> None:
+        if self.step % self.log_every == 0:
+            self.steps.append({"step": self.step, "epoch": epoch, "lr": lr, "mu": tuner.mu,
+                               "hyper_lr": tuner.hyper_lr,
+                               "hypergradient": tuner.last_hypergradient,
+                               "train_loss": loss})
+        self.step += 1
+        self.epoch = epoch
+        self.lrs.append(lr)
+        self.losses.append(loss)
+
+    def note_validation(self, val_loss: float | None, val_acc: float | None) -> None:
+        self.val = (val_loss, val_acc)
+
+    def end_epoch(self, epoch: int, tuner: Any, val_loss: float | None = None,
+                  val_acc: float | None = None) -> None:
+        """Record epoch ``epoch`` (its validation metrics: these, or the noted ones)."""
+        from adatune.store import open_store
+        from adatune.store.records import EpochRecord, StepRecord
+
+        if epoch <= self.last_recorded:  # resumed from a checkpoint older than the record
+            self._clear()
+            return
+        if val_loss is None and val_acc is None:
+            val_loss, val_acc = self.val
+        lrs, losses = self.lrs, self.losses
         record = EpochRecord(
             epoch=epoch, lr=tuner.lr, lr_mean=sum(lrs) / max(len(lrs), 1), mu=tuner.mu,
             hyper_lr=tuner.hyper_lr, train_loss=sum(losses) / max(len(losses), 1),
             train_acc=None, val_loss=math.nan if val_loss is None else float(val_loss),
             val_acc=None if val_acc is None else float(val_acc), test_loss=None,
-            test_acc=None, elapsed_s=self._elapsed(),
-            nonfinite_hypergradients=0)
+            test_acc=None, elapsed_s=self._elapsed(), nonfinite_hypergradients=0)
         best = None  # judged by the store: by validation accuracy
         if val_acc is None:
             best = val_loss is not None and (self.best_loss is None or val_loss < self.best_loss)
             self.best_loss = val_loss if best else self.best_loss
+        steps = [StepRecord(**step) for step in self.steps]
         with open_store(self.location) as store:
-            store.record_epoch(self.run_id, record, self.steps, lrs=lrs, best=best)
-        self.epoch_lrs, self.epoch_losses, self.steps = [], [], []
+            store.record_epoch(self.run_id, record, steps, lrs=lrs, best=best)
+        self.last_recorded = epoch
+        self._clear()
+
+    def _clear(self) -> None:
+        self.epoch, self.lrs, self.losses, self.steps = None, [], [], []
+        self.val = (None, None)
 
     def finish(self, status: str, error: str | None = None) -> None:
         from adatune.store import open_store

@@ -83,6 +83,9 @@ class TunedTrainer(transformers.Trainer):
         if key not in TUNERS:
             raise ConfigError(f"Invalid tuner: {tuner!r} (choose from {', '.join(TUNERS)})")
         super().__init__(*args, **kwargs)
+        if self.lr_scheduler is not None:
+            raise ConfigError("TunedTrainer takes no LR scheduler in optimizers=: the tuner "
+                              "sets the LR")
         if self.args.fp16:
             raise ConfigError("fp16=True needs loss scaling, which the tuner's exact gradients "
                               "do not take: use bf16=True or fp32")
@@ -115,7 +118,7 @@ class TunedTrainer(transformers.Trainer):
                          optimizer: torch.optim.Optimizer | None = None) -> Any:
         tuner = self.tuner
         if tuner is None:
-            raise ConfigError("TunedTrainer builds its own optimizer: leave optimizers= unset")
+            raise ConfigError("the tuner is made in create_optimizer(), which must run first")
         if not tuner.online and tuner.total_steps is None:
             tuner.total_steps = check_total(num_training_steps)
         if self.lr_scheduler is None:

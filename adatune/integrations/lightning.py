@@ -1,4 +1,4 @@
-"""MARTHE, RTHO or HD in PyTorch Lightning: one callback, ``Trainer(callbacks=[Tuner()])``.
+"""MARTHE, RTHO or HD in PyTorch Lightning: ``callbacks=[AdatuneCallback("marthe")]``.
 
 A tuner's step replaces ``backward()`` and ``optimizer.step()``, and MARTHE's
 Hessian-vector product needs the graph of the gradient that Lightning's
@@ -32,15 +32,15 @@ from adatune.integrations._common import Cycle, Recorder, TunerStep, check_total
 
 pl = require(("lightning.pytorch", "pytorch_lightning"), "PyTorch Lightning", "lightning")
 
-__all__ = ["Tuner"]
+__all__ = ["AdatuneCallback"]
 
 _NEEDS_VAL = ("marthe", "rtho")
 
 
-class Tuner(pl.Callback):
+class AdatuneCallback(pl.Callback):
     """Tune the LR of a ``LightningModule``'s optimizer with MARTHE, RTHO or HD.
 
-    >>> trainer = L.Trainer(max_epochs=10, callbacks=[Tuner("marthe")])
+    >>> trainer = L.Trainer(max_epochs=10, callbacks=[AdatuneCallback("marthe")])
 
     ``tuner``: ``"marthe"``, ``"rtho"`` or ``"hd"``; ``options`` go to its
     constructor (``hyper_lr``, ``online=True``, ...). ``total_steps`` defaults
@@ -95,6 +95,10 @@ class Tuner(pl.Callback):
             raise ConfigError(f"precision={trainer.precision!r} needs loss scaling, which the "
                               "tuner's exact gradients do not take: use '32-true' or "
                               "'bf16-mixed'")
+        if not pl_module.automatic_optimization:
+            raise ConfigError("the module uses manual optimization: call the tuner in its "
+                              "training_step (tuner.step(loss, val_loss=...)) instead of the "
+                              "callback")
         if trainer.accumulate_grad_batches != 1:
             raise ConfigError("accumulate_grad_batches must be 1 with the tuner (it steps on "
                               "every batch; raise the batch size instead)")
@@ -149,12 +153,19 @@ class Tuner(pl.Callback):
                         "total_steps": tuner.total_steps, "online": tuner.online,
                         "max_epochs": trainer.max_epochs, "world_size": trainer.world_size})
 
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.recorder is not None and trainer.is_global_zero:  # the tuner is restored
+            self.recorder.catch_up(trainer.current_epoch + 1, self.tuner)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.recorder is not None and trainer.is_global_zero and not trainer.sanity_checking:
+            metrics = trainer.callback_metrics  # (a checkpoint may be written next)
+            self.recorder.note_validation(_number(metrics.get(self.val_metric)),
+                                          _number(metrics.get(self.val_acc_metric)))
+
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self.recorder is not None and trainer.is_global_zero:
-            metrics = trainer.callback_metrics
-            self.recorder.end_epoch(trainer.current_epoch + 1, self.tuner,
-                                    _number(metrics.get(self.val_metric)),
-                                    _number(metrics.get(self.val_acc_metric)))
+            self.recorder.end_epoch(trainer.current_epoch + 1, self.tuner)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         if self.recorder is not None and trainer.is_global_zero:
@@ -243,7 +254,7 @@ class Tuner(pl.Callback):
             raise ConfigError(
                 f"{self.name.upper()} needs validation batches: give the LightningModule a "
                 "val_dataloader (and a validation_step), pass val_dataloaders to trainer.fit, "
-                "or Tuner(val_dataloader=...); HD needs none")
+                "or AdatuneCallback(val_dataloader=...); HD needs none")
         return loader
 
 
