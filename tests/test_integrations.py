@@ -215,6 +215,10 @@ def test_lightning_ddp_on_two_cpu_processes_gives_every_rank_the_same_lr(tmp_pat
     assert ranks[0]["world"] == 2 and len(ranks[0]["lrs"]) == 8
     assert ranks[0]["lrs"] == ranks[1]["lrs"] and len(set(ranks[0]["lrs"])) > 3
     assert ranks[0]["weights"] == ranks[1]["weights"]
+    # HDOptimizer under DDP's averaged gradients (and the loss averaged for the rule)
+    assert len(ranks[0]["hd_lrs"]) == 8 and len(set(ranks[0]["hd_lrs"])) > 3
+    assert ranks[0]["hd_lrs"] == ranks[1]["hd_lrs"]
+    assert ranks[0]["hd_weights"] == ranks[1]["hd_weights"]
 
 
 # ------------------------------------------------------------------ bad input

@@ -854,12 +854,17 @@ class HD(HypergradientTuner):
         """One step from the gradients already in ``p.grad`` (``loss.backward()`` ran).
 
         The same arithmetic as :meth:`step`, which computes those gradients
-        itself; nothing is averaged across ranks (a framework's
-        ``DistributedDataParallel`` already has). ``loss``, the step's training
-        loss, gates the scale-free rule's back-off; without it every step
-        counts as one where the loss rises (the back-off at its fastest).
+        itself. The gradients are not averaged across ranks (a framework's
+        ``DistributedDataParallel`` already has); ``loss``, the step's training
+        loss, is (one scalar): it gates the scale-free rule's back-off, which
+        must agree on every rank. Without it every step counts as one where
+        the loss rises (the back-off at its fastest).
         :class:`adatune.HDOptimizer` is this as a ``torch.optim.Optimizer``.
         """
+        group = _distributed.active_group(self.process_group)
+        if loss is not None and group is not None:
+            [mean] = _distributed.average_scalars([float(loss)], group, loss.device)
+            loss = torch.tensor(mean)
         self._begin_step()
         params = self._params()
         used = [p for p in params if p.grad is not None]
