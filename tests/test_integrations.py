@@ -93,11 +93,13 @@ def _loaders(batch: int = 8):
 
 
 def test_lightning_logs_and_records_the_tuners_lr(tmp_path):
+    from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import CSVLogger
 
     callback = AdatuneCallback("marthe", store=str(tmp_path / "runs.db"), log_every=1)
     logger = CSVLogger(tmp_path / "logs")
-    trainer = _trainer(tmp_path, [callback], logger=logger, log_every_n_steps=1)
+    monitor = LearningRateMonitor(logging_interval="step")
+    trainer = _trainer(tmp_path, [callback, monitor], logger=logger, log_every_n_steps=1)
     model = Net()
     before = [p.detach().clone() for p in model.parameters()]
     trainer.fit(model, *_loaders())
@@ -109,8 +111,11 @@ def test_lightning_logs_and_records_the_tuners_lr(tmp_path):
     import csv
 
     with open(os.path.join(logger.log_dir, "metrics.csv")) as f:
-        logged = [float(r["adatune/lr"]) for r in csv.DictReader(f) if r.get("adatune/lr")]
+        rows = list(csv.DictReader(f))
+    logged = [float(r["adatune/lr"]) for r in rows if r.get("adatune/lr")]
     assert logged == [float(torch.tensor(lr, dtype=torch.float32)) for lr in callback.lrs]
+    monitored = [float(r["lr-TunerStep"]) for r in rows if r.get("lr-TunerStep")]
+    assert monitored == callback.lrs
     # the module is as it was, and the run is in the store, every step's LR exactly
     assert model.automatic_optimization and "training_step" not in vars(model)
     from adatune.replay import schedule_from_run

@@ -85,7 +85,6 @@ class AdatuneCallback(pl.Callback):
         self._val_drawn = 0
         self._module: Any = None
         self._original: Any = None
-        self._automatic = True
 
     # ------------------------------------------------------------- the hooks
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -104,8 +103,7 @@ class AdatuneCallback(pl.Callback):
                               "every batch; raise the batch size instead)")
         if trainer.gradient_clip_val and trainer.gradient_clip_algorithm != "norm":
             raise ConfigError("gradient_clip_algorithm must be 'norm' with the tuner")
-        self._module, self._automatic = pl_module, pl_module.automatic_optimization
-        self._original = pl_module.training_step
+        self._module, self._original = pl_module, pl_module.training_step
         pl_module.automatic_optimization = False
         pl_module.training_step = self._training_step
 
@@ -117,7 +115,7 @@ class AdatuneCallback(pl.Callback):
         """The module as it was before ``fit``."""
         if self._module is pl_module and self._original is not None:
             del pl_module.training_step  # the class's again
-            pl_module.automatic_optimization = self._automatic
+            pl_module.automatic_optimization = True
             self._original = None
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
