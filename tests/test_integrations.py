@@ -289,6 +289,16 @@ def test_huggingface_trainer_logs_the_tuners_lr(tmp_path, tuner, accumulation):
     assert all("adatune/hyper_lr" in h for h in logs)
 
 
+@pytest.mark.slow
+def test_huggingface_trainer_on_two_cpu_processes_gives_every_rank_the_same_lr(tmp_path):
+    results = _ranks.run([["-m", "tests._hf_ddp", str(tmp_path)]] * 2, tmp_path, timeout=300)
+    assert all(code == 0 for code, _, _ in results), [err[-2000:] for _, _, err in results]
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world"] == 2 and ranks[0]["group"] and len(ranks[0]["lrs"]) == 16
+    assert ranks[0]["lrs"] == ranks[1]["lrs"] and len(set(ranks[0]["lrs"])) > 3
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+
+
 class _StopAfterAnEpoch(transformers.TrainerCallback):
     def on_epoch_end(self, args, state, control, **kwargs):
         control.should_training_stop = True
