@@ -343,6 +343,14 @@ def test_the_lightning_example_runs_and_records_its_run(workdir, capsys):
         [run] = store.list_runs()
         assert len(store.get_run(run.id).epochs) == 5
     assert (run.method, run.dataset, run.status) == ("marthe", "lightning", "completed")
+    from tests._cli import cli
+
+    for args in (["report", "html", "-o", "report.html"], ["schedule", "export", "1", "-o",
+                                                         "lr.csv"]):
+        code, _, err = cli(capsys, *args, "--store", "runs.db")
+        assert code == 0, err
+    assert (workdir / "report.html").stat().st_size > 0
+    assert len((workdir / "lr.csv").read_text().splitlines()) == 1 + 5 * 13  # every step
 
 
 def test_the_lightning_hd_optimizer_example_runs(workdir, capsys):
