@@ -72,7 +72,7 @@ class TunedTrainer(transformers.Trainer):
     step, pass after pass, with the model in eval mode. A gradient-accumulation
     window is one tuner step on the window's loss, which keeps the graphs of
     the whole window until its last micro-batch. ``fp16`` is refused (its loss
-    scaling is not the tuner's); ``bf16`` and fp32 are not. ``tuner`` is the
+    scaling is not the tuner's); ``bf16`` is taken (untested). ``tuner`` is the
     tuner once training has started, and ``lrs`` the LR of every step.
     """
 
@@ -90,6 +90,9 @@ class TunedTrainer(transformers.Trainer):
             raise ConfigError("fp16=True needs loss scaling, which the tuner's exact gradients "
                               "do not take: use bf16=True or fp32")
         self.val_dataset = val_dataset if val_dataset is not None else self.eval_dataset
+        if isinstance(self.val_dataset, dict):
+            raise ConfigError("eval_dataset holds several datasets: give the tuner's with "
+                              "TunedTrainer(val_dataset=...)")
         if key in _NEEDS_VAL and self.val_dataset is None:
             raise ConfigError(f"{key.upper()} needs validation batches: give the trainer an "
                               "eval_dataset, or TunedTrainer(val_dataset=...); HD needs none")
