@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
-from adatune.errors import MissingExtra
-
-#: The tuners an integration builds, by name.
-TUNERS = ("marthe", "rtho", "hd")
+from adatune.catalog import TUNER_NAMES
+from adatune.errors import ConfigError, MissingExtra
 
 
 def require(modules: tuple[str, ...], what: str, extra: str) -> ModuleType:
@@ -28,12 +27,16 @@ def require(modules: tuple[str, ...], what: str, extra: str) -> ModuleType:
     raise MissingExtra(f"{what} is not installed: pip install 'adatune[{extra}]'")
 
 
-def make_tuner(name: str, optimizer, options: dict):
+def tuner_name(name: Any) -> str:
+    """``name`` as a tuner's canonical name (ConfigError naming ``tuner`` otherwise)."""
+    key = name.strip().lower() if isinstance(name, str) else None
+    if key not in TUNER_NAMES:
+        raise ConfigError(f"Invalid tuner: {name!r} (choose from {', '.join(TUNER_NAMES)})")
+    return key
+
+
+def make_tuner(name: str, optimizer: Any, options: dict[str, Any]) -> Any:
     """The tuner ``name`` ("marthe", "rtho" or "hd") around ``optimizer``."""
     from adatune.methods.tuners import HD, MARTHE, RTHO
 
-    classes = {"marthe": MARTHE, "rtho": RTHO, "hd": HD}
-    key = name.lower() if isinstance(name, str) else None
-    if key not in classes:
-        raise ValueError(f"Invalid tuner: {name!r} (choose from {', '.join(TUNERS)})")
-    return classes[key](optimizer, **options)
+    return {"marthe": MARTHE, "rtho": RTHO, "hd": HD}[tuner_name(name)](optimizer, **options)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from adatune.errors import ConfigError
-from adatune.integrations import TUNERS, make_tuner, require
+from adatune.integrations import make_tuner, require, tuner_name
 from adatune.integrations._common import Cycle, TunerStep, check_total
 
 transformers = require(("transformers",), "Hugging Face Transformers", "huggingface")
@@ -79,9 +79,7 @@ class TunedTrainer(transformers.Trainer):
     def __init__(self, *args: Any, tuner: str = "marthe",
                  tuner_options: dict[str, Any] | None = None, val_dataset: Any = None,
                  **kwargs: Any) -> None:
-        key = tuner.lower() if isinstance(tuner, str) else None
-        if key not in TUNERS:
-            raise ConfigError(f"Invalid tuner: {tuner!r} (choose from {', '.join(TUNERS)})")
+        key = tuner_name(tuner)
         super().__init__(*args, **kwargs)
         if self.lr_scheduler is not None:
             raise ConfigError("TunedTrainer takes no LR scheduler in optimizers=: the tuner "

@@ -27,7 +27,7 @@ from typing import Any
 from torch import Tensor
 
 from adatune.errors import ConfigError
-from adatune.integrations import TUNERS, make_tuner, require
+from adatune.integrations import make_tuner, require, tuner_name
 from adatune.integrations._common import Cycle, Recorder, TunerStep, check_total, loss_of
 
 pl = require(("lightning.pytorch", "pytorch_lightning"), "PyTorch Lightning", "lightning")
@@ -70,10 +70,7 @@ class AdatuneCallback(pl.Callback):
                  store: str | os.PathLike[str] | None = None, name: str | None = None,
                  log_every: int = 10, val_metric: str = "val_loss",
                  val_acc_metric: str = "val_acc", **options: Any) -> None:
-        key = tuner.lower() if isinstance(tuner, str) else None
-        if key not in TUNERS:
-            raise ConfigError(f"Invalid tuner: {tuner!r} (choose from {', '.join(TUNERS)})")
-        self.name = key
+        self.name = tuner_name(tuner)
         self.options = dict(options)
         self.val_dataloader = val_dataloader
         self.val_loss = val_loss
