@@ -277,9 +277,13 @@ def _hf_trainer(out, *, tuner="marthe", callbacks=None, eval_dataset=True, **arg
                         tuner=tuner, callbacks=callbacks)
 
 
-@pytest.mark.parametrize("tuner,accumulation", [("marthe", 1), ("marthe", 2), ("hd", 1)])
-def test_huggingface_trainer_logs_the_tuners_lr(tmp_path, tuner, accumulation):
-    trainer = _hf_trainer(tmp_path, tuner=tuner, gradient_accumulation_steps=accumulation)
+@pytest.mark.parametrize("tuner,accumulation,bf16", [
+    ("marthe", 1, False), ("marthe", 2, False), ("hd", 1, False),
+    ("marthe", 1, True),  # the trainer's autocast, in bfloat16 on the CPU
+])
+def test_huggingface_trainer_logs_the_tuners_lr(tmp_path, tuner, accumulation, bf16):
+    trainer = _hf_trainer(tmp_path, tuner=tuner, gradient_accumulation_steps=accumulation,
+                          bf16=bf16)
     trainer.train()
     steps = 16 // accumulation
     assert trainer.tuner.total_steps == steps and len(trainer.lrs) == steps

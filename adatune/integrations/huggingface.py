@@ -72,7 +72,7 @@ class TunedTrainer(transformers.Trainer):
     step, pass after pass, with the model in eval mode. A gradient-accumulation
     window is one tuner step on the window's loss, which keeps the graphs of
     the whole window until its last micro-batch. ``fp16`` is refused (its loss
-    scaling is not the tuner's); ``bf16`` is taken (untested). ``tuner`` is the
+    scaling is not the tuner's); ``bf16`` is not. ``tuner`` is the
     tuner once training has started, and ``lrs`` the LR of every step.
     """
 
