@@ -129,6 +129,12 @@ def test_lightning_logs_and_records_the_tuners_lr(tmp_path):
     assert all(e.val_loss == e.val_loss for e in detail.epochs)  # the logged val_loss
 
 
+def test_lightning_marthe_in_bf16_mixed_precision(tmp_path):
+    callback = AdatuneCallback("marthe")
+    _trainer(tmp_path, [callback], precision="bf16-mixed").fit(Net(), *_loaders())
+    assert len(callback.lrs) == 16 and len(set(callback.lrs)) > 5
+
+
 def test_lightning_hd_needs_no_validation_data(tmp_path):
     callback = AdatuneCallback("hd", online=True)
     trainer = _trainer(tmp_path, [callback], max_epochs=1, limit_val_batches=0)
