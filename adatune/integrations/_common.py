@@ -64,13 +64,15 @@ class Cycle:
             try:
                 for _ in range(self.drawn % len(self.loader)):
                     next(self._it)
-            except TypeError:  # no len(): restart from the loader's first batch
+            except (TypeError, ZeroDivisionError):  # no len(), or empty (found below)
                 pass
         try:
             batch = next(self._it)
         except StopIteration:
             self._it = iter(self.loader)
-            batch = next(self._it)
+            batch = next(self._it, None)
+            if batch is None:
+                raise ConfigError("the validation data is empty") from None
         self.drawn += 1
         return batch
 
