@@ -11,6 +11,7 @@ from adatune._lazy import lazy_exports as _lazy_exports
 
 _EXPORTS = {
     "HD": "adatune.methods.tuners",
+    "HDOptimizer": "adatune.methods.tuners",
     "MARTHE": "adatune.methods.tuners",
     "RTHO": "adatune.methods.tuners",
     "HypergradientTuner": "adatune.methods.tuners",

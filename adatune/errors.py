@@ -31,3 +31,7 @@ class RunBusy(StoreError):
 
 class CheckpointError(AdatuneError):
     """A checkpoint file cannot be read, or does not fit the run it should restore."""
+
+
+class MissingExtra(AdatuneError, ImportError):
+    """An optional package (an integration's framework) is not installed."""

@@ -11,6 +11,8 @@ besides itself:
 * report (records to HTML) reads only the store;
 * running: a run's configuration, assembly, loop, checkpoints, ranks;
 * search and bench: made of runs;
+* integrations: the tuners inside other frameworks' loops (Lightning, the
+  Hugging Face Trainer), recording into the store;
 * public: ``adatune`` itself and the module paths kept for users
   (``adatune.distributed``, ``adatune.replay``, ...);
 * the command line, over all of it.
@@ -39,10 +41,11 @@ MAY_IMPORT = {
     "running": {"base", "store", "methods", "data", "running"},
     "search": {"base", "store", "methods", "running", "search"},
     "bench": {"base", "methods", "data", "running", "bench"},
+    "integrations": {"base", "store", "methods", "data", "running", "integrations"},
     "public": {"base", "store", "methods", "data", "report", "running", "search", "bench",
-               "public"},
+               "integrations", "public"},
     "cli": {"base", "store", "methods", "data", "report", "running", "search", "bench",
-            "public", "cli"},
+            "integrations", "public", "cli"},
 }
 
 

@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 MARKER = re.compile(r"<!-- example: ([^>]+?) -->\s*```\w*\n(.*?)```", re.S)
 RUN_HERE = {"quick start", "fit", "fit-peer", "mymodels.py", "own-model commands",
-            "replay commands", "tour"}
+            "replay commands", "tour",
+            # docs/integrations.md: run by tests/test_integrations.py, with the frameworks
+            "lightning", "lightning-hd", "huggingface", "hd-optimizer"}
 
 
 def _examples() -> dict[str, str]:

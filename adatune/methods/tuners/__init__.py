@@ -8,6 +8,7 @@ from adatune._lazy import lazy_exports as _lazy_exports
 
 _EXPORTS = {
     "HD": "adatune.methods.tuners.hypergradient",
+    "HDOptimizer": "adatune.methods.tuners.drop_in",
     "MARTHE": "adatune.methods.tuners.hypergradient",
     "RTHO": "adatune.methods.tuners.hypergradient",
     "HypergradientTuner": "adatune.methods.tuners.hypergradient",

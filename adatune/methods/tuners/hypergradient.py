@@ -384,10 +384,12 @@ class HypergradientTuner:
             s["phase"] = _horizon.CLIMB
         self._sync_lr()
 
-    def _end_step(self, loss_value: Tensor) -> Tensor:
+    def _end_step(self, loss_value: Tensor | None) -> Tensor | None:
         self.state["step"] += 1
         if not self.online and self.outer == "validation":
             self._sync_lr()  # the next step's LR, as the LR a tuner shows between steps
+        if loss_value is None:  # a step from given gradients, without the loss
+            return None
         loss_value = loss_value.detach()
         if self.hyper_update == _rule.SCALE_FREE:  # gates the next steps' back-off
             _rule.note_loss(self.state, float(loss_value))
@@ -847,3 +849,32 @@ class HD(HypergradientTuner):
                          foreach=foreach, process_group=process_group,
                          hyper_update=hyper_update, total_steps=total_steps, anneal=anneal,
                          warmup=warmup, online=online)
+
+    def step_from_grads(self, loss: Tensor | None = None) -> None:
+        """One step from the gradients already in ``p.grad`` (``loss.backward()`` ran).
+
+        The same arithmetic as :meth:`step`, which computes those gradients
+        itself. The gradients are not averaged across ranks (a framework's
+        ``DistributedDataParallel`` already has); ``loss``, the step's training
+        loss, is (one scalar): it gates the scale-free rule's back-off, which
+        must agree on every rank. Without it every step counts as one where
+        the loss rises (the back-off at its fastest).
+        :class:`adatune.HDOptimizer` is this as a ``torch.optim.Optimizer``.
+        """
+        group = _distributed.active_group(self.process_group)
+        if loss is not None and group is not None:
+            [mean] = _distributed.average_scalars([float(loss)], group, loss.device)
+            loss = torch.tensor(mean)
+        self._begin_step()
+        params = self._params()
+        used = [p for p in params if p.grad is not None]
+        grads = [p.grad.detach() for p in used]
+        fixed = self.state["phase"] == _horizon.FIXED
+        if not fixed and self.state["tangent_live"]:
+            self._hyper_update(self._decayed_dot(used, grads), None)
+        grads = self._prepare(used, grads, None, own_grads=True)
+        if self.state["phase"] != _horizon.FIXED:
+            self._advance(params, used, grads, None)
+        self._apply(params, used, grads)
+        self.optimizer.step()
+        self._end_step(None if loss is None else loss.detach())
