@@ -72,7 +72,8 @@ def test_hd_optimizer_is_an_optimizer_with_the_tuners_state():
 
 
 # ------------------------------------------------------------------ Lightning
-L = pytest.importorskip("lightning")
+import lightning as L  # noqa: E402 - the test extra installs it: a missing one fails
+
 from adatune.integrations.lightning import AdatuneCallback  # noqa: E402
 from tests._lightning_ddp import Net, data  # noqa: E402
 
@@ -256,7 +257,8 @@ def test_an_unknown_tuner_is_refused_when_the_callback_is_made():
 
 
 # ------------------------------------------------------------ Hugging Face Trainer
-transformers = pytest.importorskip("transformers")
+import transformers  # noqa: E402 - the test extra installs it
+
 from adatune.integrations.huggingface import TunedTrainer  # noqa: E402
 
 
