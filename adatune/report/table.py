@@ -8,6 +8,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from adatune.redact import printable
 from adatune.report.info import GroupSummary, Stat, SummaryInfo, _get_summary_info
 from adatune.store.records import RunDetail
 
@@ -122,7 +123,7 @@ def summary_rich(info: SummaryInfo, *, title: str | None = None) -> Table:
 
 
 def _plain(text: str) -> Text:
-    return Text(text)
+    return Text(printable(text))
 
 
 def _stat_json(stat: Stat) -> dict[str, Any]:
