@@ -62,6 +62,14 @@ if TYPE_CHECKING:
     from adatune.store import Store
 
 NameOption = Annotated[str | None, typer.Option("--name", help="A name for the run.")]
+
+
+def check_names(name: str | None, experiment: str | None) -> None:
+    """A run's name and experiment fit the store (255 characters): one line otherwise."""
+    from adatune import checks
+
+    checks.name("name", name)
+    checks.name("experiment", experiment)
 ExperimentOption = Annotated[str | None, typer.Option(
     "--experiment", help="Group the run under this experiment name.")]
 
@@ -340,6 +348,7 @@ def train_command(
             "experiment": given(ctx, "experiment")})
         _run(None, store, resume_id=resume_id, resume_changes=changes)
         return
+    check_names(name, experiment)
     method = tuner.strip().lower()
     if method not in TUNER_NAMES:
         raise ConfigError(f"unknown tuner {tuner!r} (choose from: {', '.join(TUNER_NAMES)}; "
@@ -404,6 +413,7 @@ def baseline_command(
             **{k: given(ctx, k) for k in replay}})
         _run(None, store, resume_id=resume_id, resume_changes=changes)
         return
+    check_names(name, experiment)
     if method is not None and lr_scheduler is not None:
         raise ConfigError("give --method or --lr-scheduler, not both (a peer optimizer sets "
                           "its own step size)")
@@ -444,7 +454,7 @@ def _inherited(ctx: typer.Context, run_id: int, store: str) -> dict[str, Any]:
     """
     from adatune.store import open_store
 
-    with open_store(store, create=False) as db:  # a source run needs a store that exists
+    with open_store(store, write=False) as db:  # a source run needs a store that exists
         source = db.get_run(run_id, steps=False).run
     config = source.config
     if config.get("entry") == "fit" or "method" not in config:
