@@ -13,8 +13,9 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from adatune.redact import mask_secrets
+from adatune.redact import mask_secrets, printable
 from adatune.store import DEFAULT_STORE
 
 if TYPE_CHECKING:
@@ -65,8 +66,14 @@ def json_safe(value: Any) -> Any:
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print one clear line on stderr and exit with ``code``."""
-    err.print(mask_secrets(f"adatune: error: {as_flags(message)}"), markup=False)
+    err.print(printable(mask_secrets(f"adatune: error: {as_flags(message)}")), markup=False)
     raise typer.Exit(code)
+
+
+def plain(value: object) -> Text:
+    """A recorded value as the terminal shows it: plain text, never Rich markup, with its
+    control characters written out (:func:`adatune.redact.printable`)."""
+    return Text(printable("" if value is None else str(value)))
 
 
 #: Library arguments whose flag is not ``--`` + the name with dashes.
@@ -159,7 +166,7 @@ def compact_table(columns: Sequence[Column], rows: list[list[str]]) -> tuple[Tab
         table.add_column(columns[i].header, justify="right" if columns[i].number else "left",
                          no_wrap=True, width=widths[i], overflow="ellipsis")
     for row in rows:
-        table.add_row(*(row[i] for i in keep))
+        table.add_row(*(plain(row[i]) for i in keep))
     return table, dropped
 
 
@@ -170,6 +177,21 @@ def print_table(table: Table, dropped: Sequence[str] = ()) -> None:
     if dropped:
         out.print(f"(left out at this width: {', '.join(dropped)}; a wider terminal or --json "
                   "shows them)", markup=False, highlight=False)
+
+
+def store_files(store: str) -> list[tuple[str, str]]:
+    """The files of an SQLite store (its database, log and index), for
+    :func:`adatune._durable.write_output`'s ``protected``: a command never writes over them."""
+    from adatune.store.connection import resolve_url, sqlite_path
+
+    try:
+        path = sqlite_path(resolve_url(store))
+    except Exception:  # noqa: BLE001 - a bad store location is reported when it is opened
+        return []
+    if path is None:
+        return []
+    return [(f"{path}{suffix}", "the store the runs are read from") for suffix in
+            ("", "-wal", "-shm", "-journal")]
 
 
 def epoch_seconds(epochs: Sequence[EpochRecord]) -> list[float | None]:

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from adatune._durable import check_output
 from adatune.redact import mask_secrets, mask_values  # plain Python: no store, no Plotly
-from adatune_cli._common import DEFAULT_STORE, StoreOption, fail, out
+from adatune_cli._common import DEFAULT_STORE, StoreOption, fail, out, store_files
 from adatune_cli.main import app
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ def _load(
     path = sqlite_path(resolve_url(store))
     if path is not None and not path.exists():
         fail(f"no store at {path} (give --store or set ADATUNE_STORE)")
-    with open_store(store, create=False) as st:
+    with open_store(store, write=False) as st:
         details = load_details(
             st, experiment=experiment, run_ids=runs, methods=methods, dataset=dataset,
             steps=steps,
@@ -118,11 +119,13 @@ def html(
 
     Example: adatune report html --experiment mnist-lr -m marthe -m cosine -o mnist.html --open
     """
+    protected = store_files(store)
+    check_output(output, protected=protected)  # before the work: a target never to write over
     details = _load(store, experiment, run, method, dataset)
     from adatune.report.html import write_html  # Plotly
 
     try:
-        path = write_html(details, output, title=title)
+        path = write_html(details, output, title=title, protected=protected)
     except OSError as exc:
         fail(f"cannot write {output}: {exc.strerror or exc}")
     out.print(

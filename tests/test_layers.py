@@ -26,8 +26,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = {"adatune._version", "adatune._lazy", "adatune._names", "adatune._durable",
-        "adatune._process", "adatune.errors", "adatune.redact", "adatune.imports",
-        "adatune.checks", "adatune.catalog"}
+        "adatune._reading", "adatune._process", "adatune.errors", "adatune.redact",
+        "adatune.imports", "adatune.checks", "adatune.catalog"}
 PUBLIC = {"adatune", "adatune.distributed", "adatune.replay",
           "adatune.signals", "adatune.checkpoint"}
 MAY_IMPORT = {
