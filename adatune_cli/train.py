@@ -462,4 +462,14 @@ def _inherited(ctx: typer.Context, run_id: int, store: str) -> dict[str, Any]:
     inherited = {key: config[key] for key in INHERITED if key in config}
     if source.epochs:
         inherited["epochs"] = source.epochs
-    return {k: v for k, v in inherited.items() if not given(ctx, k)}
+    inherited = {k: v for k, v in inherited.items() if not given(ctx, k)}
+    # A replay needs the schedule, not the source's code: an import path the store names
+    # (its own model, data or loss) is never imported unless the user gives it again.
+    code = {k: v for k, v in inherited.items() if k in ("model", "data", "loss")
+            and isinstance(v, str) and ":" in v}
+    if code:
+        named = " and ".join(f"{k}={v!r}" for k, v in code.items())
+        raise ConfigError(f"run {run_id} trained with its own {named}; a replay imports no code "
+                          f"that a store names: give {', '.join(f'{k}=' for k in code)} "
+                          "yourself to replay it on that code")
+    return inherited
