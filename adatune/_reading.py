@@ -49,18 +49,20 @@ class _Bounded(io.RawIOBase):
             super().close()
 
 
-def open_input(path: str | os.PathLike[str], what: str, limit: int) -> BinaryIO:
+def open_input(path: str | os.PathLike[str], what: str, limit: int, *,
+               missing: str | None = None) -> BinaryIO:
     """``path`` open for reading, bounded to ``limit`` bytes (see the module doc).
 
-    ``what`` names the file in messages (``schedule file s.csv``). Raises
-    :class:`~adatune.errors.ConfigError`: a missing file (``no WHAT``), one that
-    cannot be opened (a symbolic link loop, no permission), one that is not a
-    regular file or a pipe, or a regular file larger than ``limit``.
+    ``what`` names the file in messages (``schedule file s.csv``); ``missing``
+    is the message for a file that is not there. Raises
+    :class:`~adatune.errors.ConfigError`: a missing file, one that cannot be
+    opened (a symbolic link loop, no permission), one that is not a regular file
+    or a pipe, or a regular file larger than ``limit``.
     """
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise ConfigError(f"no {what}") from None
+    except FileNotFoundError as exc:
+        raise ConfigError(missing or f"cannot read the {what}: {exc.strerror}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read the {what}: {exc.strerror or exc}") from None
     try:

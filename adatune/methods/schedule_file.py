@@ -303,7 +303,7 @@ def schedule_from_file(path: str | os.PathLike[str]) -> LRSchedule:
     p = Path(path)
     what = f"schedule file {p}"
     source = {"file": os.path.abspath(p)}
-    raw = open_input(p, what, MAX_SCHEDULE_BYTES)
+    raw = open_input(p, what, MAX_SCHEDULE_BYTES, missing=f"no {what}")
     with io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
         try:
             if p.suffix.lower() == ".json":

@@ -15,8 +15,8 @@ pass a :class:`~adatune.running.distributed.LazyStore`.
 
 from __future__ import annotations
 
+import os
 import time
-from pathlib import Path
 from typing import Any
 
 from adatune._version import __version__
@@ -51,8 +51,8 @@ def train(
     """
     started = time.perf_counter()
     config = config.replace(checkpoint_dir=str(checkpoint_root(config.checkpoint_dir)))
-    if config.from_file is not None:  # a resume may run from another folder
-        config = config.replace(from_file=str(Path(config.from_file).resolve()))
+    if config.from_file is not None:  # a resume may run from another folder; not resolved:
+        config = config.replace(from_file=os.path.abspath(config.from_file))  # a pipe stays one
     replay = distributed.on_main(lambda: _replayed(config, store))  # rank 0 has the store
     parts = distributed.agree(_fingerprint(config, entry="train", name=name,
                                            experiment=experiment, kind=kind),

@@ -31,7 +31,12 @@ RUN_FILES = ("last.pt", "best.pt", OWNER_FILE, LOCK_FILE, MARKER_FILE)
 
 def checkpoint_root(checkpoint_dir: str | os.PathLike[str] | None) -> Path:
     """The absolute folder that holds the runs' folders (``checkpoint_dir``, or the default)."""
-    return Path(checkpoint_dir or DEFAULT_CHECKPOINT_DIR).resolve()
+    path = Path(checkpoint_dir or DEFAULT_CHECKPOINT_DIR)
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symbolic link loop
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError(f"invalid checkpoint_dir: {path} ({reason})") from None
 
 
 def run_dir(checkpoint_dir: str | os.PathLike[str], run_id: int) -> Path:
