@@ -60,12 +60,15 @@ def temporary_beside(target: Path) -> Iterator[tuple[IO[bytes], Path]]:
     """A new temporary file in ``target``'s folder, open for writing: ``(file, path)``.
 
     Its name (``.NAME.XXXXXXXX.tmp``) is unpredictable and it is created
-    exclusively, so nothing planted there is followed. On an error inside the
-    block the file is removed; on success the caller renames it (or removes it).
+    exclusively, so nothing planted there is followed; it gets the permissions
+    a new file gets (0666 less the umask). On an error inside the block the
+    file is removed; on success the caller renames it (or removes it).
     """
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
                                 dir=target.parent if str(target.parent) else ".")
     tmp = Path(name)
+    with contextlib.suppress(OSError):  # a file system without permissions keeps its own
+        os.fchmod(fd, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, "wb") as f:
             yield f, tmp
@@ -154,14 +157,15 @@ def write_output(path: str | os.PathLike[str], data: bytes, *,
     """
     target = check_output(path, protected=protected)
     try:
-        mode = stat.S_IMODE(os.stat(target).st_mode)
+        mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
     except OSError:
-        mode = 0o666 & ~_umask()
+        mode = None
     with temporary_beside(target) as (f, tmp):
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+        if mode is not None:
+            os.chmod(tmp, mode)
         check_output(target, protected=protected)  # as it is now, just before the rename
         os.replace(tmp, target)
     return target

@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import os
 import socket
-import uuid
 from pathlib import Path
 from typing import Any
 
+from adatune._durable import temporary_beside
 from adatune.errors import ConfigError, RunBusy
 from adatune.running.runtypes import DEFAULT_CHECKPOINT_DIR
 
@@ -155,9 +155,10 @@ def read_json(path: Path) -> Any:
 
 
 def write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
+    with temporary_beside(path) as (f, tmp):  # a new file, never one planted there
+        f.write(json.dumps(value).encode())
+        f.close()
+        os.replace(tmp, path)
 
 
 def owner_text(folder: Path) -> str:

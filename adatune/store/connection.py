@@ -250,6 +250,8 @@ def store_error(exc: DBAPIError, location: str, doing: str = "use",
             f"cannot {doing} the store {location}: SQLite cannot open it; the file and its "
             "folder must be writable (SQLite keeps -wal and -shm files beside it)"
         )
+    if "database or disk is full" in lowered:
+        return StoreError(f"cannot {doing} the store {location}: no space left on its disk")
     if "readonly database" in lowered or "read-only" in lowered:
         return StoreError(f"cannot {doing} the store {location}: it is read-only")
     if "database is locked" in lowered:
