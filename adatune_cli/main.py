@@ -16,7 +16,7 @@ import typer
 
 import adatune
 from adatune.errors import AdatuneError
-from adatune.redact import mask_secrets
+from adatune.redact import mask_secrets, printable
 from adatune.running import signals
 
 app = typer.Typer(
@@ -50,7 +50,7 @@ def _register() -> None:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(mask_secrets(f"adatune: warning: {message}"), file=sys.stderr)
+    print(printable(mask_secrets(f"adatune: warning: {message}")), file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,11 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         if not msg:  # bare `adatune`: the help was printed
             return _exit(0)
         if not _follower():
-            print(mask_secrets(f"adatune: error: {msg}"), file=sys.stderr)
+            print(printable(mask_secrets(f"adatune: error: {msg}")), file=sys.stderr)
         return _exit(exc.exit_code or 2)
     except signals.Terminated as exc:
         if not _follower():
-            print(f"adatune: {exc}", file=sys.stderr)
+            print(printable(f"adatune: {exc}"), file=sys.stderr)
         return _exit(128 + exc.signum)
     except (typer.Abort, KeyboardInterrupt):
         if not _follower():
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         if not _follower():
             from adatune_cli._common import error_line  # the library names arguments
 
-            print(mask_secrets(f"adatune: error: {error_line(exc)}"), file=sys.stderr)
+            print(printable(mask_secrets(f"adatune: error: {error_line(exc)}")), file=sys.stderr)
         return _exit(2)
     return _exit(rv if isinstance(rv, int) else 0)
 

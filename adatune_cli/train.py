@@ -30,6 +30,7 @@ from adatune.catalog import canonical_schedule
 from adatune.errors import AdatuneError, ConfigError
 from adatune.imports import attr_name
 from adatune.methods.peers import PEER_NAMES
+from adatune.redact import printable
 from adatune.running import signals
 from adatune.running.config import REPLAY, TUNER_NAMES, TrainConfig, canonical_method
 from adatune.running.runtypes import Events, RunResult
@@ -77,8 +78,9 @@ ExperimentOption = Annotated[str | None, typer.Option(
 class RichEvents(Events):
     """Epoch and batch bars with the live LR, mu and loss."""
 
-    def __init__(self, progress: Progress) -> None:
+    def __init__(self, progress: Progress, note: str | None = None) -> None:
         self.progress = progress
+        self.note = note  # said once the run has started (a resume: what it changes)
         self.epoch_task = None
         self.batch_task = None
         self.last: EpochRecord | None = None
@@ -87,10 +89,12 @@ class RichEvents(Events):
                     start_epoch: int) -> None:
         data = _label(config.get("dataset") or config.get("data"))
         network = _label(config.get("network") or config.get("model"))
-        self.progress.console.print(
+        if self.note:
+            err.print(self.note, markup=False, highlight=False)
+        self.progress.console.print(printable(
             f"run {run_id}: {config['method']} on {data}/{network} "
-            f"({config['optimizer']}, lr {config['lr']:g}) for {config['epochs']} epochs",
-            markup=False)
+            f"({config['optimizer']}, lr {config['lr']:g}) for {config['epochs']} epochs"),
+            markup=False, highlight=False)
         self.epoch_task = self.progress.add_task("epochs", total=config["epochs"],
                                                  completed=start_epoch - 1, info="")
         self.batch_task = self.progress.add_task("batches", total=steps_per_epoch, info="")
@@ -204,12 +208,11 @@ def _run(config: TrainConfig | None, store: str, *, resume_id: int | None = None
         return
     db = open_for_run(store, config)
     try:
-        if resume_id is not None:
-            _check_resume(db, resume_id, resume_changes)
+        note = None if resume_id is None else _check_resume(db, resume_id, resume_changes)
         from adatune.running.engine import resume, train  # torch, once the input is known good
 
         with _progress() as progress:
-            events = RichEvents(progress)
+            events = RichEvents(progress, note)
             try:
                 if resume_id is not None:
                     result = resume(db, resume_id, events=events, **(resume_changes or {}))
@@ -255,7 +258,7 @@ def _run_ranked(config: TrainConfig | None, store: str, *, resume_id: int | None
         db = open_for_run(store, config)
         try:
             if resume_id is not None:
-                _check_resume(db, resume_id, resume_changes)
+                opened["note"] = _check_resume(db, resume_id, resume_changes)
         except BaseException:
             db.close()
             raise
@@ -271,7 +274,7 @@ def _run_ranked(config: TrainConfig | None, store: str, *, resume_id: int | None
                 db = opened["db"]
                 try:
                     with _progress() as progress:
-                        events = RichEvents(progress)
+                        events = RichEvents(progress, opened.get("note"))
                         try:
                             result = go(db, events)
                         finally:
@@ -312,17 +315,22 @@ def resume_changes(ctx: typer.Context, run_id: int, opts: dict[str, Any],
     return {name: opts[name] for name in RESUME_OPTIONS if given(ctx, name)}
 
 
-def _check_resume(db: Store, run_id: int, changes: dict[str, Any] | None) -> None:
-    """Refuse a run that cannot go on as asked (before torch loads); say what changes."""
+def _check_resume(db: Store, run_id: int, changes: dict[str, Any] | None) -> str | None:
+    """Refuse a run that cannot go on as asked (before torch loads); what it changes.
+
+    The line is printed once the run has started: a resume refused later (its
+    checkpoint, another process) changes nothing, and says nothing of changes.
+    """
     from adatune.running.preflight import check_resume
 
     changes = changes or {}
     config = check_resume(db, run_id, epochs=changes.get("epochs")).config
     parts = [f"{flag(k)} {v} (was {config.get(k)})" for k, v in changes.items()
              if config.get(k) != v]
-    if parts:
-        err.print(f"resuming run {run_id} with {' and '.join(parts)}; recorded in its "
-                  "config (extra.resumed)", markup=False, highlight=False)
+    if not parts:
+        return None
+    return printable(f"resuming run {run_id} with {' and '.join(parts)}; recorded in its "
+                     "config (extra.resumed)")
 
 
 @app.command("train")
