@@ -56,7 +56,8 @@ def train(
     replay = distributed.on_main(lambda: _replayed(config, store))  # rank 0 has the store
     parts = distributed.agree(_fingerprint(config, entry="train", name=name,
                                            experiment=experiment, kind=kind),
-                              lambda: build_parts(config, replay), batch_size=config.batch_size)
+                              lambda: build_parts(config, replay), batch_size=config.batch_size,
+                              check=_data)
     if replay is not None:  # what the report and `runs show` say about the source
         from adatune.methods.replay import replay_note
 
@@ -88,7 +89,8 @@ def resume(store: Store, run_id: int, *, epochs: int | None = None, device: str 
     replay = distributed.on_main(lambda: _replayed(changed, store))
     parts = distributed.agree({"entry": "resume", "run_id": run_id, "epochs": epochs,
                                "device": device},
-                              lambda: build_parts(changed, replay), batch_size=changed.batch_size)
+                              lambda: build_parts(changed, replay), batch_size=changed.batch_size,
+                              check=_data)
     again = Resume(run_id, config=None if changed is config else changed.to_dict(),
                    device=None if device is None else str(parts.device))
     return train_run(store, parts, loop_config(changed, rules), changed.to_dict(), resume=again,
@@ -102,6 +104,11 @@ def _replayed(config: TrainConfig, store: Store):
     from adatune.methods.replay import read_schedule
 
     return read_schedule(store, from_run=config.from_run, from_file=config.from_file)
+
+
+def _data(parts) -> dict:  # noqa: ANN001 - the loop's Parts
+    """What every rank's data must agree in (lengths and a few examples)."""
+    return distributed.data_fingerprint(train=parts.train, val=parts.val, test=parts.test)
 
 
 def _fingerprint(config: TrainConfig, **more: object) -> dict:

@@ -34,6 +34,7 @@ from adatune.errors import ConfigError
 from adatune.methods.peers import optimizer_view, peer_name
 from adatune.methods.schedules import Schedule, build_schedule, canonical_schedule
 from adatune.methods.tuners import HypergradientTuner
+from adatune.methods.tuners.collectives import active_group
 from adatune.running import distributed
 from adatune.running.assembly import Resume, train_run
 from adatune.running.build import build_tuner, loop_config
@@ -174,9 +175,12 @@ def fit(
         "divergence_factor": divergence_factor,
     }
     fingerprint = {**config, "checkpoint_dir": None, "resume": resume, "name": name,
-                   "experiment": experiment, "sizes": [len(train_ds), len(val_ds),
-                                                       None if test_ds is None else len(test_ds)],
-                   "parameters": [list(p.shape) for p in model.parameters()]}
+                   "experiment": experiment, "parameters": [list(p.shape) for p in
+                                                            model.parameters()]}
+    if active_group(getattr(tuner_obj, "process_group", None)) is not None:
+        # the data: each set's length and a few of its examples, alike on every rank
+        fingerprint["data"] = distributed.data_fingerprint(train=train_ds, val=val_ds,
+                                                           test=test_ds)
     distributed.agree(fingerprint, lambda: None, batch_size=settings.batch_size,
                       group=getattr(tuner_obj, "process_group", None))
     new = None if resume is not None else NewRun(
