@@ -477,7 +477,7 @@ def _inherited(ctx: typer.Context, run_id: int, store: str) -> dict[str, Any]:
             and isinstance(v, str) and ":" in v}
     if code:
         named = " and ".join(f"{k}={v!r}" for k, v in code.items())
-        raise ConfigError(f"run {run_id} trained with its own {named}; a replay imports no code "
+        raise ConfigError(f"run {run_id} was trained with {named}; a replay imports no code "
                           f"that a store names: give {', '.join(f'{k}=' for k in code)} "
                           "yourself to replay it on that code")
     return inherited
