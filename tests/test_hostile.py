@@ -435,16 +435,39 @@ def test_a_space_file_with_numbers_too_large_is_one_line(workdir: Path, capsys, 
 
 
 # -- 11. an export into a read-only folder ---------------------------------------------
-def test_an_export_into_a_read_only_folder_is_one_line(hostile: Path, capsys,
-                                                       read_only) -> None:
-    folder = Path("locked")
+@contextlib.contextmanager
+def _mounted(folder: Path, options: str):
+    """A small tmpfs mounted at ``folder`` with ``options``; yields False where this process
+    may not mount one (it needs root with CAP_SYS_ADMIN)."""
     folder.mkdir()
-    with read_only(folder):
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                          capture_output=True) if shutil.which("mount") else None
+    if done is None or done.returncode != 0:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.mark.parametrize("how", ["read-only file system", "read-only folder"])
+def test_an_export_into_a_read_only_folder_is_one_line(hostile: Path, capsys, read_only,
+                                                       how: str) -> None:
+    folder = Path("locked")
+    with contextlib.ExitStack() as stack:
+        if how == "read-only file system":  # the temporary file cannot even be removed there
+            if not stack.enter_context(_mounted(folder, "ro,size=64k")):
+                pytest.skip("cannot mount a read-only tmpfs here (needs root with "
+                            "CAP_SYS_ADMIN); the read-only folder case still runs")
+        else:
+            folder.mkdir()
+            stack.enter_context(read_only(folder))
         code, _, err = cli(capsys, "schedule", "export", "1", "-o", "locked/s.csv")
         _error_line(code, err, "cannot write locked/s.csv")
         code, _, err = cli(capsys, "report", "html", "-o", "locked/r.html")
         _error_line(code, err, "cannot write locked/r.html")
-    assert list(folder.iterdir()) == []
+        assert list(folder.iterdir()) == []
 
 
 # -- 12. an LR beyond what the parameters hold is a divergence --------------------------
@@ -512,21 +535,6 @@ def test_a_model_with_too_few_class_scores_is_refused_before_a_run(workdir: Path
 
 
 # -- 15. a full disk while a checkpoint is written ---------------------------------------
-@contextlib.contextmanager
-def _tiny_disk(folder: Path):
-    """A 64 kB tmpfs at ``folder`` (root with the right to mount), or None."""
-    folder.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
-                          capture_output=True) if shutil.which("mount") else None
-    if done is None or done.returncode != 0:
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
-
-
 @pytest.mark.parametrize("disk", ["tmpfs", "injected"])
 def test_a_full_disk_is_one_line_and_keeps_the_epochs(workdir: Path, capsys, monkeypatch,
                                                       disk: str) -> None:
@@ -550,7 +558,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_epochs(workdir: Path, capsys, mon
         code, _, err = cli(capsys, "train", "--epochs", "3")
         folder = Path("adatune-runs/run-1")
     else:
-        with _tiny_disk(workdir / "tiny") as mounted:
+        with _mounted(workdir / "tiny", "size=64k") as mounted:
             if not mounted:
                 pytest.skip("cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN); "
                             "the injected case covers the same path")
