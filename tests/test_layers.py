@@ -4,7 +4,8 @@ Every import in the package counts, those inside functions too (a lazy import
 is still a dependency). The layers, bottom up, and what each may import
 besides itself:
 
-* base: errors, checks, names, imports, redaction, the catalog of names;
+* base: errors, checks, names, imports, redaction, the catalog of names, reading and
+  writing the files a user names;
 * store: the experiment store;
 * methods (what moves the LR; a learned schedule is read from the store) and data
   (datasets, batches, networks);
