@@ -135,6 +135,8 @@ def print_probes(result: SearchResult) -> None:
         table.add_column(column, justify=justify, no_wrap=column != "reason")
     for p in result.probes:
         verdict = p.verdict if p.phase == "ladder" else f"{p.verdict} (refine)"
+        if p.phase == "reference":
+            verdict = f"{p.verdict} (reference)"
         style = {"stable": "green", "diverged": "red"}.get(p.verdict, "yellow")
         score = fmt(p.val_acc, ".1%") if accuracy else fmt(p.val_loss, ".4g")
         table.add_row(f"{p.value:.3g}", f"[{style}]{verdict}[/]", p.reason or "-",
@@ -224,6 +226,12 @@ def _base_config(tuner: str, search: SearchConfig, opts: dict[str, Any]) -> Trai
 
 def _all_diverged(result: SearchResult, config: TrainConfig) -> str:
     label = _label(result.parameter)
+    rungs = [p for p in result.probes if p.phase != "reference"]
+    if any(p.verdict in ("collapsed", "worse") for p in rungs):
+        own = getattr(config, result.config_key)
+        return (f"no {label} from {result.ladder[0]:.3g} down to {result.ladder[-1]:.3g} "
+                f"trained as well as the reference {label} {own:g}: keep it "
+                f"(adatune train --tuner {config.method})")
     span = f"every {label} from {result.ladder[0]:.3g} down to {result.ladder[-1]:.3g} diverged"
     if result.parameter == "hyper-lr":
         return (f"{span}: lower --lr (now {config.lr:g}) or --hyper-lr-min, "
@@ -283,11 +291,13 @@ def find_alpha_command(
     experiment: ExperimentOption = None,
     store: StoreOption = DEFAULT_STORE,
 ) -> None:
-    """Find the largest alpha at which a tuner does not diverge, with short probe runs.
+    """Find the largest alpha at which a tuner trains as well as without it, by short probes.
 
-    Probes alpha-max, alpha-max/factor, ... down to alpha-min, each a short run
-    (--probe-epochs) recorded in the store as a probe of this search, and stops
-    at the first stable one: the largest stable alpha. Same seed, same answer.
+    A reference probe runs first at the tuner's own --alpha (0 unless given).
+    Then it probes alpha-max, alpha-max/factor, ... down to alpha-min, each a
+    short run (--probe-epochs) recorded in the store as a probe of this
+    search, and stops at the first stable one: the largest stable alpha. Same
+    seed, same answer.
 
     A probe is judged divergent, and stopped at once, at the first of:
     (1) a non-finite training loss or learning rate at any step;
@@ -297,7 +307,11 @@ def find_alpha_command(
     (4) a learning rate above --probe-lr-factor (default 100) times --lr;
     (5) an epoch in which the learning rate was 0 at every step;
     (6) a non-finite validation loss after an epoch.
-    Any other probe is stable. When every value diverges the command exits 1.
+    A probe that ran to its end did harm, and is not stable, when its last
+    epoch's LR is below 1/10 of the reference's (collapsed) or its best
+    validation accuracy is over 1 point below the reference's (worse; a
+    validation loss over 1% above it). Any other probe is stable. When no
+    value is stable the command exits 1.
 
     --search hyper-lr runs the same search over the hyper-LR (alpha fixed at
     --alpha), for when the LR blows up with the default hyper-LR.

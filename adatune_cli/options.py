@@ -21,6 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from adatune.errors import ConfigError
+from adatune.methods.horizon import ANNEALS, HORIZON_HYPER_LR
 from adatune.methods.hyper_update import ADDITIVE, MAX_HYPER_LR, SCALE_FREE
 from adatune.methods.peers import PEERS
 from adatune.methods.schedules import DEFAULT_LR_DECAY
@@ -49,7 +50,8 @@ def _hyper_lr_help() -> str:
     free_text = " / ".join(f"{v:g}" for v in free)
     return (f"Hyper-learning rate beta. With --hyper-update {SCALE_FREE}: dimensionless, in "
             f"[0, {MAX_HYPER_LR:g}] (the most log(LR) moves up in one step) \\[default: "
-            f"{free_text}, for every optimizer]. With {ADDITIVE}: LR per unit of "
+            f"{HORIZON_HYPER_LR:g}; {free_text} with --online; for every optimizer]. With "
+            f"{ADDITIVE}: LR per unit of "
             f"hypergradient \\[default: {d[(ADDITIVE, 'marthe', 'sgd')]:g} marthe/rtho, "
             f"{d[(ADDITIVE, 'hd', 'sgd')]:g} hd with sgd; {d[(ADDITIVE, 'marthe', 'adam')]:g} / "
             f"{d[(ADDITIVE, 'hd', 'adam')]:g} with adam].")
@@ -143,6 +145,19 @@ OPTIONS: dict[str, Any] = {
     "hvp": Annotated[str, _opt("--hvp", panel=PANEL_TUNER,
                                 help=f"{HVP_MODES[0]} (double backward) or {HVP_MODES[1]} "
                                      "(faster).")],
+    "anneal": Annotated[str, _opt(
+        "--anneal", panel=PANEL_TUNER,
+        help=f"After the warm-up the LR anneals to 0 at the run's end: {' or '.join(ANNEALS[:2])}, "
+             f"or {ANNEALS[2]} (it stays at the tuned scale).")],
+    "warmup": Annotated[float, _opt(
+        "--warmup", panel=PANEL_TUNER,
+        help="The warm-up, where the hypergradient tunes the LR's scale both ways: a fraction "
+             "of the run's steps, in (0, 1). After it the scale may only rise, while the "
+             "hypergradient says so; then plain steps.")],
+    "online": Annotated[bool, _opt(
+        "--online", panel=PANEL_TUNER,
+        help="The papers' tuner instead: no warm-up, no annealing, the LR moved by every "
+             "step's hypergradient (prone to short-horizon bias on long runs).")],
     "step_size": Annotated[int, _opt("--step-size", panel=PANEL_SCHED,
                                       help="Staircase: epochs between decays.")],
     "lr_decay": Annotated[float | None, _opt(
@@ -293,10 +308,14 @@ def command_line(kind: str, config: dict[str, Any], *, name: str | None = None,
         skip.add("optimizer")  # a peer is its own optimizer
     if tuner:
         skip |= {"step_size", "lr_decay", "t_0", "t_mult"}
-        # runs stored before the rule was a choice used the additive one
-        config = {"hyper_update": ADDITIVE, **config}
+        # runs stored before the rule was a choice used the additive one, and before the
+        # horizon, the online tuner
+        config = {"hyper_update": ADDITIVE, "online": True, **config}
+        if config["online"]:
+            skip |= {"anneal", "warmup"}
     else:
-        skip |= {"hyper_update", "hyper_lr", "mu", "alpha", "first_order", "hvp"}
+        skip |= {"hyper_update", "hyper_lr", "mu", "alpha", "first_order", "hvp", "anneal",
+                 "warmup", "online"}
     keys = list(OPTIONS)
     if method == "replay":  # where the schedule comes from
         skip |= {"step_size", "lr_decay", "t_0", "t_mult"}

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from adatune.errors import ConfigError
 from adatune.methods.hyper_update import ADDITIVE, DEFAULT_HYPER_UPDATE
-from adatune.methods.peers import check_available
+from adatune.methods.peers import PEER_NAMES, check_available
 from adatune.running import signals
 from adatune.running.config import TrainConfig
 from adatune.search.space import (
@@ -156,8 +156,7 @@ def sweep_command(
     opts: dict[str, Any],
     method: Annotated[str, typer.Option(
         "--method", help="marthe, rtho, hd, constant, staircase, exponential, cosine, or a "
-                         "peer: prodigy, dadapt-sgd, dadapt-adam, schedulefree-sgd, "
-                         "schedulefree-adamw, dog.")],
+                         f"peer: {', '.join(PEER_NAMES)}.")],
     trials: Annotated[int, typer.Option(
         "--trials", help="Trials of the whole study, over all workers.")] = DEFAULT_TRIALS,
     seeds: Annotated[int, typer.Option(

@@ -29,7 +29,7 @@ from rich.table import Table
 from adatune.catalog import canonical_schedule
 from adatune.errors import AdatuneError, ConfigError
 from adatune.imports import attr_name
-from adatune.methods.peers import PEER_NAMES
+from adatune.methods.peers import PEER_NAMES, PEERS
 from adatune.redact import printable
 from adatune.running import signals
 from adatune.running.config import REPLAY, TUNER_NAMES, TrainConfig, canonical_method
@@ -162,6 +162,9 @@ def _compare_with(config: dict[str, Any], flag: str) -> str:
         value = config.get(key)
         if value is not None and not (peer and key in ("optimizer", "lr")):
             common += [f"--{key}", str(value)]
+    wraps = PEERS[config["method"]].wraps.lower() if peer else ""
+    if wraps:  # Mechanic: MARTHE over the same base optimizer
+        common[:0] = ["--optimizer", wraps]
     own = shlex.join(common) + flag
     if peer:
         return f"adatune train --tuner marthe {own}  # compare: MARTHE from the default LR"

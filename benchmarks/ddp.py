@@ -108,12 +108,12 @@ def measure(method: str, args, device: torch.device, ranks: Ranks) -> dict:
     tiny = 1e-12  # keep the LR essentially fixed: this measures the machinery
     tuner = None
     if method == "hd":
-        tuner = adatune.HD(opt, hyper_lr=tiny)
+        tuner = adatune.HD(opt, hyper_lr=tiny, online=True)
     elif method in ("marthe", "marthe-mu0"):
         tuner = adatune.MARTHE(opt, hyper_lr=tiny, mu=0.99 if method == "marthe" else 0.0,
-                               model=model)
+                               model=model, online=True)
     elif method == "rtho":
-        tuner = adatune.RTHO(opt, hyper_lr=tiny, model=model)
+        tuner = adatune.RTHO(opt, hyper_lr=tiny, model=model, online=True)
     ddp_count = _Counter()
     net: nn.Module = model
     if method == "ddp":

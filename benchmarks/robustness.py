@@ -31,13 +31,17 @@ factory that replaces the task's optimizer. Add entries to :data:`METHODS`
 (or pass ``--methods``) to compare more.
 
 The *peers* (:mod:`adatune.methods.peers`, at their packages' defaults) are methods of
-one optimizer family each: D-Adaptation SGD, DoG and Schedule-Free SGD in the
-SGD rows, Prodigy, D-Adaptation Adam and Schedule-Free AdamW in the Adam rows.
-Those that take no LR (D-Adaptation, Prodigy, DoG: lr 1.0 is their authors'
-setting, a multiplier of the step size they estimate) run once per task and
-seed, and that result is shown at every initial LR. Schedule-Free takes an
-LR: it starts from the same 0.1x, 1x and 10x as the others, and runs once
-more at its package's default LR (``schedulefree-*-default``).
+one optimizer family each: D-Adaptation SGD, DoG, Schedule-Free SGD and Mechanic
+SGD in the SGD rows, Prodigy, D-Adaptation Adam, Schedule-Free AdamW and Mechanic
+AdamW in the Adam rows. Those that take no LR (D-Adaptation, Prodigy, DoG: lr
+1.0 is their authors' setting, a multiplier of the step size they estimate) run
+once per task and seed, and that result is shown at every initial LR.
+Schedule-Free takes an LR: it starts from the same 0.1x, 1x and 10x as the
+others, and runs once more at its package's default LR
+(``schedulefree-*-default``). Mechanic wraps the task's optimizer itself (SGD
+with momentum 0.9; AdamW without weight decay, which is Adam) and learns the
+scale of its LR: it starts from the same initial LRs as the tuners, which is
+what it claims to be robust to.
 
     python benchmarks/robustness.py                       # everything (2 workers)
     python benchmarks/robustness.py --no-peers            # the tuners and schedules only
@@ -83,7 +87,15 @@ GRID = {"sgd": tuple(1e-3 * SQRT10 ** k for k in range(1, 7)),
 OPTIMIZERS: dict[str, Callable[[Any, float], torch.optim.Optimizer]] = {
     "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
     "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+    "adamw": lambda params, lr: torch.optim.AdamW(params, lr=lr),
 }
+
+
+def family(optimizer: str) -> str:
+    """The optimizer family a method runs beside: "sgd", or "adam" for Adam and AdamW."""
+    return "sgd" if optimizer == "sgd" else "adam"
+
+
 TARGET_GAP = 1.0  # points of test accuracy below the best constant LR
 TARGET_GAIN = 2.0  # points above the constant LR from the same 10x-off start
 #: Points of mean test accuracy within which two methods count as tied in the scoreboard:
@@ -101,6 +113,14 @@ class Task:
     model: Callable[[], nn.Module]  # built right after torch.manual_seed(seed)
     epochs: int = 15
     batch_size: int = 64
+    #: ``adatune.fit``'s loss: "cross_entropy" (judged by accuracy) or a callable (by loss)
+    loss: Any = "cross_entropy"
+    optimizers: tuple[str, ...] = ("sgd", "adam")  # the task optimizers it runs with
+
+    @property
+    def by_loss(self) -> bool:
+        """Judged by its test loss (lower is better) instead of its accuracy."""
+        return self.loss != "cross_entropy"
 
 
 def _split(x: torch.Tensor, y: torch.Tensor, seed: int, fraction: float = 0.1):
@@ -221,8 +241,10 @@ class Method:
     """One way to train from an initial LR.
 
     ``tuner`` (``"marthe"``, ``"rtho"``, ``"hd"``) with ``hyper_update``, built
-    with the CLI's defaults; otherwise ``schedule`` (a baseline name) on the
-    task's optimizer. ``optimizer`` replaces the task's optimizer: a factory
+    with the CLI's defaults (``options`` overrides some: ``(("online", True),)``);
+    otherwise ``schedule`` (a baseline name, or ``"cosine-run"``: one cosine
+    annealing over the run's steps, to 0 at its end) on the task's optimizer.
+    ``optimizer`` replaces the task's optimizer: a factory
     ``(params, lr, family) -> Optimizer`` (an LR-free optimizer may ignore
     ``lr``); with ``uses_initial_lr=False`` the method runs once per seed and
     its result stands in every initial-LR column. ``families``: the task
@@ -239,6 +261,7 @@ class Method:
     uses_initial_lr: bool = True
     cost: float = 1.0  # relative cost per run, to schedule the longest runs first
     families: tuple[str, ...] = ("sgd", "adam")
+    options: tuple[tuple[str, Any], ...] = ()
 
 
 BASELINES = (Method("constant"), Method("cosine", schedule="cosine"))
@@ -251,7 +274,9 @@ TUNERS = tuple(
 
 
 def _peer(name: str, initial_lr: bool, params: Any, lr: float, family: str) -> Any:
-    """Peer ``name`` at its package's defaults; with ``initial_lr``, at the run's LR."""
+    """Peer ``name`` at its defaults (:func:`build_peer`'s: Mechanic's base optimizer is the
+    task's, SGD with momentum 0.9 or AdamW without decay); with ``initial_lr``, at the run's
+    LR."""
     return build_peer(name, params, **({"lr": lr} if initial_lr else {}))
 
 
@@ -271,6 +296,8 @@ PEER_METHODS: tuple[Method, ...] = (
     _peer_method("dadapt-adam", "adam"),
     _peer_method("schedulefree-adamw", "adam", initial_lr=True),
     _peer_method("schedulefree-adamw", "adam", suffix="-default"),
+    _peer_method("mechanic-sgd", "sgd", initial_lr=True),
+    _peer_method("mechanic-adam", "adam", initial_lr=True),
 )
 assert {m.name.removesuffix("-default") for m in PEER_METHODS} == set(PEERS)
 METHODS: tuple[Method, ...] = TUNERS + BASELINES + PEER_METHODS
@@ -299,6 +326,9 @@ class Outcome:
     seconds: float
     cpu_seconds: float  # this worker process's CPU time in the run (one thread)
     reason: str | None = None
+    test_loss: float | None = None  # at the best-validation epoch
+    val_loss: float | None = None  # the best epoch's
+    peak_lr: float | None = None  # the largest epoch LR of the run
 
 
 _WORKER: dict[str, Any] = {}
@@ -329,24 +359,29 @@ def train_once(job: Job, methods: dict[str, Method]) -> Outcome:
     train, val, test = task_data(job.task, job.seed)
     torch.manual_seed(job.seed)
     model = task.model()
-    family = job.optimizer
     cpu = time.process_time()
     if method.optimizer is not None:
-        optimizer = method.optimizer(model.parameters(), job.lr, family)
+        optimizer = method.optimizer(model.parameters(), job.lr, family(job.optimizer))
     else:
-        optimizer = OPTIMIZERS[family](model.parameters(), job.lr)
+        optimizer = OPTIMIZERS[job.optimizer](model.parameters(), job.lr)
     tuner = schedule = None
     if method.tuner is not None:
-        config = TrainConfig(method=method.tuner, optimizer=family, lr=job.lr,
-                             hyper_update=method.hyper_update or DEFAULT_HYPER_UPDATE)
+        config = TrainConfig(method=method.tuner, optimizer=job.optimizer, lr=job.lr,
+                             hyper_update=method.hyper_update or DEFAULT_HYPER_UPDATE,
+                             **dict(method.options))
         tuner = build_tuner(config, optimizer, model)
+    elif method.schedule == "cosine-run":
+        steps = task.epochs * -(-len(train) // task.batch_size)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     else:
         schedule = method.schedule
     workdir = _WORKER.get("dir") or Path(tempfile.mkdtemp(prefix="robustness-"))
     store = _WORKER.get("store") or open_store(workdir / "runs.db")
     started = time.perf_counter()
     result = adatune.fit(model, train, val, test, optimizer=optimizer, tuner=tuner,
-                         schedule=schedule, epochs=task.epochs, batch_size=task.batch_size,
+                         schedule=schedule, loss=task.loss,
+                         schedule_interval="step" if method.schedule == "cosine-run" else "epoch",
+                         epochs=task.epochs, batch_size=task.batch_size,
                          seed=job.seed, store=store, checkpoint_dir=str(workdir / "ckpt"),
                          name=f"{job.method} {job.task} {job.optimizer} lr={job.lr:.3g} "
                               f"seed={job.seed}")
@@ -358,7 +393,9 @@ def train_once(job: Job, methods: dict[str, Method]) -> Outcome:
     return Outcome(job=job, status=result.status, test_acc=result.test_acc or 0.0,
                    val_acc=result.best_val_acc or 0.0, final_lr=float(lr),
                    epochs=len(result.epochs), seconds=seconds, cpu_seconds=cpu,
-                   reason=result.reason)
+                   reason=result.reason, test_loss=result.test_loss,
+                   val_loss=result.best_val_loss,
+                   peak_lr=max((float(e.lr) for e in result.epochs), default=job.lr))
 
 
 def _run(payload: tuple[Job, dict[str, Method]]) -> Outcome:
@@ -442,7 +479,7 @@ def benchmark(tasks: Sequence[str], optimizers: Sequence[str], methods: Sequence
         for t in tasks:
             for o in optimizers:
                 for m in by_name.values():
-                    if o not in m.families:
+                    if family(o) not in m.families:
                         continue
                     factors = FACTORS if m.uses_initial_lr else (1.0,)
                     for f in factors:
@@ -454,7 +491,7 @@ def benchmark(tasks: Sequence[str], optimizers: Sequence[str], methods: Sequence
     for t in tasks:
         for o in optimizers:
             for m in by_name.values():
-                if o not in m.families:
+                if family(o) not in m.families:
                     continue
                 for f in FACTORS:
                     lr = _lr(best_lr[t, o], f if m.uses_initial_lr else 1.0, o)
@@ -609,6 +646,7 @@ COMPACT: tuple[str | Column, ...] = (
     ("DoG / Prodigy", ("dog", "prodigy")),
     ("Schedule-Free SGD / AdamW", ("schedulefree-sgd", "schedulefree-adamw")),
     ("Schedule-Free, package LR", ("schedulefree-sgd-default", "schedulefree-adamw-default")),
+    ("Mechanic SGD / AdamW", ("mechanic-sgd", "mechanic-adam")),
 )
 
 

@@ -40,6 +40,7 @@ CASES = [
     ("peer-prodigy", None, "prodigy", {}),
     ("peer-schedulefree-sgd", None, "schedulefree-sgd", {}),
     ("peer-dog", None, "dog", {}),
+    ("peer-mechanic-sgd", None, "mechanic-sgd", {}),
 ]
 # The finite difference divides a difference of two gradients by eps ~ 1e-8: the
 # summation-order rounding of one process and of two ranks (1e-16) comes out ~1e-8
@@ -83,11 +84,11 @@ def run_case(name: str, store: Path, ckpt: Path) -> dict:
         opt = torch.optim.Adam(model.parameters(), lr=0.01, weight_decay=wd)
         hyper_lr = 1e-4
     if tuner_name == "marthe":
-        tuner = adatune.MARTHE(opt, hyper_lr=hyper_lr, model=model, **options)
+        tuner = adatune.MARTHE(opt, hyper_lr=hyper_lr, model=model, **options, online=True)
     elif tuner_name == "rtho":
-        tuner = adatune.RTHO(opt, hyper_lr=hyper_lr, model=model, **options)
+        tuner = adatune.RTHO(opt, hyper_lr=hyper_lr, model=model, **options, online=True)
     elif tuner_name == "hd":
-        tuner = adatune.HD(opt, hyper_lr=hyper_lr, **options)
+        tuner = adatune.HD(opt, hyper_lr=hyper_lr, **options, online=True)
     else:
         tuner = None
     train, val, test = _data()
@@ -139,7 +140,7 @@ def resume_phase(workdir: Path, phase: str) -> dict:
     model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(0.3),
                           nn.Linear(8, 3)).double()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    tuner = adatune.MARTHE(opt, hyper_lr=1e-2, mu=0.9, model=model)
+    tuner = adatune.MARTHE(opt, hyper_lr=1e-2, mu=0.9, model=model, online=True)
     train, val, test = _data(1, (44, 18, 10))  # batch norm: slices of 2 examples or more
     store = workdir / f"{'full' if phase == 'full' else 'stopped'}.db"
     resume = None
@@ -176,7 +177,7 @@ def _signal_checks(workdir: Path) -> dict:
 def _low_level_refused() -> str:
     """compute_hg() under a process group of two ranks: the error it raises."""
     model = _model()
-    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.1), hyper_lr=1e-3)
+    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.1), hyper_lr=1e-3, online=True)
     try:
         tuner.compute_hg(model, [torch.zeros_like(p) for p in model.parameters()])
     except ValueError as exc:

@@ -172,7 +172,7 @@ def test_tuner_closure_and_loss_tensor_give_the_same_hypergradient() -> None:
     for use_closure in (True, False):
         model = copy.deepcopy(base)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
-        tuner = adatune.MARTHE(opt, hyper_lr=1e-3, mu=0.9)
+        tuner = adatune.MARTHE(opt, hyper_lr=1e-3, mu=0.9, online=True)
         trace = []
         for i in range(6):
             x, y = batches[i % 4]

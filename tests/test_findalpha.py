@@ -1,9 +1,12 @@
 """`adatune find-alpha`: probes, verdicts and reasons, determinism, --then-train, exits.
 
-The unstable setting: RTHO under the additive rule with a hyper-LR ten times
-its default (1e-3) on digits, 3-epoch probes on half the training set. There
-alpha 1 and 0.1 blow the training loss up in epoch 3 and alpha 0.01 stays
-stable (measured; the search is deterministic, so these verdicts are exact).
+The unstable setting: online RTHO (the papers' tuner) under the additive rule
+with a hyper-LR ten times its default (1e-3) on digits, 3-epoch probes on half
+the training set. There
+alpha 1 and 0.1 blow the training loss up in epoch 3, alpha 0.01 and 0.001
+train but end over a point below the reference probe (alpha 0: 90.3%), and
+1e-4 is stable (measured; the search is deterministic, so these verdicts are
+exact).
 The scale-free rule bounds every step, so the searches that must diverge use
 the additive one; the scale-free rule's own ladders are tested at the end.
 """
@@ -25,7 +28,7 @@ from adatune.store import open_store
 from tests._cli import cli
 
 ADDITIVE = ["--hyper-update", "additive"]
-UNSTABLE = ["--tuner", "rtho", *ADDITIVE, "--hyper-lr", "1e-3", "--alpha-max", "1",
+UNSTABLE = ["--tuner", "rtho", "--online", *ADDITIVE, "--hyper-lr", "1e-3", "--alpha-max", "1",
             "--probe-epochs", "3", "--probe-fraction", "0.5", "--device", "cpu"]
 LOSS_REASON = r"training loss [0-9.e+]+ exceeds 3x its initial 2\.304 at epoch 3, step \d+"
 
@@ -33,6 +36,13 @@ LOSS_REASON = r"training loss [0-9.e+]+ exceeds 3x its initial 2\.304 at epoch 3
 def _json(capsys, *args: str) -> tuple[int, dict, str]:
     code, out, err = cli(capsys, "find-alpha", *args, "--json")
     return code, json.loads(out), err
+
+
+def _rungs(data: dict) -> list[dict]:
+    """The probes of the ladder (and refinement), after the reference probe."""
+    reference, *rungs = data["probes"]
+    assert reference["phase"] == "reference"
+    return rungs
 
 
 def _details(store: str = "adatune.db"):
@@ -44,36 +54,42 @@ def _details(store: str = "adatune.db"):
 def test_unstable_setting_diverges_at_high_alpha_and_is_stable_lower(workdir, capsys):
     code, data, err = _json(capsys, *UNSTABLE)
     assert code == 0, err
-    probes = data["probes"]
+    probes = _rungs(data)
+    assert (data["probes"][0]["alpha"], data["probes"][0]["status"]) == (0.0, "stable")
     assert [(p["alpha"], p["status"]) for p in probes] == [
-        (1.0, "diverged"), (0.1, "diverged"), (0.01, "stable")]
-    assert data["alpha"] == 0.01 and data["search"] == "alpha"
+        (1.0, "diverged"), (0.1, "diverged"), (0.01, "worse"), (0.001, "worse"),
+        (1e-4, "stable")]
+    assert data["alpha"] == 1e-4 and data["search"] == "alpha"
     for p in probes[:2]:  # stopped in their third epoch by the loss rule
         assert re.fullmatch(LOSS_REASON, p["reason"]), p["reason"]
         assert p["epochs"] == 2
-    assert probes[2]["reason"] is None and probes[2]["epochs"] == 3
+    for p in probes[2:4]:  # trained to the end, judged against the reference
+        assert p["reason"] == "the reference has 90.3%" and p["val_acc"] < 0.893
+    assert probes[4]["reason"] is None and probes[4]["epochs"] == 3
 
     # The store: one find-alpha run, its probes linked to it.
     with open_store("adatune.db") as db:
         [search] = db.list_runs(kind="find-alpha")
         runs = db.list_runs(kind="probe", parent_id=search.id)
     assert search.id == data["search_run_id"] and search.status == "completed"
-    assert search.summary["alpha"] == 0.01 and search.summary["search"] == "alpha"
+    assert search.summary["alpha"] == 1e-4 and search.summary["search"] == "alpha"
     assert search.config["search"]["ladder"][:3] == [1.0, 0.1, 0.01]
     by_id = {r.id: r for r in runs}
-    assert sorted(by_id) == [p["run_id"] for p in probes]
-    for p in probes:
+    assert sorted(by_id) == [p["run_id"] for p in data["probes"]]
+    for p in data["probes"]:
         run = by_id[p["run_id"]]
         assert run.config["alpha"] == p["alpha"] and run.config["epochs"] == 3
         assert run.config["train_subset"] == 0.5 and run.config["hyper_lr"] == 1e-3
-        assert run.status == ("completed" if p["status"] == "stable" else "diverged")
-        assert run.error == p["reason"] and run.epochs == p["epochs"]
+        diverged = p["status"] == "diverged"
+        assert run.status == ("diverged" if diverged else "completed")
+        assert run.epochs == p["epochs"] and run.error == (p["reason"] if diverged else None)
 
     # The HTML report's view of the same search.
     [info] = _get_find_alpha_info(_details()).searches
-    assert info.parameter == "alpha" and info.chosen == 0.01
+    assert info.parameter == "alpha" and info.chosen == 1e-4
     assert [(p.value, p.status) for p in info.probes] == [
-        (0.01, "completed"), (0.1, "diverged"), (1.0, "diverged")]
+        (0.0, "completed"), (1e-4, "completed"), (0.001, "completed"), (0.01, "completed"),
+        (0.1, "diverged"), (1.0, "diverged")]
 
 
 @pytest.mark.slow
@@ -87,8 +103,9 @@ def test_same_seed_same_search_and_refine_bisects_in_log_space(workdir, capsys):
 
     assert strip(first) == strip(second) and first["alpha"] == second["alpha"]
     refine = first["probes"][-1]
-    assert refine["phase"] == "refine" and math.isclose(refine["alpha"], math.sqrt(0.1 * 0.01))
-    assert len(first["probes"]) == 4
+    # between the last rung that did harm (0.001, worse) and the stable one (1e-4)
+    assert refine["phase"] == "refine" and math.isclose(refine["alpha"], math.sqrt(1e-3 * 1e-4))
+    assert len(_rungs(first)) == 6
     # the answer is the largest value judged stable
     assert first["alpha"] == max(p["alpha"] for p in first["probes"] if p["status"] == "stable")
     # probe by probe, epoch by epoch, the same numbers
@@ -100,14 +117,17 @@ def test_same_seed_same_search_and_refine_bisects_in_log_space(workdir, capsys):
 
 
 def test_hyper_lr_search_and_the_lr_explosion_rule(workdir, capsys):
-    code, data, err = _json(capsys, "--search", "hyper-lr", "--tuner", "rtho", *ADDITIVE,
+    code, data, err = _json(capsys, "--search", "hyper-lr", "--tuner", "rtho", "--online",
+                            *ADDITIVE,
                             "--hyper-lr-max", "1", "--hyper-lr-min", "1e-4", "--probe-epochs",
                             "2", "--probe-fraction", "0.5", "--device", "cpu")
     assert code == 0, err
-    probes = data["probes"]
+    probes = _rungs(data)
+    assert data["probes"][0]["hyper_lr"] == 1e-4  # the reference: the rule's default
     assert [(p["hyper_lr"], p["status"]) for p in probes] == [
-        (1.0, "diverged"), (0.1, "diverged"), (0.01, "diverged"), (0.001, "stable")]
-    assert data["hyper_lr"] == 0.001 and "alpha" not in data
+        (1.0, "diverged"), (0.1, "diverged"), (0.01, "diverged"), (0.001, "worse"),
+        (1e-4, "stable")]
+    assert data["hyper_lr"] == 1e-4 and "alpha" not in data
     assert re.fullmatch(r"training loss [0-9.e+]+ exceeds 3x its initial 2\.304 at epoch 1, "
                         r"step \d+", probes[0]["reason"])
     assert re.fullmatch(r"learning rate exploded to [0-9.]+ \(over 100x the initial 0\.05\) at "
@@ -115,12 +135,12 @@ def test_hyper_lr_search_and_the_lr_explosion_rule(workdir, capsys):
     with open_store("adatune.db") as db:
         [search] = db.list_runs(kind="find-alpha")
         runs = db.list_runs(kind="probe", parent_id=search.id)
-    assert search.summary["search"] == "hyper-lr" and search.summary["hyper_lr"] == 0.001
-    assert sorted(r.config["hyper_lr"] for r in runs) == [0.001, 0.01, 0.1, 1.0]
+    assert search.summary["search"] == "hyper-lr" and search.summary["hyper_lr"] == 1e-4
+    assert sorted(r.config["hyper_lr"] for r in runs) == [1e-4, 1e-4, 0.001, 0.01, 0.1, 1.0]
     assert {r.config["alpha"] for r in runs} == {0.0}
     [info] = _get_find_alpha_info(_details()).searches
-    assert info.parameter == "hyper-lr" and info.chosen == 0.001
-    assert [p.value for p in info.probes] == [0.001, 0.01, 0.1, 1.0]
+    assert info.parameter == "hyper-lr" and info.chosen == 1e-4
+    assert [p.value for p in info.probes] == [1e-4, 1e-4, 0.001, 0.01, 0.1, 1.0]
 
 
 def test_then_train_runs_the_full_training_with_the_found_alpha(workdir, capsys):
@@ -131,8 +151,9 @@ def test_then_train_runs_the_full_training_with_the_found_alpha(workdir, capsys)
     assert code == 0, err
     with open_store("adatune.db") as db:
         [search] = db.list_runs(kind="find-alpha")
-        [probe] = db.list_runs(kind="probe")
+        reference, probe = sorted(db.list_runs(kind="probe"), key=lambda r: r.id)
         [trained] = db.list_runs(kind="train")
+    assert reference.config["alpha"] == 0.0 and probe.config["alpha"] == 1e-5
     assert probe.parent_id == search.id and probe.status == "completed" and probe.epochs == 1
     assert trained.config["alpha"] == 1e-5 and search.summary["alpha"] == 1e-5
     assert trained.status == "completed" and trained.epochs == 2
@@ -151,7 +172,7 @@ def test_every_alpha_diverges_exits_1_with_one_line(workdir, capsys):
     data = json.loads(out)
     assert data["alpha"] is None
     assert [(p["alpha"], p["status"]) for p in data["probes"]] == [
-        (0.01, "diverged"), (0.001, "diverged"), (0.0001, "diverged")]
+        (0.0, "diverged"), (0.01, "diverged"), (0.001, "diverged"), (0.0001, "diverged")]
     errors = [line for line in err.splitlines() if line.startswith("adatune: error:")]
     assert errors == ["adatune: error: every alpha from 0.01 down to 0.0001 diverged: lower "
                       "--hyper-lr (now 1) or --lr (now 0.05), then search again"]
@@ -293,6 +314,31 @@ def test_the_zero_lr_and_nonfinite_hypergradient_rules_reach_the_probes(tmp_path
     config, search = _quick(tmp_path)
     with open_store(tmp_path / "s.db") as db:
         result = find_alpha(config, search, db)
-    assert [p.verdict for p in result.probes] == ["diverged", "diverged"]
+    assert [p.verdict for p in result.probes] == ["diverged"] * 3  # the reference first
     assert all(re.fullmatch(reason, p.reason) for p in result.probes), result.probes
     assert result.value is None
+
+
+def _probe_result(value, verdict="stable", final_lr=0.1, val_acc=0.9, val_loss=0.3):
+    from adatune.search.findalpha import ProbeResult
+
+    return ProbeResult(value=value, verdict=verdict, reason=None, run_id=1, epochs=3,
+                       final_lr=final_lr, val_acc=val_acc, phase="ladder", val_loss=val_loss)
+
+
+@pytest.mark.parametrize("probe, verdict", [
+    (_probe_result(0.1), None),
+    (_probe_result(0.1, val_acc=0.895), None),  # within a point of the reference
+    (_probe_result(0.1, val_acc=0.88), "worse"),
+    (_probe_result(0.1, final_lr=0.005), "collapsed"),  # its LR ended 20x below
+    (_probe_result(0.1, verdict="diverged", val_acc=0.1), None),  # judged already
+    (_probe_result(0.1, val_acc=None, val_loss=0.31), "worse"),  # by loss: 3% above
+    (_probe_result(0.1, val_acc=None, val_loss=0.302), None),
+])
+def test_a_probe_that_trained_but_did_harm_is_not_stable(probe, verdict):
+    from adatune.search.findalpha import _harm
+
+    reference = _probe_result(0.0)
+    if probe.val_acc is None:
+        reference = _probe_result(0.0, val_acc=None)
+    assert _harm(probe, reference, SearchConfig())[0] == verdict

@@ -42,7 +42,7 @@ def _run(mode, dtype, *, steps=6, mu=0.9, opt="sgd"):
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-3)
         hyper = 1e-6
-    tuner = adatune.MARTHE(optimizer, hyper_lr=hyper, mu=mu, hvp=mode, model=model)
+    tuner = adatune.MARTHE(optimizer, hyper_lr=hyper, mu=mu, hvp=mode, model=model, online=True)
     torch.manual_seed(2)  # the dropout stream
     hgs, stats = [], []
 
@@ -78,10 +78,11 @@ def test_finite_difference_hypergradient_matches_exact(dtype, tol, opt):
 def test_finite_difference_needs_a_closure_and_a_model():
     w = nn.Parameter(torch.ones(3))
     with pytest.raises(ValueError, match="model"):
-        adatune.MARTHE(torch.optim.SGD([w], lr=0.1), hyper_lr=1e-3, hvp="finite-difference")
+        adatune.MARTHE(torch.optim.SGD([w], lr=0.1), hyper_lr=1e-3, hvp="finite-difference",
+                       online=True)
     lin = nn.Linear(3, 1)
     tuner = adatune.MARTHE(torch.optim.SGD(lin.parameters(), lr=0.1), hyper_lr=1e-3,
-                           hvp="finite-difference", model=lin)
+                           hvp="finite-difference", model=lin, online=True)
     x = torch.randn(4, 3)
     tuner.step(lambda: lin(x).pow(2).mean(), val_loss=lambda: lin(x).mean())
     with pytest.raises(ValueError, match="closure"):

@@ -1,5 +1,6 @@
-"""The peers (Prodigy, D-Adaptation, Schedule-Free, DoG): built from their packages, run by
-the loop, recorded with their effective LR, Schedule-Free judged on its averaged weights."""
+"""The peers (Prodigy, D-Adaptation, Schedule-Free, DoG, Mechanic): built from their packages,
+run by the loop, recorded with their effective LR, Schedule-Free judged on its averaged weights,
+Mechanic's state checkpointed as plain containers."""
 
 from __future__ import annotations
 
@@ -18,9 +19,16 @@ from torch import nn
 
 import adatune
 from adatune.errors import ConfigError
-from adatune.methods.peers import PEER_NAMES, PEERS, build_peer, optimizer_view, peer_class
+from adatune.methods.peers import (
+    PEER_NAMES,
+    PEERS,
+    build_peer,
+    optimizer_view,
+    peer_class,
+    peer_name,
+)
 from adatune.running.build import build_parts
-from adatune.running.config import TrainConfig
+from adatune.running.config import DEFAULT_MOMENTUM, TrainConfig
 from adatune.running.runtypes import Events
 from adatune.store import open_store
 from tests._cli import cli
@@ -45,15 +53,52 @@ def _only_run(store="adatune.db"):
 
 
 # ------------------------------------------------------------- the packages
+WRAPPERS = tuple(n for n in PEER_NAMES if PEERS[n].wraps)  # Mechanic over SGD and AdamW
+NOT_WRAPPERS = tuple(n for n in PEER_NAMES if not PEERS[n].wraps)
+
+
 @pytest.mark.parametrize("name", PEER_NAMES)
 def test_each_peer_spec_holds_its_packages_own_defaults(name):
     spec = PEERS[name]
     params = inspect.signature(peer_class(name).__init__).parameters
-    assert params["lr"].default == spec.lr
-    if "momentum" in spec.settings:
-        assert params["momentum"].default == spec.momentum
+    if spec.wraps:  # the base optimizer's constructor: the LR is the one its README uses
+        import importlib.metadata
+
+        readme = importlib.metadata.metadata(spec.package).get_payload()
+        assert f"mechanize(torch.optim.SGD)(model.parameters(), lr={spec.lr})" in readme
+        if "momentum" in spec.settings:  # adatune's SGD's
+            assert spec.momentum == DEFAULT_MOMENTUM
+    else:
+        assert params["lr"].default == spec.lr
+        if "momentum" in spec.settings:
+            assert params["momentum"].default == spec.momentum
     assert set(spec.settings) <= set(params)  # every setting is a constructor argument
     assert TrainConfig(method=name).lr == spec.lr
+    model, _, _ = _linear()
+    group = build_peer(name, model.parameters()).param_groups[0]  # a run's defaults
+    assert group["lr"] == spec.lr and group["weight_decay"] == 0
+    if "momentum" in spec.settings:
+        assert group["momentum"] == spec.momentum == TrainConfig(method=name).momentum
+
+
+@pytest.mark.parametrize("name", WRAPPERS)
+def test_a_mechanic_peer_is_the_package_over_its_base_optimizer(name):
+    import mechanic_pytorch
+
+    spec = PEERS[name]
+    base = getattr(torch.optim, spec.wraps)
+    model, _, _ = _linear()
+    opt = build_peer(name, model.parameters(), lr=0.5)
+    assert isinstance(opt, mechanic_pytorch.Mechanic) and isinstance(opt, base)
+    assert peer_class(name) is peer_class(name) is type(opt)  # one class per process
+    # one the user mechanized is recognised too (mechanize makes a new class per call)...
+    mine = mechanic_pytorch.mechanize(base)(model.parameters(), lr=0.5)
+    assert type(mine) is not type(opt) and peer_name(mine) == name
+    assert optimizer_view(mine).adaptive
+    # ...but only over the peer's own base class (AdamW is a subclass of Adam in torch)
+    other = mechanic_pytorch.mechanize(torch.optim.Adam)(model.parameters())
+    assert peer_name(other) is None and optimizer_view(other).adaptive
+    assert peer_name(base(model.parameters())) is None
 
 
 def _linear(seed: int = 0):
@@ -90,7 +135,7 @@ _SETTINGS = {"dadapt-adam": {"betas": (0.0, 0.999)}, "prodigy": {"betas": (0.0, 
              "schedulefree-sgd": {"warmup_steps": 5}, "schedulefree-adamw": {"warmup_steps": 5}}
 
 
-@pytest.mark.parametrize("name", PEER_NAMES)
+@pytest.mark.parametrize("name", NOT_WRAPPERS)
 def test_the_view_reports_the_step_size_each_package_applied(name):
     model, x, y = _linear()
     cls = peer_class(name)
@@ -119,6 +164,101 @@ def test_the_view_reports_the_step_size_each_package_applied(name):
         assert reported == pytest.approx([base * min(1, (k + 1) / 5) for k in range(8)])
     else:
         assert len(set(reported)) > 2  # the step size adapts
+
+
+def _flat(tensors) -> torch.Tensor:
+    return torch.cat([t.detach().flatten() for t in tensors])
+
+
+@pytest.mark.parametrize("name", WRAPPERS)
+def test_the_view_reports_the_step_size_mechanic_applied(name):
+    """Mechanic moves x to ref + s' (delta + u): the offset travelled so far, rescaled, plus
+    the base update u = -lr * direction scaled by s'. Both coefficients are solved for from
+    the weights it moved (fresh batches keep the two directions apart); the one on the
+    direction is the step size, and the view reports it."""
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3).double()
+    # SGD without momentum: the direction is the gradient; AdamW with beta1 = 0 and no
+    # weight decay: g / (sqrt(v / (1 - beta2^t)) + eps)
+    settings = {"momentum": 0.0} if PEERS[name].wraps == "SGD" else {"betas": (0.0, 0.999)}
+    opt = peer_class(name)(model.parameters(), lr=0.1, weight_decay=0.0, **settings)
+    view = optimizer_view(opt)
+    assert view.adaptive and not view.switches and view.lr() == 0.0  # no step yet
+    ref = previous = _flat(model.parameters())
+    reported = []
+    for _ in range(12):
+        x, y = torch.randn(32, 5, dtype=torch.float64), torch.randint(0, 3, (32,))
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        grad = _flat(p.grad for p in model.parameters())
+        view.before_step()
+        opt.step()
+        lr = view.after_step()
+        if "betas" in settings:
+            group = opt.param_groups[0]
+            states = [opt.state[p] for p in model.parameters()]
+            v = _flat(st["exp_avg_sq"] for st in states)
+            correction = 1 - group["betas"][1] ** float(states[0]["step"])
+            direction = grad / ((v / correction).sqrt() + group["eps"])
+        else:
+            direction = grad
+        moved = _flat(model.parameters()) - ref
+        basis = torch.stack([previous - ref, -direction], 1)
+        kept, step = torch.linalg.lstsq(basis, moved[:, None]).solution.flatten().tolist()
+        assert (basis @ torch.tensor([kept, step], dtype=basis.dtype)).tolist() \
+            == pytest.approx(moved.tolist(), rel=1e-9, abs=1e-15)
+        assert step == pytest.approx(lr, rel=1e-6)
+        assert view.lr() == lr
+        reported.append(lr)
+        previous = _flat(model.parameters())
+    assert reported[0] > 0 and reported[-1] > 10 * reported[0]  # s grows from s_init
+
+
+def test_mechanic_state_round_trips_through_a_plain_checkpoint_bit_for_bit(tmp_path):
+    """torch's state_dict() keeps Mechanic's per-parameter entries keyed by the parameters;
+    the view keys them by index, so weights_only=True reads the file, and the restored
+    optimizer continues exactly as the one that never stopped."""
+    def build(seed=0):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+        return model, build_peer("mechanic-sgd", model.parameters(), lr=0.3)
+
+    def steps(model, opt, view, batches):
+        for x, y in batches:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            view.before_step()
+            opt.step()
+            view.after_step()
+
+    torch.manual_seed(1)
+    batches = [(torch.randn(16, 5), torch.randint(0, 3, (16,))) for _ in range(10)]
+    model, opt = build()
+    view = optimizer_view(opt)
+    steps(model, opt, view, batches[:4])
+    torch.save({"optim": view.optimizer_state(), "model": model.state_dict(),
+                "view": view.state()}, tmp_path / "last.pt")
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    own = saved["optim"]["state"]["_mechanic"]
+    assert {k for k in own if not isinstance(k, str)} == {0, 1, 2, 3}  # by parameter index
+    assert "_mechanic" in opt.state and all(  # the live state is left as it was
+        isinstance(k, str) or any(k is p for p in model.parameters())
+        for k in opt.state["_mechanic"])
+    steps(model, opt, view, batches[4:])
+
+    model2, opt2 = build(seed=5)  # other initial weights: all of them must come back
+    view2 = optimizer_view(opt2)
+    model2.load_state_dict(saved["model"])
+    view2.load_optimizer_state(saved["optim"])
+    view2.load(saved["view"])
+    assert view2.lr() == saved["view"]["last_lr"] > 0
+    steps(model2, opt2, view2, batches[4:])
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
+    assert torch.equal(opt.state["_mechanic"]["s"], opt2.state["_mechanic"]["s"])
+    assert view2.lr() == view.lr()
+    bad = {**saved["optim"], "state": {**saved["optim"]["state"], "_mechanic": {**own, 9: {}}}}
+    with pytest.raises(ValueError, match="parameters this optimizer does not have"):
+        optimizer_view(build()[1]).load_optimizer_state(bad)
 
 
 def test_a_torch_optimizer_keeps_its_lr_and_has_no_mode_switch():
@@ -150,6 +290,11 @@ def test_each_peer_runs_two_epochs_through_the_cli_with_its_effective_lr(workdir
     code, out, err = cli(capsys, "baseline", "--method", name, "--epochs", "2",
                          "--log-every", "1")
     assert code == 0, (out, err)
+    [compare] = [line for line in out.splitlines() if "# compare: MARTHE" in line]
+    if PEERS[name].wraps:  # Mechanic: MARTHE over the optimizer it wraps
+        assert f"--optimizer {PEERS[name].wraps.lower()} " in compare
+    else:
+        assert "--optimizer" not in compare
     detail = _only_run()
     run = detail.run
     assert (run.kind, run.method, run.optimizer, run.status, run.epochs) == (
@@ -265,6 +410,10 @@ def test_schedule_free_is_judged_on_its_averaged_weights(workdir, capsys):
     (["baseline", "--method", "prodigy", "--momentum", "0.9"], "momentum does not apply"),
     (["baseline", "--method", "dog", "--nesterov"], "nesterov does not apply"),
     (["baseline", "--method", "schedulefree-sgd", "--momentum", "0"], "invalid momentum"),
+    (["baseline", "--method", "mechanic-adam", "--momentum", "0.9"], "momentum does not apply"),
+    (["baseline", "--method", "mechanic-sgd", "--momentum", "1"], "invalid momentum"),
+    (["baseline", "--method", "mechanic-sgd", "--lr", "0"], "invalid lr"),
+    (["baseline", "--method", "mechanic-adam", "--warmup-steps", "5"], "warmup_steps applies"),
     (["baseline", "--lr-scheduler", "cosine", "--warmup-steps", "10"], "for the peer"),
     (["baseline", "--method", "schedulefree-sgd", "--warmup-steps", "-1"], "warmup_steps"),
     (["train", "--optimizer", "prodigy"], "prodigy is a method"),
@@ -283,7 +432,7 @@ def test_bad_peer_input_exits_2_with_one_line_and_writes_no_run(workdir, capsys,
 
 @pytest.mark.parametrize("command", [["baseline", "--method"], ["sweep", "--trials", "1",
                                                                  "--method"]])
-@pytest.mark.parametrize("name", ["prodigy", "dog"])
+@pytest.mark.parametrize("name", ["prodigy", "dog", "mechanic-sgd"])
 def test_a_peer_without_its_package_is_one_line_and_no_run(workdir, capsys, monkeypatch,
                                                            command, name):
     spec = PEERS[name]
@@ -370,6 +519,45 @@ def test_fit_switches_schedule_free_and_leaves_the_averaged_weights_in_the_model
         result.epochs[-1].val_loss, rel=1e-6)
 
 
+@pytest.mark.parametrize("base, name", [(torch.optim.AdamW, "mechanic-adam"),
+                                        (torch.optim.Adam, "mechanizedadam")])
+def test_fit_takes_an_optimizer_the_user_mechanized(workdir, base, name):
+    """Recognised whatever class mechanize made: no tuner, its effective LR recorded (a peer's
+    name only over the peer's own base class)."""
+    import mechanic_pytorch
+
+    model, (train, val, test) = _fit_data(2)
+    opt = mechanic_pytorch.mechanize(base)(model.parameters(), lr=1.0, weight_decay=0.0)
+    result = adatune.fit(model, train, val, test, optimizer=opt, epochs=2, store="runs.db",
+                         log_every=1)
+    assert result.status == "completed"
+    with open_store("runs.db") as db:
+        detail = db.get_run(result.run_id)
+    assert (detail.run.kind, detail.run.method, detail.run.optimizer) == ("baseline", name, name)
+    assert detail.run.config["tuner"] is None
+    lrs = [s.lr for s in detail.steps]
+    assert min(lrs) > 0 and len(set(lrs)) > 2  # s moves every step
+    assert lrs[-1] == float(torch.sum(opt.state["_mechanic"]["s"]))  # lr 1.0 times sum(s)
+
+
+def test_fit_records_mechanic_scaling_the_lr_a_schedule_sets(workdir):
+    """A schedule moves the base LR; the step's effective LR is the LR it began with, times s."""
+    import mechanic_pytorch
+
+    model, (train, val, test) = _fit_data(3)
+    opt = mechanic_pytorch.mechanize(torch.optim.SGD)(model.parameters(), lr=1.0, momentum=0.9)
+    schedule = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)  # per epoch
+    result = adatune.fit(model, train, val, test, optimizer=opt, schedule=schedule, epochs=3,
+                         store="runs.db", log_every=1)
+    assert result.status == "completed"
+    with open_store("runs.db") as db:
+        run = db.get_run(result.run_id).run
+    assert (run.method, run.optimizer) == ("steplr", "mechanic-sgd")
+    assert opt.param_groups[0]["lr"] == 0.125  # stepped after the last epoch too
+    scale = float(torch.sum(opt.state["_mechanic"]["s"]))
+    assert result.epochs[-1].lr == 0.25 * scale  # the last epoch's steps began at 0.25
+
+
 class _StopAt(Events):
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
@@ -379,7 +567,7 @@ class _StopAt(Events):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("name", ["schedulefree-sgd", "dog"])
+@pytest.mark.parametrize("name", ["schedulefree-sgd", "dog", "mechanic-sgd"])
 def test_fit_resumes_a_peer_to_the_uninterrupted_result(workdir, name):
     def fit(**kw):
         model, (train, val, test) = _fit_data(4)
@@ -406,14 +594,16 @@ def test_fit_with_a_peer_and_a_tuner_is_refused(workdir):
 
 # ----------------------------------------------------- kill and resume (CLI)
 # One peer of each package. Schedule-Free warms up across the kill; DoG and D-Adaptation
-# keep their distance estimates in the optimizer's state.
+# keep their distance estimates in the optimizer's state; Mechanic its scales, its wealth and
+# each parameter's reference point (keyed by the parameters: saved by index).
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [
     ["--method", "prodigy"],
     ["--method", "dadapt-sgd"],
     ["--method", "schedulefree-sgd", "--lr", "0.5", "--warmup-steps", "120"],
     ["--method", "dog"],
-], ids=["prodigyopt", "dadaptation", "schedulefree", "dog-optimizer"])
+    ["--method", "mechanic-adam"],
+], ids=["prodigyopt", "dadaptation", "schedulefree", "dog-optimizer", "mechanic-pytorch"])
 def test_a_peer_resumes_bit_identically_after_sigkill(workdir, extra):
     run = ["baseline", *extra, "--epochs", "3", "--batch-size", "16", "--seed", "3"]
     store = workdir / "killed.db"
@@ -464,7 +654,7 @@ def _trajectory(store, run_id: int):
 # which d that step used.
 @pytest.mark.parametrize("method, batch", [
     ("schedulefree-sgd", 7), pytest.param("prodigy", 7, marks=pytest.mark.slow),
-    ("dadapt-sgd", -1)])
+    ("dadapt-sgd", -1), ("mechanic-sgd", 7)])
 def test_a_peer_stopped_by_sigterm_mid_epoch_resumes_to_the_same_result(workdir, method,
                                                                          batch):
     from adatune.running import signals

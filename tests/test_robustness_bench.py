@@ -60,6 +60,25 @@ def test_unknown_task_or_method_is_refused(R, capsys):
     assert exc.value.code == 2 and "unknown task or method: imagenet" in capsys.readouterr().err
 
 
+def test_mechanic_wraps_the_task_optimizer_from_the_run_s_initial_lr(R):
+    import mechanic_pytorch
+
+    entries = {m.name: m for m in R.PEER_METHODS}
+    model = torch.nn.Linear(3, 2)
+    for name, family, base in (("mechanic-sgd", "sgd", torch.optim.SGD),
+                               ("mechanic-adam", "adam", torch.optim.AdamW)):
+        method = entries[name]
+        assert method.uses_initial_lr and method.families == (family,)
+        assert pickle.loads(pickle.dumps(method)).name == name
+        opt = method.optimizer(model.parameters(), 0.03, family)
+        assert isinstance(opt, mechanic_pytorch.Mechanic) and isinstance(opt, base)
+        group = opt.param_groups[0]
+        task = R.OPTIMIZERS[family](torch.nn.Linear(3, 2).parameters(), 0.03).param_groups[0]
+        assert group["lr"] == 0.03 and group["weight_decay"] == task["weight_decay"] == 0
+        assert group.get("momentum") == task.get("momentum")  # SGD's 0.9; Adam has none
+    assert ("Mechanic SGD / AdamW", ("mechanic-sgd", "mechanic-adam")) in R.COMPACT
+
+
 @pytest.mark.slow
 def test_the_peers_run_beside_their_own_family_only(R, monkeypatch):
     base = R.TASKS["teacher-mlp"]

@@ -1,10 +1,11 @@
-"""The library's default tuners, from a learning rate 10x off, on a generated task.
+"""The online tuners' rule, from a learning rate 10x off, on a generated task.
 
-``adatune.MARTHE(optimizer)``, ``adatune.RTHO(optimizer)`` and
-``adatune.HD(optimizer)`` with nothing else: the scale-free rule and its
-default hyper-LR. The good range is the best constant LR of a grid on the
-same task (by the final validation loss); started 10x below or above it,
-each tuner must end closer to it than it started. Accuracy is not asserted:
+``adatune.MARTHE(optimizer, online=True)``, and RTHO and HD likewise, with
+nothing else: the papers' per-step tuners under the scale-free rule and its
+default hyper-LR (the tuners with a horizon: tests/test_horizon.py). The
+good range is the best constant LR of a grid on the same task (by the final
+validation loss); started 10x below or above it, each tuner must end closer to
+it than it started. Accuracy is not asserted:
 this is about the LR moving the right way by itself, for SGD with momentum
 and for Adam alike.
 """
@@ -48,7 +49,7 @@ def _train(kind: str, lr: float, tuner_cls=None) -> tuple[float, float]:
     (x, y), (xv, yv) = _task()
     model = _model()
     opt = OPTIMIZERS[kind](model.parameters(), lr)
-    tuner = None if tuner_cls is None else tuner_cls(opt)
+    tuner = None if tuner_cls is None else tuner_cls(opt, online=True)
     g = torch.Generator().manual_seed(1)
     for _ in range(STEPS):
         idx = torch.randint(0, len(y), (BATCH,), generator=g)

@@ -45,7 +45,7 @@ def test_hd_follows_the_published_update_rule(kind):
     opt = {"sgd": lambda p: torch.optim.SGD(p, lr=0.05),
            "momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
            "adam": lambda p: torch.optim.Adam(p, lr=0.01)}[kind](model.parameters())
-    tuner = adatune.HD(opt, hyper_lr=beta, hyper_update="additive")
+    tuner = adatune.HD(opt, hyper_lr=beta, hyper_update="additive", online=True)
     lrs = []
     for t in range(len(xs)):
         tuner.step(ce(model(xs[t]), ys[t]))
@@ -90,7 +90,8 @@ def test_auto_mu_and_alpha_follow_the_design_rules_on_a_scalar_problem():
     w0, eta, beta, alpha = 1.0, 0.1, 0.05, 0.5
     w = nn.Parameter(torch.tensor([w0], dtype=torch.float64))
     opt = torch.optim.SGD([w], lr=eta)
-    tuner = adatune.MARTHE(opt, hyper_lr=beta, mu="auto", alpha=alpha, hyper_update="additive")
+    tuner = adatune.MARTHE(opt, hyper_lr=beta, mu="auto", alpha=alpha, hyper_update="additive",
+                           online=True)
     assert tuner.mu == 0.0
 
     ww, z, mu, cc = w0, 0.0, 0.0, 0.0
@@ -121,14 +122,15 @@ def test_auto_mu_and_alpha_follow_the_design_rules_on_a_scalar_problem():
 
 def test_negative_mu_means_auto_as_in_the_original():
     w = nn.Parameter(torch.ones(1))
-    tuner = adatune.MARTHE(torch.optim.SGD([w], lr=0.1), hyper_lr=1e-3, mu=-1)
+    tuner = adatune.MARTHE(torch.optim.SGD([w], lr=0.1), hyper_lr=1e-3, mu=-1, online=True)
     assert tuner.auto_mu and tuner.mu == 0.0
 
 
 def test_alpha_zero_keeps_the_hyper_lr_fixed():
     xs, ys, xv, yv = _data()
     model = _model()
-    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e-2, mu=0.9)
+    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e-2, mu=0.9,
+                           online=True)
     for t in range(4):
         tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv))
     assert tuner.hyper_lr == 1e-2
@@ -151,7 +153,8 @@ def test_state_dict_round_trip_continues_identically(opt_name, mu, rule):
             hyper, alpha = (1e-2 if opt_name == "momentum" else 1e-4), 1e-3
         else:
             hyper, alpha = 0.05, 0.1
-        return model, adatune.MARTHE(opt, hyper_lr=hyper, mu=mu, alpha=alpha, hyper_update=rule)
+        return model, adatune.MARTHE(opt, hyper_lr=hyper, mu=mu, alpha=alpha, hyper_update=rule,
+                                     online=True)
 
     def run(model, tuner, steps):
         out = []
@@ -200,7 +203,7 @@ def test_state_dict_round_trip_continues_identically(opt_name, mu, rule):
 def test_bad_constructor_arguments_raise_value_error_naming_them(kwargs, name):
     w = nn.Parameter(torch.ones(2))
     with pytest.raises(ValueError, match=f"Invalid {name}"):
-        adatune.MARTHE(torch.optim.SGD([w], lr=0.1), **kwargs)
+        adatune.MARTHE(torch.optim.SGD([w], lr=0.1), **kwargs, online=True)
 
 
 @pytest.mark.parametrize(
@@ -215,14 +218,14 @@ def test_bad_constructor_arguments_raise_value_error_naming_them(kwargs, name):
 def test_unsupported_optimizers_are_rejected(make, match):
     w = nn.Parameter(torch.ones(2))
     with pytest.raises(ValueError, match=match):
-        adatune.MARTHE(make(w), hyper_lr=1e-3)
+        adatune.MARTHE(make(w), hyper_lr=1e-3, online=True)
 
 
 def test_rtho_fixes_mu_and_marthe_needs_a_validation_closure():
     w = nn.Parameter(torch.ones(2))
     with pytest.raises(ValueError, match="mu"):
-        adatune.RTHO(torch.optim.SGD([w], lr=0.1), hyper_lr=1e-3, mu=0.5)
-    tuner = adatune.MARTHE(torch.optim.SGD([w], lr=0.1), hyper_lr=1e-3)
+        adatune.RTHO(torch.optim.SGD([w], lr=0.1), hyper_lr=1e-3, mu=0.5, online=True)
+    tuner = adatune.MARTHE(torch.optim.SGD([w], lr=0.1), hyper_lr=1e-3, online=True)
     with pytest.raises(ValueError, match="val_loss"):
         tuner.step((w * w).sum())
 
@@ -240,13 +243,15 @@ def test_mu_zero_and_first_order_build_no_double_backward_graph(monkeypatch, kwa
     monkeypatch.setattr(torch.autograd, "grad", spy)
     xs, ys, xv, yv = _data()
     model = _model()
-    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e-3, **kwargs)
+    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e-3, **kwargs,
+                           online=True)
     for t in range(3):
         tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv))
     assert calls and not any(calls)
     # ... while exact MARTHE does use one (after the first step, where Z = 0).
     calls.clear()
-    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e-3, mu=0.9)
+    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e-3, mu=0.9,
+                           online=True)
     for t in range(3):
         tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv))
     assert calls.count(True) == 2
@@ -259,7 +264,7 @@ def test_non_finite_hypergradient_leaves_the_lr_and_is_counted(rule, bad):
     xs, ys, xv, yv = _data()
     model = _model()
     tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e-2, mu=0.9,
-                           hyper_update=rule)
+                           hyper_update=rule, online=True)
     tuner.step(ce(model(xs[0]), ys[0]), val_loss=lambda: ce(model(xv), yv))
     # the hypergradient's moving averages (the training loss's go on: it is finite)
     averages = [k for k in rules.initial_state() if k.startswith("hyper_")]
@@ -277,7 +282,7 @@ def test_additive_lr_never_goes_below_zero():
     xs, ys, xv, yv = _data()
     model = _model()
     tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e6, mu=0.5,
-                           hyper_update="additive")
+                           hyper_update="additive", online=True)
     # Validation loss = minus the training loss on the same batch: h ~ +|g|^2 > 0, and
     # the huge hyper-LR pushes the LR through zero.
     for t in range(4):
@@ -290,7 +295,7 @@ def test_scale_free_rule_skips_a_hypergradient_too_large_to_square():
     """h = 1e200 is finite, but (eta h)^2 is not: the moving averages would be ruined."""
     xs, ys, xv, yv = _data()
     model = _model()
-    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), mu=0.9)
+    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), mu=0.9, online=True)
     tuner.step(ce(model(xs[0]), ys[0]), val_loss=lambda: ce(model(xv), yv))
     averages = [k for k in rules.initial_state() if k.startswith("hyper_")]
     before, rule_state = tuner.lr, {k: tuner.state[k] for k in averages}
@@ -338,7 +343,8 @@ def test_scale_free_rule_follows_its_formula_on_a_scalar_problem():
     a, b, c, mu = 1.5, 2.0, 0.3, 0.5
     w0, eta, beta, alpha = 1.0, 0.05, 0.2, 0.3
     w = nn.Parameter(torch.tensor([w0], dtype=torch.float64))
-    tuner = adatune.MARTHE(torch.optim.SGD([w], lr=eta), hyper_lr=beta, mu=mu, alpha=alpha)
+    tuner = adatune.MARTHE(torch.optim.SGD([w], lr=eta), hyper_lr=beta, mu=mu, alpha=alpha,
+                           online=True)
     assert tuner.hyper_update == SCALE_FREE  # the default rule
     ww, z = w0, 0.0
     ref = {"lr": eta, "m": 0.0, "v": 0.0, "k": 0, "r": 0.0, "j": 0, "fast": 0.0,
@@ -417,7 +423,8 @@ def test_scale_free_rule_ignores_the_scale_of_the_hypergradient(tuner_cls):
     def run(rule, scale):
         model = _model()
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        tuner = tuner_cls(opt, hyper_lr=1e-2 if rule == ADDITIVE else 0.05, hyper_update=rule)
+        tuner = tuner_cls(opt, hyper_lr=1e-2 if rule == ADDITIVE else 0.05, hyper_update=rule,
+                          online=True)
         lrs = []
         for t in range(len(xs)):
             tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda: scale * ce(model(xv), yv))
@@ -435,7 +442,8 @@ def test_scale_free_steps_are_bounded_and_the_lr_stays_positive():
     xs, ys, _, _ = _data(steps=30)
     beta = rules.MAX_HYPER_LR
     model = _model()
-    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=beta, mu=0.5)
+    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=beta, mu=0.5,
+                           online=True)
     for t in range(len(xs)):
         before = tuner.lr
         # validation loss = minus the training loss of this batch: h > 0, "lower the LR"
@@ -462,7 +470,7 @@ def test_rtho_upward_drift_is_bounded_per_step():
         torch.manual_seed(0)
         model = nn.Linear(6, 3).double()
         tuner = adatune.RTHO(torch.optim.SGD(model.parameters(), lr=1e-4), hyper_lr=hyper_lr,
-                             hyper_update=rule)
+                             hyper_update=rule, online=True)
         lrs, hs = [1e-4], []
         for _ in range(steps):
             tuner.step(ce(model(x), y), val_loss=lambda: ce(model(x), y))
@@ -488,7 +496,7 @@ def test_rtho_upward_drift_is_bounded_per_step():
 def test_default_constructors_need_only_the_optimizer(tuner_cls, make):
     xs, ys, xv, yv = _data()
     model = _model()
-    tuner = tuner_cls(make(model.parameters()))
+    tuner = tuner_cls(make(model.parameters()), online=True)
     name = tuner_cls.__name__.lower()
     assert tuner.hyper_update == SCALE_FREE
     assert tuner.hyper_lr == rules.SCALE_FREE_HYPER_LR[name]
@@ -505,14 +513,14 @@ def test_loading_a_state_adopts_its_rule_and_old_states_read_as_additive():
     xs, ys, xv, yv = _data()
     model = _model()
     additive = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e-3,
-                              hyper_update="additive")
+                              hyper_update="additive", online=True)
     additive.step(ce(model(xs[0]), ys[0]), val_loss=lambda: ce(model(xv), yv))
     saved = additive.state_dict()
-    fresh = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05))
+    fresh = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), online=True)
     fresh.load_state_dict(saved)
     assert fresh.hyper_update == ADDITIVE and fresh.hyper_lr == 1e-3
     old = {**saved, "tuner": {k: v for k, v in saved["tuner"].items() if k != "hyper_update"}}
-    fresh = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05))
+    fresh = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), online=True)
     fresh.load_state_dict(old)  # saved before the rule was a choice: the additive one
     assert fresh.hyper_update == ADDITIVE
 
@@ -528,7 +536,7 @@ def test_parameters_without_gradient_are_handled():
         frozen = nn.Parameter(torch.ones(3, dtype=torch.float64), requires_grad=False)
         params = list(model.parameters()) + (list(unused.parameters()) + [frozen] if extra else [])
         opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-3)
-        tuner = adatune.MARTHE(opt, hyper_lr=1e-2, mu=0.9)
+        tuner = adatune.MARTHE(opt, hyper_lr=1e-2, mu=0.9, online=True)
         out = []
         for t in range(5):
             tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv))
@@ -543,7 +551,7 @@ def test_param_groups_keep_their_initial_ratio():
     model = _model()
     opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.1},
                            {"params": model[2].parameters(), "lr": 0.05}], lr=0.1)
-    tuner = adatune.MARTHE(opt, hyper_lr=1e-2, mu=0.9)
+    tuner = adatune.MARTHE(opt, hyper_lr=1e-2, mu=0.9, online=True)
     for t in range(5):
         tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv))
     assert tuner.lr != 0.1
@@ -554,7 +562,8 @@ def test_param_groups_keep_their_initial_ratio():
 def test_float32_models_work():
     xs, ys, xv, yv = _data(dtype=torch.float32)
     model = _model(dtype=torch.float32)
-    tuner = adatune.MARTHE(torch.optim.Adam(model.parameters(), lr=1e-2), hyper_lr=1e-5, mu=0.99)
+    tuner = adatune.MARTHE(torch.optim.Adam(model.parameters(), lr=1e-2), hyper_lr=1e-5, mu=0.99,
+                           online=True)
     for t in range(5):
         tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv))
     assert isinstance(tuner.lr, float) and math.isfinite(tuner.last_hypergradient)
@@ -564,7 +573,8 @@ def test_float32_models_work():
 def test_cuda_parameters_need_no_device_argument():
     xs, ys, xv, yv = (t.cuda() for t in _data())
     model = _model().cuda()
-    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e-2, mu=0.9)
+    tuner = adatune.MARTHE(torch.optim.SGD(model.parameters(), lr=0.05), hyper_lr=1e-2, mu=0.9,
+                           online=True)
     for t in range(3):
         tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv))
     assert math.isfinite(tuner.last_hypergradient)
@@ -577,7 +587,7 @@ def test_seed_readme_low_level_pattern_matches_step():
     def high():
         model = _model()
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
-        tuner = adatune.MARTHE(opt, hyper_lr=1e-2, mu=0.95)
+        tuner = adatune.MARTHE(opt, hyper_lr=1e-2, mu=0.95, online=True)
         out = []
         for t in range(5):
             tuner.step(ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv))
@@ -587,7 +597,7 @@ def test_seed_readme_low_level_pattern_matches_step():
     def low():
         net = _model()
         optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
-        hyper_optim = adatune.MARTHE(optimizer, hyper_lr=1e-2, mu=0.95)
+        hyper_optim = adatune.MARTHE(optimizer, hyper_lr=1e-2, mu=0.95, online=True)
         out = []
         for t in range(5):
             loss = ce(net(xs[t]), ys[t])

@@ -17,6 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 import adatune
+from adatune.methods import horizon
 from adatune.methods.hyper_update import ADDITIVE, HYPER_UPDATES
 from tests._unroll import OptSpec, unrolled_step
 
@@ -62,6 +63,7 @@ def _run_tuner(tuner_cls, spec, *, mu, weight_decay, hyper_lr, grad_clip=None, *
     init = [p.detach().clone() for p in model.parameters()]
     opt = spec.build(_groups(model, spec, weight_decay))
     extra = {} if tuner_cls is adatune.HD else {"mu": mu}
+    kw.setdefault("online", True)
     tuner = tuner_cls(opt, hyper_lr=hyper_lr, grad_clip=grad_clip, **extra, **kw)
     ce = nn.functional.cross_entropy
     lrs, hgs, weights = [], [], []
@@ -144,7 +146,7 @@ def test_rtho_is_marthe_with_mu_one(opt_name, rule):
     spec = OPTIMIZERS[opt_name]
     model, xs, ys, xv, yv = _problem()
     opt = spec.build(_groups(model, spec, True))
-    tuner = adatune.RTHO(opt, hyper_lr=_hyper_lr(rule, 1e-3), hyper_update=rule)
+    tuner = adatune.RTHO(opt, hyper_lr=_hyper_lr(rule, 1e-3), hyper_update=rule, online=True)
     assert tuner.mu == 1.0
     init = [p.detach().clone() for p in model.parameters()]
     lrs, hgs = [], []
@@ -234,7 +236,7 @@ def test_conv_batchnorm_network_through_the_fused_double_backward(opt_name, rule
     lr = 0.05 if spec.kind == "sgd" else 0.01
     opt = spec.build([{"params": list(model.parameters()), "lr": lr, "weight_decay": wd}])
     tuner = adatune.MARTHE(opt, hyper_lr=_hyper_lr(rule, 1e-2 if spec.kind == "sgd" else 1e-4),
-                           mu=mu, hyper_update=rule)
+                           mu=mu, hyper_update=rule, online=True)
     lrs, hgs = [], []
     for t in range(n_steps):
         lrs.append(tuner.lr)
@@ -256,3 +258,50 @@ def test_conv_batchnorm_network_through_the_fused_double_backward(opt_name, rule
         assert hgs[t] == pytest.approx(expected, rel=1e-9, abs=1e-12 * scale), (t, hgs)
     for w, p in zip(ws, model.parameters()):
         torch.testing.assert_close(w.detach(), p.detach(), rtol=1e-12, atol=1e-14)
+
+
+#: A horizon whose warm-up outlasts the test: the ramp gives every step another LR.
+HORIZON = {"online": False, "total_steps": 4 * STEPS, "warmup": 0.5, "anneal": "cosine"}
+
+
+def _shapes():
+    return [horizon.factor(t, HORIZON["total_steps"], HORIZON["warmup"], HORIZON["anneal"])
+            for t in range(STEPS)]
+
+
+@pytest.mark.parametrize("rule", HYPER_UPDATES)
+@pytest.mark.parametrize("mu", [0.0, 0.9, 1.0])
+@pytest.mark.parametrize("opt_name", ["sgd", "momentum", "nesterov", "adam", "adamw"])
+def test_with_a_horizon_the_hypergradient_is_the_derivative_by_the_scale(opt_name, mu, rule):
+    """The LR of step s is scale * shape(s): h_t = sum_s mu^(t-s) shape(s) dE(w_{t+1})/d eta_s."""
+    spec = OPTIMIZERS[opt_name]
+    hyper_lr = _hyper_lr(rule, 1e-2 if spec.kind == "sgd" else 1e-4)
+    init, lrs, hgs, weights = _run_tuner(adatune.MARTHE, spec, mu=mu, weight_decay=True,
+                                         hyper_lr=hyper_lr, hyper_update=rule, **HORIZON)
+    shapes = _shapes()
+    assert len(set(shapes)) == STEPS  # the ramp: a new LR at every step
+    derivs, ref_weights = _oracle(spec, init, lrs, weight_decay=True)
+    for t in range(STEPS):
+        for w, r in zip(weights[t], ref_weights[t]):
+            torch.testing.assert_close(w, r, rtol=1e-12, atol=1e-14)
+        terms = [mu ** (t - s) * shapes[s] * d for s, d in enumerate(derivs[t])]
+        expected, size = sum(terms), sum(abs(x) for x in terms)
+        assert hgs[t] == pytest.approx(expected, rel=1e-9, abs=1e-12 * size), (t, hgs, derivs)
+
+
+@pytest.mark.parametrize("rule", HYPER_UPDATES)
+@pytest.mark.parametrize("opt_name", ["sgd", "momentum", "adam", "adamw"])
+def test_hd_with_a_horizon_differentiates_by_the_scale(opt_name, rule):
+    """HD: h_t = shape(t-1) dL_t(w_t)/d eta_{t-1} (the last step's LR is scale * shape)."""
+    spec = OPTIMIZERS[opt_name]
+    hyper_lr = _hyper_lr(rule, 1e-2 if spec.kind == "sgd" else 1e-5)
+    init, lrs, hgs, weights = _run_tuner(adatune.HD, spec, mu=0.0, weight_decay=True,
+                                         hyper_lr=hyper_lr, hyper_update=rule, **HORIZON)
+    shapes = _shapes()
+    derivs, ref_weights = _oracle(spec, init, lrs, weight_decay=True, outer="training")
+    assert hgs[0] is None
+    for t in range(1, STEPS):
+        for w, r in zip(weights[t], ref_weights[t]):
+            torch.testing.assert_close(w, r, rtol=1e-12, atol=1e-14)
+        expected = shapes[t - 1] * derivs[t - 1][-1]
+        assert hgs[t] == pytest.approx(expected, rel=1e-9, abs=1e-15), t

@@ -82,12 +82,12 @@ class _Runner:
         self.forward_mode = (fast_double_backward if method == "floor"
                              else contextlib.nullcontext)
         if method == "hd":
-            self.tuner = HD(opt, hyper_lr=tiny)
+            self.tuner = HD(opt, hyper_lr=tiny, online=True)
         elif method in ("marthe-mu0", "marthe"):
             self.tuner = MARTHE(opt, hyper_lr=tiny, mu=0.0 if method != "marthe" else 0.99,
-                                        hvp=mode, model=self.model)
+                                        hvp=mode, model=self.model, online=True)
         elif method == "rtho":
-            self.tuner = RTHO(opt, hyper_lr=tiny, hvp=mode, model=self.model)
+            self.tuner = RTHO(opt, hyper_lr=tiny, hvp=mode, model=self.model, online=True)
 
     def step(self) -> None:
         x, y, xv, yv = self.batches[self.i % len(self.batches)]

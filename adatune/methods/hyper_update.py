@@ -130,7 +130,8 @@ def additive_step(lr: float, h: float, *, hyper_lr: float) -> float:
 
 
 def scale_free_step(lr: float, h: float, state: dict[str, Any], *, hyper_lr: float,
-                    b1: float = B1, b2: float = B2, down: float = DOWN) -> float:
+                    b1: float = B1, b2: float = B2, down: float = DOWN,
+                    calm: str = "evidence") -> float:
     """The new LR after the hypergradient ``h``; updates ``state`` in place.
 
     ``state`` holds the moving averages (``hyper_m``, ``hyper_v``), their step
@@ -138,7 +139,9 @@ def scale_free_step(lr: float, h: float, state: dict[str, Any], *, hyper_lr: flo
     hypergradient ``hyper_r`` (for :func:`adapt_hyper_lr`). ``h`` must be
     finite, and so must ``(lr * h) ** 2`` (the tuner checks). The back-off is
     ``down`` times faster while ``state["loss_alarm"]`` is on (see
-    :func:`note_loss`; on without one), ``1 + (down - 1) n^2`` times otherwise.
+    :func:`note_loss`; on without one); otherwise ``1 + (down - 1) n^2`` times
+    (``calm="evidence"``, the online tuners') or as fast as raising
+    (``calm="even"``: the tuners with a horizon, whose warm-up is short).
     """
     x = lr * h
     k = state["hyper_steps"] + 1
@@ -155,7 +158,8 @@ def scale_free_step(lr: float, h: float, state: dict[str, Any], *, hyper_lr: flo
     state["hyper_r"] = min(max(x / scale, -1.0), 1.0)
     if n > 0:
         alarm = state.get("loss_alarm", 1.0)
-        rate = hyper_lr * (down if alarm else 1.0 + (down - 1.0) * n * n)
+        quiet = 1.0 + (down - 1.0) * n * n if calm == "evidence" else 1.0
+        rate = hyper_lr * (down if alarm else quiet)
     else:
         rate = hyper_lr
     return lr * math.exp(-rate * n)

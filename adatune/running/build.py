@@ -213,13 +213,17 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
 
 def build_tuner(config: TrainConfig, optimizer: torch.optim.Optimizer,
                 model: nn.Module) -> HypergradientTuner:
-    """The tuner ``config`` names, around ``optimizer``, with ``config``'s settings."""
+    """The tuner ``config`` names, around ``optimizer``, with ``config``'s settings.
+
+    Its horizon (``total_steps``) is the run's length, which the loop sets.
+    """
+    horizon = {"anneal": config.anneal, "warmup": config.warmup, "online": config.online}
     if config.method == "hd":
         return HD(optimizer, hyper_lr=config.hyper_lr, alpha=config.alpha,
-                          grad_clip=config.grad_clip, hyper_update=config.hyper_update)
+                  grad_clip=config.grad_clip, hyper_update=config.hyper_update, **horizon)
     common = {"alpha": config.alpha, "first_order": config.first_order,
               "grad_clip": config.grad_clip, "hvp": config.hvp, "model": model,
-              "hyper_update": config.hyper_update}
+              "hyper_update": config.hyper_update, **horizon}
     if config.method == "rtho":
         return RTHO(optimizer, hyper_lr=config.hyper_lr, **common)
     return MARTHE(optimizer, hyper_lr=config.hyper_lr, mu=config.mu, **common)

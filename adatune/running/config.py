@@ -26,6 +26,14 @@ from adatune.catalog import (
 from adatune.checks import MAX_EPOCHS, MAX_SEED, finite, whole
 from adatune.errors import ConfigError
 from adatune.imports import attr_name, check_import_path
+from adatune.methods.horizon import (
+    ANNEALS,
+    DEFAULT_ANNEAL,
+    DEFAULT_WARMUP,
+    HORIZON_HYPER_LR,
+    canonical_anneal,
+    check_warmup,
+)
 from adatune.methods.hyper_update import (
     ADDITIVE,
     DEFAULT_HYPER_UPDATE,
@@ -50,7 +58,8 @@ DEFAULT_OPTIMIZER = "sgd"
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 #: SGD's momentum unless told otherwise (a peer has its own default: PeerSpec.momentum).
 DEFAULT_MOMENTUM = 0.9
-# The hyper-LR by (update rule, tuner, optimizer family). Scale-free: dimensionless, one
+# The hyper-LR of the online tuners by (update rule, tuner, optimizer family); with a
+# horizon, the scale-free rule's is HORIZON_HYPER_LR. Scale-free: dimensionless, one
 # value per tuner for every optimizer and task (chosen by benchmarks/robustness.py).
 # Additive: in LR per unit of hypergradient, measured on the embedded task (digits, MLP,
 # 15 epochs, 2 seeds: the LR visibly adapts and no run diverges); Adam needs a hyper-LR
@@ -104,7 +113,8 @@ def canonical_method(name: str) -> str:
 
 # What a field is for: a peer's record keeps only the fields that apply to it (the
 # general ones and its PeerSpec.settings); warmup_steps is recorded for peers only.
-_TUNER_FIELDS = ("hyper_update", "hyper_lr", "mu", "alpha", "first_order", "hvp")
+_TUNER_FIELDS = ("hyper_update", "hyper_lr", "mu", "alpha", "first_order", "hvp", "anneal",
+                 "warmup", "online")
 _SCHEDULE_FIELDS = ("step_size", "lr_decay", "t_0", "t_mult")
 _OPTIMIZER_FIELDS = ("momentum", "nesterov", "warmup_steps")
 _REPLAY_FIELDS = ("from_run", "from_file", "stretch", "scale")
@@ -138,12 +148,15 @@ class TrainConfig:
     device: str = "auto"
     # hypergradient tuners
     hyper_update: str = DEFAULT_HYPER_UPDATE  # how h moves the LR: scale-free or additive
-    hyper_lr: float | None = None  # default: DEFAULT_HYPER_LR by rule, method and optimizer
+    hyper_lr: float | None = None  # default: DEFAULT_HYPER_LR online, else HORIZON_HYPER_LR
     mu: float | str = DEFAULT_MU
     alpha: float = DEFAULT_ALPHA
     first_order: bool = False
     grad_clip: float | None = None
     hvp: str = DEFAULT_HVP
+    anneal: str = DEFAULT_ANNEAL  # after the warm-up: cosine, linear or none
+    warmup: float = DEFAULT_WARMUP  # the warm-up (and tuning) phase: a fraction of the run
+    online: bool = False  # the papers' tuner: no horizon, the LR moved at every step
     # baseline schedules (epochs)
     step_size: int = ScheduleConfig.step_size
     lr_decay: float | None = ScheduleConfig.lr_decay  # None: the schedule's own default
@@ -197,7 +210,7 @@ class TrainConfig:
         defaults = {
             "lr": DEFAULT_LR[self.optimizer] if peer is None else peer.lr,
             "momentum": DEFAULT_MOMENTUM if peer is None else peer.momentum,
-            "hyper_lr": DEFAULT_HYPER_LR.get((self.hyper_update, self.method, family), 0.0),
+            "hyper_lr": self._default_hyper_lr(family),
         }
         for key, value in defaults.items():
             if getattr(self, key) is None:
@@ -232,6 +245,18 @@ class TrainConfig:
             finite("grad_clip", self.grad_clip, low=0, low_open=True)
         if self.hvp not in HVP_MODES:
             raise ConfigError(f"unknown hvp {self.hvp!r} (choose from: {', '.join(HVP_MODES)})")
+        try:
+            object.__setattr__(self, "anneal", canonical_anneal(self.anneal))
+        except ValueError:
+            raise ConfigError(f"unknown anneal {self.anneal!r} "
+                              f"(choose from: {', '.join(ANNEALS)})") from None
+        try:
+            object.__setattr__(self, "warmup", check_warmup(self.warmup))
+        except ValueError:
+            raise ConfigError(f"invalid warmup: {self.warmup!r} (a fraction of the run, "
+                              "in (0, 1))") from None
+        if not isinstance(self.online, bool):
+            raise ConfigError(f"invalid online: {self.online!r} (True or False)")
         # the schedule's settings: their defaults and ranges are the schedule's own
         object.__setattr__(self, "lr_decay", self.schedule.lr_decay)
         whole("warmup_steps", self.warmup_steps, 0, MAX_WARMUP_STEPS)
@@ -258,6 +283,11 @@ class TrainConfig:
                 and not self.classification and self.network != "mlp":
             raise ConfigError(f"network={self.network!r} is a classifier; with "
                               f"loss={self.loss!r} use network='mlp' or your own model=")
+
+    def _default_hyper_lr(self, family: str) -> float:
+        if self.hyper_update != ADDITIVE and not self.online and self.method in TUNER_NAMES:
+            return HORIZON_HYPER_LR
+        return DEFAULT_HYPER_LR.get((self.hyper_update, self.method, family), 0.0)
 
     def _check_replay(self) -> None:
         sources = [name for name, value in (("from_run=", self.from_run),
@@ -313,7 +343,8 @@ class TrainConfig:
 
     @property
     def is_peer(self) -> bool:
-        """A peer optimizer (Prodigy, D-Adaptation, Schedule-Free, DoG): no tuner, no schedule."""
+        """A peer optimizer (Prodigy, D-Adaptation, Schedule-Free, DoG, Mechanic): no tuner, no
+        schedule."""
         return self.method in PEERS
 
     @property

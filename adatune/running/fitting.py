@@ -101,14 +101,16 @@ def fit(
     defaults for the optimizer), a tuner you built around ``optimizer``, or
     None. It defaults to ``"marthe"`` unless a ``schedule`` is given or
     ``optimizer`` sets its own step size (a peer: Prodigy, D-Adaptation,
-    Schedule-Free, DoG; see :mod:`adatune.methods.peers`). A ``schedule`` is a
-    baseline name (``"constant"``, ``"staircase"``, ``"exponential"``,
-    ``"cosine"``, with the command's settings) or a
+    Schedule-Free, DoG, Mechanic; see :mod:`adatune.methods.peers`). A
+    ``schedule`` is a baseline name (``"constant"``, ``"staircase"``,
+    ``"exponential"``, ``"cosine"``, with the command's settings) or a
     ``torch.optim.lr_scheduler`` instance, stepped every ``schedule_interval``
     (``"epoch"`` or ``"step"``). With neither, the LR stays constant (or, for
-    a peer, as the peer sets it). ``optimizer`` defaults to SGD with the
-    command's momentum and LR (0.9, 0.05), or is taken from the tuner. A
-    peer's effective LR is what the run records, and a Schedule-Free
+    a peer, as the peer sets it; Mechanic scales whatever LR a schedule sets).
+    ``optimizer`` defaults to SGD with the command's momentum and LR (0.9,
+    0.05), or is taken from the tuner. A peer's effective LR is what the run
+    records (an optimizer of ``mechanic_pytorch.mechanize`` is recognised over
+    any base class), and a Schedule-Free
     optimizer is switched to ``eval()`` for evaluation and checkpoints (its
     averaged weights are judged, saved and left in ``model`` at the end) and
     to ``train()`` for training steps.
@@ -266,4 +268,5 @@ def _tuner_settings(tuner: HypergradientTuner) -> dict[str, Any]:
     return {"class": type(tuner).__name__, "hyper_update": tuner.hyper_update,
             "hyper_lr": tuner.hyper_lr,
             "mu": "auto" if tuner.auto_mu else tuner.mu, "alpha": tuner.alpha,
-            "first_order": tuner.first_order, "grad_clip": tuner.grad_clip, "hvp": tuner.hvp}
+            "first_order": tuner.first_order, "grad_clip": tuner.grad_clip, "hvp": tuner.hvp,
+            "anneal": tuner.anneal, "warmup": tuner.warmup, "online": tuner.online}

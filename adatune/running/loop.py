@@ -63,7 +63,8 @@ class Parts:
     ``optimizer`` is any ``torch.optim.Optimizer``; the loop reads its
     effective LR and switches its train/eval mode through
     :func:`adatune.methods.peers.optimizer_view` (Schedule-Free's ``train()``/``eval()``;
-    Prodigy's, D-Adaptation's and DoG's own step sizes).
+    Prodigy's, D-Adaptation's, DoG's and Mechanic's own step sizes), and saves and
+    restores its state through that view.
     ``loss(output, target)`` is the minibatch mean loss. ``classification``
     says the output holds class scores and the target class indices: the loop
     then records accuracies and picks the best epoch by validation accuracy;
@@ -114,13 +115,17 @@ class Loop:
         self.steps_per_epoch = len(self._batches(parts.train, shuffle=True))
         if self.steps_per_epoch < 1:
             raise ConfigError("the training set is empty")
+        tuner = parts.tuner
+        if tuner is not None and not tuner.online and tuner.total_steps is None:
+            tuner.total_steps = config.epochs * self.steps_per_epoch  # the tuner's horizon
         # progress of the run (checkpointed)
         self.epoch = 0
         self.step = 0
         self.elapsed = 0.0  # wall-clock seconds in the epochs (training and evaluation)
         self.cpu = 0.0  # CPU seconds of this process in the epochs (all its threads)
         self.initial_loss: float | None = None
-        self.initial_lr = self._lr()
+        # the user's LR (a tuner with a horizon starts its warm-up below it)
+        self.initial_lr = parts.tuner.scale if parts.tuner is not None else self._lr()
         self.best_val_acc: float | None = None
         self.best_val_loss: float | None = None
         self.best_epoch: int | None = None
@@ -139,11 +144,11 @@ class Loop:
 
     def _state(self, partial: dict[str, Any] | None = None) -> dict[str, Any]:
         p = self.parts
-        owner = p.tuner if p.tuner is not None else p.optimizer
         return {
             **{key: getattr(self, key) for key in self._PROGRESS},
             "model": p.model.state_dict(),
-            "optim": owner.state_dict(),
+            # the view saves a peer's state as plain containers (Mechanic's is keyed by tensors)
+            "optim": p.tuner.state_dict() if p.tuner is not None else p.view.optimizer_state(),
             "optim_view": p.view.state(),
             "schedule": None if p.schedule is None else p.schedule.state_dict(),
             "rng": {"torch": torch.get_rng_state(),
@@ -164,7 +169,10 @@ class Loop:
                                   steps_per_epoch=self.steps_per_epoch)
         with checkpoint.restoring(path):  # a state that does not fit this run: one line
             p.model.load_state_dict(state["model"])
-            (p.tuner if p.tuner is not None else p.optimizer).load_state_dict(state["optim"])
+            if p.tuner is not None:
+                p.tuner.load_state_dict(state["optim"])
+            else:
+                p.view.load_optimizer_state(state["optim"])
             p.view.load(state.get("optim_view"))
             if p.schedule is not None:
                 p.schedule.load_state_dict(state["schedule"])

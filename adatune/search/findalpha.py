@@ -14,7 +14,14 @@ diverges in its first few epochs. :func:`find_alpha` does exactly that:
   loss, LR or hypergradient at any step; a minibatch training loss above
   ``loss_factor`` (3) times the probe's first one; an LR above ``lr_factor``
   (100) times the initial LR; an epoch with the LR at 0 at every step; a
-  non-finite validation loss after an epoch. Any other probe is *stable*.
+  non-finite validation loss after an epoch.
+* A *reference* probe runs first, at the configuration's own value (the
+  default ``alpha`` 0, or its hyper-LR). A probe that did not diverge is still
+  not stable when it did harm against it: its LR *collapsed* (its last epoch's
+  LR is below ``1/collapse`` of the reference's), or its validation result is
+  *worse* (its best validation accuracy more than ``worse`` below the
+  reference's, or its validation loss more than ``worse`` above it,
+  relatively). Any other probe is *stable*.
 * The ladder stops at the first stable rung: the largest stable value of the
   ladder. With ``refine=N``, N more probes bisect in log space between the
   last divergent rung and that stable one; the answer is the largest value
@@ -59,6 +66,11 @@ DEFAULT_FACTOR = 10.0
 DEFAULT_PROBE_EPOCHS = 5
 DEFAULT_LOSS_FACTOR = 3.0
 DEFAULT_LR_FACTOR = 100.0
+#: A probe whose last epoch's LR is below the reference probe's / COLLAPSE collapsed.
+DEFAULT_COLLAPSE = 10.0
+#: A probe whose best validation accuracy is this much below the reference's (or whose
+#: validation loss is this fraction above it) is worse than the default.
+DEFAULT_WORSE = 0.01
 
 _REL_TOL = 1e-9  # "down to low, inclusive": tolerance for the rounding of high / factor**k
 MAX_LADDER = 1000
@@ -103,6 +115,8 @@ class SearchConfig:
     refine: int = 0
     loss_factor: float = DEFAULT_LOSS_FACTOR
     lr_factor: float = DEFAULT_LR_FACTOR
+    collapse: float = DEFAULT_COLLAPSE
+    worse: float = DEFAULT_WORSE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "search", _canonical_search(self.search))
@@ -122,6 +136,8 @@ class SearchConfig:
                                   "(must be in (0, 1])")
         _positive("probe loss factor", self.loss_factor, above=1.0)
         _positive("probe LR factor", self.lr_factor, above=1.0)
+        _positive("collapse", self.collapse, above=1.0)
+        _positive("worse", self.worse)
 
     @property
     def config_key(self) -> str:
@@ -179,13 +195,13 @@ class ProbeResult:
     """One probe: the value tried and the verdict on it."""
 
     value: float
-    verdict: str  # stable | diverged | interrupted
+    verdict: str  # stable | diverged | collapsed | worse | interrupted
     reason: str | None
     run_id: int
     epochs: int  # epochs completed before the probe ended
-    final_lr: float | None
+    final_lr: float | None  # the LR of its last epoch
     val_acc: float | None  # best validation accuracy of the probe
-    phase: str  # ladder | refine
+    phase: str  # reference | ladder | refine
     val_loss: float | None = None  # validation loss at the probe's best epoch
 
     @property
@@ -198,7 +214,7 @@ class SearchResult:
     search_run_id: int
     parameter: str  # alpha | hyper-lr
     value: float | None  # the largest stable value; None when none was
-    probes: tuple[ProbeResult, ...]
+    probes: tuple[ProbeResult, ...]  # the reference probe first
     ladder: tuple[float, ...]
     status: str  # completed | interrupted
 
@@ -209,7 +225,8 @@ class SearchResult:
     @property
     def top_was_stable(self) -> bool:
         """The first rung was stable: a larger value might be too (raise the max)."""
-        return bool(self.probes) and self.probes[0].stable and self.probes[0].phase == "ladder"
+        rungs = [p for p in self.probes if p.phase == "ladder"]
+        return bool(rungs) and rungs[0].stable
 
 
 class SearchEvents(Events):
@@ -312,10 +329,22 @@ def _search(config: TrainConfig, search: SearchConfig, store: Store, search_id: 
         events.probe_done(probe)
         return probe
 
+    reference = run(getattr(config, search.config_key), "reference")
+    if reference.verdict == "interrupted":
+        return "interrupted", None
+
+    def judge(probe: ProbeResult) -> ProbeResult:
+        verdict, reason = _harm(probe, reference, search)
+        if verdict is None:
+            return probe
+        judged = dataclasses.replace(probe, verdict=verdict, reason=reason)
+        probes[-1] = judged
+        return judged
+
     diverged: float | None = None
     stable: float | None = None
     for value in ladder:
-        probe = run(value, "ladder")
+        probe = judge(run(value, "ladder"))
         if probe.verdict == "interrupted":
             return "interrupted", None
         if probe.stable:
@@ -326,7 +355,7 @@ def _search(config: TrainConfig, search: SearchConfig, store: Store, search_id: 
         return "completed", stable
     for _ in range(search.refine):
         mid = math.sqrt(stable * diverged)  # the midpoint in log space
-        probe = run(mid, "refine")
+        probe = judge(run(mid, "refine"))
         if probe.verdict == "interrupted":
             return "interrupted", stable
         if probe.stable:
@@ -334,6 +363,24 @@ def _search(config: TrainConfig, search: SearchConfig, store: Store, search_id: 
         else:
             diverged = mid
     return "completed", stable
+
+
+def _harm(probe: ProbeResult, reference: ProbeResult,
+          search: SearchConfig) -> tuple[str | None, str | None]:
+    """(verdict, reason) of a probe that ran to its end but did harm; (None, None) if none."""
+    if probe.verdict != "stable" or reference.verdict != "stable":
+        return None, None
+    if probe.final_lr is not None and reference.final_lr \
+            and probe.final_lr < reference.final_lr / search.collapse:
+        return "collapsed", (f"last LR {probe.final_lr:.3g}, under 1/{search.collapse:g} of "
+                             f"the reference's")
+    if probe.val_acc is not None and reference.val_acc is not None:
+        if probe.val_acc < reference.val_acc - search.worse:
+            return "worse", f"the reference has {reference.val_acc:.1%}"
+    elif probe.val_loss is not None and reference.val_loss is not None \
+            and probe.val_loss > reference.val_loss * (1 + search.worse):
+        return "worse", f"the reference has {reference.val_loss:.4g}"
+    return None, None
 
 
 def _probe(config: TrainConfig, search: SearchConfig, store: Store, search_id: int,

@@ -103,7 +103,7 @@ _ALPHA = {
 _MU = {"type": "categorical", "choices": ["auto", 0.99, 0.999]}
 # Peers: lr scales the step size each estimates (1.0 is their authors' setting); Schedule-Free
 # also has its warm-up (0 or 10 to 1000 steps) and its momentum beta (its README names 0.9 to
-# 0.98), D-Adapt SGD its momentum (0 by default).
+# 0.98), D-Adapt SGD its momentum (0 by default), Mechanic SGD its base SGD's (0.9 by default).
 _PEER_LR = _log(0.1, 10.0)
 _WARMUP = {"type": "int", "low": 10, "high": 1000, "log": True, "zero": True}
 PEER_SPACES: dict[str, dict[str, dict[str, Any]]] = {
@@ -114,6 +114,9 @@ PEER_SPACES: dict[str, dict[str, dict[str, Any]]] = {
                          "momentum": {"type": "categorical", "choices": [0.9, 0.95, 0.98]}},
     "schedulefree-adamw": {"lr": _log(2.5e-4, 2.5e-2), "warmup_steps": _WARMUP},
     "dog": {"lr": _PEER_LR},
+    "mechanic-sgd": {"lr": _PEER_LR,
+                     "momentum": {"type": "categorical", "choices": [0.0, 0.9]}},
+    "mechanic-adam": {"lr": _PEER_LR},
 }
 
 #: The default search space of each method, per hyper-LR update rule and optimizer family

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from adatune.methods import horizon as _horizon
 from adatune.methods import hyper_update as _rule
 from adatune.methods.tuners import _tangent
 from adatune.methods.tuners import collectives as _distributed
@@ -97,9 +98,21 @@ class HypergradientTuner:
 
     ``hyper_update`` is how the LR moves given the hypergradient
     (:mod:`adatune.methods.hyper_update`): ``"scale-free"`` (the default; ``hyper_lr``
-    is dimensionless and defaults to the tuner's entry of
-    ``SCALE_FREE_HYPER_LR``) or ``"additive"`` (the papers' rule; ``hyper_lr``
+    is dimensionless and defaults to ``horizon.HORIZON_HYPER_LR``, online to the
+    tuner's entry of ``SCALE_FREE_HYPER_LR``) or ``"additive"`` (the papers' rule; ``hyper_lr``
     is then required, in LR per unit of hypergradient).
+
+    ``total_steps``, ``anneal`` and ``warmup`` (:mod:`adatune.methods.horizon`):
+    the LR of step ``t`` is ``s * shape(t)``, a linear warm-up over the first
+    ``warmup`` fraction of the run's ``total_steps`` steps, then ``anneal``
+    (``"cosine"`` or ``"linear"`` to 0 at the run's end, or ``"none"``). The
+    hypergradient of the validation loss with respect to ``log s`` moves the
+    scale ``s`` both ways during the warm-up, then only up while it says so;
+    after that the tuner takes plain optimizer steps. ``total_steps`` may be
+    given later (``tuner.total_steps = n``, as :func:`adatune.fit` does) but
+    before the first step. ``online=True`` is the papers' tuner instead: no
+    horizon, the LR itself moved by every step's hypergradient (prone to
+    short-horizon bias on long runs; see docs/benchmarks.md).
 
     ``process_group``: the ranks to average over (default: torch.distributed's
     default group when it is initialised; a group of one rank turns averaging
@@ -124,6 +137,10 @@ class HypergradientTuner:
         model: nn.Module | None = None,
         foreach: bool | None = None,
         hyper_update: str = _rule.DEFAULT_HYPER_UPDATE,
+        total_steps: int | None = None,
+        anneal: str = _horizon.DEFAULT_ANNEAL,
+        warmup: float = _horizon.DEFAULT_WARMUP,
+        online: bool = False,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"Invalid optimizer: {optimizer!r}")
@@ -135,7 +152,8 @@ class HypergradientTuner:
             if rule == _rule.ADDITIVE:
                 raise ValueError("Invalid hyper_lr: None (hyper_update='additive' has no "
                                  "default hyper_lr: its units depend on the task)")
-            hyper_lr = _rule.SCALE_FREE_HYPER_LR[self._name]
+            hyper_lr = (_rule.SCALE_FREE_HYPER_LR[self._name] if online
+                        else _horizon.HORIZON_HYPER_LR)
         hyper_lr = _check_rate("hyper_lr", hyper_lr, rule, low, high)
         alpha = _check_rate("alpha", alpha, rule, low, high)
         auto_mu = mu == "auto" or (isinstance(mu, (int, float)) and mu < 0)
@@ -149,6 +167,11 @@ class HypergradientTuner:
         if hvp == "finite-difference" and model is None:
             raise ValueError("Invalid model: hvp='finite-difference' needs model= (its "
                              "batch-norm statistics are restored after the second evaluation)")
+        online = bool(online)
+        anneal = _horizon.canonical_anneal(anneal)
+        warmup = _horizon.check_warmup(warmup)
+        if total_steps is not None:
+            total_steps = _horizon.check_total_steps(total_steps)
         lr0 = _check_number("lr", optimizer.param_groups[0]["lr"], low_open=True)
         ratios = []
         for group in optimizer.param_groups:
@@ -163,6 +186,9 @@ class HypergradientTuner:
         self.auto_mu = auto_mu
         self.process_group = process_group  # None: the default group, if initialised
         self.hyper_update = rule
+        self.online = online
+        self.anneal = anneal
+        self.warmup = warmup
         # Everything that changes while training lives in ``state`` (checkpointed).
         self.state: dict[str, Any] = {
             "lr": lr0,
@@ -174,21 +200,62 @@ class HypergradientTuner:
             "last_hypergradient": None,
             "ratios": ratios,
             "tangent_live": False,  # False while Z == 0 (start, or after a reset)
+            "scale": lr0,  # s: the LR of step t is s * shape(t) (online: the LR itself)
+            "phase": None if online else _horizon.WARMUP,
+            "total_steps": total_steps,
             **_rule.initial_state(),
         }
         self._tangents: dict[Tensor, dict[str, Tensor]] = {}
         self._prev_grad: dict[Tensor, Tensor] | None = None  # g_t, for auto-mu
         self._param_order: list[Tensor] | None = None  # model order, for hyper_step()
+        if total_steps is not None:
+            self._sync_lr()
 
     # ------------------------------------------------------------------ views
     @property
     def lr(self) -> float:
-        """The tuned learning rate (param group 0's; the others keep their ratio)."""
+        """The LR of the next step (param group 0's; the others keep their ratio).
+
+        HD's is the last step's: HD moves the LR when it sees the next gradient.
+        """
         return self.state["lr"]
 
     @lr.setter
     def lr(self, value: float) -> None:
-        self._set_lr(_check_number("lr", value))
+        """Make the next step's LR ``value`` (with a horizon: by setting the scale)."""
+        value = _check_number("lr", value)
+        if self.online:
+            self.state["scale"] = value
+            self._set_lr(value)
+        else:
+            self.scale = value / self._factor(self.state["step"])
+
+    @property
+    def scale(self) -> float:
+        """``s``: the LR of step ``t`` is ``s * shape(t)`` (online: the LR itself)."""
+        return self.state["scale"]
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        self.state["scale"] = _check_number("scale", value)
+        if self.online or self.state["total_steps"] is not None:
+            self._sync_lr()
+
+    @property
+    def total_steps(self) -> int | None:
+        """The run's length in steps (None until given; unused online)."""
+        return self.state["total_steps"]
+
+    @total_steps.setter
+    def total_steps(self, value: int) -> None:
+        self.state["total_steps"] = _horizon.check_total_steps(value)
+        self._sync_lr()
+
+    @property
+    def phase(self) -> str | None:
+        """``"warmup"``, ``"climb"`` or ``"fixed"`` (:mod:`adatune.methods.horizon`);
+        None online."""
+        return self.state["phase"]
 
     @property
     def mu(self) -> float:
@@ -213,9 +280,12 @@ class HypergradientTuner:
 
     def __repr__(self) -> str:
         mu = "auto" if self.auto_mu else self.mu
+        horizon = ("online=True" if self.online else
+                   f"total_steps={self.total_steps}, anneal={self.anneal!r}, "
+                   f"warmup={self.warmup:g}")
         return (f"{type(self).__name__}({type(self.optimizer).__name__}, lr={self.lr:.4g}, "
                 f"hyper_lr={self.hyper_lr:.4g}, mu={mu}, alpha={self.alpha}, "
-                f"hyper_update={self.hyper_update!r})")
+                f"hyper_update={self.hyper_update!r}, {horizon})")
 
     # ------------------------------------------------------------- public API
     def step(self, loss: LossArg, val_loss: Callable[[], Tensor] | None = None) -> Tensor:
@@ -237,7 +307,10 @@ class HypergradientTuner:
                              "returning the validation loss")
         if self.outer == "training" and val_loss is not None:
             raise ValueError(f"{type(self).__name__}.step takes no val_loss")
+        self._begin_step()
         params = self._params()
+        if self.state["phase"] == _horizon.FIXED:
+            return self._plain_step(params, loss)
         fd = self.hvp == "finite-difference"
         rng = _RngSnapshot(params[0].device) if fd and callable(loss) else None
         use_hvp = self._wants_hvp()
@@ -273,14 +346,48 @@ class HypergradientTuner:
             # HD: dL_t(w_t)/d eta_{t-1}, the unclipped gradient of the regularised loss
             self._hyper_update(self._decayed_dot(used, grads), None)
         grads = self._prepare(used, grads, hvps, own_grads=True)
-        self._advance(params, used, grads, hvps)
+        if self.state["phase"] != _horizon.FIXED:  # HD may have just fixed the scale
+            self._advance(params, used, grads, hvps)
         self._apply(params, used, grads)
         self.optimizer.step()
         if self.outer == "validation":
             val = val_loss()
             gv = torch.autograd.grad(val, params, allow_unused=True)
             self._validation_update(params, gv)
+        return self._end_step(loss_value)
+
+    def _plain_step(self, params: list[Tensor], loss: LossArg) -> Tensor:
+        """A step of the optimizer along the schedule, with no hypergradient (phase fixed)."""
+        loss_value = loss() if callable(loss) else loss
+        raw = torch.autograd.grad(loss_value, params, allow_unused=True)
+        live = [i for i, g in enumerate(raw) if g is not None]
+        grads, used = [raw[i] for i in live], [params[i] for i in live]
+        group = _distributed.active_group(self.process_group)
+        if group is not None:
+            used, grads, _, loss_value = _distributed.average_step(
+                params, used, grads, None, loss_value, group)
+        grads = self._prepare(used, grads, None, own_grads=True)
+        self._apply(params, used, grads)
+        self.optimizer.step()
+        return self._end_step(loss_value)
+
+    def _begin_step(self) -> None:
+        """Enter the step's phase and give it its LR (with a horizon)."""
+        if self.online:
+            return
+        s = self.state
+        if s["total_steps"] is None:
+            raise ValueError(f"Invalid total_steps: None ({type(self).__name__} with a horizon "
+                             "needs the run's length before its first step: total_steps=N, "
+                             "or online=True for the papers' tuner without one)")
+        if s["phase"] == _horizon.WARMUP and s["step"] >= self._warmup_steps():
+            s["phase"] = _horizon.CLIMB
+        self._sync_lr()
+
+    def _end_step(self, loss_value: Tensor) -> Tensor:
         self.state["step"] += 1
+        if not self.online and self.outer == "validation":
+            self._sync_lr()  # the next step's LR, as the LR a tuner shows between steps
         loss_value = loss_value.detach()
         if self.hyper_update == _rule.SCALE_FREE:  # gates the next steps' back-off
             _rule.note_loss(self.state, float(loss_value))
@@ -300,6 +407,9 @@ class HypergradientTuner:
         if len(order) != len(first_grad):
             raise ValueError("first_grad must hold one entry per model.parameters()")
         self._param_order = order
+        self._begin_step()
+        if self.state["phase"] == _horizon.FIXED:
+            return
         by_param = dict(zip(order, first_grad))
         params = self._params()
         used = [p for p in params if by_param.get(p) is not None]
@@ -331,8 +441,11 @@ class HypergradientTuner:
                 raise ValueError("call compute_hg() before hyper_step()")
             by_param = dict(zip(self._param_order, val_grad))
         params = self._params()
-        self._validation_update(params, [by_param.get(p) for p in params])
+        if self.state["phase"] != _horizon.FIXED:
+            self._validation_update(params, [by_param.get(p) for p in params])
         self.state["step"] += 1
+        if not self.online:
+            self._sync_lr()
         return self.last_hypergradient
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -347,7 +460,8 @@ class HypergradientTuner:
         return {
             "optimizer": self.optimizer.state_dict(),
             "tuner": {**self.state, "ratios": list(self.state["ratios"]),
-                      "auto_mu": self.auto_mu, "hyper_update": self.hyper_update},
+                      "auto_mu": self.auto_mu, "hyper_update": self.hyper_update,
+                      "online": self.online, "anneal": self.anneal, "warmup": self.warmup},
             "tangents": tangents,
             "prev_grad": prev,
         }
@@ -361,7 +475,17 @@ class HypergradientTuner:
         # the choice existed were additive), as torch adopts a saved group's settings.
         self.hyper_update = _rule.canonical_hyper_update(tuner.pop("hyper_update",
                                                                    _rule.ADDITIVE))
+        # The same for the horizon (states saved before it existed were online). A total
+        # given to this tuner wins over the saved one: a resumed run may be longer.
+        self.online = bool(tuner.pop("online", True))
+        self.anneal = _horizon.canonical_anneal(tuner.pop("anneal", self.anneal))
+        self.warmup = _horizon.check_warmup(tuner.pop("warmup", self.warmup))
+        tuner.setdefault("scale", tuner.get("lr", self.state["lr"]))
+        tuner.setdefault("phase", None if self.online else _horizon.WARMUP)
+        total = self.state["total_steps"]
         self.state.update(tuner)
+        if total is not None:
+            self.state["total_steps"] = total
         params = self._params()
         self._tangents = {}
         for i, tensors in state_dict.get("tangents", {}).items():
@@ -371,7 +495,10 @@ class HypergradientTuner:
         prev = state_dict.get("prev_grad")
         self._prev_grad = (None if prev is None
                            else {params[int(i)]: g.clone() for i, g in prev.items()})
-        self._set_lr(self.state["lr"])
+        if self.online or self.state["total_steps"] is None:
+            self._set_lr(self.state["lr"])
+        else:
+            self._sync_lr()
 
     # -------------------------------------------------------------- internals
     def _single_process(self, name: str) -> None:
@@ -501,11 +628,13 @@ class HypergradientTuner:
             # The optimizer leaves these parameters (and their buffers) alone: A = I, B = 0.
             for p in skipped:
                 torch._foreach_mul_(list(self._tangents[p].values()), mu)
+        # B_t = d Phi_t / d s: the group's ratio to the scale at this step, shape included
+        shape = 1.0 if self.online else self._factor(self.state["step"])
         for gi, group, idx in self._group_slices(used):
             ratio = self.state["ratios"][gi]
             hz = None if hvps is None or mu == 0 else [hvps[i] for i in idx]
             self._advance_group(group, [used[i] for i in idx], [grads[i] for i in idx], hz,
-                                lr=ratio * self.state["lr"], ratio=ratio, mu=mu)
+                                lr=ratio * self.state["lr"], ratio=ratio * shape, mu=mu)
         self.state["tangent_live"] = True
 
     def _advance_group(self, group, ps, gs, hz, *, lr, ratio, mu) -> None:
@@ -575,11 +704,12 @@ class HypergradientTuner:
         self._hyper_update(h, g_dot)
 
     def _hyper_update(self, h: float, g_dot: float | None) -> None:
-        """Move the LR by the rule (:mod:`adatune.methods.hyper_update`); adapt beta and mu."""
+        """Move the scale by the rule (:mod:`adatune.methods.hyper_update`) within the
+        phase (:mod:`adatune.methods.horizon`); adapt beta and mu."""
         s = self.state
         s["last_hypergradient"] = h
         additive = self.hyper_update == _rule.ADDITIVE
-        x = s["lr"] * h  # the scale-free rule averages x and x * x: both must be finite
+        x = s["scale"] * h  # the scale-free rule averages x and x * x: both must be finite
         if not math.isfinite(h) or not (additive or math.isfinite(x * x)):
             # Never let a non-finite hypergradient reach the LR (or the rule's moving
             # averages); restart the tangent.
@@ -590,10 +720,19 @@ class HypergradientTuner:
             return
         r_prev = s["hyper_r"]
         if additive:
-            eta = _rule.additive_step(s["lr"], h, hyper_lr=s["hyper_lr"])
+            scale = _rule.additive_step(s["scale"], h, hyper_lr=s["hyper_lr"])
         else:
-            eta = _rule.scale_free_step(s["lr"], h, s, hyper_lr=s["hyper_lr"])
-        self._set_lr(eta)
+            scale = _rule.scale_free_step(s["scale"], h, s, hyper_lr=s["hyper_lr"],
+                                          calm="evidence" if self.online else "even")
+        if s["phase"] == _horizon.CLIMB and not scale > s["scale"]:
+            self._fix()  # the evidence no longer says "raise": the scale is final
+            return
+        s["scale"] = scale
+        if self.online:
+            self._set_lr(scale)
+        else:
+            self._sync_lr()
+        eta = s["lr"]
         if self.alpha != 0:
             s["hyper_lr"] = _rule.adapt_hyper_lr(self.hyper_update, s["hyper_lr"], h, eta,
                                                  alpha=self.alpha, r=s["hyper_r"],
@@ -605,6 +744,29 @@ class HypergradientTuner:
             mu = s["mu"]
             s["c"] = s["c"] * (1.0 if mu > 0 else 0.0) + mu
             s["mu"] = z ** (1.0 / (s["c"] + 1.0))
+
+    def _fix(self) -> None:
+        """Enter phase fixed: no more hypergradients, and their memory is released."""
+        self.state["phase"] = _horizon.FIXED
+        self._tangents = {}
+        self._prev_grad = None
+        self.state["tangent_live"] = False
+
+    def _warmup_steps(self) -> int:
+        return _horizon.warmup_steps(self.state["total_steps"], self.warmup)
+
+    def _factor(self, step: int) -> float:
+        """shape(step): the LR of step ``step`` over the scale (1 online)."""
+        if self.online:
+            return 1.0
+        total = self.state["total_steps"]
+        if total is None:
+            raise ValueError("Invalid total_steps: None (the run's length is not known yet)")
+        return _horizon.factor(step, total, self.warmup, self.anneal)
+
+    def _sync_lr(self) -> None:
+        """The LR of the step at hand: ``s * shape(step)``."""
+        self._set_lr(self.state["scale"] * self._factor(self.state["step"]))
 
     def _set_lr(self, eta: float) -> None:
         self.state["lr"] = eta
@@ -644,9 +806,9 @@ class _RngSnapshot:
 class MARTHE(HypergradientTuner):
     """MARTHE (Donini et al., 2020): ``Z <- mu A Z + B``, validation hypergradient.
 
-    >>> tuner = MARTHE(optimizer)  # scale-free rule, default hyper-LR; mu may be "auto"
+    >>> tuner = MARTHE(optimizer, total_steps=2000)  # warm-up, tuned, then cosine
     >>> tuner.step(loss, val_loss=lambda: criterion(model(xv), yv))
-    >>> MARTHE(optimizer, hyper_lr=1e-8, hyper_update="additive")  # the paper's rule
+    >>> MARTHE(optimizer, online=True, hyper_lr=1e-8, hyper_update="additive")  # the paper's
     """
 
 
@@ -668,7 +830,7 @@ class HD(HypergradientTuner):
     Before each update the LR moves along ``-dL_t(w_t)/d eta_{t-1}``; for SGD
     this is ``eta_t = eta_{t-1} + beta * g_t . g_{t-1}``.
 
-    >>> tuner = HD(optimizer)  # scale-free rule; HD(optimizer, 1e-3, hyper_update="additive")
+    >>> tuner = HD(optimizer, total_steps=1000)  # HD(optimizer, online=True): the paper's
     >>> tuner.step(loss)
     """
 
@@ -678,7 +840,10 @@ class HD(HypergradientTuner):
     def __init__(self, optimizer: torch.optim.Optimizer, hyper_lr: float | None = None, *,
                  alpha: float = DEFAULT_ALPHA, grad_clip: float | None = None,
                  foreach: bool | None = None, process_group: Any = None,
-                 hyper_update: str = _rule.DEFAULT_HYPER_UPDATE) -> None:
+                 hyper_update: str = _rule.DEFAULT_HYPER_UPDATE,
+                 total_steps: int | None = None, anneal: str = _horizon.DEFAULT_ANNEAL,
+                 warmup: float = _horizon.DEFAULT_WARMUP, online: bool = False) -> None:
         super().__init__(optimizer, hyper_lr, mu=0.0, alpha=alpha, grad_clip=grad_clip,
                          foreach=foreach, process_group=process_group,
-                         hyper_update=hyper_update)
+                         hyper_update=hyper_update, total_steps=total_steps, anneal=anneal,
+                         warmup=warmup, online=online)
