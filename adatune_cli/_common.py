@@ -186,18 +186,21 @@ def epoch_seconds(epochs: Sequence[EpochRecord]) -> list[float | None]:
             seconds.append(e.elapsed_s if e.epoch == 1 else None)
         previous = e
     return seconds
-def open_for_run(store: str, config: TrainConfig | None) -> Store:
+def open_for_run(store: str, config: TrainConfig | None, *, device: str | None = None) -> Store:
     """The store a run goes to, once everything the run is given has been checked.
 
-    The files ``config`` names (the dataset's, the checkpoint folder), then the
-    store's location and schema version: bad input is rejected here, before
-    the caller imports the training stack (torch). Without ``config`` (a
-    resumed run) the store must exist: a missing one is refused, not created.
+    The device, the files ``config`` names (the dataset's, the checkpoint
+    folder), then the store's location and schema version: bad input is
+    rejected here, before the caller imports the training stack (torch).
+    Without ``config`` (a resumed run, moved to ``device`` if given) the store
+    must exist: a missing one is refused, not created.
     """
-    from adatune.running.preflight import check_run_inputs
+    from adatune.running.preflight import check_device, check_run_inputs
 
+    if device is not None:
+        check_device(device)
     if config is not None:
-        check_run_inputs(config)
+        check_run_inputs(config, store)
     from adatune.store import open_store  # SQLAlchemy: only for input that got this far
 
     return open_store(store, create=config is not None)

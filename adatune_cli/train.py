@@ -194,7 +194,7 @@ def _run(config: TrainConfig | None, store: str, *, resume_id: int | None = None
         _run_ranked(config, store, resume_id=resume_id, resume_changes=resume_changes,
                     **run_kw)
         return
-    db = open_for_run(store, config)
+    db = open_for_run(store, config, device=(resume_changes or {}).get("device"))
     try:
         if resume_id is not None:
             _check_resume(db, resume_id, resume_changes)
@@ -244,7 +244,7 @@ def _run_ranked(config: TrainConfig | None, store: str, *, resume_id: int | None
     opened: dict[str, Any] = {}
 
     def check_and_open() -> None:  # rank 0: what it rejects, every rank rejects
-        db = open_for_run(store, config)
+        db = open_for_run(store, config, device=(resume_changes or {}).get("device"))
         try:
             if resume_id is not None:
                 _check_resume(db, resume_id, resume_changes)

@@ -71,18 +71,51 @@ def test_per_epoch_seconds_are_differences_of_the_cumulative_time():
     assert epoch_seconds([rec(4, 9.0), rec(5, 10.0)]) == [None, 1.0]
 
 
-def test_a_new_run_never_overwrites_another_stores_checkpoints(capsys, here):
-    code, _, err = cli(capsys, "baseline", "--epochs", "1")
+def test_each_store_has_its_own_checkpoint_folder(capsys, here):
+    code, out, err = cli(capsys, "baseline", "--epochs", "1")
     assert code == 0, err
+    assert f"checkpoints: {here / 'adatune-runs' / 'run-1'}" in out
     last = here / "adatune-runs" / "run-1" / "last.pt"
     before = last.read_bytes()
+    # a second store in the same folder: its run 1 goes to its own folder, no option needed
     code, out, err = cli(capsys, "baseline", "--epochs", "1", "--store", "second.db")
+    assert code == 0, err
+    assert f"checkpoints: {here / 'second-runs' / 'run-1'}" in out
+    assert (here / "second-runs" / "run-1" / "last.pt").is_file()
+    assert last.read_bytes() == before
+    [run] = _store_runs(here / "second.db")
+    assert run.config["checkpoint_dir"] == str(here / "second-runs")  # recorded, absolute
+
+
+def test_a_new_run_never_overwrites_another_stores_checkpoints(capsys, here):
+    code, _, err = cli(capsys, "baseline", "--epochs", "1", "--checkpoint-dir", "shared")
+    assert code == 0, err
+    last = here / "shared" / "run-1" / "last.pt"
+    before = last.read_bytes()
+    code, out, err = cli(capsys, "baseline", "--epochs", "1", "--store", "second.db",
+                         "--checkpoint-dir", "shared")
     assert code == 2
     line = err.strip()
     assert "\n" not in line and "already holds an earlier run's files" in line
     assert "--checkpoint-dir" in line
     assert last.read_bytes() == before  # run 1 of adatune.db keeps its checkpoint
     assert _store_runs(here / "second.db") == []  # and no half-made run was left
+
+
+def test_the_default_checkpoint_folder_follows_the_store(tmp_path, monkeypatch):
+    from adatune.running.folder import default_checkpoint_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert default_checkpoint_dir() == tmp_path / "adatune-runs"
+    assert default_checkpoint_dir("sub/sweeps.db") == tmp_path / "sub" / "sweeps-runs"
+    assert default_checkpoint_dir(f"sqlite:///{tmp_path}/x.db") == tmp_path / "x-runs"
+    # a server's store: keyed by where it is, never by who connects or the password
+    one = default_checkpoint_dir("postgresql+psycopg://ann:secret@db.example.org/adatune")
+    assert one == default_checkpoint_dir("postgresql+psycopg://bob@db.example.org/adatune")
+    assert one.parent == tmp_path and one.name.startswith("adatune-runs-adatune-")
+    assert "secret" not in str(one)
+    assert one != default_checkpoint_dir("postgresql+psycopg://ann@db.example.org/other")
+    assert one != default_checkpoint_dir("postgresql+psycopg://ann@db2.example.org/adatune")
 
 
 @pytest.mark.slow
