@@ -13,7 +13,7 @@ from adatune.methods.schedule_file import (
     schedule_from_run,
     write_schedule,
 )
-from adatune_cli._common import DEFAULT_STORE, StoreOption, err
+from adatune_cli._common import DEFAULT_STORE, StoreOption, err, no_runs, open_to_read
 from adatune_cli.main import app
 
 schedule_app = typer.Typer(help="Export a run's learned learning-rate schedule.",
@@ -43,11 +43,14 @@ def export(
 
     Example: adatune schedule export 12 -o marthe.csv
     """
-    from adatune.store import open_store  # SQLAlchemy: not for --help
+    from adatune.errors import RunNotFound
 
     kind = format_for(output, fmt)
-    with open_store(store, create=False) as db:  # reading: a missing store is one line
-        schedule = schedule_from_run(db, run_id, per_epoch=per_epoch)  # NoStepLRs: main says
+    with open_to_read(store) as db:  # a missing store is one line
+        try:
+            schedule = schedule_from_run(db, run_id, per_epoch=per_epoch)  # NoStepLRs: main
+        except RunNotFound as exc:
+            no_runs(db, store, missing=exc)
     if output is None:
         typer.echo(format_schedule(schedule, kind), nl=False)
         return

@@ -225,10 +225,10 @@ def test_selected_search_brings_its_probes(store_path, capsys, tmp_path):
     code, _, stderr = run_cli(
         ["report", "table", "--store", str(path), "--run", str(ids["find-alpha"][0])], capsys
     )
-    assert code == 1 and "no train or baseline runs match" in stderr
+    assert code == 2 and "no train or baseline runs match" in stderr
 
 
-def test_empty_selection_exits_1_with_one_line(store_path, capsys, tmp_path):
+def test_empty_selection_exits_2_with_one_line(store_path, capsys, tmp_path):
     path, _ = store_path
     out = tmp_path / "empty.html"
     code, stdout, stderr = run_cli(
@@ -246,13 +246,14 @@ def test_empty_selection_exits_1_with_one_line(store_path, capsys, tmp_path):
         ],
         capsys,
     )
-    assert code == 1
+    assert code == 2 and stdout == ""
     assert stderr.strip().splitlines() == [
-        f"adatune: error: no runs match --experiment {EXPERIMENT} --dataset imagenet in {path}"
+        f"adatune: error: no runs match --experiment {EXPERIMENT} --dataset imagenet in {path} "
+        f"(`adatune runs list --store {path}` lists the runs it holds)"
     ]
     assert not out.exists()
     code, _, stderr = run_cli(["report", "table", "--store", str(path), "--method", "nope"], capsys)
-    assert code == 1 and len(stderr.strip().splitlines()) == 1
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
 
 
 def test_missing_store_is_an_error_not_a_new_file(tmp_path, capsys):
