@@ -188,6 +188,10 @@ def test_each_command_shows_its_own_options(capsys):
     (("baseline", "--method", "prodigy", "--t-mult", "3"), "prodigy sets its own step size"),
     (("baseline", "--warmup-steps", "5"), "--warmup-steps: for the peer optimizers"),
     (("find-alpha", "--lr-decay", "0.5"), "--lr-decay: for baseline schedules"),
+    (("train", "--lr-scheduler", "cosine"), "No such option: --lr-scheduler for `adatune "
+                                            "train`; it is an option of `adatune baseline`"),
+    (("baseline", "--tuner", "hd"), "it is an option of `adatune find-alpha` and `adatune "
+                                    "train`"),
 ])
 def test_an_option_of_another_command_is_one_line(capsys, here, args, says):
     code, out, err = cli(capsys, *args, "--epochs", "1")
