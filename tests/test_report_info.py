@@ -274,6 +274,8 @@ def test_the_lr_is_on_a_log_axis_when_it_spans_more_than_ten_times():
     assert info.log_scale  # 0.004 .. 0.63
     fig = F._get_run_traces_plot(info)
     assert fig.layout.yaxis.type == "log" and fig.layout.updatemenus[0].active == 1
+    # two decades: ticks at 1, 2 and 5 of each, written out (0.005, 0.01), not "5" and "10^-2"
+    assert (fig.layout.yaxis.dtick, fig.layout.yaxis.tickformat) == ("D2", "~g")
     with_zero = detail(warm_up.run, epochs([0.5, 0.6], [0.4, 0.5], [1, 2], lr=[0.0, 0.63]))
     assert not ri._get_run_traces_info([with_zero], "lr").log_scale  # log cannot show 0
 

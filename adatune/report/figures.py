@@ -173,6 +173,17 @@ def _constant_axis(fig: go.Figure, value: float, *, percent: bool) -> None:
     fig.update_layout(height=CONSTANT_HEIGHT)
 
 
+def _log_axis(fig: go.Figure, values: Sequence[float]) -> None:
+    """A log y axis whose ticks read as numbers: 1, 2 and 5 of each decade, written out
+    (0.002, 0.005, 0.01), over a few decades; powers of ten over many."""
+    positive = [v for v in values if v > 0]
+    decades = math.log10(max(positive) / min(positive)) if positive else 0.0
+    if decades <= 3:
+        fig.update_yaxes(type="log", dtick="D2", tickformat="~g")
+    else:
+        fig.update_yaxes(type="log", exponentformat="power")
+
+
 def constant_note(what: str, value: float, *, where: str = "epoch", percent: bool = False) -> str:
     """The one line shown under a figure whose series is constant."""
     shown = f"{value:.2%}" if percent else f"{value:.6g}"
@@ -400,7 +411,7 @@ def _get_run_traces_plot(
             updatemenus=_scale_menu("log" if log_default else "linear"),
         )
         if log_default:
-            fig.update_yaxes(type="log", exponentformat="power", dtick="D2")
+            _log_axis(fig, [v for tr in info.traces for v in tr.y if v is not None])
     if info.axis == "epoch":
         _integer_ticks(fig, [t.x for t in info.traces])
     return fig
@@ -441,7 +452,7 @@ def _get_replay_plot(group: ReplayGroup) -> go.Figure:
     )
     fig.update_xaxes(tickformat=".0%")
     if group.log_scale:
-        fig.update_yaxes(type="log", exponentformat="power", dtick="D2")
+        _log_axis(fig, [v for line in group.lines for v in line.y if v is not None])
     return fig
 
 
