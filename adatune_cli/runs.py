@@ -19,6 +19,8 @@ from adatune_cli._common import (
     epoch_seconds,
     fmt,
     json_safe,
+    no_runs,
+    open_to_read,
     out,
     print_table,
 )
@@ -105,16 +107,17 @@ def list_runs(
 
     Example: adatune runs list --method marthe --status completed
     """
-    from adatune.store import open_store
-
-    with open_store(store, write=False) as db:
+    with open_to_read(store) as db:
         runs = db.list_runs(experiment=experiment, method=method, dataset=dataset,
                             status=status, kind=kind)
+        if not runs:
+            no_runs(db, store, experiment=experiment, method=method, dataset=dataset,
+                    status=status, kind=kind)
     if as_json:
         typer.echo(json.dumps([_run_json(r) for r in runs], indent=2))
         return
-    columns = [Column("id"), Column("name", False), Column("experiment", False),
-               Column("kind", drop=3), Column("method"), Column("task", False),
+    columns = [Column("id"), Column("name", False), Column("experiment", False, common=True),
+               Column("kind", drop=3), Column("method"), Column("task", False, common=True),
                Column("seed", drop=4), Column("status"), Column("ep", drop=2), Column("val"),
                Column("test", drop=1)]
     rows = [[str(r.id), _text(r.name or ""), _text(r.experiment or ""), _text(r.kind),
@@ -133,10 +136,13 @@ def show_run(
 
     Example: adatune runs show 3 --json
     """
-    from adatune.store import open_store
+    from adatune.errors import RunNotFound
 
-    with open_store(store, write=False) as db:
-        detail = db.get_run(run_id, steps=False)
+    with open_to_read(store) as db:
+        try:
+            detail = db.get_run(run_id, steps=False)
+        except RunNotFound as exc:
+            no_runs(db, store, missing=exc)
     run = detail.run
     command = _reproduce(run)
     if as_json:
@@ -198,9 +204,8 @@ def delete_run(
     Example: adatune runs delete 3 --yes
     """
     from adatune.running.deletion import delete_run as delete
-    from adatune.store import open_store
 
-    with open_store(store, create=False) as db:
+    with open_to_read(store, write=True) as db:
         run = db.get_run(run_id, steps=False).run
         what = "" if keep_checkpoints else " and its checkpoints"
         if not yes and not typer.confirm(_text(f"delete run {run.id} ({run.method}, "

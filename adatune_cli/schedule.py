@@ -14,7 +14,14 @@ from adatune.methods.schedule_file import (
     schedule_from_run,
     write_schedule,
 )
-from adatune_cli._common import DEFAULT_STORE, StoreOption, err, store_files
+from adatune_cli._common import (
+    DEFAULT_STORE,
+    StoreOption,
+    err,
+    no_runs,
+    open_to_read,
+    store_files,
+)
 from adatune_cli.main import app
 
 schedule_app = typer.Typer(help="Export a run's learned learning-rate schedule.",
@@ -44,14 +51,17 @@ def export(
 
     Example: adatune schedule export 12 -o marthe.csv
     """
-    from adatune.store import open_store  # SQLAlchemy: not for --help
+    from adatune.errors import RunNotFound
 
     kind = format_for(output, fmt)
     protected = store_files(store)
     if output is not None:  # before the store is read: a target never to write over
         check_output(output, protected=protected)
-    with open_store(store, write=False) as db:  # reading: a missing store is one line
-        schedule = schedule_from_run(db, run_id, per_epoch=per_epoch)  # NoStepLRs: main says
+    with open_to_read(store) as db:  # a missing store is one line
+        try:
+            schedule = schedule_from_run(db, run_id, per_epoch=per_epoch)  # NoStepLRs: main
+        except RunNotFound as exc:
+            no_runs(db, store, missing=exc)
     if output is None:
         typer.echo(format_schedule(schedule, kind), nl=False)
         return

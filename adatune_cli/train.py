@@ -178,16 +178,19 @@ def print_summary(result: RunResult) -> None:
                   box=box.SIMPLE_HEAD, pad_edge=False)
     accuracy = any(e.val_acc is not None for e in result.epochs)
     scores = ("train", "val", "test") if accuracy else ("val loss", "test loss")
-    for column in ("epoch", "lr", "mu", "hyper-lr", "loss", *scores, "s"):
+    # a method without mu or a hyper-LR (a schedule, a peer) shows no column of them
+    tuned = [name for name, field in (("mu", "mu"), ("hyper-lr", "hyper_lr"))
+             if any(getattr(e, field) is not None for e in result.epochs)]
+    for column in ("epoch", "lr", *tuned, "loss", *scores, "s"):
         table.add_column(column, justify="right", no_wrap=True)
     for e, seconds in zip(result.epochs, epoch_seconds(result.epochs), strict=True):
         if accuracy:
             cells = (fmt(e.train_acc, ".1%"), fmt(e.val_acc, ".1%"), fmt(e.test_acc, ".1%"))
         else:
             cells = (fmt(e.val_loss, ".4g"), fmt(e.test_loss, ".4g"))
-        table.add_row(str(e.epoch), fmt(e.lr, ".3g"), fmt(e.mu, ".3g"),
-                      fmt(e.hyper_lr, ".2g"), fmt(e.train_loss, ".3f"), *cells,
-                      fmt(seconds, ".1f"))
+        extra = {"mu": fmt(e.mu, ".3g"), "hyper-lr": fmt(e.hyper_lr, ".2g")}
+        table.add_row(str(e.epoch), fmt(e.lr, ".3g"), *(extra[c] for c in tuned),
+                      fmt(e.train_loss, ".3f"), *cells, fmt(seconds, ".1f"))
     out.print(table)
     line = f"run {result.run_id} {result.status}"
     if result.best_val_acc is not None:
@@ -209,7 +212,7 @@ def _run(config: TrainConfig | None, store: str, *, resume_id: int | None = None
         _run_ranked(config, store, resume_id=resume_id, resume_changes=resume_changes,
                     **run_kw)
         return
-    db = open_for_run(store, config)
+    db = open_for_run(store, config, device=(resume_changes or {}).get("device"))
     try:
         note = None if resume_id is None else _check_resume(db, resume_id, resume_changes)
         from adatune.running.engine import resume, train  # torch, once the input is known good
@@ -258,7 +261,7 @@ def _run_ranked(config: TrainConfig | None, store: str, *, resume_id: int | None
     opened: dict[str, Any] = {}
 
     def check_and_open() -> None:  # rank 0: what it rejects, every rank rejects
-        db = open_for_run(store, config)
+        db = open_for_run(store, config, device=(resume_changes or {}).get("device"))
         try:
             if resume_id is not None:
                 opened["note"] = _check_resume(db, resume_id, resume_changes)

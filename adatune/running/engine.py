@@ -50,7 +50,7 @@ def train(
     arguments) is checked before the run is written.
     """
     started = time.perf_counter()
-    config = config.replace(checkpoint_dir=str(checkpoint_root(config.checkpoint_dir)))
+    config = config.replace(checkpoint_dir=str(checkpoint_root(config.checkpoint_dir, store)))
     if config.from_file is not None:  # a resume may run from another folder; not resolved:
         config = config.replace(from_file=os.path.abspath(config.from_file))  # a pipe stays one
     replay = distributed.on_main(lambda: _replayed(config, store))  # rank 0 has the store

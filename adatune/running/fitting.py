@@ -2,7 +2,8 @@
 
 The same loop the ``adatune`` command runs (:mod:`adatune.running.loop`), over
 parts you give: the run is recorded in the store (``adatune runs``, ``adatune
-report`` show it), checkpoints go to ``checkpoint_dir/run-ID/``, and
+report`` show it), checkpoints go to ``checkpoint_dir/run-ID/`` (by default the
+store's own folder: ``runs-runs/`` beside ``runs.db``), and
 ``resume=RUN_ID`` continues a killed or interrupted run from its last
 checkpoint, given the same parts again. ``fit`` checks and completes the parts
 you give, then calls :func:`adatune.running.assembly.train_run`, as the command
@@ -171,7 +172,7 @@ def fit(
         "lr": tuner_obj.lr if tuner_obj is not None else float(group["lr"]),
         "model": type(model).__name__, "dataset": dataset_name, "loss": loss_name,
         "classification": is_classification,
-        "checkpoint_dir": str(checkpoint_root(checkpoint_dir)),
+        "checkpoint_dir": str(checkpoint_root(checkpoint_dir, store)),
         "tuner": None if tuner_obj is None else _tuner_settings(tuner_obj),
         **{k: v for k, v in dataclasses.asdict(settings).items() if k != "rules"},
         "divergence_factor": divergence_factor,

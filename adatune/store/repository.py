@@ -510,6 +510,11 @@ class Store:
             return tuple(EpochLRs(epoch, None if blob is None else unpack_lrs(blob))
                          for epoch, blob in rows)
 
+    def has_runs(self) -> bool:
+        """Whether the store holds any run at all (an empty store is not a filter's miss)."""
+        with self._session(write=False) as s:
+            return s.execute(select(RunRow.id).limit(1)).first() is not None
+
     def list_experiments(self) -> list[str]:
         """Names of all experiments, sorted."""
         with self._session(write=False) as s:
