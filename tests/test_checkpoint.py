@@ -317,7 +317,8 @@ def test_written_checkpoints_are_plain_data_and_written_whole(store) -> None:
 
 @pytest.mark.slow
 def test_a_checkpoint_of_an_older_adatune_still_resumes(store, reference) -> None:
-    result = train(config("marthe", epochs=2), store)
+    # adatune 0.1.0 had only the online tuners (a horizon run is stretched when extended)
+    result = train(config("marthe", epochs=2, online=True), store)
     last = Path(result.checkpoint_dir) / "last.pt"
     state = torch.load(last, weights_only=True)
     # what adatune 0.1.0 wrote: the last epoch's records under "pending", no marker
@@ -328,4 +329,4 @@ def test_a_checkpoint_of_an_older_adatune_still_resumes(store, reference) -> Non
         state.pop(key)
     torch.save(state, last)
     assert resume(store, result.run_id, epochs=3).status == "completed"
-    assert trajectory(store, result.run_id) == reference(config("marthe", epochs=3))
+    assert trajectory(store, result.run_id) == reference(config("marthe", epochs=3, online=True))

@@ -165,9 +165,9 @@ def test_then_train_runs_the_full_training_with_the_found_alpha(workdir, capsys)
 
 
 def test_every_alpha_diverges_exits_1_with_one_line(workdir, capsys):
-    code, out, err = cli(capsys, "find-alpha", "--tuner", "rtho", *ADDITIVE, "--hyper-lr", "1",
-                         "--alpha-max", "1e-2", "--alpha-min", "1e-4", "--probe-epochs", "2",
-                         "--json", "--then-train", "--device", "cpu")
+    code, out, err = cli(capsys, "find-alpha", "--tuner", "rtho", "--online", *ADDITIVE,
+                         "--hyper-lr", "1", "--alpha-max", "1e-2", "--alpha-min", "1e-4",
+                         "--probe-epochs", "2", "--json", "--then-train", "--device", "cpu")
     assert code == 1
     data = json.loads(out)
     assert data["alpha"] is None
