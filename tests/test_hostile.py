@@ -275,7 +275,8 @@ def test_recorded_strings_are_plain_text_on_the_terminal(hostile: Path, capsys,
     for control in ("\x1b", "\x07", "\u202e", "\r"):
         assert control not in out
     if command[-1] != "3":
-        assert printable(TERMINAL)[:12] in out or command == ["report", "table"]
+        # written out (a narrow table may cut the name in its middle, never its start)
+        assert printable(TERMINAL)[:4] in out or command == ["report", "table"]
     if command in (["runs", "list"], ["runs", "show", "3"]):
         assert MARKUP in out  # shown as typed, not taken as markup
 
