@@ -17,6 +17,12 @@ MAX_SEED = 2**63 - 1
 #: Epoch counts (epochs, patience, staircase step, cosine periods): finite, and the
 #: step numbers of the longest run still fit the store's 32-bit columns.
 MAX_EPOCHS = 100_000
+#: Names (a run's, an experiment's): the store's name columns hold 255 characters, which
+#: SQLite does not enforce by itself.
+MAX_NAME = 255
+#: Free text a run records (its error, each string of its configuration and summary) is
+#: shortened to this many characters.
+MAX_TEXT = 4096
 
 
 def whole(name: str, value: int, low: int, high: int) -> None:
@@ -46,4 +52,24 @@ def finite(name: str, value: float, *, low: float | None = None, low_open: bool 
         raise ConfigError(f"invalid {name}: {value!r}{where}{')' if where else ''}")
 
 
-__all__ = ["MAX_EPOCHS", "MAX_SEED", "finite", "whole"]
+def name(argument: str, value: str | None) -> str | None:
+    """Refuse a name longer than :data:`MAX_NAME` characters, or one that is not text."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"invalid {argument}: {type(value).__name__} (a string)")
+    if len(value) > MAX_NAME:
+        raise ConfigError(f"invalid {argument}: {len(value)} characters (at most {MAX_NAME})")
+    return value
+
+
+def bounded_text(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` shortened to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    keep = max(0, limit - 40)  # room for the note
+    return f"{text[:keep]}... [{len(text) - keep} more characters]"
+
+
+__all__ = ["MAX_EPOCHS", "MAX_NAME", "MAX_SEED", "MAX_TEXT", "bounded_text", "finite", "name",
+           "whole"]

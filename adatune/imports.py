@@ -2,7 +2,8 @@
 
 The convention of uvicorn and of entry points. The current directory is on the
 import path, as with ``python -m``. Every failure is one :class:`ConfigError`
-line naming the argument (``model='pkg:make'``), the path and what was wrong;
+line naming the argument (``model='pkg:make'``), the path and what was wrong
+(a ``sys.exit()`` in the user's code too: it does not end adatune);
 the original exception is kept as ``__cause__`` (the CLI shows its traceback
 with ``ADATUNE_DEBUG=1``).
 
@@ -85,6 +86,8 @@ def load(option: str, path: str) -> Any:
         if exc.name is not None and module_name.startswith(exc.name):
             raise _not_found(option, path, exc.name) from exc
         raise ConfigError(f"cannot import {option}={path!r}: {one_line(exc)}") from exc
+    except SystemExit as exc:  # the user's module ended the process: its error, not ours
+        raise ConfigError(f"cannot import {option}={path!r}: {exited(exc)}") from exc
     except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
         raise ConfigError(f"cannot import {option}={path!r}: {one_line(exc)}") from exc
     for name in attrs.split("."):
@@ -108,6 +111,8 @@ def call(option: str, path: str, factory: Callable[..., Any], *args: Any,
     """Call the user's factory; its exception becomes one line naming it."""
     try:
         return factory(*args, **kwargs)
+    except SystemExit as exc:  # sys.exit() in the user's code: its error, not adatune's exit
+        raise ConfigError(f"{option}={path!r} {exited(exc)}") from exc
     except Exception as exc:  # noqa: BLE001 - the user's code failed
         raise ConfigError(f"{option}={path!r} raised {one_line(exc)}") from exc
 
@@ -146,6 +151,11 @@ def describe_type(obj: Any) -> str:
 def _a(obj: Any) -> str:
     name = type(obj).__name__
     return f"an {name}" if name[:1].lower() in "aeiou" else f"a {name}"
+
+
+def exited(exc: SystemExit) -> str:
+    """What a ``SystemExit`` from the user's code says: ``called sys.exit(0)``."""
+    return f"called sys.exit({exc.code!r}), which adatune takes as an error in that code"
 
 
 def one_line(exc: BaseException) -> str:

@@ -9,7 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from adatune.bench.config import HVP_MODES, METHODS, BenchConfig
+from adatune.bench.config import HVP_MODES, METHODS, NOISY_SPREAD, BenchConfig
+from adatune.running.preflight import check_device
 from adatune_cli._common import err, out
 from adatune_cli.main import app
 
@@ -32,7 +33,8 @@ def bench_command(
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed steps first.")]
     = BenchConfig.warmup,
     methods: Annotated[str, typer.Option(
-        "--methods", help=f"Comma-separated subset of {','.join(METHODS)}.")]
+        "--methods", help=f"Comma-separated subset of {','.join(METHODS)} (floor: the "
+                          "autograd work MARTHE cannot avoid, without the tuner; see above).")]
     = ",".join(BenchConfig.methods),
     hvp: Annotated[str, typer.Option(
         "--hvp", help=f"HVP modes for marthe/rtho, comma-separated: {','.join(HVP_MODES)}.")]
@@ -48,11 +50,23 @@ def bench_command(
     momentum 0.9 and weight decay 5e-4. Ratios are to the plain step, measured
     in one process with the methods' steps interleaved.
 
+    floor: the autograd work an exact MARTHE step cannot avoid (a gradient with
+    create_graph, one Hessian-vector product, a validation gradient and the
+    optimizer step), with no tuner code at all; MARTHE's time over floor's is
+    the tuner's own overhead. floor-torch: the same with torch's own
+    double-backward formulas.
+
+    spread: the interquartile range of a method's step times over their median
+    (from 4 steps). Above 25%, the machine's other work moved the times more
+    than the methods did: the command warns, and its ratios are not to be
+    trusted; measure on a quiet machine, or with more --steps.
+
     Example: adatune bench --network resnet18 --steps 10
     """
     config = BenchConfig(network=network, batch_size=batch_size, optimizer=optimizer,
                          device=device, steps=steps, warmup=warmup, methods=_csv(methods),
                          hvp=_csv(hvp), memory=memory)
+    check_device(config.device)  # before torch
     total = config.warmup + config.steps
     if not as_json:
         err.print(f"timing {len(config.labels())} methods on {config.network}, batch "
@@ -67,11 +81,21 @@ def bench_command(
     table = Table(title=f"{config.network}, batch {config.batch_size}, {config.optimizer}, "
                         f"{result.device} (median of {config.steps} steps)",
                   title_justify="left")
-    for column in ("method", "step ms", "x plain", "peak MB", "x plain"):
+    memory = any(r.peak_mb is not None for r in result.results)  # --no-memory: no columns
+    for column in ("method", "step ms", "spread", "x plain", *("peak MB", "x plain") * memory):
         table.add_column(column, justify="right")
     for r in result.results:
         peak = "-" if r.peak_mb is None else f"{r.peak_mb:.0f}"
         peak_ratio = ("-" if r.peak_mb is None or not plain_peak
                       else f"{r.peak_mb / plain_peak:.2f}")
-        table.add_row(escape(r.method), f"{r.step_ms:.1f}", f"{r.ratio:.2f}", peak, peak_ratio)
+        spread = "-" if r.spread is None else f"{r.spread:.0%}" + (" !" if r.noisy else "")
+        table.add_row(escape(r.method), f"{r.step_ms:.1f}", spread, f"{r.ratio:.2f}",
+                      *(peak, peak_ratio) * memory)
     out.print(table)
+    noisy = [r for r in result.results if r.noisy]
+    if noisy:
+        which = ", ".join(f"{r.method} {r.spread:.0%}" for r in noisy)
+        err.print(f"adatune: warning: the step times spread over more than "
+                  f"{NOISY_SPREAD:.0%} of their median ({which}): other work on this machine "
+                  "moved them, so the ratios are unreliable; measure on a quiet machine or "
+                  "with more --steps", markup=False, highlight=False)

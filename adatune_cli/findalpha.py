@@ -62,6 +62,7 @@ from adatune_cli.train import (
     NameOption,
     RichEvents,
     _progress,
+    check_names,
     print_summary,
 )
 
@@ -319,6 +320,7 @@ def find_alpha_command(
     """
     refuse_given(ctx, (PANEL_SCHED, PANEL_PEER), "for baseline schedules and peer optimizers; "
                  "find-alpha searches a tuner's")
+    check_names(name, experiment)
     settings = _search_config(
         search, alpha_max, alpha_min, hyper_lr_max, hyper_lr_min, factor=factor,
         probe_epochs=probe_epochs, probe_fraction=probe_fraction, refine=refine,

@@ -16,7 +16,7 @@ import typer
 
 import adatune
 from adatune.errors import AdatuneError
-from adatune.redact import mask_secrets
+from adatune.redact import mask_secrets, printable
 from adatune.running import signals
 
 app = typer.Typer(
@@ -50,7 +50,7 @@ def _register() -> None:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(mask_secrets(f"adatune: warning: {message}"), file=sys.stderr)
+    print(printable(mask_secrets(f"adatune: warning: {message}")), file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,12 +73,16 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(exc.format_message().split())
         if not msg:  # bare `adatune`: the help was printed
             return _exit(0)
+        owners = _owners(exc)
+        if owners:  # `train --lr-scheduler`: say which command takes it
+            msg = (f"No such option: {exc.option_name} for `{exc.ctx.command_path}`; it is an "
+                   f"option of {' and '.join(f'`{o}`' for o in owners[:3])}")
         if not _follower():
-            print(mask_secrets(f"adatune: error: {msg}"), file=sys.stderr)
+            print(printable(mask_secrets(f"adatune: error: {msg}")), file=sys.stderr)
         return _exit(exc.exit_code or 2)
     except signals.Terminated as exc:
         if not _follower():
-            print(f"adatune: {exc}", file=sys.stderr)
+            print(printable(f"adatune: {exc}"), file=sys.stderr)
         return _exit(128 + exc.signum)
     except (typer.Abort, KeyboardInterrupt):
         if not _follower():
@@ -90,9 +94,31 @@ def main(argv: list[str] | None = None) -> int:
         if not _follower():
             from adatune_cli._common import error_line  # the library names arguments
 
-            print(mask_secrets(f"adatune: error: {error_line(exc)}"), file=sys.stderr)
+            print(printable(mask_secrets(f"adatune: error: {error_line(exc)}")), file=sys.stderr)
         return _exit(2)
     return _exit(rv if isinstance(rv, int) else 0)
+
+
+def _owners(exc: Exception) -> list[str]:
+    """The other commands that take the unknown option of ``exc`` (a usage error)."""
+    option, ctx = getattr(exc, "option_name", None), getattr(exc, "ctx", None)
+    if not option or ctx is None:
+        return []
+    here = ctx.command_path
+    found: list[str] = []
+
+    def walk(command, path: str) -> None:  # noqa: ANN001 - a click command
+        subcommands = getattr(command, "commands", None)
+        if subcommands:
+            for name in sorted(subcommands):
+                walk(subcommands[name], f"{path} {name}")
+        elif path != here and any(option in p.opts or option in p.secondary_opts
+                                  for p in command.params):
+            found.append(path)
+
+    root = ctx.find_root()
+    walk(root.command, root.info_name or "adatune")
+    return found
 
 
 def _follower() -> bool:

@@ -35,7 +35,6 @@ from adatune.running.config import (
     DEFAULT_OPTIMIZER,
     TrainConfig,
 )
-from adatune.running.runtypes import DEFAULT_CHECKPOINT_DIR
 
 PANEL_RUN = "Run"
 PANEL_TUNER = "Hypergradient tuner"
@@ -191,8 +190,10 @@ OPTIONS: dict[str, Any] = {
                                       help="Record a step trace every N steps.")],
     "checkpoint_dir": Annotated[str | None, _opt("--checkpoint-dir", "--model-loc",
                                                   panel=PANEL_DATA,
-                                                  help="Where checkpoints go \\[default: "
-                                                       f"./{DEFAULT_CHECKPOINT_DIR}].")],
+                                                  help="Where checkpoints go (run-ID/ "
+                                                       "inside) \\[default: beside the store, "
+                                                       "named after it: ./adatune-runs for "
+                                                       "./adatune.db].")],
 }
 
 _CONFIG_KEYS = tuple(OPTIONS)

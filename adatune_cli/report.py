@@ -14,8 +14,18 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from adatune._durable import check_output
 from adatune.redact import mask_secrets, mask_values  # plain Python: no store, no Plotly
-from adatune_cli._common import DEFAULT_STORE, StoreOption, fail, out
+from adatune_cli._common import (
+    DEFAULT_STORE,
+    StoreOption,
+    fail,
+    no_runs,
+    open_to_read,
+    out,
+    selection,
+    store_files,
+)
 from adatune_cli.main import app
 
 if TYPE_CHECKING:
@@ -46,16 +56,6 @@ MethodOption = Annotated[
 DatasetOption = Annotated[str | None, typer.Option("--dataset", help="Only runs on this dataset.")]
 
 
-def _selection(
-    experiment: str | None, runs: list[int] | None, methods: list[str] | None, dataset: str | None
-) -> str:
-    parts = [f"--experiment {experiment}"] if experiment else []
-    parts += [f"--run {r}" for r in runs or ()]
-    parts += [f"--method {m}" for m in methods or ()]
-    parts += [f"--dataset {dataset}"] if dataset else []
-    return " ".join(parts) or "(no filter)"
-
-
 def _load(
     store: str,
     experiment: str | None,
@@ -65,23 +65,17 @@ def _load(
     *,
     steps: bool = True,
 ) -> list[RunDetail]:
+    """The selected runs; a store without runs, or filters that match none, exit 2."""
     from adatune.report.select import load_details
-    from adatune.store import open_store
-    from adatune.store.connection import resolve_url, sqlite_path
 
-    path = sqlite_path(resolve_url(store))
-    if path is not None and not path.exists():
-        fail(f"no store at {path} (give --store or set ADATUNE_STORE)")
-    with open_store(store, create=False) as st:
+    with open_to_read(store) as st:  # a missing store is one line
         details = load_details(
             st, experiment=experiment, run_ids=runs, methods=methods, dataset=dataset,
             steps=steps,
         )
-        location = st.location
-    if not details:
-        fail(
-            f"no runs match {_selection(experiment, runs, methods, dataset)} in {location}", code=1
-        )
+        if not details:
+            no_runs(st, store, experiment=experiment, run=runs, method=methods,
+                    dataset=dataset)
     return [_masked(d) for d in details]
 
 
@@ -118,11 +112,13 @@ def html(
 
     Example: adatune report html --experiment mnist-lr -m marthe -m cosine -o mnist.html --open
     """
+    protected = store_files(store)
+    check_output(output, protected=protected)  # before the work: a target never to write over
     details = _load(store, experiment, run, method, dataset)
     from adatune.report.html import write_html  # Plotly
 
     try:
-        path = write_html(details, output, title=title)
+        path = write_html(details, output, title=title, protected=protected)
     except OSError as exc:
         fail(f"cannot write {output}: {exc.strerror or exc}")
     out.print(
@@ -153,11 +149,9 @@ def table(
     # the summary reads runs and epochs: the step traces stay in the store
     info = summary_table(_load(store, experiment, run, method, dataset, steps=False))
     if not info.groups:
-        fail(
-            "no train or baseline runs match "
-            f"{_selection(experiment, run, method, dataset)} (only find-alpha searches/probes)",
-            code=1,
-        )
+        chosen = selection(experiment=experiment, run=run, method=method, dataset=dataset)
+        fail(f"no train or baseline runs match {chosen} (only find-alpha searches and their "
+             "probes; `adatune report html` shows those)")
     if as_json:
         typer.echo(json.dumps(summary_json(info), indent=2))
     else:

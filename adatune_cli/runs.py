@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from adatune.catalog import TUNER_NAMES
-from adatune.redact import mask_secrets, mask_values
+from adatune.redact import mask_secrets, mask_values, printable
 from adatune.store.records import RunRecord
 from adatune_cli._common import (
     DEFAULT_STORE,
@@ -19,6 +19,8 @@ from adatune_cli._common import (
     epoch_seconds,
     fmt,
     json_safe,
+    no_runs,
+    open_to_read,
     out,
     print_table,
 )
@@ -45,6 +47,12 @@ def _run_json(run: RunRecord) -> dict[str, Any]:
         "test_acc": run.test_acc, "started_at": run.started_at, "ended_at": run.ended_at,
         "error": run.error, "parent_id": run.parent_id,
     })
+
+
+def _text(value: str) -> str:
+    """A recorded string as a terminal shows it: any URL password masked, control characters
+    written out (the tables and lines print it as plain text, never as Rich markup)."""
+    return printable(mask_secrets(value))
 
 
 def _reproduce(run: RunRecord) -> str | None:
@@ -99,21 +107,22 @@ def list_runs(
 
     Example: adatune runs list --method marthe --status completed
     """
-    from adatune.store import open_store
-
-    with open_store(store, create=False) as db:
+    with open_to_read(store) as db:
         runs = db.list_runs(experiment=experiment, method=method, dataset=dataset,
                             status=status, kind=kind)
+        if not runs:
+            no_runs(db, store, experiment=experiment, method=method, dataset=dataset,
+                    status=status, kind=kind)
     if as_json:
         typer.echo(json.dumps([_run_json(r) for r in runs], indent=2))
         return
-    columns = [Column("id"), Column("name", False), Column("experiment", False),
-               Column("kind", drop=3), Column("method"), Column("task", False),
+    columns = [Column("id"), Column("name", False), Column("experiment", False, common=True),
+               Column("kind", drop=3), Column("method"), Column("task", False, common=True),
                Column("seed", drop=4), Column("status"), Column("ep", drop=2), Column("val"),
                Column("test", drop=1)]
-    rows = [[str(r.id), r.name or "", r.experiment or "", r.kind, r.method,
-             f"{r.dataset}/{r.network}", str(r.seed), r.status, str(r.epochs),
-             fmt(r.best_val_acc, ".1%"), fmt(r.test_acc, ".1%")] for r in runs]
+    rows = [[str(r.id), _text(r.name or ""), _text(r.experiment or ""), _text(r.kind),
+             _text(r.method), _text(f"{r.dataset}/{r.network}"), str(r.seed), _text(r.status),
+             str(r.epochs), fmt(r.best_val_acc, ".1%"), fmt(r.test_acc, ".1%")] for r in runs]
     print_table(*compact_table(columns, rows))
 
 
@@ -127,10 +136,13 @@ def show_run(
 
     Example: adatune runs show 3 --json
     """
-    from adatune.store import open_store
+    from adatune.errors import RunNotFound
 
-    with open_store(store, create=False) as db:
-        detail = db.get_run(run_id, steps=False)
+    with open_to_read(store) as db:
+        try:
+            detail = db.get_run(run_id, steps=False)
+        except RunNotFound as exc:
+            no_runs(db, store, missing=exc)
     run = detail.run
     command = _reproduce(run)
     if as_json:
@@ -142,13 +154,14 @@ def show_run(
                                "torch_version": run.torch_version}))
         typer.echo(json.dumps(payload, indent=2))
         return
-    out.print(f"run {run.id} {run.name or ''}  [{run.status}]  {run.kind} {run.method} on "
-              f"{run.dataset}/{run.network} ({run.optimizer}), seed {run.seed}", markup=False)
+    out.print(_text(f"run {run.id} {run.name or ''}  [{run.status}]  {run.kind} {run.method} "
+                    f"on {run.dataset}/{run.network} ({run.optimizer}), seed {run.seed}"),
+              markup=False, highlight=False)
     if run.error:
-        out.print(f"reason: {mask_secrets(run.error)}", markup=False)
+        out.print(f"reason: {_text(run.error)}", markup=False, highlight=False)
     replayed = _replayed(run)
     if replayed:
-        out.print(replayed, markup=False, soft_wrap=True)
+        out.print(_text(replayed), markup=False, highlight=False, soft_wrap=True)
     summary = run.summary or {}
     if run.best_val_acc is None and summary.get("best_val_loss") is not None:
         out.print(f"best val loss {fmt(summary['best_val_loss'])} at epoch {run.best_epoch}, "
@@ -171,7 +184,7 @@ def show_run(
               soft_wrap=True)
     if command:
         out.print("reproduce with:", markup=False)
-        out.print(f"  {mask_secrets(command)}", markup=False, soft_wrap=True)
+        out.print(f"  {_text(command)}", markup=False, highlight=False, soft_wrap=True)
 
 
 @runs_app.command("delete")
@@ -191,27 +204,27 @@ def delete_run(
     Example: adatune runs delete 3 --yes
     """
     from adatune.running.deletion import delete_run as delete
-    from adatune.store import open_store
 
-    with open_store(store, create=False) as db:
+    with open_to_read(store, write=True) as db:
         run = db.get_run(run_id, steps=False).run
         what = "" if keep_checkpoints else " and its checkpoints"
-        if not yes and not typer.confirm(f"delete run {run.id} ({run.method}, {run.status})"
-                                         f"{what}?"):
+        if not yes and not typer.confirm(_text(f"delete run {run.id} ({run.method}, "
+                                               f"{run.status}){what}?")):
             raise typer.Exit(1)
         result = delete(db, run_id, keep_checkpoints=keep_checkpoints)
     others = len(result.runs) - 1
     out.print(f"deleted run {run_id}" + (f" and its {others} child run{'s' * (others > 1)}"
                                         if others else ""), markup=False)
     if result.kept:
-        out.print(f"checkpoints kept in {', '.join(result.kept)}", markup=False,
+        out.print(_text(f"checkpoints kept in {', '.join(result.kept)}"), markup=False,
                   highlight=False, soft_wrap=True)
     failed = False
     for folder in result.folders:
         if folder.state == "removed":
-            out.print(f"removed {folder.folder}", markup=False, highlight=False)
+            out.print(_text(f"removed {folder.folder}"), markup=False, highlight=False)
         elif folder.state != "absent":
             failed = failed or folder.state == "failed"
-            out.print(f"kept {folder.folder}: {folder.note}", markup=False, highlight=False)
+            out.print(_text(f"kept {folder.folder}: {folder.note}"), markup=False,
+                      highlight=False)
     if failed:
         raise typer.Exit(1)

@@ -7,13 +7,21 @@ from typing import Annotated
 
 import typer
 
+from adatune._durable import check_output
 from adatune.methods.schedule_file import (
     format_for,
     format_schedule,
     schedule_from_run,
     write_schedule,
 )
-from adatune_cli._common import DEFAULT_STORE, StoreOption, err
+from adatune_cli._common import (
+    DEFAULT_STORE,
+    StoreOption,
+    err,
+    no_runs,
+    open_to_read,
+    store_files,
+)
 from adatune_cli.main import app
 
 schedule_app = typer.Typer(help="Export a run's learned learning-rate schedule.",
@@ -43,15 +51,21 @@ def export(
 
     Example: adatune schedule export 12 -o marthe.csv
     """
-    from adatune.store import open_store  # SQLAlchemy: not for --help
+    from adatune.errors import RunNotFound
 
     kind = format_for(output, fmt)
-    with open_store(store, create=False) as db:  # reading: a missing store is one line
-        schedule = schedule_from_run(db, run_id, per_epoch=per_epoch)  # NoStepLRs: main says
+    protected = store_files(store)
+    if output is not None:  # before the store is read: a target never to write over
+        check_output(output, protected=protected)
+    with open_to_read(store) as db:  # a missing store is one line
+        try:
+            schedule = schedule_from_run(db, run_id, per_epoch=per_epoch)  # NoStepLRs: main
+        except RunNotFound as exc:
+            no_runs(db, store, missing=exc)
     if output is None:
         typer.echo(format_schedule(schedule, kind), nl=False)
         return
-    path = write_schedule(schedule, output, kind)
+    path = write_schedule(schedule, output, kind, protected=protected)
     unit = "epochs" if per_epoch else "steps"
     err.print(f"wrote {path}: {len(schedule)} {unit} of run {run_id} ({kind})", markup=False,
               highlight=False, soft_wrap=True)

@@ -116,8 +116,15 @@ def _print_result(result: SweepResult, location: str, store_url: str) -> None:
             table.add_row(str(t.number), t.state, fmt(t.value, '.2%'),
                           ", ".join(map(str, t.run_ids)) or "-", _fmt_values(t.values))
         out.print(table)
-    extra = ", ".join(f"{n} {what}" for n, what in ((s.failed, "interrupted"),
-                                                     (s.running, "running")) if n)
+    here = sum(t.state == "interrupted" for t in result.trials)  # this worker's, stopped
+    if result.stopped == "interrupted" and s.failed:
+        here = max(here, 1)  # Ctrl-C between a trial's runs: its trial is failed too
+    earlier = s.failed - here  # other workers' or earlier commands': stopped or failed
+    extra = ", ".join(text for n, text in (
+        (here, f"{here} interrupted"),
+        (earlier, f"{earlier} earlier trial{'s' * (earlier > 1)} stopped or failed before "
+                  "finishing (not counted)"),
+        (s.running, f"{s.running} running")) if n > 0)
     out.print(f"study {s.name}: {s.counted} of {result.target} trials "
               f"({s.complete} complete, {s.pruned} diverged or invalid)"
               + (f"; {extra}" if extra else ""), markup=False, highlight=False)

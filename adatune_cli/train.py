@@ -30,6 +30,7 @@ from adatune.catalog import canonical_schedule
 from adatune.errors import AdatuneError, ConfigError
 from adatune.imports import attr_name
 from adatune.methods.peers import PEER_NAMES, PEERS
+from adatune.redact import printable
 from adatune.running import signals
 from adatune.running.config import REPLAY, TUNER_NAMES, TrainConfig, canonical_method
 from adatune.running.runtypes import Events, RunResult
@@ -62,6 +63,14 @@ if TYPE_CHECKING:
     from adatune.store import Store
 
 NameOption = Annotated[str | None, typer.Option("--name", help="A name for the run.")]
+
+
+def check_names(name: str | None, experiment: str | None) -> None:
+    """A run's name and experiment fit the store (255 characters): one line otherwise."""
+    from adatune import checks
+
+    checks.name("name", name)
+    checks.name("experiment", experiment)
 ExperimentOption = Annotated[str | None, typer.Option(
     "--experiment", help="Group the run under this experiment name.")]
 
@@ -69,8 +78,9 @@ ExperimentOption = Annotated[str | None, typer.Option(
 class RichEvents(Events):
     """Epoch and batch bars with the live LR, mu and loss."""
 
-    def __init__(self, progress: Progress) -> None:
+    def __init__(self, progress: Progress, note: str | None = None) -> None:
         self.progress = progress
+        self.note = note  # said once the run has started (a resume: what it changes)
         self.epoch_task = None
         self.batch_task = None
         self.last: EpochRecord | None = None
@@ -79,10 +89,12 @@ class RichEvents(Events):
                     start_epoch: int) -> None:
         data = _label(config.get("dataset") or config.get("data"))
         network = _label(config.get("network") or config.get("model"))
-        self.progress.console.print(
+        if self.note:
+            err.print(self.note, markup=False, highlight=False)
+        self.progress.console.print(printable(
             f"run {run_id}: {config['method']} on {data}/{network} "
-            f"({config['optimizer']}, lr {config['lr']:g}) for {config['epochs']} epochs",
-            markup=False)
+            f"({config['optimizer']}, lr {config['lr']:g}) for {config['epochs']} epochs"),
+            markup=False, highlight=False)
         self.epoch_task = self.progress.add_task("epochs", total=config["epochs"],
                                                  completed=start_epoch - 1, info="")
         self.batch_task = self.progress.add_task("batches", total=steps_per_epoch, info="")
@@ -166,16 +178,19 @@ def print_summary(result: RunResult) -> None:
                   box=box.SIMPLE_HEAD, pad_edge=False)
     accuracy = any(e.val_acc is not None for e in result.epochs)
     scores = ("train", "val", "test") if accuracy else ("val loss", "test loss")
-    for column in ("epoch", "lr", "mu", "hyper-lr", "loss", *scores, "s"):
+    # a method without mu or a hyper-LR (a schedule, a peer) shows no column of them
+    tuned = [name for name, field in (("mu", "mu"), ("hyper-lr", "hyper_lr"))
+             if any(getattr(e, field) is not None for e in result.epochs)]
+    for column in ("epoch", "lr", *tuned, "loss", *scores, "s"):
         table.add_column(column, justify="right", no_wrap=True)
     for e, seconds in zip(result.epochs, epoch_seconds(result.epochs), strict=True):
         if accuracy:
             cells = (fmt(e.train_acc, ".1%"), fmt(e.val_acc, ".1%"), fmt(e.test_acc, ".1%"))
         else:
             cells = (fmt(e.val_loss, ".4g"), fmt(e.test_loss, ".4g"))
-        table.add_row(str(e.epoch), fmt(e.lr, ".3g"), fmt(e.mu, ".3g"),
-                      fmt(e.hyper_lr, ".2g"), fmt(e.train_loss, ".3f"), *cells,
-                      fmt(seconds, ".1f"))
+        extra = {"mu": fmt(e.mu, ".3g"), "hyper-lr": fmt(e.hyper_lr, ".2g")}
+        table.add_row(str(e.epoch), fmt(e.lr, ".3g"), *(extra[c] for c in tuned),
+                      fmt(e.train_loss, ".3f"), *cells, fmt(seconds, ".1f"))
     out.print(table)
     line = f"run {result.run_id} {result.status}"
     if result.best_val_acc is not None:
@@ -197,14 +212,13 @@ def _run(config: TrainConfig | None, store: str, *, resume_id: int | None = None
         _run_ranked(config, store, resume_id=resume_id, resume_changes=resume_changes,
                     **run_kw)
         return
-    db = open_for_run(store, config)
+    db = open_for_run(store, config, device=(resume_changes or {}).get("device"))
     try:
-        if resume_id is not None:
-            _check_resume(db, resume_id, resume_changes)
+        note = None if resume_id is None else _check_resume(db, resume_id, resume_changes)
         from adatune.running.engine import resume, train  # torch, once the input is known good
 
         with _progress() as progress:
-            events = RichEvents(progress)
+            events = RichEvents(progress, note)
             try:
                 if resume_id is not None:
                     result = resume(db, resume_id, events=events, **(resume_changes or {}))
@@ -247,10 +261,10 @@ def _run_ranked(config: TrainConfig | None, store: str, *, resume_id: int | None
     opened: dict[str, Any] = {}
 
     def check_and_open() -> None:  # rank 0: what it rejects, every rank rejects
-        db = open_for_run(store, config)
+        db = open_for_run(store, config, device=(resume_changes or {}).get("device"))
         try:
             if resume_id is not None:
-                _check_resume(db, resume_id, resume_changes)
+                opened["note"] = _check_resume(db, resume_id, resume_changes)
         except BaseException:
             db.close()
             raise
@@ -266,7 +280,7 @@ def _run_ranked(config: TrainConfig | None, store: str, *, resume_id: int | None
                 db = opened["db"]
                 try:
                     with _progress() as progress:
-                        events = RichEvents(progress)
+                        events = RichEvents(progress, opened.get("note"))
                         try:
                             result = go(db, events)
                         finally:
@@ -307,17 +321,22 @@ def resume_changes(ctx: typer.Context, run_id: int, opts: dict[str, Any],
     return {name: opts[name] for name in RESUME_OPTIONS if given(ctx, name)}
 
 
-def _check_resume(db: Store, run_id: int, changes: dict[str, Any] | None) -> None:
-    """Refuse a run that cannot go on as asked (before torch loads); say what changes."""
+def _check_resume(db: Store, run_id: int, changes: dict[str, Any] | None) -> str | None:
+    """Refuse a run that cannot go on as asked (before torch loads); what it changes.
+
+    The line is printed once the run has started: a resume refused later (its
+    checkpoint, another process) changes nothing, and says nothing of changes.
+    """
     from adatune.running.preflight import check_resume
 
     changes = changes or {}
     config = check_resume(db, run_id, epochs=changes.get("epochs")).config
     parts = [f"{flag(k)} {v} (was {config.get(k)})" for k, v in changes.items()
              if config.get(k) != v]
-    if parts:
-        err.print(f"resuming run {run_id} with {' and '.join(parts)}; recorded in its "
-                  "config (extra.resumed)", markup=False, highlight=False)
+    if not parts:
+        return None
+    return printable(f"resuming run {run_id} with {' and '.join(parts)}; recorded in its "
+                     "config (extra.resumed)")
 
 
 @app.command("train")
@@ -343,6 +362,7 @@ def train_command(
             "experiment": given(ctx, "experiment")})
         _run(None, store, resume_id=resume_id, resume_changes=changes)
         return
+    check_names(name, experiment)
     method = tuner.strip().lower()
     if method not in TUNER_NAMES:
         raise ConfigError(f"unknown tuner {tuner!r} (choose from: {', '.join(TUNER_NAMES)}; "
@@ -407,6 +427,7 @@ def baseline_command(
             **{k: given(ctx, k) for k in replay}})
         _run(None, store, resume_id=resume_id, resume_changes=changes)
         return
+    check_names(name, experiment)
     if method is not None and lr_scheduler is not None:
         raise ConfigError("give --method or --lr-scheduler, not both (a peer optimizer sets "
                           "its own step size)")
@@ -447,7 +468,7 @@ def _inherited(ctx: typer.Context, run_id: int, store: str) -> dict[str, Any]:
     """
     from adatune.store import open_store
 
-    with open_store(store, create=False) as db:  # a source run needs a store that exists
+    with open_store(store, write=False) as db:  # a source run needs a store that exists
         source = db.get_run(run_id, steps=False).run
     config = source.config
     if config.get("entry") == "fit" or "method" not in config:
@@ -455,4 +476,14 @@ def _inherited(ctx: typer.Context, run_id: int, store: str) -> dict[str, Any]:
     inherited = {key: config[key] for key in INHERITED if key in config}
     if source.epochs:
         inherited["epochs"] = source.epochs
-    return {k: v for k, v in inherited.items() if not given(ctx, k)}
+    inherited = {k: v for k, v in inherited.items() if not given(ctx, k)}
+    # A replay needs the schedule, not the source's code: an import path the store names
+    # (its own model, data or loss) is never imported unless the user gives it again.
+    code = {k: v for k, v in inherited.items() if k in ("model", "data", "loss")
+            and isinstance(v, str) and ":" in v}
+    if code:
+        named = " and ".join(f"{k}={v!r}" for k, v in code.items())
+        raise ConfigError(f"run {run_id} was trained with {named}; a replay imports no code "
+                          f"that a store names: give {', '.join(f'{k}=' for k in code)} "
+                          "yourself to replay it on that code")
+    return inherited

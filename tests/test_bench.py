@@ -19,7 +19,7 @@ def test_bench_json_shape_with_memory(capsys, tmp_path, monkeypatch):
     assert [r["method"] for r in data["results"]] == [
         "plain", "marthe", "marthe[finite-difference]"]
     for r in data["results"]:
-        assert set(r) == {"method", "step_ms", "ratio", "peak_mb"}
+        assert set(r) == {"method", "step_ms", "ratio", "peak_mb", "spread"}
         assert r["step_ms"] > 0 and r["peak_mb"] > 0
     assert data["results"][0]["ratio"] == 1.0
 
@@ -38,3 +38,31 @@ def test_bench_bad_input(capsys):
     assert code == 2 and err.startswith("adatune: error:")
     code, _, err = cli(capsys, "bench", "--methods", "plain,sgd-hd")
     assert code == 2 and "unknown method" in err
+
+
+def test_the_spread_of_a_figure_is_its_interquartile_range_over_its_median():
+    from adatune.bench.measure import spread
+
+    assert spread([1.0, 1.0, 1.0]) is None  # too few steps to say
+    assert spread([1.0, 1.0, 1.0, 1.0]) == 0.0
+    assert spread([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx((4.5 - 1.5) / 3)
+
+
+def test_bench_warns_when_a_figure_spreads_over_a_quarter_of_its_median(capsys, monkeypatch):
+    from adatune.bench import measure
+    from adatune.bench.config import BenchResult, MethodResult
+
+    def fake(config, on_round=None):
+        return BenchResult(config, "cpu", (
+            MethodResult("plain", 10.0, 1.0, None, spread=0.05),
+            MethodResult("rtho", 610.0, 61.0, None, spread=0.6),
+            MethodResult("hd", 11.0, 1.1, None, spread=0.25)))  # at the bound: not flagged
+
+    monkeypatch.setattr(measure, "run_bench", fake)
+    code, out, err = cli(capsys, "bench", "--network", "mlp", "--no-memory")
+    assert code == 0, err
+    [warning] = [line for line in err.splitlines() if "warning" in line]
+    assert "rtho 60%" in warning and "hd" not in warning and "plain" not in warning
+    assert "60% !" in out and "peak MB" not in out  # no memory measured: no memory columns
+    code, help_text, _ = cli(capsys, "bench", "--help")
+    assert "floor:" in " ".join(help_text.split()) and "spread:" in help_text

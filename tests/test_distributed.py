@@ -318,7 +318,8 @@ def _same(a, b) -> bool:
 
 
 def _run_dir(tmp: Path, run_id: int) -> Path:
-    return tmp / "adatune-runs" / f"run-{run_id}"
+    """Run ``run_id``'s folder of the store ``tmp/runs.db`` (its own: ``runs-runs``)."""
+    return tmp / "runs-runs" / f"run-{run_id}"
 
 
 @pytest.fixture(scope="module")

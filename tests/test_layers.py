@@ -4,7 +4,8 @@ Every import in the package counts, those inside functions too (a lazy import
 is still a dependency). The layers, bottom up, and what each may import
 besides itself:
 
-* base: errors, checks, names, imports, redaction, the catalog of names;
+* base: errors, checks, names, imports, redaction, the catalog of names, reading and
+  writing the files a user names;
 * store: the experiment store;
 * methods (what moves the LR; a learned schedule is read from the store) and data
   (datasets, batches, networks);
@@ -28,8 +29,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = {"adatune._version", "adatune._lazy", "adatune._names", "adatune._durable",
-        "adatune._process", "adatune.errors", "adatune.redact", "adatune.imports",
-        "adatune.checks", "adatune.catalog"}
+        "adatune._reading", "adatune._process", "adatune.errors", "adatune.redact",
+        "adatune.imports", "adatune.checks", "adatune.catalog"}
 PUBLIC = {"adatune", "adatune.distributed", "adatune.replay",
           "adatune.signals", "adatune.checkpoint"}
 MAY_IMPORT = {

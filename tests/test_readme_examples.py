@@ -7,6 +7,7 @@ marked slow.
 
 from __future__ import annotations
 
+import io
 import re
 import shlex
 from pathlib import Path
@@ -19,8 +20,8 @@ from tests._cli import cli
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 MARKER = re.compile(r"<!-- example: ([^>]+?) -->\s*```\w*\n(.*?)```", re.S)
-RUN_HERE = {"quick start", "fit", "fit-peer", "mymodels.py", "own-model commands",
-            "replay commands", "tour",
+RUN_HERE = {"quick start", "after the quick start", "fit", "fit-peer", "mymodels.py",
+            "own-model commands", "replay commands", "tour",
             # docs/integrations.md: run by tests/test_integrations.py, with the frameworks
             "lightning", "lightning-hd", "huggingface", "hd-optimizer"}
 
@@ -52,17 +53,83 @@ def commands(block: str) -> list[list[str]]:
     return lines
 
 
+#: The commands that train, and the options that keep them short in a test.
+TRAINING = {"train", "baseline", "find-alpha", "sweep"}
+
+
+def small(args: list[str]) -> list[str]:
+    """``args`` with few epochs (and short probes, a short bench): what a test can afford."""
+    args = list(args)
+
+    def setting(flag: str, value: str) -> None:
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args.extend([flag, value])
+
+    if args[0] in TRAINING and "--resume" not in args:
+        setting("--epochs", "2")
+        if args[0] == "find-alpha":
+            setting("--probe-epochs", "1")
+    if args[0] == "bench":
+        setting("--steps", "2")
+        setting("--warmup", "0")
+        args.append("--no-memory")
+    return args
+
+
+#: How a command introduces what to run next: ``next:``, ``compare:``, or a line of its own
+#: (``train with it:`` and ``reproduce with:`` put the command on the next line).
+_PRINTED = re.compile(r"^(?:next:|compare:)?\s*(adatune\s.*)$")
+
+
+def printed_commands(out: str) -> list[list[str]]:
+    """The ``adatune ...`` commands a command printed for its reader to run (comments off)."""
+    found = []
+    for line in out.splitlines():
+        match = _PRINTED.match(line.strip())
+        if match:
+            found.append(shlex.split(match.group(1), comments=True)[1:])
+    return found
+
+
 @pytest.mark.slow
-def test_the_quick_start_runs_as_written(workdir, capsys, monkeypatch):
+def test_the_readme_runs_in_order_as_a_newcomer_would(workdir, capsys, monkeypatch):
+    """Every command of the README, in order, in one empty folder (with few epochs); then
+    every command they printed for the reader to run next."""
     opened = []
     monkeypatch.setattr("webbrowser.open", opened.append)
-    lines = commands(example("quick start"))
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # nobody at the keyboard
+    lines = commands(example("quick start")) + commands(example("after the quick start"))
+    assert len(lines) >= 14
+    printed: list[list[str]] = []
+    outputs = {}
     for args in lines:
-        code, _, err = cli(capsys, *args)
+        code, out, err = cli(capsys, *small(args))
         assert code == 0, (args, err)
+        outputs[" ".join(args[:2])] = out
+        printed += [p for p in printed_commands(out) if p not in printed]
+    # the run ids the README's comments give are the ones its commands made
     with open_store("adatune.db") as db:
-        assert [r.method for r in db.list_runs()] == ["marthe", "constant", "cosine"]
+        runs = {r.id: r for r in db.list_runs()}
+    assert [runs[i].method for i in range(1, 6)] == ["marthe", "constant", "cosine", "replay",
+                                                     "prodigy"]
+    assert runs[4].config["from_run"] == 1 and runs[6].kind == "find-alpha"
+    assert all(r.status == "completed" for r in runs.values() if r.kind != "probe")
+    assert outputs["runs list"].count("completed") == 3
     assert (workdir / "report.html").is_file() and len(opened) == 1
+    assert (workdir / "lr.csv").read_text().startswith("step,epoch,lr\n")
+    # each store keeps its checkpoints in a folder of its own: no --checkpoint-dir needed
+    assert (workdir / "adatune-runs" / "run-1" / "last.pt").is_file()
+    assert (workdir / "sweeps-runs" / "run-1" / "last.pt").is_file()
+    sweep = outputs["sweep --method"]
+    assert "4 of 4 trials (4 complete" in sweep and "interrupted" not in sweep
+    # and every command the README's commands printed for the reader runs
+    kinds = {args[0] for args in printed}
+    assert {"runs", "report", "baseline", "train"} <= kinds, printed
+    for args in printed:
+        code, _, err = cli(capsys, *small(args))
+        assert code == 0, (args, err)
 
 
 def test_the_fit_example_runs_and_records_its_run(workdir, capsys):

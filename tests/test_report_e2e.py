@@ -225,10 +225,10 @@ def test_selected_search_brings_its_probes(store_path, capsys, tmp_path):
     code, _, stderr = run_cli(
         ["report", "table", "--store", str(path), "--run", str(ids["find-alpha"][0])], capsys
     )
-    assert code == 1 and "no train or baseline runs match" in stderr
+    assert code == 2 and "no train or baseline runs match" in stderr
 
 
-def test_empty_selection_exits_1_with_one_line(store_path, capsys, tmp_path):
+def test_empty_selection_exits_2_with_one_line(store_path, capsys, tmp_path):
     path, _ = store_path
     out = tmp_path / "empty.html"
     code, stdout, stderr = run_cli(
@@ -246,13 +246,14 @@ def test_empty_selection_exits_1_with_one_line(store_path, capsys, tmp_path):
         ],
         capsys,
     )
-    assert code == 1
+    assert code == 2 and stdout == ""
     assert stderr.strip().splitlines() == [
-        f"adatune: error: no runs match --experiment {EXPERIMENT} --dataset imagenet in {path}"
+        f"adatune: error: no runs match --experiment {EXPERIMENT} --dataset imagenet in {path} "
+        f"(`adatune runs list --store {path}` lists the runs it holds)"
     ]
     assert not out.exists()
     code, _, stderr = run_cli(["report", "table", "--store", str(path), "--method", "nope"], capsys)
-    assert code == 1 and len(stderr.strip().splitlines()) == 1
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
 
 
 def test_missing_store_is_an_error_not_a_new_file(tmp_path, capsys):
@@ -434,17 +435,41 @@ def test_report_renders_in_chromium(browser, report_html, store_path):
         for fid in ("fig-val-loss", "fig-test-loss"):
             mean = page.evaluate(
                 f"document.getElementById('{fid}').data"
-                ".find(t => t.name === 'marthe' && t.hovertemplate).y"
+                ".find(t => t.name.startsWith('marthe') && t.hovertemplate).y"
             )
             assert mean == pytest.approx([1 - (0.5 + 0.1 * e + 0.01) for e in range(1, 5)]), fid
         assert page.evaluate(
             "['fig-val-loss', 'fig-test-loss']"
             ".map(id => document.getElementById(id)._fullLayout.yaxis.title.text)"
         ) == ["validation loss", "test loss"]
-        # find-alpha speaks the CLI's words: stable / diverged
+        # every legend names the runs behind its lines, as drawn on the page
+        marthe, hd, constant = (ids[m] for m in ("marthe", "hd", "constant"))
+        legends = page.evaluate(
+            "Array.from(document.querySelectorAll('#fig-val-acc .legendtext'))"
+            ".map(t => t.textContent)"
+        )
+        assert legends == [f"constant (#{constant[0]}–#{constant[-1]})",
+                           f"hd (#{hd[0]}, #{hd[1]})", f"marthe (#{marthe[0]}–#{marthe[-1]})"]
+        for fid in ("fig-lr-epoch", "fig-incumbent", "fig-mu"):
+            shown = page.evaluate(
+                f"Array.from(document.querySelectorAll('#{fid} .legendtext'))"
+                ".map(t => t.textContent)"
+            )
+            assert shown and all("(#" in text for text in shown), (fid, shown)
+        # find-alpha speaks the CLI's words: stable / diverged, with the probes' run ids
+        probes = ids["probe"]
         assert page.evaluate(
             f"document.getElementById('fig-find-alpha-{search}').data.map(t => t.name)"
-        ) == ["stable", "diverged"]
+        ) == [f"stable (#{probes[0]}–#{probes[2]})", f"diverged (#{probes[3]})"]
+        # its axis holds every probe and the recommended value, ticked at their values
+        fa = page.evaluate(
+            f"""(() => {{ const d = document.getElementById('fig-find-alpha-{search}');
+                const ax = d._fullLayout.xaxis;
+                return {{range: ax.range, ticks: Array.from(d.querySelectorAll('.xtick text'))
+                    .map(t => t.textContent)}}; }})()"""
+        )
+        assert fa["ticks"] == ["1e-06", "1e-05", "0.0001", "0.001"]
+        assert fa["range"][0] < -6 and fa["range"][1] > -3  # log10 units
         # the run name is text: in the runs table, and in a Plotly hover label
         page.evaluate("document.querySelectorAll('details').forEach(d => { d.open = true; })")
         assert EVIL in page.inner_text("body")

@@ -194,6 +194,107 @@ def test_group_label_names_the_fields_that_vary():
     assert [(g.label, len(g.runs)) for g in groups] == [("hd · cifar10", 2), ("hd · digits", 1)]
 
 
+def _tuned(run_id, seed=0, **config):
+    """A MARTHE run with a recorded configuration, as the command records one."""
+    base = {"method": "marthe", "seed": seed, "lr": 0.05, "epochs": 15, "alpha": 0.0,
+            "mu": 0.99, "hyper_update": "scale-free", "device": "auto",
+            "checkpoint_dir": f"/runs/{run_id}", "log_every": 10, "extra": {}}
+    return detail(run(run_id, "marthe", seed, config={**base, **config}),
+                  epochs([0.5, 0.6], [0.4, 0.5], [1, 2], lr=[0.05, 0.06]))
+
+
+def test_groups_split_by_the_configuration_that_changes_the_result():
+    # the first hour: 2 to 15 epochs, alpha 0 or 1, two update rules, pooled as one "marthe"
+    details = [
+        _tuned(1), _tuned(2, seed=1),  # the same configuration, two seeds: one group
+        _tuned(3, alpha=1.0), _tuned(4, epochs=2),
+        _tuned(5, hyper_update="additive"),
+        _tuned(6, seed=2, device="cuda", log_every=1, extra={"resumed": [{"at_epoch": 1}]}),
+        detail(run(7, "constant", kind="baseline", config={"method": "constant", "lr": 0.05})),
+        detail(run(8, "constant", 1, kind="baseline", config={"method": "constant", "lr": 0.05,
+                                                               "seed": 1})),
+    ]
+    groups = ri._get_groups(details)
+    by_runs = {tuple(d.run.id for d in g.runs): g for g in groups}
+    assert set(by_runs) == {(1, 2, 6), (3,), (4,), (5,), (7, 8)}
+    assert by_runs[(7, 8)].label == "constant" and by_runs[(7, 8)].config == ()
+    # the label names each field that differs among the method's groups, and only those
+    assert by_runs[(1, 2, 6)].label == "marthe · hyper_update=scale-free · alpha=0 · epochs=15"
+    assert by_runs[(3,)].label == "marthe · hyper_update=scale-free · alpha=1 · epochs=15"
+    assert by_runs[(4,)].label == "marthe · hyper_update=scale-free · alpha=0 · epochs=2"
+    assert by_runs[(5,)].config == (("hyper_update", "additive"), ("alpha", "0"),
+                                    ("epochs", "15"))
+    assert by_runs[(1, 2, 6)].legend.endswith("(#1, #2, #6)")
+    # the summary keeps them apart too: no mean over runs that are not comparable
+    summary = ri._get_summary_info(details)
+    assert sorted(g.runs for g in summary.groups) == [1, 1, 1, 2, 3]
+    assert {g.label: g.run_ids for g in summary.groups}[by_runs[(3,)].label] == (3,)
+
+
+def test_any_recorded_field_that_differs_splits_a_group():
+    # a field no list names (a tuner option added later, a nested setting of adatune.fit)
+    details = [_tuned(1, new_option="a"), _tuned(2, new_option="b"), _tuned(3),
+               _tuned(4, tuner={"alpha": 0.1, "mu": 0.9}), _tuned(5, tuner={"alpha": 0.2,
+                                                                             "mu": 0.9})]
+    labels = {tuple(d.run.id for d in g.runs): g.label for g in ri._get_groups(details)}
+    assert labels[(1,)] == "marthe · new_option=a · tuner.alpha=– · tuner.mu=–"
+    assert labels[(3,)] == "marthe · new_option=– · tuner.alpha=– · tuner.mu=–"  # not recorded
+    assert labels[(5,)] == "marthe · new_option=– · tuner.alpha=0.2 · tuner.mu=0.9"
+
+
+def test_run_ids_text_is_short_and_exact():
+    assert ri.run_ids_text([3]) == "#3"
+    assert ri.run_ids_text([4, 3]) == "#3, #4"
+    assert ri.run_ids_text([1, 2, 3, 7, 9, 10, 11]) == "#1–#3, #7, #9–#11"
+    assert ri.run_ids_text(range(1, 40, 2)) == "#1, #3, #5, #7, …, #39 (20 runs)"
+    assert ri.legend_name("marthe", [1, 2]) == "marthe (#1, #2)"
+
+
+def test_every_legend_and_hover_names_its_runs():
+    details = [_tuned(1), _tuned(2, seed=1), _tuned(3, alpha=1.0)]
+    val = F._get_epoch_curves_plot(ri._get_epoch_curves_info(details, "val_acc"))
+    names = {t.name for t in val.data if t.showlegend is not False}
+    assert names == {"marthe · alpha=0 (#1, #2)", "marthe · alpha=1 (#3)"}
+    assert all("%{fullData.name}" in t.hovertemplate for t in val.data if t.hovertemplate)
+    inc = F._get_incumbent_plot(ri._get_incumbent_info(details))
+    assert {t.name for t in inc.data} == names
+    lr = F._get_run_traces_plot(ri._get_run_traces_info(details, "lr"))
+    assert {t.name for t in lr.data} == names
+    assert [t.meta[0] for t in lr.data] == ["#1 (seed 0)", "#2 (seed 1)", "#3 (seed 0)"]
+    assert all("%{meta[0]}" in t.hovertemplate for t in lr.data)
+
+
+def test_the_lr_is_on_a_log_axis_when_it_spans_more_than_ten_times():
+    warm_up = detail(run(9, "schedulefree-sgd", kind="baseline"),
+                     epochs([0.5, 0.6], [0.4, 0.5], [1, 2], lr=[0.1, 0.45]))
+    details = [_tuned(1), warm_up]  # 0.05 .. 0.45: not 10x
+    assert not ri._get_run_traces_info(details, "lr").log_scale
+    warm_up = detail(warm_up.run, epochs([0.5, 0.6], [0.4, 0.5], [1, 2], lr=[0.004, 0.63]))
+    info = ri._get_run_traces_info([_tuned(1), warm_up], "lr")
+    assert info.log_scale  # 0.004 .. 0.63
+    fig = F._get_run_traces_plot(info)
+    assert fig.layout.yaxis.type == "log" and fig.layout.updatemenus[0].active == 1
+    # two decades: ticks at 1, 2 and 5 of each, written out (0.005, 0.01), not "5" and "10^-2"
+    assert (fig.layout.yaxis.dtick, fig.layout.yaxis.tickformat) == ("D2", "~g")
+    with_zero = detail(warm_up.run, epochs([0.5, 0.6], [0.4, 0.5], [1, 2], lr=[0.0, 0.63]))
+    assert not ri._get_run_traces_info([with_zero], "lr").log_scale  # log cannot show 0
+
+
+def test_find_alpha_axis_holds_every_probe_and_the_recommended_value():
+    # the first hour: one hyper-LR probe at the left edge, the line at the right, and a tick
+    # reading 0.15000000000000007772
+    search = ri.SearchInfo(5, "#5 (seed 0)", "hyper-lr", 0.15000000000000002, "completed", (
+        ri.Probe(6, "#6 (seed 0)", 0.15000000000000002, "completed", 0.9, 1, None, "stable"),))
+    fig = F._get_find_alpha_plot(search)
+    lo, hi = fig.layout.xaxis.range  # log10 units on a log axis
+    assert fig.layout.xaxis.type == "log"
+    assert lo < math.log10(0.15) < hi and math.isclose(math.log10(0.15) - lo, hi -
+                                                        math.log10(0.15))
+    assert list(fig.layout.xaxis.ticktext) == ["0.15"]
+    assert fig.layout.shapes[0].x0 == pytest.approx(0.15)
+    assert fig.data[0].name == "stable (#6)"
+
+
 # --------------------------------------------------------------------------- epoch bands
 
 
@@ -415,7 +516,7 @@ def test_figures_trace_counts_and_escaped_names(store_like):
     assert [b["label"] for b in mu.layout.updatemenus[0].buttons] == ["linear", "log"]
     (search,) = ri._get_find_alpha_info(store_like).searches
     fa = F._get_find_alpha_plot(search)
-    assert [t.name for t in fa.data] == ["stable", "diverged"]
+    assert [t.name for t in fa.data] == ["stable (#11, #12)", "diverged (#13)"]
     assert fa.layout.xaxis.type == "log" and len(fa.layout.shapes) == 1
     for fig in (val, inc, lr, mu, fa):
         _fig_json(fig)

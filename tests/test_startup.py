@@ -158,6 +158,9 @@ def _cases(d: Path) -> list[tuple[str, dict, tuple[str, ...]]]:
           err="unknown method 'nope'", forbid=bare),
         c("bench --batch-size 0", "bench", "--batch-size", "0", code=2, err="batch_size",
           forbid=bare),
+        # a device this machine lacks (MPS: only Apple silicon has it), before store or torch
+        *([c("train --device mps", "train", "--device", "mps", "--store", str(d / "mps.db"),
+             code=2, err="--device mps", forbid=bare)] if sys.platform != "darwin" else []),
         c("train --resume with --lr", "train", "--resume", "1", "--lr", "0.1", "--store", good,
           code=2, err="--resume 1 continues the run as it was recorded", forbid=bare),
         # bad input: rejected before torch (and without writing a run)
@@ -234,7 +237,7 @@ def outcome(place: Path) -> tuple[list, dict]:
     got = _run_in_one_process([case for _, case, _ in cases], place)
     got["runs_before"], got["runs_after"] = runs_before, _run_count(place / "good.db")
     got["newer_unchanged"] = _dump(place / "newer.db") == newer_before
-    got["missing_store_made"] = (place / "missing.db").exists()
+    got["missing_store_made"] = (place / "missing.db").exists() or (place / "mps.db").exists()
     return cases, got
 
 

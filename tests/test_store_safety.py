@@ -250,7 +250,7 @@ def test_any_run_id_is_one_line(workdir, capsys, run_id) -> None:
         # "-3" as an argument reads as an unknown option: one line too
         one_error_line(code, err, *(() if run_id.startswith("-") else ("no run with id",)))
     code, out, err = cli(capsys, "report", "table", "--run", run_id)
-    assert code == 1 and "no runs match" in err and "Traceback" not in err
+    assert code == 2 and "no runs yet" in err and "Traceback" not in err  # an empty store
 
 
 def test_reopening_a_run_is_a_compare_and_set(store_url) -> None:

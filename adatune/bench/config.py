@@ -77,12 +77,24 @@ class BenchConfig:
         return out
 
 
+#: A figure whose steps spread (interquartile range) over more than this fraction of their
+#: median is flagged: its ratio says more about the machine's other work than the method.
+NOISY_SPREAD = 0.25
+
+
 @dataclass(frozen=True)
 class MethodResult:
     method: str
     step_ms: float
     ratio: float
     peak_mb: float | None
+    #: Interquartile range of the step times over their median (None: fewer than 4 steps).
+    spread: float | None = None
+
+    @property
+    def noisy(self) -> bool:
+        """The steps spread over more than :data:`NOISY_SPREAD` of their median."""
+        return self.spread is not None and self.spread > NOISY_SPREAD
 
 
 @dataclass(frozen=True)

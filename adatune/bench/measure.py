@@ -46,6 +46,7 @@ __all__ = [
     "MethodResult",
     "peak_memory_mb",
     "run_bench",
+    "spread",
     "time_methods",
 ]
 
@@ -167,6 +168,15 @@ def time_methods(config: BenchConfig, labels: Sequence[str],
     return times
 
 
+def spread(seconds: Sequence[float]) -> float | None:
+    """The interquartile range of ``seconds`` over their median; None for fewer than 4."""
+    if len(seconds) < 4:
+        return None
+    q1, _, q3 = statistics.quantiles(seconds, n=4)
+    median = statistics.median(seconds)
+    return (q3 - q1) / median if median > 0 else None
+
+
 def peak_memory_mb(config: BenchConfig, label: str) -> float:
     """Peak memory of ``steps`` steps of one method, in a fresh subprocess."""
     payload = json.dumps({**asdict(config), "label": label})
@@ -186,7 +196,8 @@ def run_bench(config: BenchConfig, on_round: Callable[[int], None] | None = None
     for label in labels:
         peak = peak_memory_mb(config, label) if config.memory else None
         results.append(MethodResult(method=label, step_ms=medians[label] * 1e3,
-                                    ratio=medians[label] / medians["plain"], peak_mb=peak))
+                                    ratio=medians[label] / medians["plain"], peak_mb=peak,
+                                    spread=spread(times[label])))
     return BenchResult(config=config, device=str(device), results=tuple(results))
 
 

@@ -11,6 +11,7 @@ the trace's ``meta`` and are referenced from the hover template, so that a
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
@@ -24,15 +25,13 @@ from adatune.report.info import (
     RunTracesInfo,
     SearchInfo,
     SweepInfo,
+    legend_name,
 )
 
 TEMPLATE = "plotly_white"
 HEIGHT = 440
 CONSTANT_HEIGHT = 260  # a constant series needs no full panel
 PALETTE = (*qualitative.Plotly, *qualitative.D3, *qualitative.Dark24)
-#: Fields drawn on a log y axis by default when every value is positive: the
-#: hyper-LR spans decades (1e-8 .. 1e-2) and its changes are relative.
-LOG_DEFAULT_FIELDS = ("hyper_lr",)
 VERDICT_STYLE = {  # find-alpha verdict (as the CLI prints it) -> (colour, marker symbol)
     "stable": ("#2ca02c", "circle"),
     "diverged": ("#d62728", "x"),
@@ -66,6 +65,22 @@ def plotly_text(text: object) -> str:
     so quotes stay as they are (they are harmless without a tag).
     """
     return html.escape(str(text), quote=False)
+
+
+#: A legend line holds about this many characters; a longer group label wraps at a " · ".
+LEGEND_LINE = 44
+
+
+def legend_text(label: str) -> str:
+    """A legend entry: escaped (:func:`plotly_text`), wrapped at ``" · "`` into short lines
+    (``<br>``) so that a group named by its configuration leaves the plot its width."""
+    lines: list[str] = []
+    for part in label.split(" · "):
+        if lines and len(lines[-1]) + 3 + len(part) <= LEGEND_LINE:
+            lines[-1] += " · " + part
+        else:
+            lines.append(part)
+    return "<br>".join(plotly_text(line) for line in lines)
 
 
 def _r(value: float | None, digits: int = 6) -> float | None:
@@ -158,6 +173,17 @@ def _constant_axis(fig: go.Figure, value: float, *, percent: bool) -> None:
     fig.update_layout(height=CONSTANT_HEIGHT)
 
 
+def _log_axis(fig: go.Figure, values: Sequence[float]) -> None:
+    """A log y axis whose ticks read as numbers: 1, 2 and 5 of each decade, written out
+    (0.002, 0.005, 0.01), over a few decades; powers of ten over many."""
+    positive = [v for v in values if v > 0]
+    decades = math.log10(max(positive) / min(positive)) if positive else 0.0
+    if decades <= 3:
+        fig.update_yaxes(type="log", dtick="D2", tickformat="~g")
+    else:
+        fig.update_yaxes(type="log", exponentformat="power")
+
+
 def constant_note(what: str, value: float, *, where: str = "epoch", percent: bool = False) -> str:
     """The one line shown under a figure whose series is constant."""
     shown = f"{value:.2%}" if percent else f"{value:.6g}"
@@ -194,7 +220,7 @@ def _add_band(
 
     A curve of one run is its line alone (there is no band to draw).
     """
-    name = plotly_text(curve.label)
+    name = legend_text(curve.legend)  # the group and its runs
     shape = "hv" if step else "linear"
     x = _rs(curve.x)
     fmt = ".2%" if percent else ".4g"
@@ -337,20 +363,21 @@ def _get_run_traces_plot(
     title: str | None = None,
     log_default: bool | None = None,
 ) -> go.Figure:
-    """One line per run, coloured by group; a legend entry toggles a whole group.
+    """One line per run, coloured by group; a legend entry (the group and its run ids)
+    toggles a whole group, and the hover names the run.
 
-    The y axis is log by default (``log_default=None``) for the fields in
-    :data:`LOG_DEFAULT_FIELDS` when every value is positive. A constant series
-    gets a short panel with a tight axis and no scale buttons.
+    The y axis is log by default (``log_default=None``) as ``info.log_scale``
+    says: a positive hyper-LR, or positive values that span decades. A constant
+    series gets a short panel with a tight axis and no scale buttons.
     """
     if log_default is None:
-        log_default = info.field in LOG_DEFAULT_FIELDS and info.positive
+        log_default = info.log_scale
     colors = colors or group_colors(info.groups)
     what = FIELD_TITLES[info.field]
     fig = go.Figure()
     shown: set[str] = set()
     for tr in info.traces:
-        group = plotly_text(tr.group)
+        group = legend_text(tr.legend or tr.group)
         fig.add_trace(
             go.Scatter(
                 x=list(tr.x),
@@ -384,7 +411,7 @@ def _get_run_traces_plot(
             updatemenus=_scale_menu("log" if log_default else "linear"),
         )
         if log_default:
-            fig.update_yaxes(type="log", exponentformat="power")
+            _log_axis(fig, [v for tr in info.traces for v in tr.y if v is not None])
     if info.axis == "epoch":
         _integer_ticks(fig, [t.x for t in info.traces])
     return fig
@@ -421,14 +448,21 @@ def _get_replay_plot(group: ReplayGroup) -> go.Figure:
         "position in the source schedule (fraction of its steps)",
         "learning rate",
         hovermode="closest",
-        updatemenus=_scale_menu(),
+        updatemenus=_scale_menu("log" if group.log_scale else "linear"),
     )
     fig.update_xaxes(tickformat=".0%")
+    if group.log_scale:
+        _log_axis(fig, [v for line in group.lines for v in line.y if v is not None])
     return fig
 
 
 def _get_find_alpha_plot(search: SearchInfo) -> go.Figure:
-    """Probes of one search by probed value, one trace per verdict (stable, diverged, ...)."""
+    """Probes of one search by probed value, one trace per verdict (stable, diverged, ...).
+
+    The x axis spans the probed values and the recommended one (half a decade
+    beyond each end on a log axis), ticked at exactly those values, so that a
+    search of one probe sits in the middle and no tick reads 0.15000000000000002.
+    """
     param = "hyper-LR" if search.parameter == "hyper-lr" else "alpha"
     probes = [p for p in search.probes if p.value is not None]
     verdicts = [v for v in VERDICT_STYLE if any(p.verdict == v for p in probes)]
@@ -442,7 +476,7 @@ def _get_find_alpha_plot(search: SearchInfo) -> go.Figure:
                 x=[_r(p.value) for p in rows],
                 y=[verdict] * len(rows),
                 mode="markers",
-                name=plotly_text(verdict),
+                name=plotly_text(legend_name(verdict, [p.run_id for p in rows])),
                 marker={"color": color, "symbol": symbol, "size": 11},
                 customdata=[
                     [
@@ -454,7 +488,7 @@ def _get_find_alpha_plot(search: SearchInfo) -> go.Figure:
                     for p in rows
                 ],
                 hovertemplate=(
-                    f"<b>%{{customdata[0]}}</b><br>{param} %{{x:.3g}}<br>%{{y}}"
+                    f"<b>%{{customdata[0]}}</b><br>{param} %{{x:.3g}}<br>{verdict}"
                     "<br>best val acc %{customdata[1]}<br>epochs %{customdata[2]}"
                     "<br>%{customdata[3]}<extra></extra>"
                 ),
@@ -463,7 +497,10 @@ def _get_find_alpha_plot(search: SearchInfo) -> go.Figure:
     chosen = (
         "no stable value" if search.chosen is None else f"recommended {param}: {search.chosen:.3g}"
     )
-    log_x = bool(probes) and all(p.value > 0 for p in probes)
+    values = [p.value for p in probes]
+    if search.chosen is not None:
+        values.append(search.chosen)
+    log_x = bool(values) and all(v > 0 for v in values)
     _layout(
         fig,
         f"find-alpha {plotly_text(search.label)}: probes by {param} ({chosen})",
@@ -472,9 +509,19 @@ def _get_find_alpha_plot(search: SearchInfo) -> go.Figure:
         hovermode="closest",
         height=max(260, 120 + 60 * len(verdicts)),
     )
-    fig.update_xaxes(type="log" if log_x else "linear", exponentformat="e")
     fig.update_yaxes(type="category", categoryorder="array", categoryarray=verdicts)
-    if search.chosen is not None and (not log_x or search.chosen > 0):
+    ticks = sorted({_r(v, 3) for v in values})
+    if log_x:
+        lo, hi = math.log10(min(values)), math.log10(max(values))
+        fig.update_xaxes(type="log", range=[lo - 0.5, hi + 0.5])  # a log axis's range: log10
+    elif values:
+        pad = (max(values) - min(values)) * 0.1 or abs(values[0]) * 0.5 or 1.0
+        fig.update_xaxes(type="linear", range=[min(values) - pad, max(values) + pad])
+    if ticks and len(ticks) <= 12:
+        fig.update_xaxes(tickmode="array", tickvals=ticks, ticktext=[f"{v:.3g}" for v in ticks])
+    else:
+        fig.update_xaxes(tickformat=".2~g" if not log_x else None, exponentformat="e")
+    if search.chosen is not None:
         fig.add_shape(
             type="line",
             xref="x",

@@ -22,7 +22,7 @@ import gzip
 import html
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,6 +30,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from adatune._durable import write_output
 from adatune._version import __version__
 from adatune.report import figures as F
 from adatune.report import info as ri
@@ -180,11 +181,16 @@ def write_html(
     compress_plotlyjs: bool = True,
     max_points: int = ri.DEFAULT_MAX_POINTS,
     max_step_points: int = ri.DEFAULT_MAX_STEP_POINTS,
+    protected: Iterable[tuple[str | os.PathLike[str], str]] = (),
 ) -> Path:
     """Write the report for ``details`` to ``path`` (one file) and return the path.
 
     ``max_points`` bounds every per-epoch series and incumbent grid,
     ``max_step_points`` every per-step series (see :mod:`adatune.report.info`).
+    The file is replaced whole, never written through a link; a target that is
+    not a regular file, an SQLite store, an adatune checkpoint and each of
+    ``protected`` (``(path, what it is)``) are refused with a
+    :class:`~adatune.errors.ConfigError` (:func:`adatune._durable.write_output`).
     """
     text = render_html(
         details,
@@ -193,14 +199,7 @@ def write_html(
         max_points=max_points,
         max_step_points=max_step_points,
     )
-    out = Path(path)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return write_output(path, text.encode("utf-8"), protected=protected)
 
 
 def render_html(

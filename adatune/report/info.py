@@ -14,10 +14,23 @@ Conventions
   1e-9 relative): every ``*Info`` with curves or traces carries that value in
   ``constant`` (else ``None``), so that the figure can draw a tight axis and
   say so in one line instead of a flat line on a default axis.
-* Runs are *compared* per group: the method, plus the dataset / network /
-  optimizer when the compared runs differ in those. ``probe`` and
-  ``find-alpha`` runs are not compared (they are short trials and search
-  parents); they appear in the find-alpha section only.
+* Runs are *compared* per group: runs of one method, dataset, network and
+  optimizer whose recorded configurations agree on everything that changes
+  the result (every recorded field but those in :data:`NOT_RESULT_FIELDS`:
+  the seed, which the group varies over, the device, folders, logging; a
+  nested setting such as ``tuner.alpha`` counts as a field). A group's label
+  is the method, the dataset / network / optimizer when the compared runs
+  differ in those, and ``field=value`` for each configuration field in which
+  the runs of that method differ (a field one run records and another does
+  not shows as ``field=–``). ``probe`` and ``find-alpha`` runs are not
+  compared (they are short trials and search parents); they appear in the
+  find-alpha section only.
+* Every legend names the runs behind a line (:func:`run_ids_text`), and every
+  hover names its run or runs.
+* The learning rate and the hyper-LR get a log axis by default when every
+  value is positive and they span more than :data:`LOG_SPAN` (the hyper-LR
+  whenever it is positive): a schedule that warms up to 0.6 must not flatten
+  the others at 0.05.
 * Per-epoch bands align runs by epoch number: at epoch ``e`` the mean, min and
   max are over the runs of the group that have a finite value at ``e``, and
   ``n`` says how many did.
@@ -57,6 +70,7 @@ Conventions
 from __future__ import annotations
 
 import bisect
+import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -69,6 +83,18 @@ from adatune.store.records import EpochRecord, RunDetail, RunRecord
 # method (the sweep section shows them as the paper does).
 NOT_COMPARED_KINDS = ("probe", "find-alpha", "sweep")
 GROUP_FIELDS = ("dataset", "network", "optimizer")
+#: Recorded configuration fields that do not change a run's result: they never split a group.
+NOT_RESULT_FIELDS = frozenset({
+    "seed", "device", "data_dir", "download", "checkpoint_dir", "log_every", "workers",
+    "extra", "entry", "method", *GROUP_FIELDS,
+})
+#: The configuration fields named first in a group's label, when they differ.
+LABEL_ORDER = ("hyper_update", "alpha", "mu", "hyper_lr", "lr", "epochs")
+#: Positive values spanning more than this factor are drawn on a log axis by default.
+LOG_SPAN = 10.0
+#: Fields on a log axis by default whenever every value is positive (their changes are
+#: relative, and they span decades).
+LOG_FIELDS = ("hyper_lr",)
 EPOCH_METRICS = ("val_acc", "test_acc", "train_loss", "val_loss", "test_loss", "train_acc")
 EPOCH_TRACE_FIELDS = ("lr", "lr_mean", "mu", "hyper_lr")
 STEP_TRACE_FIELDS = ("lr", "mu", "hyper_lr", "hypergradient", "train_loss")
@@ -168,11 +194,38 @@ def run_label(run: RunRecord) -> str:
     return f"#{run.id}{name} (seed {run.seed})"
 
 
+def run_ids_text(ids: Iterable[int], *, limit: int = 6) -> str:
+    """``#1–#3, #7``: run ids in order, runs of consecutive ids as ranges.
+
+    More than ``limit`` pieces are cut in the middle: ``#1, #3, #5, …, #40 (20 runs)``.
+    """
+    ordered = sorted(set(ids))
+    pieces: list[str] = []
+    start = prev = None
+    for i in [*ordered, None]:
+        if start is not None and (i is None or i != prev + 1):
+            pieces.append(f"#{start}" if prev == start else
+                          f"#{start}, #{prev}" if prev == start + 1 else f"#{start}–#{prev}")
+            start = None
+        if i is not None and start is None:
+            start = i
+        prev = i
+    text = ", ".join(pieces)
+    if len(pieces) > limit:
+        text = ", ".join([*pieces[: limit - 2], "…", pieces[-1]]) + f" ({len(ordered)} runs)"
+    return text
+
+
+def legend_name(label: str, run_ids: Sequence[int]) -> str:
+    """How a legend names a group's line: its label and its runs, ``marthe (#1, #4)``."""
+    return f"{label} ({run_ids_text(run_ids)})" if run_ids else label
+
+
 # --------------------------------------------------------------------------- grouping
 
 
 class Group(NamedTuple):
-    """Runs compared together: one method (+ dataset/network/optimizer if varied)."""
+    """Runs compared together: one method, dataset, network, optimizer and configuration."""
 
     label: str
     method: str
@@ -180,6 +233,18 @@ class Group(NamedTuple):
     network: str
     optimizer: str
     runs: tuple[RunDetail, ...]
+    #: The configuration fields that set this group apart from the method's other groups,
+    #: with this group's values as the label shows them.
+    config: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def run_ids(self) -> tuple[int, ...]:
+        return tuple(d.run.id for d in self.runs)
+
+    @property
+    def legend(self) -> str:
+        """The label with the group's run ids: what a legend shows."""
+        return legend_name(self.label, self.run_ids)
 
 
 def _own_model(run: RunRecord) -> bool:
@@ -191,12 +256,54 @@ def _compared(details: Iterable[RunDetail]) -> list[RunDetail]:
     return [d for d in details if d.run.kind not in NOT_COMPARED_KINDS]
 
 
+_MISSING = "–"  # how a label shows a field that a run did not record
+
+
+def _shown(value: Any) -> str:
+    """A configuration value as a label shows it: ``0.001``, ``true``, ``auto``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if value is None:
+        return "none"
+    if isinstance(value, (int, str)):
+        return str(value)
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _result_fields(run: RunRecord) -> dict[str, str]:
+    """The recorded configuration fields that change the result, flattened (``tuner.alpha``),
+    each value as a label shows it."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key in sorted(value, key=str):
+                walk(f"{prefix}.{key}" if prefix else str(key), value[key])
+        elif prefix:
+            out[prefix] = _shown(value)
+
+    config = run.config if isinstance(run.config, dict) else {}
+    walk("", {k: v for k, v in config.items() if k not in NOT_RESULT_FIELDS})
+    return out
+
+
+def _label_order(field: str) -> tuple[int, str]:
+    return (LABEL_ORDER.index(field) if field in LABEL_ORDER else len(LABEL_ORDER), field)
+
+
 def _get_groups(details: Sequence[RunDetail]) -> tuple[Group, ...]:
-    """Group the compared runs; labels name only the fields that vary (and your own model)."""
+    """Group the compared runs (see the module doc); labels name only what differs."""
     compared = _compared(details)
     own_model = any(_own_model(d.run) for d in compared)  # then labels always name the model
+    def value(run: RunRecord, f: str) -> str | None:
+        # a peer is its own optimizer: it does not make the other runs' optimizer vary
+        return None if f == "optimizer" and run.optimizer == run.method else getattr(run, f)
+
     varying = [f for f in GROUP_FIELDS
-               if len({getattr(d.run, f) for d in compared}) > 1 or (f == "network" and own_model)]
+               if len({value(d.run, f) for d in compared} - {None}) > 1
+               or (f == "network" and own_model)]
     buckets: dict[tuple[str, ...], list[RunDetail]] = {}
     for d in compared:
         key = (d.run.method, d.run.dataset, d.run.network, d.run.optimizer)
@@ -206,11 +313,33 @@ def _get_groups(details: Sequence[RunDetail]) -> tuple[Group, ...]:
         method, dataset, network, optimizer = key
         values = dict(zip(GROUP_FIELDS, (dataset, network, optimizer), strict=True))
         # a peer is its own optimizer: "prodigy", not "prodigy · prodigy"
-        label = " · ".join([method, *(values[f] for f in varying
-                                      if not (f == "optimizer" and values[f] == method))])
-        runs = tuple(sorted(buckets[key], key=lambda d: (d.run.seed, d.run.id)))
-        groups.append(Group(label, method, dataset, network, optimizer, runs))
+        head = [method, *(values[f] for f in varying
+                          if not (f == "optimizer" and values[f] == method))]
+        fields = {d.run.id: _result_fields(d.run) for d in buckets[key]}
+        names = sorted({f for found in fields.values() for f in found}, key=_label_order)
+        differing = [f for f in names
+                     if len({found.get(f, _MISSING) for found in fields.values()}) > 1]
+        subgroups: dict[tuple[str, ...], list[RunDetail]] = {}
+        for d in buckets[key]:
+            subgroups.setdefault(tuple(fields[d.run.id].get(f, _MISSING) for f in differing),
+                                 []).append(d)
+        for config_values in sorted(subgroups, key=_natural):
+            config = tuple(zip(differing, config_values, strict=True))
+            label = " · ".join([*head, *(f"{f}={v}" for f, v in config)])
+            runs = tuple(sorted(subgroups[config_values], key=lambda d: (d.run.seed, d.run.id)))
+            groups.append(Group(label, method, dataset, network, optimizer, runs, config))
     return tuple(groups)
+
+
+def _natural(values: tuple[str, ...]) -> tuple[tuple[int, float, str], ...]:
+    """Sort key: numbers by value (``alpha=0.001`` before ``alpha=0.01``), then text."""
+    key = []
+    for v in values:
+        try:
+            key.append((0, float(v), ""))
+        except ValueError:
+            key.append((1, 0.0, v))
+    return tuple(key)
 
 
 # --------------------------------------------------------------------------- bands
@@ -226,6 +355,11 @@ class BandCurve(NamedTuple):
     hi: tuple[float, ...]
     n: tuple[int, ...]  # runs contributing at each x
     runs: int  # runs in the group that contribute at all
+    run_ids: tuple[int, ...] = ()  # the runs of the group (its legend names them)
+
+    @property
+    def legend(self) -> str:
+        return legend_name(self.label, self.run_ids)
 
 
 class EpochCurvesInfo(NamedTuple):
@@ -269,6 +403,7 @@ def _get_epoch_curves_info(
                 hi=tuple(p[2] for p in points),
                 n=tuple(len(per_epoch[k]) for k in epochs),
                 runs=contributing,
+                run_ids=group.run_ids,
             )
         )
     return EpochCurvesInfo(metric, tuple(curves), _curves_constant(curves))
@@ -297,14 +432,18 @@ def _get_incumbent_info(
     """Best-so-far test accuracy against wall-clock seconds, per group (see module doc)."""
     curves = []
     for group in _get_groups(details):
-        curve = _band_over_time(group.label, [_incumbent_steps(d) for d in group.runs], max_points)
+        curve = _band_over_time(group.label, [_incumbent_steps(d) for d in group.runs],
+                                max_points, group.run_ids)
         if curve is not None:
             curves.append(curve)
     return IncumbentInfo(tuple(curves), _curves_constant(curves))
 
 
 def _band_over_time(
-    label: str, series: Sequence[Sequence[tuple[float, float | None]]], max_points: int
+    label: str,
+    series: Sequence[Sequence[tuple[float, float | None]]],
+    max_points: int,
+    run_ids: Sequence[int] = (),
 ) -> BandCurve | None:
     """Mean and min-max band of step functions of time (incumbent curves, see module doc).
 
@@ -338,7 +477,8 @@ def _band_over_time(
         his.append(hi)
         ns.append(len(values))
     return BandCurve(
-        label, tuple(xs), tuple(means), tuple(los), tuple(his), tuple(ns), len(per_run)
+        label, tuple(xs), tuple(means), tuple(los), tuple(his), tuple(ns), len(per_run),
+        tuple(run_ids),
     )
 
 
@@ -351,6 +491,7 @@ class RunTrace(NamedTuple):
     group: str  # Group.label
     x: tuple[int, ...]  # epoch or step numbers
     y: tuple[float | None, ...]
+    legend: str = ""  # Group.legend: the group's label and run ids
 
 
 class RunTracesInfo(NamedTuple):
@@ -360,6 +501,14 @@ class RunTracesInfo(NamedTuple):
     traces: tuple[RunTrace, ...]
     constant: float | None = None  # see the module doc
     positive: bool = False  # every finite value is > 0 (a log axis can show them all)
+    log_scale: bool = False  # a log y axis by default (see the module doc)
+
+
+def _log_scale(field: str, values: Sequence[float]) -> bool:
+    """A log axis by default: every value positive, and spanning decades (see module doc)."""
+    if not values or min(values) <= 0:
+        return False
+    return field in LOG_FIELDS or max(values) / min(values) > LOG_SPAN
 
 
 def _get_run_traces_info(
@@ -398,15 +547,17 @@ def _get_run_traces_info(
             if all(y is None for y in ys):
                 continue
             x, y = _downsample(xs, ys, limit)
-            traces.append(RunTrace(d.run.id, run_label(d.run), group.label, x, y))
+            traces.append(RunTrace(d.run.id, run_label(d.run), group.label, x, y, group.legend))
     values = [v for t in traces for v in t.y if v is not None]
+    constant = _constant(values)
     return RunTracesInfo(
         field,
         axis,
         tuple(g.label for g in groups),
         tuple(traces),
-        _constant(values),
+        constant,
         bool(values) and min(values) > 0,
+        constant is None and _log_scale(field, values),
     )
 
 
@@ -427,6 +578,7 @@ class ReplayGroup(NamedTuple):
     source_id: int | None  # the source run, when it is one
     source: str  # how the page names the source (run label or file path)
     lines: tuple[ReplayLine, ...]  # the source's first (when it is in the selection)
+    log_scale: bool = False  # the LRs span decades (see the module doc)
 
 
 class ReplayInfo(NamedTuple):
@@ -532,7 +684,8 @@ def _get_replay_info(
             if line is not None:
                 lines.append(line)
         if lines:
-            groups.append(ReplayGroup(source_id, name, tuple(lines)))
+            values = [v for line in lines for v in line.y if v is not None]
+            groups.append(ReplayGroup(source_id, name, tuple(lines), _log_scale("lr", values)))
     return ReplayInfo(tuple(groups))
 
 
@@ -757,7 +910,8 @@ def _get_sweep_info(
 
         seeds = sorted({d.run.seed for d in runs})
         per_seed = [sorted((d for d in runs if d.run.seed == s), key=order) for s in seeds]
-        curve = _band_over_time(label, [_sweep_steps(rs) for rs in per_seed], max_points)
+        curve = _band_over_time(label, [_sweep_steps(rs) for rs in per_seed], max_points,
+                                sorted(d.run.id for d in runs))
         if curve is not None:
             curves.append(curve)
         trials = {_sweep_meta(d.run)[1] for d in runs} - {None}
@@ -836,6 +990,11 @@ class GroupSummary(NamedTuple):
     best_val_loss: Stat = Stat(None, None, 0)
     test_loss_at_best: Stat = Stat(None, None, 0)
     cpu_s: Stat = Stat(None, None, 0)  # per-run CPU seconds (less sensitive to load)
+    config: tuple[tuple[str, str], ...] = ()  # Group.config: what sets the group apart
+
+    @property
+    def run_ids(self) -> tuple[int, ...]:
+        return tuple(r.run_id for r in self.run_rows)
 
     @property
     def by_loss(self) -> bool:
@@ -925,6 +1084,7 @@ def _get_summary_info(details: Sequence[RunDetail]) -> SummaryInfo:
                 best_val_loss=_stat(r.best_val_loss for r in rows),
                 test_loss_at_best=_stat(r.test_loss_at_best for r in rows),
                 cpu_s=_stat(r.cpu_s for r in rows),
+                config=group.config,
             )
         )
     return SummaryInfo(tuple(out))

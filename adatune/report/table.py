@@ -8,7 +8,14 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from adatune.report.info import GroupSummary, Stat, SummaryInfo, _get_summary_info
+from adatune.redact import printable
+from adatune.report.info import (
+    GroupSummary,
+    Stat,
+    SummaryInfo,
+    _get_summary_info,
+    run_ids_text,
+)
 from adatune.store.records import RunDetail
 
 SUMMARY_COLUMNS = (
@@ -91,7 +98,7 @@ def summary_cells(g: GroupSummary, *, losses: bool = False) -> tuple[str, ...]:
                   if losses else ())
     return (
         g.label,
-        str(g.runs),
+        f"{g.runs} ({run_ids_text(g.run_ids)})",
         fmt_status(g.status_counts),
         fmt_stat_pct(g.best_val_acc, g.runs),
         fmt_stat_pct(g.test_acc_at_best, g.runs),
@@ -122,7 +129,7 @@ def summary_rich(info: SummaryInfo, *, title: str | None = None) -> Table:
 
 
 def _plain(text: str) -> Text:
-    return Text(text)
+    return Text(printable(text))
 
 
 def _stat_json(stat: Stat) -> dict[str, Any]:
@@ -135,6 +142,7 @@ def summary_json(info: SummaryInfo) -> list[dict[str, Any]]:
         {
             "group": g.label,
             "method": g.method,
+            "config": dict(g.config),
             "dataset": g.dataset,
             "network": g.network,
             "optimizer": g.optimizer,

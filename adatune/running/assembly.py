@@ -60,7 +60,7 @@ def train_run(store: Store | str, parts: Parts, settings: LoopConfig, config: di
         raise ValueError("train_run takes new= or resume=, not both")
     started = time.perf_counter() if started is None else started
     loop = Loop(parts, settings)
-    root = checkpoint_root(config.get("checkpoint_dir"))
+    root = checkpoint_root(config.get("checkpoint_dir"), store)
     owned = not isinstance(store, (Store, LazyStore)) and loop.ranks.is_main
     db: Any = open_store(store) if owned else store
     if not loop.ranks.is_main and not isinstance(store, LazyStore):

@@ -84,7 +84,8 @@ def build_parts(config: TrainConfig, replay: LRSchedule | None = None) -> Parts:
     splits = _data(config, classification)
     torch.manual_seed(config.seed)
     model = _model(config, splits.spec, classification).to(device)
-    _check_forward(config, model, splits.train, loss, device)
+    _check_forward(config, model, splits.train, loss, device,
+                   classes=splits.spec.num_classes if classification else None)
     optimizer = build_optimizer(config, model)
     tuner = schedule = None
     try:
@@ -149,10 +150,12 @@ def _built_in_model(network: str, spec: DataSpec, classification: bool) -> nn.Mo
 
 
 def _check_forward(config: TrainConfig, model: nn.Module, train: Dataset, loss,
-                   device: torch.device) -> None:
+                   device: torch.device, *, classes: int | None = None) -> None:
     """One forward pass and loss on two training examples, in eval mode, without gradients.
 
-    It draws nothing from torch's random streams (augmentation does, so they are forked).
+    With ``classes`` (a classification), the model must give a score for each of
+    them: fewer would fail only at the first example of a class it lacks. It
+    draws nothing from torch's random streams (augmentation does, so they are forked).
     """
     what = f"model={config.model!r}" if config.model else f"network={config.network!r}"
     was_training = model.training
@@ -165,14 +168,23 @@ def _check_forward(config: TrainConfig, model: nn.Module, train: Dataset, loss,
             y = torch.stack([torch.as_tensor(b) for _, b in items]).to(device)
             try:
                 output = model(x)
+            except SystemExit as exc:
+                raise ConfigError(f"{what} {imports.exited(exc)}") from exc
             except Exception as exc:  # noqa: BLE001 - the user's model failed
                 raise ConfigError(f"{what} failed on a batch of the training data: "
                                   f"{imports.one_line(exc)}") from exc
             if not isinstance(output, Tensor):
                 raise ConfigError(f"{what} returned {imports.describe_type(output)} from "
                                   "forward(); the loss needs a tensor")
+            if classes is not None and (output.dim() < 2 or output.shape[1] < classes):
+                width = output.shape[1] if output.dim() >= 2 else 1
+                raise ConfigError(f"{what} gives {width} class score{'s' * (width != 1)} per "
+                                  f"example (output of shape {tuple(output.shape)}), but the "
+                                  f"data has {classes} classes: it needs one score per class")
             try:
                 value = loss(output, y)
+            except SystemExit as exc:
+                raise ConfigError(f"the loss {config.loss!r} {imports.exited(exc)}") from exc
             except Exception as exc:  # noqa: BLE001
                 raise ConfigError(f"the loss {config.loss!r} failed on {what}'s output of shape "
                                   f"{tuple(output.shape)} and targets of shape "

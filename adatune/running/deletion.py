@@ -1,8 +1,9 @@
 """Deleting runs: the run, its child runs, and their checkpoint folders.
 
 ``adatune runs delete`` calls :func:`delete_run`. A folder is removed only
-when it holds nothing but the files a run writes, and belongs to the run
-being deleted (its ``run.json``).
+when it is the deleted run's own (named ``run-ID``, not a link, its
+``run.json`` naming that run of this store: what the store records of it is
+not trusted) and holds nothing but the files a run writes.
 """
 
 from __future__ import annotations
@@ -45,23 +46,48 @@ def recorded_folder(run: RunRecord) -> Path | None:
     return None
 
 
+#: Temporary files a run writes beside its files (``.last.pt.XXXXXXXX.tmp``), left by a kill.
+_RUN_NAMES = "|".join(re.escape(name) for name in RUN_FILES)
+_RUN_TMP = re.compile(rf"\.(?:{_RUN_NAMES})\.[A-Za-z0-9_]{{8}}\.tmp")
+
+
+def _refusal(run: RunRecord, folder: Path, store: str) -> str | None:
+    """Why ``folder`` is not the run's own to remove (None: it is).
+
+    The store's record of the folder is not trusted: a folder is the run's
+    when it is named ``run-ID`` for the run, is a real folder (not a link), and
+    its ``run.json`` says it holds that run of this store.
+    """
+    if folder.name != run_dir(".", run.id).name:
+        return f"it is not run {run.id}'s folder (that is named {run_dir('.', run.id).name})"
+    if folder.is_symlink():
+        return "it is a symbolic link"
+    marker = read_json(folder / MARKER_FILE)
+    if not isinstance(marker, dict) or not isinstance(marker.get("run_id"), int):
+        return f"it has no {MARKER_FILE} naming the run it holds"
+    if marker.get("run_id") != run.id or marker.get("store") not in (None, store):
+        return f"it belongs to run {marker.get('run_id')} of {marker.get('store')}"
+    return None
+
+
 def remove_folder(run: RunRecord, store: str) -> FolderOutcome:
     """Remove a deleted run's checkpoint folder: the files a run writes, then the folder.
 
-    A folder another run or store claims (its ``run.json``) is kept; other
-    files in it are left, and the folder with them.
+    Only the run's own folder (see :func:`_refusal`) is touched, and in it only
+    the regular files a run writes (:data:`~adatune.running.folder.RUN_FILES`
+    and their temporary files); a folder that holds anything else is left, with
+    it. Anything else is kept and said so.
     """
     folder = recorded_folder(run)
-    if folder is None or not folder.is_dir():
+    if folder is None or not (folder.is_dir() or folder.is_symlink()):
         return FolderOutcome(run.id, str(folder or "-"), "absent")
-    marker = read_json(folder / MARKER_FILE)
-    if isinstance(marker, dict) and (marker.get("run_id") != run.id
-                                     or marker.get("store") not in (None, store)):
-        return FolderOutcome(run.id, str(folder), "kept",
-                             f"it belongs to run {marker.get('run_id')} of {marker.get('store')}")
+    why = _refusal(run, folder, store)
+    if why is not None:
+        return FolderOutcome(run.id, str(folder), "kept", why)
     try:
         for entry in folder.iterdir():
-            if entry.name in RUN_FILES or re.fullmatch(r"\..+\.tmp", entry.name):
+            if (entry.name in RUN_FILES or _RUN_TMP.fullmatch(entry.name)) and (
+                    entry.is_symlink() or entry.is_file()):
                 entry.unlink()
         folder.rmdir()
     except OSError as exc:

@@ -57,8 +57,8 @@ from adatune.store.records import EpochRecord, StepRecord
 if TYPE_CHECKING:
     from adatune.store import Store
 
-__all__ = ["LazyStore", "RankFailure", "Ranks", "Terminated", "agree", "launch", "on_main",
-           "timeout_s"]
+__all__ = ["LazyStore", "RankFailure", "Ranks", "Terminated", "agree", "data_fingerprint",
+           "launch", "on_main", "timeout_s"]
 
 T = TypeVar("T")
 
@@ -278,15 +278,55 @@ def _digest(fingerprint: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+#: Examples of each set a data fingerprint reads (evenly spaced, the first and last among them).
+FINGERPRINT_EXAMPLES = 16
+
+
+def _tensor_bytes(value: Any) -> bytes:
+    t = torch.as_tensor(value).detach().cpu().contiguous()
+    head = f"{t.dtype}{tuple(t.shape)}".encode()
+    return head + t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else head
+
+
+def data_fingerprint(**sets: Any) -> dict[str, Any]:
+    """A cheap fingerprint of datasets: each one's length and a hash of a few of its examples.
+
+    :data:`FINGERPRINT_EXAMPLES` examples per set, evenly spaced, read with
+    torch's random streams forked and seeded alike (augmentation draws the
+    same on every rank), so that ranks given the same data agree, and ranks
+    given different data (other files, another split) almost surely do not.
+    """
+    found: dict[str, Any] = {}
+    with torch.random.fork_rng(devices=[]):
+        for name, dataset in sets.items():
+            if dataset is None:
+                found[name] = None
+                continue
+            n = len(dataset)
+            picks = sorted({round(i * (n - 1) / max(FINGERPRINT_EXAMPLES - 1, 1))
+                            for i in range(min(n, FINGERPRINT_EXAMPLES))})
+            digest = hashlib.sha256()
+            for index in picks:
+                torch.manual_seed(index)
+                item = dataset[index]
+                for part in item if isinstance(item, (tuple, list)) else (item,):
+                    digest.update(_tensor_bytes(part))
+            found[name] = {"examples": n, "sample": digest.hexdigest()}
+    return found
+
+
 def agree(fingerprint: Mapping[str, Any], build: Callable[[], T], *,
-          batch_size: int | None = None, group: Any = None) -> T:
+          batch_size: int | None = None, group: Any = None,
+          check: Callable[[T], Mapping[str, Any]] | None = None) -> T:
     """``build()`` on every rank, once all ranks were given the same ``fingerprint``.
 
     One process: just ``build()``. Several: the fingerprints' hashes are
     compared first (a mismatch names the keys that differ), and the batch must
     have an example for every rank; then every rank builds, and a user error
     on any rank is raised on all of them (prefixed with its rank when it is
-    not rank 0). Every rank raises the same :class:`~adatune.errors.AdatuneError`.
+    not rank 0). ``check(built)`` (e.g. :func:`data_fingerprint` of the data
+    built) must then agree too: ranks given different data are refused before
+    a run is written. Every rank raises the same :class:`~adatune.errors.AdatuneError`.
     """
     group = active_group(group)
     if group is None:
@@ -316,6 +356,16 @@ def agree(fingerprint: Mapping[str, Any], build: Callable[[], T], *,
         if found is not None:
             name, text = found
             raise _error_class(name)(text if r == 0 else f"rank {r}: {text}")
+    if check is not None:
+        built = json.loads(json.dumps(check(result), default=repr))
+        prints = _gather(built, group)
+        odd = [r for r, p in enumerate(prints) if p != prints[0]]
+        if odd:
+            keys = sorted(k for k in set(prints[0]) | set(prints[odd[0]])
+                          if prints[0].get(k) != prints[odd[0]].get(k))
+            raise ConfigError(f"the ranks were given different data (rank {odd[0]}'s "
+                              f"{', '.join(keys)} differ from rank 0's: their lengths or "
+                              "examples); give every rank the same data")
     return result
 
 

@@ -15,8 +15,8 @@ pass a :class:`~adatune.running.distributed.LazyStore`.
 
 from __future__ import annotations
 
+import os
 import time
-from pathlib import Path
 from typing import Any
 
 from adatune._version import __version__
@@ -50,13 +50,14 @@ def train(
     arguments) is checked before the run is written.
     """
     started = time.perf_counter()
-    config = config.replace(checkpoint_dir=str(checkpoint_root(config.checkpoint_dir)))
-    if config.from_file is not None:  # a resume may run from another folder
-        config = config.replace(from_file=str(Path(config.from_file).resolve()))
+    config = config.replace(checkpoint_dir=str(checkpoint_root(config.checkpoint_dir, store)))
+    if config.from_file is not None:  # a resume may run from another folder; not resolved:
+        config = config.replace(from_file=os.path.abspath(config.from_file))  # a pipe stays one
     replay = distributed.on_main(lambda: _replayed(config, store))  # rank 0 has the store
     parts = distributed.agree(_fingerprint(config, entry="train", name=name,
                                            experiment=experiment, kind=kind),
-                              lambda: build_parts(config, replay), batch_size=config.batch_size)
+                              lambda: build_parts(config, replay), batch_size=config.batch_size,
+                              check=_data)
     if replay is not None:  # what the report and `runs show` say about the source
         from adatune.methods.replay import replay_note
 
@@ -88,7 +89,8 @@ def resume(store: Store, run_id: int, *, epochs: int | None = None, device: str 
     replay = distributed.on_main(lambda: _replayed(changed, store))
     parts = distributed.agree({"entry": "resume", "run_id": run_id, "epochs": epochs,
                                "device": device},
-                              lambda: build_parts(changed, replay), batch_size=changed.batch_size)
+                              lambda: build_parts(changed, replay), batch_size=changed.batch_size,
+                              check=_data)
     again = Resume(run_id, config=None if changed is config else changed.to_dict(),
                    device=None if device is None else str(parts.device))
     return train_run(store, parts, loop_config(changed, rules), changed.to_dict(), resume=again,
@@ -102,6 +104,11 @@ def _replayed(config: TrainConfig, store: Store):
     from adatune.methods.replay import read_schedule
 
     return read_schedule(store, from_run=config.from_run, from_file=config.from_file)
+
+
+def _data(parts) -> dict:  # noqa: ANN001 - the loop's Parts
+    """What every rank's data must agree in (lengths and a few examples)."""
+    return distributed.data_fingerprint(train=parts.train, val=parts.val, test=parts.test)
 
 
 def _fingerprint(config: TrainConfig, **more: object) -> dict:

@@ -2,7 +2,8 @@
 
 The same loop the ``adatune`` command runs (:mod:`adatune.running.loop`), over
 parts you give: the run is recorded in the store (``adatune runs``, ``adatune
-report`` show it), checkpoints go to ``checkpoint_dir/run-ID/``, and
+report`` show it), checkpoints go to ``checkpoint_dir/run-ID/`` (by default the
+store's own folder: ``runs-runs/`` beside ``runs.db``), and
 ``resume=RUN_ID`` continues a killed or interrupted run from its last
 checkpoint, given the same parts again. ``fit`` checks and completes the parts
 you give, then calls :func:`adatune.running.assembly.train_run`, as the command
@@ -34,6 +35,7 @@ from adatune.errors import ConfigError
 from adatune.methods.peers import optimizer_view, peer_name
 from adatune.methods.schedules import Schedule, build_schedule, canonical_schedule
 from adatune.methods.tuners import HypergradientTuner
+from adatune.methods.tuners.collectives import active_group
 from adatune.running import distributed
 from adatune.running.assembly import Resume, train_run
 from adatune.running.build import build_tuner, loop_config
@@ -170,15 +172,18 @@ def fit(
         "lr": tuner_obj.lr if tuner_obj is not None else float(group["lr"]),
         "model": type(model).__name__, "dataset": dataset_name, "loss": loss_name,
         "classification": is_classification,
-        "checkpoint_dir": str(checkpoint_root(checkpoint_dir)),
+        "checkpoint_dir": str(checkpoint_root(checkpoint_dir, store)),
         "tuner": None if tuner_obj is None else _tuner_settings(tuner_obj),
         **{k: v for k, v in dataclasses.asdict(settings).items() if k != "rules"},
         "divergence_factor": divergence_factor,
     }
     fingerprint = {**config, "checkpoint_dir": None, "resume": resume, "name": name,
-                   "experiment": experiment, "sizes": [len(train_ds), len(val_ds),
-                                                       None if test_ds is None else len(test_ds)],
-                   "parameters": [list(p.shape) for p in model.parameters()]}
+                   "experiment": experiment, "parameters": [list(p.shape) for p in
+                                                            model.parameters()]}
+    if active_group(getattr(tuner_obj, "process_group", None)) is not None:
+        # the data: each set's length and a few of its examples, alike on every rank
+        fingerprint["data"] = distributed.data_fingerprint(train=train_ds, val=val_ds,
+                                                           test=test_ds)
     distributed.agree(fingerprint, lambda: None, batch_size=settings.batch_size,
                       group=getattr(tuner_obj, "process_group", None))
     new = None if resume is not None else NewRun(

@@ -1,5 +1,9 @@
 """A run's checkpoint folder, ``<checkpoint_dir>/run-ID/``: its name, its files, its lock.
 
+Without a ``checkpoint_dir`` a store's runs go to a folder of that store's own
+(:func:`default_checkpoint_dir`): two stores never share one, and a run records
+the folder it used, so where a store's default lies never moves a run's files.
+
 The folder holds ``last.pt`` and ``best.pt`` (:mod:`adatune.running.checkpoint`),
 ``run.json`` (which run of which store the folder belongs to, and the host
 that last trained it) and ``owner.lock``, locked while a process trains the
@@ -11,15 +15,17 @@ Nothing here imports torch (the command line's light commands use it).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import socket
-import uuid
 from pathlib import Path
 from typing import Any
 
+from adatune._durable import temporary_beside
 from adatune.errors import ConfigError, RunBusy
-from adatune.running.runtypes import DEFAULT_CHECKPOINT_DIR
+from adatune.running.runtypes import CHECKPOINT_SUFFIX
 
 RUN_DIR_PREFIX = "run-"
 OWNER_FILE = "owner.json"
@@ -29,9 +35,50 @@ MARKER_FILE = "run.json"
 RUN_FILES = ("last.pt", "best.pt", OWNER_FILE, LOCK_FILE, MARKER_FILE)
 
 
-def checkpoint_root(checkpoint_dir: str | os.PathLike[str] | None) -> Path:
-    """The absolute folder that holds the runs' folders (``checkpoint_dir``, or the default)."""
-    return Path(checkpoint_dir or DEFAULT_CHECKPOINT_DIR).resolve()
+def checkpoint_root(checkpoint_dir: str | os.PathLike[str] | None, store: Any = None) -> Path:
+    """The absolute folder that holds the runs' folders: ``checkpoint_dir``, or ``store``'s own.
+
+    ``store`` is a path or URL, an open store, or None for the default store
+    (see :func:`default_checkpoint_dir`).
+    """
+    if not checkpoint_dir:
+        return default_checkpoint_dir(store)
+    path = Path(checkpoint_dir)
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symbolic link loop
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError(f"invalid checkpoint_dir: {path} ({reason})") from None
+
+
+def default_checkpoint_dir(store: Any = None) -> Path:
+    """Where ``store``'s runs keep their checkpoints unless given a ``checkpoint_dir``.
+
+    Beside a file store, the store's name with ``-runs``: ``./adatune.db`` has
+    ``./adatune-runs/``, ``~/exp/sweeps.db`` has ``~/exp/sweeps-runs/``. Any
+    other store (a database server, an in-memory SQLite) has a folder in the
+    current directory keyed by its identity: its kind, host, port and database,
+    never its user or password (``adatune-runs-adatune-1a2b3c4d/`` for the
+    database ``adatune``). ``store`` is a path or URL, an open store, or None
+    (the default store, ``./adatune.db``).
+    """
+    from adatune.store import DEFAULT_STORE
+    from adatune.store.connection import resolve_url, sqlite_path
+
+    while hasattr(store, "spec"):  # a LazyStore: the store it stands for
+        store = store.spec
+    url = store.url if hasattr(store, "url") else resolve_url(store or DEFAULT_STORE)
+    path = sqlite_path(url)
+    if path is not None:
+        return path.with_name(path.stem + CHECKPOINT_SUFFIX).resolve()
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    identity = f"{parsed.get_backend_name()}://{parsed.host or ''}:{parsed.port or ''}/" \
+               f"{parsed.database or ''}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:8]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(parsed.database or "memory").name)[:40]
+    return Path(f"adatune{CHECKPOINT_SUFFIX}-{name.strip('.-') or 'db'}-{key}").resolve()
 
 
 def run_dir(checkpoint_dir: str | os.PathLike[str], run_id: int) -> Path:
@@ -150,9 +197,10 @@ def read_json(path: Path) -> Any:
 
 
 def write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
+    with temporary_beside(path) as (f, tmp):  # a new file, never one planted there
+        f.write(json.dumps(value).encode())
+        f.close()
+        os.replace(tmp, path)
 
 
 def owner_text(folder: Path) -> str:
@@ -164,4 +212,4 @@ def owner_text(folder: Path) -> str:
 
 
 __all__ = ["MARKER_FILE", "RUN_FILES", "RunLock", "check_unused", "checkpoint_root",
-           "folder_in_use", "owner_text", "read_json", "run_dir"]
+           "default_checkpoint_dir", "folder_in_use", "owner_text", "read_json", "run_dir"]

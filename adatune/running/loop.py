@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from adatune import imports
 from adatune.data.batching import Passes, batches
 from adatune.errors import ConfigError
 from adatune.methods.peers import OptimizerView, optimizer_view
@@ -91,6 +92,12 @@ class Parts:
 
 class _Diverged(Exception):
     pass
+
+
+def _overflowed(exc: BaseException) -> bool:
+    """A float overflow in a training step: Python's (``OverflowError``), or torch's when a
+    learning rate does not fit the parameters' dtype ("... without overflow")."""
+    return isinstance(exc, OverflowError) or "overflow" in str(exc).lower()
 
 
 class Loop:
@@ -158,6 +165,8 @@ class Loop:
         p = self.parts
         state = checkpoint.load(path, kind="last", map_location=self.device,
                                 file=self.ranks.readable(path))
+        checkpoint.check_progress(state, path, epochs=self.config.epochs,
+                                  steps_per_epoch=self.steps_per_epoch)
         with checkpoint.restoring(path):  # a state that does not fit this run: one line
             p.model.load_state_dict(state["model"])
             if p.tuner is not None:
@@ -257,6 +266,12 @@ class Loop:
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (signals.Terminated)
             status = "interrupted"
             reason = signals.interruption_reason(exc, self.epoch + 1)
+        except SystemExit as exc:  # sys.exit() in the user's model, loss or data: its error
+            self.parts.view.eval()
+            message = f"the run's own code {imports.exited(exc)}"
+            log.finish_run(run_id, "failed", error=message)
+            lock.release()
+            raise ConfigError(message) from exc
         except BaseException as exc:
             self.parts.view.eval()
             log.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
@@ -347,7 +362,16 @@ class Loop:
         p, dev = self.parts, self.device
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
         n = self._global_size(p.train, batch)
-        lr_used, loss, output = self._train_step(x, y, val_iter, n)
+        try:
+            lr_used, loss, output = self._train_step(x, y, val_iter, n)
+        except (OverflowError, RuntimeError) as exc:
+            if not _overflowed(exc):
+                raise
+            # The LR (or what the tuner made of it) is beyond what the numbers can hold:
+            # the run diverged, as it would have a step later with infinite weights.
+            raise _Diverged(f"the numbers overflowed at epoch {progress.epoch}, step "
+                            f"{self.step} with the learning rate at {self._lr():.4g} "
+                            f"({' '.join(str(exc).split())[:160]})") from None
         loss_value = float(loss)  # the global batch's loss, the same on every rank
         lr_now = self._lr()
         self._judge_step(loss_value, lr_now, progress.epoch)

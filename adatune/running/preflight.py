@@ -15,6 +15,8 @@ can go on, as asked, is known from the store and its checkpoint folder.
 from __future__ import annotations
 
 import os
+import platform
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +26,6 @@ from adatune.imports import check_findable
 from adatune.methods.peers import check_available
 from adatune.running.config import REPLAY, TrainConfig
 from adatune.running.folder import checkpoint_root, folder_in_use, run_dir
-from adatune.running.runtypes import DEFAULT_CHECKPOINT_DIR
 
 if TYPE_CHECKING:
     from adatune.store import Store
@@ -43,11 +44,88 @@ def check_writable_dir(path: str | os.PathLike[str], what: str) -> None:
         raise ConfigError(f"invalid {what}: {path} ({existing} is not writable)")
 
 
-def check_run_inputs(config: TrainConfig) -> None:
+def check_device(device: str) -> None:
+    """Refuse ``device='cuda'`` or ``'mps'`` where it cannot work, without importing torch.
+
+    Refused only when it is certain: a torch built without CUDA (or ROCm), no
+    GPU driver or no visible GPU for ``cuda``; anything but Apple silicon for
+    ``mps``. Where this cannot tell, torch decides when the run is built.
+    """
+    if device == "mps":
+        if sys.platform != "darwin" or platform.machine() != "arm64":
+            raise ConfigError("device='mps': MPS is Apple silicon's, and this is not a Mac "
+                              "with it (try device='auto' or device='cpu')")
+        return
+    if device != "cuda":
+        return
+    build = _torch_build()
+    if build is not None and not (build.get("cuda") or build.get("hip")):
+        raise ConfigError(f"device='cuda': the installed torch ({build.get('__version__')}) "
+                          "is built without CUDA (try device='auto' or device='cpu')")
+    if build is not None and build.get("hip"):
+        return  # ROCm: torch knows
+    count = _cuda_devices()
+    if count == 0:
+        raise ConfigError("device='cuda': no CUDA device is available here (no NVIDIA driver, "
+                          "or no GPU visible to this process; try device='auto' or "
+                          "device='cpu')")
+
+
+def _torch_build() -> dict[str, str | None] | None:
+    """``torch/version.py``'s fields (``cuda``, ``hip``, ``__version__``), read as text."""
+    import ast
+    from importlib.util import find_spec
+
+    try:
+        spec = find_spec("torch")
+        if spec is None or spec.origin is None:
+            return None
+        tree = ast.parse((Path(spec.origin).parent / "version.py").read_text())
+    except (OSError, ValueError, SyntaxError, ImportError):
+        return None
+    fields: dict[str, str | None] = {}
+    for node in tree.body:
+        target = node.target if isinstance(node, ast.AnnAssign) else (
+            node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+        if isinstance(target, ast.Name) and isinstance(node.value, ast.Constant):
+            value = node.value.value
+            fields[target.id] = value if isinstance(value, str) else None
+    return fields if "cuda" in fields else None
+
+
+def _cuda_devices() -> int | None:
+    """The CUDA devices the driver shows this process (0 without a driver); None: unknown."""
+    import ctypes
+
+    names = ("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so.1", "libcuda.so",
+                                                             "libcuda.dylib")
+    for name in names:
+        try:
+            driver = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    else:
+        return 0
+    try:
+        count = ctypes.c_int(0)
+        if driver.cuInit(0) != 0:
+            return 0  # no device, or none visible (CUDA_VISIBLE_DEVICES)
+        if driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return None
+        return count.value
+    except (AttributeError, OSError):
+        return None
+
+
+def check_run_inputs(config: TrainConfig, store: str | None = None) -> None:
     """The dataset's files, the packages and the checkpoint directory ``config`` names.
 
+    Without a ``checkpoint_dir``, the folder checked is ``store``'s own
+    (:func:`~adatune.running.folder.default_checkpoint_dir`; None: the default store's).
     Raises :class:`ConfigError` or :class:`~adatune.errors.DatasetError`.
     """
+    check_device(config.device)
     if config.dataset is not None:  # None: the user's own --data
         check_dataset_files(config.dataset, config.data_dir, download=config.download)
     if config.is_peer:
@@ -56,7 +134,7 @@ def check_run_inputs(config: TrainConfig) -> None:
                          ("loss", config.loss)):
         if path is not None and ":" in path:  # an import path (not a built-in loss name)
             check_findable(option, path)
-    check_writable_dir(config.checkpoint_dir or DEFAULT_CHECKPOINT_DIR, "checkpoint_dir")
+    check_writable_dir(config.checkpoint_dir or checkpoint_root(None, store), "checkpoint_dir")
 
 
 def check_resume(store: Store, run_id: int, *, epochs: int | None = None) -> RunRecord:
@@ -72,7 +150,7 @@ def check_resume(store: Store, run_id: int, *, epochs: int | None = None) -> Run
     if run.config.get("entry") == "fit":
         raise ConfigError(f"run {run_id} was started from Python with adatune.fit; resume "
                           f"it there with adatune.fit(..., resume={run_id})")
-    folder = run_dir(checkpoint_root(run.config.get("checkpoint_dir")), run_id)
+    folder = run_dir(checkpoint_root(run.config.get("checkpoint_dir"), store), run_id)
     _check_resumable(run, folder, epochs)
     recorded = run.config.get("epochs")
     if epochs is not None and epochs != recorded:

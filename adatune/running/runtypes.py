@@ -15,8 +15,10 @@ from typing import Any
 
 from adatune.store.records import EpochRecord
 
-#: Where a run's checkpoints go unless ``checkpoint_dir`` says otherwise (``run-ID/`` inside).
-DEFAULT_CHECKPOINT_DIR = "adatune-runs"
+#: A store's checkpoint folder, unless ``checkpoint_dir`` says otherwise, is named after the
+#: store with this suffix (``adatune.db``: ``adatune-runs/``; ``run-ID/`` inside it; see
+#: :func:`adatune.running.folder.default_checkpoint_dir`).
+CHECKPOINT_SUFFIX = "-runs"
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adatune._reading import read_text
 from adatune.errors import ConfigError
 from adatune.methods.hyper_update import ADDITIVE, DEFAULT_HYPER_UPDATE, HYPER_UPDATES, SCALE_FREE
 from adatune.methods.peers import PEERS
@@ -197,9 +198,25 @@ def default_space(method: str, optimizer: str = "sgd",
     return parse_space(data, method=method, source=f"the default {method} space")
 
 
+def _shown(value: Any) -> str:
+    """A value as an error line quotes it: at most 40 characters."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return f"a {len(str(abs(value)))}-digit number"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _finite(value: Any) -> bool:
+    """A number a double can hold (an integer too large for one is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _number(value: Any, where: str, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{where}: {key} must be a finite number, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+        raise ConfigError(f"{where}: {key} must be a finite number, not {_shown(value)}")
     return value
 
 
@@ -211,12 +228,13 @@ def _choice(value: Any, kind: str, where: str) -> Any:
         "mu": (not isinstance(value, bool) and isinstance(value, (int, float)))
         or (isinstance(value, str) and value.strip().lower() == "auto"),
     }[kind]
-    if ok and isinstance(value, float) and not math.isfinite(value):
+    if ok and isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and not _finite(value):
         ok = False
     if not ok:
         expected = {"real": "numbers", "whole": "whole numbers", "flag": "true/false",
                     "mu": "numbers or \"auto\""}[kind]
-        raise ConfigError(f"{where}: choices must be {expected}, not {value!r}")
+        raise ConfigError(f"{where}: choices must be {expected}, not {_shown(value)}")
     if kind in ("real", "mu") and isinstance(value, int):
         return float(value)
     if kind == "mu" and isinstance(value, str):
@@ -298,31 +316,39 @@ def parse_space(data: Any, *, method: str, source: str = "the space") -> Space:
                  for name, spec in data.items())
 
 
+#: The largest space file read: a space is a few tables of a few numbers.
+MAX_SPACE_BYTES = 2**20
+
+
 def load_space(path: str | os.PathLike[str], *, method: str) -> Space:
-    """Read a space file: ``.toml`` or ``.json`` (by its suffix)."""
+    """Read a space file: ``.toml`` or ``.json`` (by its suffix).
+
+    The path is opened as given (a pipe works); only a regular file or a pipe
+    is read, and at most :data:`MAX_SPACE_BYTES` of it.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".toml", ".json"):
         raise ConfigError(f"space file {path}: unknown format {suffix or '(no suffix)'!r} "
                           "(use a .toml or .json file)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read the space file {path}: "
-                          f"{exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"space file {path} is not UTF-8 text") from None
+    text = read_text(path, f"space file {path}", MAX_SPACE_BYTES)
     if suffix == ".json":
         try:
             data = json.loads(text)
-        except ValueError as exc:
+        except ValueError as exc:  # also an integer of more digits than Python reads
             raise ConfigError(f"space file {path} is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"space file {path} is not valid JSON: nested too deeply") \
+                from None
     else:
         toml = _tomllib()
         try:
             data = toml.loads(text)
-        except toml.TOMLDecodeError as exc:
+        except ValueError as exc:  # TOMLDecodeError, or an integer of too many digits
             raise ConfigError(f"space file {path} is not valid TOML: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"space file {path} is not valid TOML: nested too deeply") \
+                from None
     return parse_space(data, method=method, source=f"space file {path}")
 
 
@@ -409,6 +435,7 @@ def sample(trial: Any, space: Space) -> dict[str, Any]:
 
 __all__ = [
     "DEFAULT_SPACES",
+    "MAX_SPACE_BYTES",
     "PARAM_TYPES",
     "PEER_SPACES",
     "TUNABLE",

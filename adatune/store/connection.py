@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -139,12 +141,14 @@ def check_sqlite_file(path: Path, *, create: bool, write: bool = True) -> None:
 def make_engine(url: str, *, write: bool = True) -> Engine:
     """An engine for ``url``; SQLite is set up for several concurrent writers.
 
-    ``write=False`` leaves an SQLite file's journal mode alone (for inspection).
+    ``write=False`` opens an SQLite file read-only (``mode=ro``) and leaves its
+    journal mode alone: commands that only read work on a store they cannot
+    write (:func:`read_only_connection`).
     """
     parsed = make_url(url)
     try:
         if parsed.get_backend_name() == "sqlite":
-            return _sqlite_engine(parsed, wal=write)
+            return _sqlite_engine(parsed, wal=write, read_only=not write)
         return create_engine(parsed, pool_pre_ping=True)
     except NoSuchModuleError:
         raise StoreError(f"unknown database kind in the store URL {describe(url)}") from None
@@ -155,10 +159,49 @@ def make_engine(url: str, *, write: bool = True) -> Engine:
         ) from None
 
 
-def _sqlite_engine(url: URL, *, wal: bool) -> Engine:
+def read_only_connection(path: Path) -> sqlite3.Connection:
+    """A connection to the SQLite file ``path`` that cannot change it.
+
+    Where this user may write the store (and its folder), an ordinary connection
+    with ``PRAGMA query_only``: SQLite then tidies the store's write-ahead log
+    and index away on close as usual. Otherwise a read-only one (``mode=ro``).
+    A store in WAL mode is read through its shared-memory index, which SQLite
+    must create beside the file when it is not there; where it cannot (a store
+    file and folder this user may not write) and there is no write-ahead log
+    to read, the file is opened as ``immutable``: every commit is then in the
+    file itself (a writer that starts meanwhile can make this reader fail).
+    """
+    if os.access(path, os.R_OK | os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK):
+        conn = sqlite3.connect(str(path), timeout=SQLITE_BUSY_TIMEOUT_S,
+                               check_same_thread=False)
+        conn.execute("PRAGMA query_only = ON")
+        return conn
+    uri = f"file:{quote(str(path))}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S,
+                           check_same_thread=False)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+        wal = path.with_name(path.name + "-wal")
+        try:
+            logged = wal.stat().st_size > 0
+        except OSError:
+            logged = False
+        if logged:
+            raise
+    return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=SQLITE_BUSY_TIMEOUT_S,
+                           check_same_thread=False)
+
+
+def _sqlite_engine(url: URL, *, wal: bool, read_only: bool = False) -> Engine:
     kwargs: dict = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
-    if sqlite_path(url.render_as_string(hide_password=False)) is None:  # in-memory
+    path = sqlite_path(url.render_as_string(hide_password=False))
+    if path is None:  # in-memory
         kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
+    elif read_only:
+        kwargs = {"creator": lambda: read_only_connection(path)}
     engine = create_engine(url, **kwargs)
 
     @event.listens_for(engine, "connect")
@@ -207,6 +250,8 @@ def store_error(exc: DBAPIError, location: str, doing: str = "use",
             f"cannot {doing} the store {location}: SQLite cannot open it; the file and its "
             "folder must be writable (SQLite keeps -wal and -shm files beside it)"
         )
+    if "database or disk is full" in lowered:
+        return StoreError(f"cannot {doing} the store {location}: no space left on its disk")
     if "readonly database" in lowered or "read-only" in lowered:
         return StoreError(f"cannot {doing} the store {location}: it is read-only")
     if "database is locked" in lowered:

@@ -36,7 +36,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from adatune._version import __version__
-from adatune.errors import RunBusy, RunNotFound
+from adatune.checks import bounded_text
+from adatune.errors import ConfigError, RunBusy, RunNotFound
 from adatune.store._prepared import Prepared, RawWriter
 from adatune.store.connection import (
     SQLITE_BUSY_TIMEOUT_S,
@@ -88,11 +89,14 @@ MAX_RUN_ID = 2**63 - 1
 REOPENABLE = ("interrupted", "failed", "running", "completed")
 
 
-def open_store(path_or_url: str | os.PathLike[str], *, create: bool = True) -> Store:
+def open_store(path_or_url: str | os.PathLike[str], *, create: bool = True,
+               write: bool = True) -> Store:
     """Open the store at a file path or SQLAlchemy URL, creating it at head if new.
 
     With ``create=False`` (commands that only read, or delete) a missing store
-    is a :class:`StoreError` and nothing is created. An SQLite store up to
+    is a :class:`StoreError` and nothing is created. ``write=False`` (commands
+    that only read) opens an SQLite store read-only, so that a store this user
+    cannot write can still be read; it implies ``create=False``. An SQLite store up to
     :data:`~adatune.store.health.QUICK_CHECK_MAX_BYTES` is checked with
     ``PRAGMA quick_check`` first, and a damaged one refused.
 
@@ -104,11 +108,12 @@ def open_store(path_or_url: str | os.PathLike[str], *, create: bool = True) -> S
     location = describe(url)
     secrets = url_secrets(url)
     path = sqlite_path(url)
+    create = create and write
     if path is not None:
-        check_sqlite_file(path, create=create)
+        check_sqlite_file(path, create=create, write=write)
         if not path.exists():
             create_sqlite_store(path, location)  # complete, or nothing at all
-    engine = make_engine(url)
+    engine = make_engine(url, write=write)
     # SQLite can refuse a lock at once, without calling the busy handler, while
     # other processes are creating the same new file (journal-mode switch, lock
     # upgrades). Opening is idempotent, so retry within the busy-timeout budget.
@@ -200,9 +205,16 @@ class Store:
     # -- writing ---------------------------------------------------------------
 
     def create_run(self, new_run: NewRun) -> int:
-        """Record a new run (status running) and return its id."""
+        """Record a new run (status running) and return its id.
+
+        Its names must fit their columns (a name or an experiment up to
+        :data:`~adatune.checks.MAX_NAME` characters; a ConfigError naming the
+        argument otherwise, before anything is written), and each string of its
+        configuration is kept to :data:`~adatune.checks.MAX_TEXT` characters.
+        """
         if new_run.kind not in RUN_KINDS:
             raise ValueError(f"Invalid run kind: {new_run.kind!r} (expected one of {RUN_KINDS})")
+        _check_names(new_run)
         now = _now()
         with self._session(write=True) as s:
             experiment_id = None
@@ -382,7 +394,7 @@ class Store:
             run.status = status
             run.ended_at = now
             run.heartbeat_at = now
-            run.error = error
+            run.error = None if error is None else bounded_text(str(error))
             if summary is not None:
                 run.summary = _dump_json(dict(summary))
 
@@ -429,8 +441,9 @@ class Store:
         """
         for name, wanted, allowed in (("status", status, RUN_STATUSES), ("kind", kind, RUN_KINDS)):
             unknown = set() if wanted is None else set(_as_list(wanted)) - set(allowed)
-            if unknown:
-                raise ValueError(f"Invalid {name}: {sorted(unknown)} (expected one of {allowed})")
+            if unknown:  # ConfigError is a ValueError: one line on the command line
+                raise ConfigError(f"unknown {name} {', '.join(map(repr, sorted(unknown)))} "
+                                  f"(choose from: {', '.join(allowed)})")
         shown = _shown_status()
         query = (
             select(RunRow, ExperimentRow.name, shown)
@@ -497,6 +510,11 @@ class Store:
             return tuple(EpochLRs(epoch, None if blob is None else unpack_lrs(blob))
                          for epoch, blob in rows)
 
+    def has_runs(self) -> bool:
+        """Whether the store holds any run at all (an empty store is not a filter's miss)."""
+        with self._session(write=False) as s:
+            return s.execute(select(RunRow.id).limit(1)).first() is not None
+
     def list_experiments(self) -> list[str]:
         """Names of all experiments, sorted."""
         with self._session(write=False) as s:
@@ -537,7 +555,34 @@ def _torch_version() -> str:
 def _dump_json(value: Mapping[str, Any]) -> str:
     # Text, not a JSON column: Python's JSON keeps NaN/Infinity, which
     # PostgreSQL's json type would reject. Unknown objects are stored as text.
-    return json.dumps(value, default=str, allow_nan=True, sort_keys=True)
+    return json.dumps(_bounded(value), default=lambda v: bounded_text(str(v)), allow_nan=True,
+                      sort_keys=True)
+
+
+def _bounded(value: Any) -> Any:
+    """``value`` (JSON-like) with every string kept to :data:`MAX_TEXT` characters."""
+    if isinstance(value, str):
+        return bounded_text(value)
+    if isinstance(value, Mapping):
+        return {k if not isinstance(k, str) else bounded_text(k): _bounded(v)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_bounded(v) for v in value]
+    return value
+
+
+def _check_names(new_run: NewRun) -> None:
+    """Each name of a new run fits its column (SQLite would store it whole regardless)."""
+    for argument in ("name", "experiment", "kind", "method", "optimizer", "network", "dataset",
+                     "device"):
+        value = getattr(new_run, argument)
+        column = ExperimentRow.name if argument == "experiment" else getattr(RunRow, argument)
+        limit = column.type.length
+        if value is not None and (not isinstance(value, str) or len(value) > limit):
+            shown = f"{len(value)} characters" if isinstance(value, str) \
+                else type(value).__name__
+            raise ConfigError(f"invalid {argument}: {shown} (a string of at most {limit} "
+                              "characters)")
 
 
 def _load_json(text: str | None) -> dict[str, Any]:

@@ -68,3 +68,10 @@ def wrong(seed):
 
 def one_set(seed):
     return (sequences(seed)[0],)
+
+
+def exits(seed):
+    """A data factory that ends the process (``sys.exit(0)``)."""
+    import sys
+
+    sys.exit(0)
