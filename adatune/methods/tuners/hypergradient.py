@@ -13,6 +13,15 @@ the tuner averages the training gradient, the Hessian-vector product and the
 validation gradient's dot products over the ranks
 (:mod:`adatune.methods.tuners.collectives`), so every rank takes the same step and
 the same learning rate.
+
+Mixed precision: call :meth:`HypergradientTuner.step` inside ``torch.autocast``
+(the closures then run their forward in the autocast dtype). The tuner's own
+gradients, Hessian-vector product and validation gradient are taken with
+autocast off, as torch advises for backward passes: each op's backward runs in
+the dtype its forward ran in, while the gradients of the float32 parameters,
+the tangent and the hypergradient stay float32. With fp16, pass the
+``torch.amp.GradScaler`` as ``scaler=``: a step whose gradients overflow is
+skipped whole (no weight update, no tangent update, no hypergradient).
 """
 
 from __future__ import annotations
@@ -197,6 +206,7 @@ class HypergradientTuner:
             "c": 0.0,
             "step": 0,
             "nonfinite": 0,
+            "overflows": 0,  # steps skipped because the scaled gradients overflowed
             "last_hypergradient": None,
             "ratios": ratios,
             "tangent_live": False,  # False while Z == 0 (start, or after a reset)
@@ -275,6 +285,11 @@ class HypergradientTuner:
         return self.state["nonfinite"]
 
     @property
+    def overflow_count(self) -> int:
+        """How many steps were skipped because their (scaled) gradients overflowed."""
+        return self.state["overflows"]
+
+    @property
     def param_groups(self) -> list[dict[str, Any]]:
         return self.optimizer.param_groups
 
@@ -288,7 +303,8 @@ class HypergradientTuner:
                 f"hyper_update={self.hyper_update!r}, {horizon})")
 
     # ------------------------------------------------------------- public API
-    def step(self, loss: LossArg, val_loss: Callable[[], Tensor] | None = None) -> Tensor:
+    def step(self, loss: LossArg, val_loss: Callable[[], Tensor] | None = None, *,
+             scaler: Any = None) -> Tensor:
         """One training step: replaces ``loss.backward(); optimizer.step()``.
 
         ``loss`` is the minibatch training loss at the current weights, or a
@@ -301,6 +317,16 @@ class HypergradientTuner:
         ``val_loss`` are this rank's; the returned loss is their mean over the
         ranks (scale each rank's loss by ``world * n_rank / n_global`` where the
         shards are uneven, so that the mean is the global batch's loss).
+
+        Under ``torch.autocast`` the closures run in its dtype and the finite
+        difference's step is sized for it. ``scaler``, a
+        ``torch.amp.GradScaler``, scales the losses before differentiation
+        and unscales the gradients through ``scaler.unscale_(optimizer)``
+        (which records an overflow for ``scaler.update()``, the caller's to
+        call after each step, as usual). A step whose gradients are not
+        finite is skipped: no weight update, no tangent update, no
+        hypergradient, and it does not count as a step of the horizon
+        (:attr:`overflow_count` counts them).
         """
         if self.outer == "validation" and val_loss is None:
             raise ValueError(f"{type(self).__name__}.step needs val_loss=, a closure "
@@ -310,7 +336,10 @@ class HypergradientTuner:
         self._begin_step()
         params = self._params()
         if self.state["phase"] == _horizon.FIXED:
-            return self._plain_step(params, loss)
+            return self._plain_step(params, loss, scaler)
+        scaler = scaler if scaler is not None and scaler.is_enabled() else None
+        device = params[0].device
+        amp_dtype = _autocast_dtype(device)
         fd = self.hvp == "finite-difference"
         rng = _RngSnapshot(params[0].device) if fd and callable(loss) else None
         use_hvp = self._wants_hvp()
@@ -322,8 +351,9 @@ class HypergradientTuner:
                 loss_value = loss()
         else:
             loss_value = loss()
-        raw = torch.autograd.grad(loss_value, params, create_graph=create_graph,
-                                  allow_unused=True)
+        with _autocast_off(device):
+            raw = torch.autograd.grad(_scaled(scaler, loss_value), params,
+                                      create_graph=create_graph, allow_unused=True)
         live = [i for i, g in enumerate(raw) if g is not None]
         grads = [raw[i].detach() for i in live]
         used = [params[i] for i in live]
@@ -331,16 +361,25 @@ class HypergradientTuner:
         hvps = None
         if use_hvp:
             if self.hvp == "exact":
-                hvps = self._exact_hvp(used, [raw[i] for i in live])
+                with _autocast_off(device):
+                    hvps = self._exact_hvp(used, [raw[i] for i in live])
             else:
                 if not callable(loss):
                     raise ValueError("hvp='finite-difference' needs loss to be a closure")
-                hvps = self._fd_hvp(used, grads, loss, rng)
+                hvps = self._fd_hvp(used, grads, lambda: _scaled(scaler, loss()), rng,
+                                    amp_dtype)
         del raw
         group = _distributed.active_group(self.process_group)
         if group is not None:  # the global batch's gradient, HVP and loss
             used, grads, hvps, loss_value = _distributed.average_step(
                 params, used, grads, hvps, loss_value, group)
+        unscale = 1.0
+        if scaler is not None:
+            unscale = 1.0 / scaler.get_scale()
+            if self._overflowed(scaler, params, used, grads):
+                return self._skip(params, loss_value)
+            if hvps is not None:  # an overflow here reaches Z, then the guard of h
+                torch._foreach_mul_(hvps, unscale)
 
         if self.outer == "training" and self.state["tangent_live"]:
             # HD: dL_t(w_t)/d eta_{t-1}, the unclipped gradient of the regularised loss
@@ -350,26 +389,55 @@ class HypergradientTuner:
             self._advance(params, used, grads, hvps)
         self._apply(params, used, grads)
         self.optimizer.step()
+        _weights_changed()
         if self.outer == "validation":
             val = val_loss()
-            gv = torch.autograd.grad(val, params, allow_unused=True)
-            self._validation_update(params, gv)
+            with _autocast_off(device):
+                gv = torch.autograd.grad(_scaled(scaler, val), params, allow_unused=True)
+            self._validation_update(params, gv, unscale)
         return self._end_step(loss_value)
 
-    def _plain_step(self, params: list[Tensor], loss: LossArg) -> Tensor:
+    def _plain_step(self, params: list[Tensor], loss: LossArg, scaler: Any = None) -> Tensor:
         """A step of the optimizer along the schedule, with no hypergradient (phase fixed)."""
+        scaler = scaler if scaler is not None and scaler.is_enabled() else None
         loss_value = loss() if callable(loss) else loss
-        raw = torch.autograd.grad(loss_value, params, allow_unused=True)
+        with _autocast_off(params[0].device):
+            raw = torch.autograd.grad(_scaled(scaler, loss_value), params, allow_unused=True)
         live = [i for i, g in enumerate(raw) if g is not None]
         grads, used = [raw[i] for i in live], [params[i] for i in live]
         group = _distributed.active_group(self.process_group)
         if group is not None:
             used, grads, _, loss_value = _distributed.average_step(
                 params, used, grads, None, loss_value, group)
+        if scaler is not None and self._overflowed(scaler, params, used, grads):
+            return self._skip(params, loss_value)
         grads = self._prepare(used, grads, None, own_grads=True)
         self._apply(params, used, grads)
         self.optimizer.step()
+        _weights_changed()
         return self._end_step(loss_value)
+
+    def _overflowed(self, scaler: Any, params: list[Tensor], used: list[Tensor],
+                    grads: list[Tensor]) -> bool:
+        """Unscale ``grads`` in place through the scaler (it records the overflow for its
+        ``update()``); whether any of them is not finite."""
+        for p in params:
+            p.grad = None
+        for p, g in zip(used, grads):
+            p.grad = g
+        scaler.unscale_(self.optimizer)
+        if not grads:
+            return False
+        with torch.no_grad():
+            total = torch.stack(torch._foreach_norm(grads)).sum()
+        return not math.isfinite(float(total))
+
+    def _skip(self, params: list[Tensor], loss_value: Tensor) -> Tensor:
+        """An overflowed step: the weights, the optimizer, the tangent and the LR stay."""
+        for p in params:
+            p.grad = None
+        self.state["overflows"] += 1
+        return loss_value.detach()
 
     def _begin_step(self) -> None:
         """Enter the step's phase and give it its LR (with a horizon)."""
@@ -523,27 +591,36 @@ class HypergradientTuner:
         return [torch.zeros_like(p) if h is None else h for p, h in zip(used, hz)]
 
     def _fd_hvp(self, used: list[Tensor], grads: list[Tensor], closure: Callable[[], Tensor],
-                rng: _RngSnapshot) -> list[Tensor]:
-        """One-sided finite difference of gradients along z, on the same batch."""
+                rng: _RngSnapshot, amp_dtype: torch.dtype | None = None) -> list[Tensor]:
+        """One-sided finite difference of gradients along z, on the same batch.
+
+        The step is sized for the precision the forward runs in: under autocast
+        a shift below the autocast dtype's resolution would vanish in its casts.
+        """
         zs = [self._tangents[p]["z"] for p in used]
         with torch.no_grad():
             z_norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(zs))))
             w_norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(used))))
         if z_norm == 0 or not math.isfinite(z_norm):
             return [torch.zeros_like(p) for p in used]
-        eps = math.sqrt(torch.finfo(used[0].dtype).eps) * (1.0 + w_norm) / z_norm
+        dtype = used[0].dtype if amp_dtype is None else amp_dtype
+        eps = math.sqrt(torch.finfo(dtype).eps) * (1.0 + w_norm) / z_norm
         buffers = ([b.detach().clone() for b in self.model.buffers()]
                    if self.model is not None else [])
         try:
             with torch.no_grad():
                 torch._foreach_add_(used, zs, alpha=eps)
+            _weights_changed()
             with rng.replay():
-                shifted = torch.autograd.grad(closure(), used, allow_unused=True)
+                shifted_loss = closure()
+            with _autocast_off(used[0].device):
+                shifted = torch.autograd.grad(shifted_loss, used, allow_unused=True)
         finally:
             with torch.no_grad():
                 # Shift back instead of keeping a copy of every weight: w + eps z - eps z
                 # equals w up to rounding, well inside the finite difference's own error.
                 torch._foreach_add_(used, zs, alpha=-eps)
+                _weights_changed()
                 if buffers:
                     torch._foreach_copy_(list(self.model.buffers()), buffers)
         out = []
@@ -685,15 +762,17 @@ class HypergradientTuner:
         if self.auto_mu:
             self._prev_grad = dict(zip(used, self._decayed(used, grads)))
 
-    def _validation_update(self, params: list[Tensor], val_grads: Sequence[Tensor | None]) -> None:
+    def _validation_update(self, params: list[Tensor], val_grads: Sequence[Tensor | None],
+                           unscale: float = 1.0) -> None:
+        """``unscale``: one over the loss scale the validation gradients carry."""
         pairs = [(g, self._tangents[p]["z"]) for p, g in zip(params, val_grads)
                  if g is not None and p in self._tangents]
-        h = self._dot([g.detach() for g, _ in pairs], [z for _, z in pairs])
+        h = self._dot([g.detach() for g, _ in pairs], [z for _, z in pairs]) * unscale
         g_dot = None
         if self.auto_mu and self._prev_grad is not None:
             prev = [(g.detach(), self._prev_grad[p]) for p, g in zip(params, val_grads)
                     if g is not None and p in self._prev_grad]
-            g_dot = self._dot([a for a, _ in prev], [b for _, b in prev])
+            g_dot = self._dot([a for a, _ in prev], [b for _, b in prev]) * unscale
         group = _distributed.active_group(self.process_group)
         if group is not None:
             # Z and g_t are the same on every rank: averaging these dot products is
@@ -784,6 +863,31 @@ class HypergradientTuner:
     def _dot(xs: Iterable[Tensor], ys: Iterable[Tensor]) -> float:
         terms = [torch.vdot(x.reshape(-1), y.reshape(-1)).double() for x, y in zip(xs, ys)]
         return float(torch.stack(terms).sum()) if terms else 0.0
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast gives the forward on ``device`` now (None when it is off)."""
+    kind = device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+
+
+def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """The tuner's backward passes run with autocast off (each op's backward then runs
+    in the dtype its forward ran in)."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _weights_changed() -> None:
+    """Weights changed in place: drop autocast's cached low-precision copies of them
+    (inside one autocast region it would otherwise reuse the copies of the old weights)."""
+    if torch.is_autocast_cache_enabled():
+        torch.clear_autocast_cache()
+
+
+def _scaled(scaler: Any, loss: Tensor) -> Tensor:
+    return loss if scaler is None else scaler.scale(loss)
 
 
 class _RngSnapshot:
