@@ -123,6 +123,10 @@ OPTIONS: dict[str, Any] = {
     "batch_size": Annotated[int, _opt("--batch-size", help="Minibatch size.")],
     "seed": Annotated[int, _opt("--seed", help="Random seed (data split, init, order).")],
     "device": Annotated[str, _opt("--device", help="auto, cpu, cuda or mps.")],
+    "precision": Annotated[str, _opt(
+        "--precision", help="The training forward's precision: fp32, or bf16 / fp16 under "
+                            "torch.autocast (fp16 with a gradient scaler); the weights, the "
+                            "optimizer and the tuner stay fp32.")],
     "grad_clip": Annotated[float | None, _opt("--grad-clip", "--grad-clipping",
                                                help="Clip the gradient norm at this value.")],
     "hyper_update": Annotated[str, _opt(

@@ -132,3 +132,36 @@ def test_an_overflowed_step_changes_nothing():
     assert scaler.get_scale() == loss_scale / 2  # the scaler saw the overflow
     step()  # and training goes on
     assert tuner.state["step"] == count + 1
+
+
+# ------------------------------------------------------------------ the run's precision
+def test_train_and_baseline_record_their_precision(workdir, capsys):
+    from adatune.store import open_store
+    from tests._cli import cli
+
+    for command in (("train", "--tuner", "marthe"), ("baseline", "--lr-scheduler", "cosine")):
+        code, out, _ = cli(capsys, *command, "--precision", "bf16", "--epochs", "1")
+        assert code == 0, out
+    code, out, _ = cli(capsys, "train", "--tuner", "hd", "--precision", "fp16", "--epochs", "1")
+    assert code == 0, out
+    with open_store("adatune.db") as db:
+        runs = sorted(db.list_runs(), key=lambda r: r.id)
+        configs = [db.get_run(r.id).run.config for r in runs]
+    assert [c["precision"] for c in configs] == ["bf16", "bf16", "fp16"]
+    assert all(r.status == "completed" and r.best_val_acc > 0.5 for r in runs)
+
+
+def test_an_unknown_precision_is_one_line(workdir, capsys):
+    from tests._cli import cli
+
+    code, out, err = cli(capsys, "train", "--precision", "fp8", "--epochs", "1")
+    assert code == 2
+    assert len((out + err).strip().splitlines()) == 1 and "fp8" in out + err
+
+
+def test_old_runs_read_as_fp32():
+    from adatune.running.config import TrainConfig
+
+    stored = TrainConfig().to_dict()
+    del stored["precision"]
+    assert TrainConfig.from_dict(stored).precision == "fp32"

@@ -65,7 +65,8 @@ def loop_config(config: TrainConfig, rules: DivergenceRules | None = None) -> Lo
     return LoopConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
                       patience=config.patience, log_every=config.log_every,
                       grad_clip=config.grad_clip, workers=config.workers,
-                      rules=rules or DivergenceRules(loss_factor=config.divergence_factor))
+                      rules=rules or DivergenceRules(loss_factor=config.divergence_factor),
+                      precision=config.precision)
 
 
 def build_parts(config: TrainConfig, replay: LRSchedule | None = None) -> Parts:

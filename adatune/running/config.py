@@ -46,7 +46,7 @@ from adatune.methods.peers import PEER_NAMES, PEERS, canonical_peer
 from adatune.methods.schedules import ScheduleConfig
 from adatune.methods.tuners.settings import DEFAULT_ALPHA, DEFAULT_HVP, DEFAULT_MU, HVP_MODES
 from adatune.running.losses import canonical_loss
-from adatune.running.runtypes import DivergenceRules
+from adatune.running.runtypes import DEFAULT_PRECISION, PRECISIONS, DivergenceRules
 
 REPLAY = "replay"  # a recorded schedule replayed step for step (adatune.ReplayLR)
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -146,6 +146,7 @@ class TrainConfig:
     batch_size: int = 64
     seed: int = 0
     device: str = "auto"
+    precision: str = DEFAULT_PRECISION  # the forward's: fp32, or autocast to bf16 / fp16
     # hypergradient tuners
     hyper_update: str = DEFAULT_HYPER_UPDATE  # how h moves the LR: scale-free or additive
     hyper_lr: float | None = None  # default: DEFAULT_HYPER_LR online, else HORIZON_HYPER_LR
@@ -229,6 +230,9 @@ class TrainConfig:
         whole("seed", self.seed, 0, MAX_SEED)
         if self.device not in DEVICES:
             raise ConfigError(f"unknown device {self.device!r} (choose from: {', '.join(DEVICES)})")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r} "
+                              f"(choose from: {', '.join(PRECISIONS)})")
         low, high = hyper_lr_range(self.hyper_update)
         bound = {} if math.isinf(high) else {"high": high}
         finite("hyper_lr", self.hyper_lr, low=low, **bound, rule=self.hyper_update)

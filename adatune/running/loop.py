@@ -24,6 +24,7 @@ averages, sums), and only rank 0 writes the store and the checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from array import array
@@ -52,6 +53,7 @@ from adatune.store.protocols import RunLog
 from adatune.store.records import EpochRecord, StepRecord
 
 HEARTBEAT_EVERY_S = 30.0
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 Loss = Callable[[Tensor, Tensor], Tensor]
 
@@ -115,6 +117,10 @@ class Loop:
         self.steps_per_epoch = len(self._batches(parts.train, shuffle=True))
         if self.steps_per_epoch < 1:
             raise ConfigError("the training set is empty")
+        self.amp_dtype = _AMP_DTYPES.get(config.precision)  # None: fp32, no autocast
+        # fp16's narrow range needs a loss scale; its state starts afresh on a resume
+        self.scaler = (torch.amp.GradScaler(self.device.type) if config.precision == "fp16"
+                       else None)
         tuner = parts.tuner
         if tuner is not None and not tuner.online and tuner.total_steps is None:
             tuner.total_steps = config.epochs * self.steps_per_epoch  # the tuner's horizon
@@ -451,20 +457,31 @@ class Loop:
             loss = criterion(output, y)
             return loss if weight == 1 else loss * weight
 
+        scaler = self.scaler
         if p.tuner is None:
             p.optimizer.zero_grad(set_to_none=True)
-            loss = closure()
-            loss.backward()
+            with self._autocast():
+                loss = closure()
+            (loss if scaler is None else scaler.scale(loss)).backward()
             loss = self.ranks.average_gradients(model.parameters(), loss)
+            if scaler is not None:
+                scaler.unscale_(p.optimizer)
             if self.config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), self.config.grad_clip)
             p.view.before_step()
-            p.optimizer.step()
+            if scaler is None:
+                p.optimizer.step()
+            else:
+                scaler.step(p.optimizer)  # skipped when the gradients overflowed
+                scaler.update()
             lr_used = p.view.after_step()
             if p.schedule is not None:
                 p.schedule.after_step()
         elif p.tuner.outer == "training":  # HD moves the LR before the update
-            loss = p.tuner.step(closure)
+            with self._autocast():
+                loss = p.tuner.step(closure, scaler=scaler)
+            if scaler is not None:
+                scaler.update()
             lr_used = self._lr()
         else:
             def val_loss() -> Tensor:
@@ -479,8 +496,17 @@ class Loop:
                 finally:
                     model.train()
 
-            loss = p.tuner.step(closure, val_loss=val_loss)
+            with self._autocast():
+                loss = p.tuner.step(closure, val_loss=val_loss, scaler=scaler)
+            if scaler is not None:
+                scaler.update()
         return lr_used, loss.detach(), kept.get("output")
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The training forward's precision (LoopConfig.precision)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _val_batches(self, position: dict[str, Any] | None = None) -> Passes:
         """Validation batches forever: (this rank's x, y, the whole batch's size)."""

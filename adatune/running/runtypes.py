@@ -37,6 +37,12 @@ class DivergenceRules:
     nonfinite_hypergradient: bool = False
 
 
+#: The precisions a run's forward may take: fp32 (none), or autocast to bf16 or fp16
+#: (fp16 with a gradient scaler). The parameters, the optimizer and the tuner stay fp32.
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+DEFAULT_PRECISION = PRECISIONS[0]
+
+
 @dataclass(frozen=True)
 class LoopConfig:
     """How the loop runs: everything that is not one of the parts.
@@ -45,7 +51,9 @@ class LoopConfig:
     configuration, whose fields hold the defaults. ``grad_clip`` clips the
     gradient norm of untuned steps (a tuner clips its own). ``workers`` feeds
     datasets that are not in-memory tensors through that many
-    :class:`~torch.utils.data.DataLoader` worker processes.
+    :class:`~torch.utils.data.DataLoader` worker processes. ``precision``
+    (:data:`PRECISIONS`): the training forward and loss run under
+    ``torch.autocast`` in bf16 or fp16 (fp16 with a ``torch.amp.GradScaler``).
     """
 
     epochs: int
@@ -56,6 +64,7 @@ class LoopConfig:
     grad_clip: float | None
     workers: int
     rules: DivergenceRules
+    precision: str = DEFAULT_PRECISION
 
 
 class Events:
