@@ -183,7 +183,8 @@ def check_dataset_files(name: str, data_dir: str | os.PathLike | None = None, *,
 
 # --------------------------------------------------------------------------- networks
 
-NETWORK_NAMES: tuple[str, ...] = ("mlp", "lenet", "vgg11", "resnet18", "wrn28_10", "densenet_bc100")
+NETWORK_NAMES: tuple[str, ...] = ("mlp", "lenet", "vgg11", "resnet18", "wrn28_10", "densenet_bc100",
+                                  "transformer")
 
 # Names of the original project and common spellings; keys are compared after
 # lower-casing and replacing "-" with "_".
@@ -202,10 +203,12 @@ _NETWORK_ALIASES = {
     "densenet_bc": "densenet_bc100",
     "densenet_bc_100": "densenet_bc100",
     "densenetbc100": "densenet_bc100",
+    "transformer_block": "transformer",
 }
 
 # Smallest input height/width each network can process.
-_MIN_SIZE = {"mlp": 1, "lenet": 4, "vgg11": 32, "resnet18": 1, "wrn28_10": 1, "densenet_bc100": 4}
+_MIN_SIZE = {"mlp": 1, "lenet": 4, "vgg11": 32, "resnet18": 1, "wrn28_10": 1, "densenet_bc100": 4,
+             "transformer": 1}
 
 
 def canonical_network(name: str) -> str:

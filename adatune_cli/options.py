@@ -91,7 +91,7 @@ def _momentum_help() -> str:
 # option is a field of TrainConfig, and its default is that field's default (DEFAULTS).
 OPTIONS: dict[str, Any] = {
     "network": Annotated[str | None, _opt("--network", help="mlp, lenet, vgg11, resnet18, "
-                                           "wrn28_10, densenet_bc100 (or vgg, resnet, "
+                                           "wrn28_10, densenet_bc100, transformer (or vgg, resnet, "
                                            "wide_resnet, densenet) "
                                            f"\\[default: {DEFAULT_NETWORK}].")],
     "model": Annotated[str | None, _opt(

@@ -66,3 +66,15 @@ def test_bench_warns_when_a_figure_spreads_over_a_quarter_of_its_median(capsys, 
     assert "60% !" in out and "peak MB" not in out  # no memory measured: no memory columns
     code, help_text, _ = cli(capsys, "bench", "--help")
     assert "floor:" in " ".join(help_text.split()) and "spread:" in help_text
+
+
+def test_bench_times_the_transformer_block(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(capsys, "bench", "--network", "transformer", "--batch-size", "2",
+                         "--steps", "1", "--warmup", "0", "--methods", "plain,marthe",
+                         "--no-memory", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["network"] == "transformer"
+    assert [r["method"] for r in data["results"]] == [
+        "plain", "marthe", "marthe[finite-difference]"]

@@ -191,8 +191,10 @@ def _hvp_matches_forward_over_reverse(model: nn.Module, spec: D.DataSpec, batch:
         (lambda: M.ResNetCifar((1, 1, 1, 1), 1, 10), DIGITS),
         (lambda: M.WideResNet(10, 1, 1, 10, dropout=0.0), DIGITS),
         (lambda: M.DenseNetBC(10, 4, 1, 10), DIGITS),
+        (lambda: M.TransformerBlock((1, 8, 8), 10, dim=16, heads=2), DIGITS),
     ],
-    ids=["mlp", "lenet-digits", "lenet-mnist", "vgg", "resnet", "wrn", "densenet"],
+    ids=["mlp", "lenet-digits", "lenet-mnist", "vgg", "resnet", "wrn", "densenet",
+         "transformer"],
 )
 def test_double_backward_hessian_vector_product(make, spec):
     torch.manual_seed(0)

@@ -18,6 +18,11 @@ Canonical names (:data:`NETWORK_NAMES`) and what they build:
 - ``densenet_bc100``: DenseNet-BC, depth 100, growth rate 12, compression 0.5,
   CIFAR stem (Huang et al. 2017). Two 2x2 average-pool transitions: needs
   inputs of at least 4x4.
+- ``transformer``: one pre-norm Transformer block over image patches (4x4
+  patches when the height and width divide by 4, else single pixels; a linear
+  embedding of width 128 with learned positions, 4 attention heads, an MLP of
+  width 512 with GELU, mean pooling, a linear classifier). Its attention is
+  written out (matmuls and a softmax), so that its double backward exists.
 
 Every network supports double backward (Hessian-vector products): no in-place
 activations (torchvision blocks are switched to out-of-place).
@@ -25,6 +30,7 @@ activations (torchvision blocks are switched to out-of-place).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -44,6 +50,7 @@ __all__ = [
     "DenseNetBC",
     "LeNet5",
     "ResNetCifar",
+    "TransformerBlock",
     "WideResNet",
     "build_model",
     "canonical_network",
@@ -67,6 +74,8 @@ def build_model(network: str, spec: DataSpec) -> nn.Module:
         return ResNetCifar((2, 2, 2, 2), c, k)
     if key == "wrn28_10":
         return WideResNet(28, 10, c, k)
+    if key == "transformer":
+        return TransformerBlock(spec.input_shape, k)
     return DenseNetBC(100, 12, c, k)
 
 
@@ -291,3 +300,38 @@ class DenseNetBC(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
+
+
+class TransformerBlock(nn.Module):
+    """Image patches through one pre-norm Transformer block (attention written out)."""
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, *, dim: int = 128,
+                 heads: int = 4, mlp_ratio: int = 4) -> None:
+        super().__init__()
+        c, h, w = input_shape
+        self.patch = 4 if h % 4 == 0 and w % 4 == 0 else 1
+        tokens = (h // self.patch) * (w // self.patch)
+        self.heads = heads
+        self.embed = nn.Linear(c * self.patch ** 2, dim)
+        self.pos = nn.Parameter(torch.randn(tokens, dim) * 0.02)
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, mlp_ratio * dim)
+        self.fc2 = nn.Linear(mlp_ratio * dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        t = F.unfold(x, self.patch, stride=self.patch).transpose(1, 2)  # (n, tokens, c*p*p)
+        t = self.embed(t) + self.pos
+        t = t + self._attend(self.norm1(t))
+        t = t + self.fc2(F.gelu(self.fc1(self.norm2(t))))
+        return self.head(self.norm(t).mean(1))
+
+    def _attend(self, t: Tensor) -> Tensor:
+        n, s, d = t.shape
+        q, k, v = self.qkv(t).view(n, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d // self.heads), dim=-1)
+        return self.proj((weights @ v).transpose(1, 2).reshape(n, s, d))
