@@ -151,14 +151,6 @@ def test_train_and_baseline_record_their_precision(workdir, capsys):
     assert all(r.status == "completed" and r.best_val_acc > 0.5 for r in runs)
 
 
-def test_an_unknown_precision_is_one_line(workdir, capsys):
-    from tests._cli import cli
-
-    code, out, err = cli(capsys, "train", "--precision", "fp8", "--epochs", "1")
-    assert code == 2
-    assert len((out + err).strip().splitlines()) == 1 and "fp8" in out + err
-
-
 def test_old_runs_read_as_fp32():
     from adatune.running.config import TrainConfig
 
