@@ -77,8 +77,14 @@ def finish(proc: subprocess.Popen, timeout: float = WAIT_S) -> int:
     return proc.wait(timeout=timeout)
 
 
-def spawn_cli(store: Path, *args: str) -> subprocess.Popen:
-    """``adatune ARGS`` in a subprocess on ``store`` (run in its folder; stderr kept)."""
+def spawn_cli(store: Path, *args: str, hold_after: int | None = None) -> subprocess.Popen:
+    """``adatune ARGS`` in a subprocess on ``store`` (run in its folder; stderr kept).
+
+    ``hold_after=N``: the process waits for ever once it has recorded N epochs
+    (tests/_held.py), so that a SIGKILL lands after exactly N of them.
+    """
     env = {**os.environ, "ADATUNE_STORE": str(store), "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "adatune_cli", *args], env=env,
+    command = (["-m", "adatune_cli"] if hold_after is None
+               else ["-m", "tests._held", str(hold_after)])
+    return subprocess.Popen([sys.executable, *command, *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=store.parent)
