@@ -42,6 +42,9 @@ def bench_command(
     memory: Annotated[bool, typer.Option(
         "--memory/--no-memory", help="Measure peak memory (a fresh process per method).")]
     = BenchConfig.memory,
+    precision: Annotated[str, typer.Option(
+        "--precision", help="fp32, or the forward under autocast: bf16, fp16 (with a "
+                            "GradScaler).")] = BenchConfig.precision,
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
 ) -> None:
     """Median step time and peak memory of a plain step, HD, MARTHE (mu=0), MARTHE and RTHO.
@@ -65,7 +68,7 @@ def bench_command(
     """
     config = BenchConfig(network=network, batch_size=batch_size, optimizer=optimizer,
                          device=device, steps=steps, warmup=warmup, methods=_csv(methods),
-                         hvp=_csv(hvp), memory=memory)
+                         hvp=_csv(hvp), memory=memory, precision=precision)
     check_device(config.device)  # before torch
     total = config.warmup + config.steps
     if not as_json:
@@ -79,7 +82,7 @@ def bench_command(
         return
     plain_peak = result.results[0].peak_mb
     table = Table(title=f"{config.network}, batch {config.batch_size}, {config.optimizer}, "
-                        f"{result.device} (median of {config.steps} steps)",
+                        f"{config.precision}, {result.device} (median of {config.steps} steps)",
                   title_justify="left")
     memory = any(r.peak_mb is not None for r in result.results)  # --no-memory: no columns
     for column in ("method", "step ms", "spread", "x plain", *("peak MB", "x plain") * memory):

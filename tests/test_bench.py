@@ -1,8 +1,13 @@
 """`adatune bench` output shape on a tiny network (timings are not asserted)."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 from adatune.bench.measure import BenchConfig
 from tests._cli import cli
@@ -78,3 +83,35 @@ def test_bench_times_the_transformer_block(capsys, tmp_path, monkeypatch):
     assert data["network"] == "transformer"
     assert [r["method"] for r in data["results"]] == [
         "plain", "marthe", "marthe[finite-difference]"]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_bench_times_each_precision(capsys, tmp_path, monkeypatch, precision):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(capsys, "bench", "--network", "lenet", "--batch-size", "2",
+                         "--steps", "1", "--warmup", "0", "--no-memory", "--json",
+                         "--precision", precision)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["precision"] == precision
+    assert {r["method"] for r in data["results"]} >= {"plain", "marthe", "floor"}
+    assert all(r["step_ms"] > 0 for r in data["results"])
+
+
+def test_bench_refuses_an_unknown_precision_in_one_line(capsys):
+    code, out, err = cli(capsys, "bench", "--precision", "fp8")
+    assert code == 2 and out == ""
+    assert err.strip().count("\n") == 0 and "unknown precision 'fp8'" in err
+
+
+def test_the_gpu_script_parses_and_says_so_without_a_gpu(tmp_path):
+    """benchmarks/gpu.sh is ready for a GPU machine: valid bash, and one line without one."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here: the script would run its checks")
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PATH": os.path.dirname(sys.executable)
+           + os.pathsep + os.environ.get("PATH", "")}
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env,
+                          check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == "gpu.sh: no CUDA device here"

@@ -13,6 +13,7 @@ from adatune.catalog import OPTIMIZER_NAMES, DataSpec, canonical_network, check_
 from adatune.checks import MAX_SEED, whole
 from adatune.errors import ConfigError
 from adatune.methods.tuners.settings import HVP_MODES
+from adatune.running.runtypes import DEFAULT_PRECISION, PRECISIONS
 
 METHODS = ("plain", "hd", "marthe-mu0", "marthe", "rtho", "floor", "floor-torch")
 # "floor": the autograd work an exact MARTHE step cannot avoid (a gradient with
@@ -42,6 +43,9 @@ class BenchConfig:
     weight_decay: float = 5e-4
     seed: int = 0
     methods: tuple[str, ...] = METHODS
+    #: The forward's precision, as a run's (fp32, or autocast to bf16 / fp16 with a
+    #: GradScaler); the tuners' tangents and hypergradients stay float32.
+    precision: str = DEFAULT_PRECISION
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "network", canonical_network(self.network))
@@ -60,6 +64,9 @@ class BenchConfig:
         for mode in self.hvp:
             if mode not in HVP_MODES:
                 raise ConfigError(f"unknown hvp {mode!r} (choose from: {', '.join(HVP_MODES)})")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r} "
+                              f"(choose from: {', '.join(PRECISIONS)})")
         check_compatible(self.network, self.spec)
 
     @property
@@ -106,4 +113,5 @@ class BenchResult:
     def to_json(self) -> dict:
         return {"device": self.device, "network": self.config.network,
                 "batch_size": self.config.batch_size, "optimizer": self.config.optimizer,
+                "precision": self.config.precision,
                 "results": [asdict(r) for r in self.results]}

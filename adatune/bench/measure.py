@@ -34,6 +34,7 @@ from adatune.bench.config import (
 from adatune.data.models import build_model
 from adatune.methods.tuners import HD, MARTHE, RTHO, fast_double_backward
 from adatune.running.build import resolve_device
+from adatune.running.loop import AMP_DTYPES
 
 __all__ = [
     "HVP_METHODS",
@@ -82,6 +83,10 @@ class _Runner:
                       if method.startswith("floor") else None)
         self.forward_mode = (fast_double_backward if method == "floor"
                              else contextlib.nullcontext)
+        self.amp_dtype = AMP_DTYPES.get(config.precision)  # None: fp32
+        self.device_type = device.type
+        self.scaler = (torch.amp.GradScaler(device.type) if config.precision == "fp16"
+                       else None)
         if method == "hd":
             self.tuner = HD(opt, hyper_lr=tiny, online=True)
         elif method in ("marthe-mu0", "marthe"):
@@ -90,7 +95,24 @@ class _Runner:
         elif method == "rtho":
             self.tuner = RTHO(opt, hyper_lr=tiny, hvp=mode, model=self.model, online=True)
 
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.amp_dtype)
+
+    def _backward(self) -> contextlib.AbstractContextManager:
+        """Backward passes run with autocast off, as the tuners run theirs."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, enabled=False)
+
     def step(self) -> None:
+        with self._autocast():
+            self._step()
+        if self.scaler is not None:
+            self.scaler.update()
+
+    def _step(self) -> None:
         x, y, xv, yv = self.batches[self.i % len(self.batches)]
         self.i += 1
         model, ce = self.model, nn.functional.cross_entropy
@@ -98,26 +120,40 @@ class _Runner:
             params = list(model.parameters())
             with self.forward_mode():
                 loss = ce(model(x), y)
-            grads = torch.autograd.grad(loss, params, create_graph=True)
-            torch.autograd.grad(grads, params, grad_outputs=self.floor)
+            if self.scaler is not None:
+                loss = self.scaler.scale(loss)
+            with self._backward():
+                grads = torch.autograd.grad(loss, params, create_graph=True)
+                torch.autograd.grad(grads, params, grad_outputs=self.floor)
             for p, g in zip(params, grads):
                 p.grad = g.detach()
-            self.optimizer.step()
+            if self.scaler is None:
+                self.optimizer.step()
+            else:
+                self.scaler.step(self.optimizer)  # unscales, checks for overflow
             model.eval()
-            torch.autograd.grad(ce(model(xv), yv), params)
+            val = ce(model(xv), yv)
+            with self._backward():
+                torch.autograd.grad(val, params)
             model.train()
             return
         if self.tuner is None:
             self.optimizer.zero_grad(set_to_none=True)
-            ce(model(x), y).backward()
-            self.optimizer.step()
+            loss = ce(model(x), y)
+            with self._backward():
+                if self.scaler is None:
+                    loss.backward()
+                    self.optimizer.step()
+                else:
+                    self.scaler.scale(loss).backward()
+                    self.scaler.step(self.optimizer)
             return
 
         def closure() -> torch.Tensor:
             return ce(model(x), y)
 
         if self.tuner.outer == "training":
-            self.tuner.step(closure)
+            self.tuner.step(closure, scaler=self.scaler)
             return
 
         def val_loss() -> torch.Tensor:
@@ -127,7 +163,7 @@ class _Runner:
             finally:
                 model.train()
 
-        self.tuner.step(closure, val_loss=val_loss)
+        self.tuner.step(closure, val_loss=val_loss, scaler=self.scaler)
 
 
 def _batches(config: BenchConfig, device: torch.device, n: int = 4):

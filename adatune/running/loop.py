@@ -53,7 +53,8 @@ from adatune.store.protocols import RunLog
 from adatune.store.records import EpochRecord, StepRecord
 
 HEARTBEAT_EVERY_S = 30.0
-_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: The autocast dtype of each reduced precision (fp32 runs without autocast).
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 Loss = Callable[[Tensor, Tensor], Tensor]
 
@@ -117,7 +118,7 @@ class Loop:
         self.steps_per_epoch = len(self._batches(parts.train, shuffle=True))
         if self.steps_per_epoch < 1:
             raise ConfigError("the training set is empty")
-        self.amp_dtype = _AMP_DTYPES.get(config.precision)  # None: fp32, no autocast
+        self.amp_dtype = AMP_DTYPES.get(config.precision)  # None: fp32, no autocast
         # fp16's narrow range needs a loss scale; its state starts afresh on a resume
         self.scaler = (torch.amp.GradScaler(self.device.type) if config.precision == "fp16"
                        else None)
