@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "noharm.py"
+from tests._benchmarks import load
 
 
 @pytest.fixture(scope="module")
 def N():
-    spec = importlib.util.spec_from_file_location("noharm_bench", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
-    sys.modules.pop("robustness", None)
+    yield from load("noharm.py", "noharm_bench")
 
 
 def test_the_language_model_has_a_double_backward_and_its_data_are_windows(N):

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pickle
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness.py"
+from tests._benchmarks import load
 
 
 @pytest.fixture(scope="module")
 def R():
-    spec = importlib.util.spec_from_file_location("robustness_bench", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    yield from load("robustness.py", "robustness_bench")
 
 
 @pytest.mark.slow

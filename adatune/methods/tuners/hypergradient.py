@@ -389,7 +389,7 @@ class HypergradientTuner:
             self._advance(params, used, grads, hvps)
         self._apply(params, used, grads)
         self.optimizer.step()
-        _weights_changed()
+        _weights_changed(device)
         if self.outer == "validation":
             val = val_loss()
             with _autocast_off(device):
@@ -414,7 +414,7 @@ class HypergradientTuner:
         grads = self._prepare(used, grads, None, own_grads=True)
         self._apply(params, used, grads)
         self.optimizer.step()
-        _weights_changed()
+        _weights_changed(params[0].device)
         return self._end_step(loss_value)
 
     def _overflowed(self, scaler: Any, params: list[Tensor], used: list[Tensor],
@@ -610,7 +610,7 @@ class HypergradientTuner:
         try:
             with torch.no_grad():
                 torch._foreach_add_(used, zs, alpha=eps)
-            _weights_changed()
+            _weights_changed(used[0].device)
             with rng.replay():
                 shifted_loss = closure()
             with _autocast_off(used[0].device):
@@ -620,7 +620,7 @@ class HypergradientTuner:
                 # Shift back instead of keeping a copy of every weight: w + eps z - eps z
                 # equals w up to rounding, well inside the finite difference's own error.
                 torch._foreach_add_(used, zs, alpha=-eps)
-                _weights_changed()
+                _weights_changed(used[0].device)
                 if buffers:
                     torch._foreach_copy_(list(self.model.buffers()), buffers)
         out = []
@@ -879,10 +879,11 @@ def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _weights_changed() -> None:
+def _weights_changed(device: torch.device) -> None:
     """Weights changed in place: drop autocast's cached low-precision copies of them
-    (inside one autocast region it would otherwise reuse the copies of the old weights)."""
-    if torch.is_autocast_cache_enabled():
+    (inside one autocast region it would otherwise reuse the copies of the old weights).
+    Outside autocast there is no cache to drop: nothing on the plain step's path."""
+    if torch.is_autocast_enabled(device.type) and torch.is_autocast_cache_enabled():
         torch.clear_autocast_cache()
 
 
