@@ -14,7 +14,11 @@ round(warmup * T)`` steps, then the annealing ``anneal`` (cosine or linear to
     ``s`` both ways, by the update rule (:mod:`adatune.methods.hyper_update`).
     Far from the loss's noise floor the short-horizon hypergradient is
     informative, and the ramp brings the LR to ``s`` gradually, so that an
-    ``s`` that is too high shows before the LR reaches it.
+    ``s`` that is too high shows before the LR reaches it. A hypergradient is
+    evidence about the LR that produced it, which the ramp keeps below ``s``:
+    a "raise" lifts ``s`` only as far as it must to carry that LR up (``s <-
+    max(s, lr * up)``, ``up`` the rule's factor), so ``s`` never runs ahead of
+    the LRs actually tried; a "lower" lowers ``s`` by the rule's factor.
 ``"climb"``
     ``s`` may only rise, while the hypergradient says so. Short-horizon bias
     only ever pulls the LR down (Wu et al., ICLR 2018): a hypergradient that
