@@ -124,6 +124,27 @@ def test_the_scale_moves_both_ways_in_the_warm_up_then_only_up_then_not_at_all(t
     assert tuner._tangents == {} and tuner.state_dict()["tangents"] == {}
 
 
+@pytest.mark.parametrize("tuner_cls", [adatune.MARTHE, adatune.RTHO])
+def test_in_the_warm_up_a_raise_never_lifts_the_scale_above_the_lrs_tried(tuner_cls):
+    """From far below a good LR every hypergradient says "raise"; in the ramp it speaks
+    of the LR in use, so the scale may rise only to that LR times one step of the rule
+    (a factor exp(hyper_lr)), never ahead of the LRs actually tried."""
+    total, warmup = 200, 0.25
+    tuner, _, lrs, scales, phases, _ = _train(tuner_cls, 0.0005, total, warmup=warmup)
+    w = horizon.warmup_steps(total, warmup)
+    up = math.exp(tuner.hyper_lr)
+    before = 0.0005
+    raised = 0
+    for t in range(w):
+        assert phases[t] == "warmup"
+        assert scales[t] <= max(before, lrs[t] * up) * (1 + 1e-12), t
+        raised += scales[t] > before
+        before = scales[t]
+    assert raised > 0  # the rule did raise (only as far as the LR in use allowed)
+    assert max(scales[:w]) <= max(lrs[:w]) * up * (1 + 1e-12)
+    assert tuner.scale > 3 * 0.0005  # the climb after the warm-up carries it on up
+
+
 def test_steps_after_the_scale_is_final_are_the_optimizers_own():
     total = 120
     tuner, model, lrs, _, phases, _ = _train(adatune.MARTHE, 0.05, total, steps=60, warmup=0.1)
