@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from adatune.bench.config import HVP_MODES, METHODS, NOISY_SPREAD, BenchConfig
+from adatune.errors import ConfigError
 from adatune.running.preflight import check_device
 from adatune_cli._common import err, out
 from adatune_cli.main import app
@@ -17,6 +18,13 @@ from adatune_cli.main import app
 
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _whole_csv(name: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in _csv(text))
+    except ValueError:
+        raise ConfigError(f"invalid {name}: {text!r} (whole numbers, comma-separated)") from None
 
 
 @app.command("bench")
@@ -39,6 +47,11 @@ def bench_command(
     hvp: Annotated[str, typer.Option(
         "--hvp", help=f"HVP modes for marthe/rtho, comma-separated: {','.join(HVP_MODES)}.")]
     = ",".join(BenchConfig.hvp),
+    hyper_every: Annotated[str, typer.Option(
+        "--hyper-every", help="hyper_every values for marthe/rtho, comma-separated (k: the "
+                              "HVP and validation gradient on one step in k; timed over "
+                              "whole cycles of k steps).")]
+    = ",".join(str(k) for k in BenchConfig.hyper_every),
     memory: Annotated[bool, typer.Option(
         "--memory/--no-memory", help="Measure peak memory (a fresh process per method).")]
     = BenchConfig.memory,
@@ -68,7 +81,8 @@ def bench_command(
     """
     config = BenchConfig(network=network, batch_size=batch_size, optimizer=optimizer,
                          device=device, steps=steps, warmup=warmup, methods=_csv(methods),
-                         hvp=_csv(hvp), memory=memory, precision=precision)
+                         hvp=_csv(hvp), hyper_every=_whole_csv("hyper_every", hyper_every),
+                         memory=memory, precision=precision)
     check_device(config.device)  # before torch
     total = config.warmup + config.steps
     if not as_json:

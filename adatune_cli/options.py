@@ -148,6 +148,11 @@ OPTIONS: dict[str, Any] = {
     "hvp": Annotated[str, _opt("--hvp", panel=PANEL_TUNER,
                                 help=f"{HVP_MODES[0]} (double backward) or {HVP_MODES[1]} "
                                      "(faster).")],
+    "hyper_every": Annotated[int, _opt(
+        "--hyper-every", panel=PANEL_TUNER,
+        help="marthe/rtho: take the HVP and the validation gradient, and move the LR, on one "
+             "step in K (the tangent advances every step; 1: exact, every step).",
+        metavar="K")],
     "anneal": Annotated[str, _opt(
         "--anneal", panel=PANEL_TUNER,
         help=f"After the warm-up the LR anneals to 0 at the run's end: {' or '.join(ANNEALS[:2])}, "
@@ -319,8 +324,8 @@ def command_line(kind: str, config: dict[str, Any], *, name: str | None = None,
         if config["online"]:
             skip |= {"anneal", "warmup"}
     else:
-        skip |= {"hyper_update", "hyper_lr", "mu", "alpha", "first_order", "hvp", "anneal",
-                 "warmup", "online"}
+        skip |= {"hyper_update", "hyper_lr", "mu", "alpha", "first_order", "hvp", "hyper_every",
+                 "anneal", "warmup", "online"}
     keys = list(OPTIONS)
     if method == "replay":  # where the schedule comes from
         skip |= {"step_size", "lr_decay", "t_0", "t_mult"}

@@ -33,6 +33,8 @@ CASES = [
     ("marthe-momentum-clip", "marthe", "sgd", {"mu": 0.95, "grad_clip": 0.3}),
     ("rtho-momentum-buckets", "rtho", "sgd", {"bucket_bytes": 256}),
     ("marthe-momentum-fd", "marthe", "sgd", {"mu": 0.9, "hvp": "finite-difference"}),
+    # the HVP and the validation gradient on every other step (hvps None in between)
+    ("marthe-momentum-every-2", "marthe", "sgd", {"mu": 0.9, "hyper_every": 2}),
     ("hd-momentum", "hd", "sgd", {"weight_decay": 1e-3}),
     ("hd-adam-own-group", "hd", "adam", {"own_group": True}),
     ("baseline-momentum", None, "sgd", {}),

@@ -21,7 +21,7 @@ METHODS = ("plain", "hd", "marthe-mu0", "marthe", "rtho", "floor", "floor-torch"
 # code at all, its forward under fast_double_backward as the tuners run it;
 # MARTHE's ratio to it is the tuner's own overhead. "floor-torch": the same with
 # torch's own double-backward formulas.
-HVP_METHODS = ("marthe", "rtho")  # the methods whose cost depends on the HVP mode
+HVP_METHODS = ("marthe", "rtho")  # the methods whose cost depends on the HVP mode and k
 #: Bounds of the bench's sizes (a batch of 65536 CIFAR-shaped inputs is 800 MB).
 MAX_BENCH_BATCH = 65_536
 MAX_BENCH_STEPS = 100_000
@@ -36,6 +36,8 @@ class BenchConfig:
     steps: int = 10
     warmup: int = 2
     hvp: tuple[str, ...] = HVP_MODES
+    #: The tuners' hyper_every values (k: the HVP and validation gradient on 1 step in k).
+    hyper_every: tuple[int, ...] = (1,)
     memory: bool = True
     input_shape: tuple[int, int, int] = (3, 32, 32)
     num_classes: int = 10
@@ -64,6 +66,8 @@ class BenchConfig:
         for mode in self.hvp:
             if mode not in HVP_MODES:
                 raise ConfigError(f"unknown hvp {mode!r} (choose from: {', '.join(HVP_MODES)})")
+        for every in self.hyper_every:
+            whole("hyper_every", every, 1, MAX_BENCH_STEPS)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r} "
                               f"(choose from: {', '.join(PRECISIONS)})")
@@ -74,14 +78,34 @@ class BenchConfig:
         return DataSpec("synthetic", self.input_shape, self.num_classes)
 
     def labels(self) -> list[str]:
-        """Method labels measured: e.g. ``marthe`` and ``marthe[finite-difference]``."""
+        """Method labels measured: e.g. ``marthe``, ``marthe[finite-difference]`` and
+        ``marthe[finite-difference, every 4]`` (:func:`label`)."""
         out = []
         for method in self.methods:
             if method in HVP_METHODS:
-                out += [method if mode == "exact" else f"{method}[{mode}]" for mode in self.hvp]
+                out += [label(method, mode, every) for mode in self.hvp
+                        for every in self.hyper_every]
             else:
                 out.append(method)
         return out
+
+
+def label(method: str, hvp: str = HVP_MODES[0], every: int = 1) -> str:
+    """``method``, with its HVP mode unless exact and ``every k`` unless k = 1, in brackets."""
+    options = [hvp] * (hvp != HVP_MODES[0]) + [f"every {every}"] * (every != 1)
+    return f"{method}[{', '.join(options)}]" if options else method
+
+
+def split_label(text: str) -> tuple[str, str, int]:
+    """``(method, hvp, every)`` of a :func:`label`."""
+    method, _, rest = text.partition("[")
+    hvp, every = HVP_MODES[0], 1
+    for option in filter(None, rest.rstrip("]").split(", ")):
+        if option.startswith("every "):
+            every = int(option.removeprefix("every "))
+        else:
+            hvp = option
+    return method, hvp, every
 
 
 #: A figure whose steps spread (interquartile range) over more than this fraction of their

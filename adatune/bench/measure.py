@@ -30,6 +30,7 @@ from adatune.bench.config import (
     BenchConfig,
     BenchResult,
     MethodResult,
+    split_label,
 )
 from adatune.data.models import build_model
 from adatune.methods.tuners import HD, MARTHE, RTHO, fast_double_backward
@@ -51,15 +52,13 @@ __all__ = [
     "time_methods",
 ]
 
-def _split(label: str) -> tuple[str, str]:
-    if "[" in label:
-        method, mode = label.rstrip("]").split("[")
-        return method, mode
-    return label, "exact"
-
-
 class _Runner:
-    """One method's model, optimizer and step function."""
+    """One method's model, optimizer and step function.
+
+    A tuner with ``hyper_every`` k > 1 steps a whole cycle of k steps at a time (one
+    of them takes the HVP and the validation gradient): its time per step is the
+    cycle's over k, not the median of cheap and costly steps.
+    """
 
     def __init__(self, config: BenchConfig, label: str, device: torch.device,
                  batches: Sequence[tuple[torch.Tensor, ...]]) -> None:
@@ -76,7 +75,8 @@ class _Runner:
         self.optimizer = opt
         self.batches = batches
         self.i = 0
-        method, mode = _split(label)
+        method, mode, every = split_label(label)
+        self.cycle = every
         tiny = 1e-12  # keep the LR essentially fixed: we time the machinery, not the schedule
         self.tuner = None
         self.floor = ([torch.full_like(p, 1e-3) for p in self.model.parameters()]
@@ -91,9 +91,10 @@ class _Runner:
             self.tuner = HD(opt, hyper_lr=tiny, online=True)
         elif method in ("marthe-mu0", "marthe"):
             self.tuner = MARTHE(opt, hyper_lr=tiny, mu=0.0 if method != "marthe" else 0.99,
-                                        hvp=mode, model=self.model, online=True)
+                                hvp=mode, model=self.model, online=True, hyper_every=every)
         elif method == "rtho":
-            self.tuner = RTHO(opt, hyper_lr=tiny, hvp=mode, model=self.model, online=True)
+            self.tuner = RTHO(opt, hyper_lr=tiny, hvp=mode, model=self.model, online=True,
+                              hyper_every=every)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -107,10 +108,12 @@ class _Runner:
         return torch.autocast(self.device_type, enabled=False)
 
     def step(self) -> None:
-        with self._autocast():
-            self._step()
-        if self.scaler is not None:
-            self.scaler.update()
+        """One step (a tuner with ``hyper_every`` k: k steps, one cycle)."""
+        for _ in range(self.cycle):
+            with self._autocast():
+                self._step()
+            if self.scaler is not None:
+                self.scaler.update()
 
     def _step(self) -> None:
         x, y, xv, yv = self.batches[self.i % len(self.batches)]
@@ -186,7 +189,8 @@ def _sync(device: torch.device) -> None:
 
 def time_methods(config: BenchConfig, labels: Sequence[str],
                  on_round: Callable[[int], None] | None = None) -> dict[str, list[float]]:
-    """Seconds per step for each label, steps interleaved round-robin."""
+    """Seconds per step for each label, steps interleaved round-robin (a tuner with
+    ``hyper_every`` k: each figure is the mean of a cycle of k steps)."""
     device = resolve_device(config.device)
     batches = _batches(config, device)
     runners = {label: _Runner(config, label, device, batches) for label in labels}
@@ -198,7 +202,7 @@ def time_methods(config: BenchConfig, labels: Sequence[str],
             runner.step()
             _sync(device)
             if r >= config.warmup:
-                times[label].append(time.perf_counter() - start)
+                times[label].append((time.perf_counter() - start) / runner.cycle)
         if on_round is not None:
             on_round(r + 1)
     return times
@@ -242,6 +246,7 @@ def _child(payload: str) -> None:
     data = json.loads(payload)
     label = data.pop("label")
     data["hvp"] = tuple(data["hvp"])
+    data["hyper_every"] = tuple(data["hyper_every"])
     data["input_shape"] = tuple(data["input_shape"])
     data["methods"] = tuple(data["methods"])
     config = BenchConfig(**{**data, "memory": False})

@@ -224,6 +224,7 @@ def build_tuner(config: TrainConfig, optimizer: torch.optim.Optimizer,
                   grad_clip=config.grad_clip, hyper_update=config.hyper_update, **horizon)
     common = {"alpha": config.alpha, "first_order": config.first_order,
               "grad_clip": config.grad_clip, "hvp": config.hvp, "model": model,
+              "hyper_every": config.hyper_every,
               "hyper_update": config.hyper_update, **horizon}
     if config.method == "rtho":
         return RTHO(optimizer, hyper_lr=config.hyper_lr, **common)

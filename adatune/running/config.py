@@ -44,7 +44,13 @@ from adatune.methods.hyper_update import (
 )
 from adatune.methods.peers import PEER_NAMES, PEERS, canonical_peer
 from adatune.methods.schedules import ScheduleConfig
-from adatune.methods.tuners.settings import DEFAULT_ALPHA, DEFAULT_HVP, DEFAULT_MU, HVP_MODES
+from adatune.methods.tuners.settings import (
+    DEFAULT_ALPHA,
+    DEFAULT_HVP,
+    DEFAULT_HYPER_EVERY,
+    DEFAULT_MU,
+    HVP_MODES,
+)
 from adatune.running.losses import canonical_loss
 from adatune.running.runtypes import DEFAULT_PRECISION, PRECISIONS, DivergenceRules
 
@@ -83,6 +89,9 @@ MAX_LOG_EVERY = 2**31 - 1
 
 MAX_WORKERS = 256
 MAX_WARMUP_STEPS = 2**31 - 1
+MAX_HYPER_EVERY = 2**31 - 1
+
+
 def _built_in(kind: str, name: str | None, custom_kind: str, custom: str | None,
               default: str, canonical) -> str | None:
     """The canonical built-in name, or None when the user's own (``custom``) replaces it."""
@@ -113,8 +122,8 @@ def canonical_method(name: str) -> str:
 
 # What a field is for: a peer's record keeps only the fields that apply to it (the
 # general ones and its PeerSpec.settings); warmup_steps is recorded for peers only.
-_TUNER_FIELDS = ("hyper_update", "hyper_lr", "mu", "alpha", "first_order", "hvp", "anneal",
-                 "warmup", "online")
+_TUNER_FIELDS = ("hyper_update", "hyper_lr", "mu", "alpha", "first_order", "hvp",
+                 "hyper_every", "anneal", "warmup", "online")
 _SCHEDULE_FIELDS = ("step_size", "lr_decay", "t_0", "t_mult")
 _OPTIMIZER_FIELDS = ("momentum", "nesterov", "warmup_steps")
 _REPLAY_FIELDS = ("from_run", "from_file", "stretch", "scale")
@@ -155,6 +164,7 @@ class TrainConfig:
     first_order: bool = False
     grad_clip: float | None = None
     hvp: str = DEFAULT_HVP
+    hyper_every: int = DEFAULT_HYPER_EVERY  # HVP, validation gradient and LR move: 1 step in k
     anneal: str = DEFAULT_ANNEAL  # after the warm-up: cosine, linear or none
     warmup: float = DEFAULT_WARMUP  # the warm-up (and tuning) phase: a fraction of the run
     online: bool = False  # the papers' tuner: no horizon, the LR moved at every step
@@ -249,6 +259,10 @@ class TrainConfig:
             finite("grad_clip", self.grad_clip, low=0, low_open=True)
         if self.hvp not in HVP_MODES:
             raise ConfigError(f"unknown hvp {self.hvp!r} (choose from: {', '.join(HVP_MODES)})")
+        whole("hyper_every", self.hyper_every, 1, MAX_HYPER_EVERY)
+        if self.hyper_every != 1 and self.method not in ("marthe", "rtho"):
+            raise ConfigError(f"hyper_every applies to marthe and rtho only (not {self.method}: "
+                              "it has no HVP or validation gradient to space out)")
         try:
             object.__setattr__(self, "anneal", canonical_anneal(self.anneal))
         except ValueError:

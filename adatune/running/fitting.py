@@ -270,4 +270,5 @@ def _tuner_settings(tuner: HypergradientTuner) -> dict[str, Any]:
             "hyper_lr": tuner.hyper_lr,
             "mu": "auto" if tuner.auto_mu else tuner.mu, "alpha": tuner.alpha,
             "first_order": tuner.first_order, "grad_clip": tuner.grad_clip, "hvp": tuner.hvp,
+            "hyper_every": tuner.hyper_every,
             "anneal": tuner.anneal, "warmup": tuner.warmup, "online": tuner.online}

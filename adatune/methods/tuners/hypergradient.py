@@ -39,7 +39,13 @@ from adatune.methods import hyper_update as _rule
 from adatune.methods.tuners import _tangent
 from adatune.methods.tuners import collectives as _distributed
 from adatune.methods.tuners._double_backward import fast_double_backward
-from adatune.methods.tuners.settings import DEFAULT_ALPHA, DEFAULT_HVP, DEFAULT_MU, HVP_MODES
+from adatune.methods.tuners.settings import (
+    DEFAULT_ALPHA,
+    DEFAULT_HVP,
+    DEFAULT_HYPER_EVERY,
+    DEFAULT_MU,
+    HVP_MODES,
+)
 
 LossArg = Tensor | Callable[[], Tensor]
 
@@ -57,6 +63,13 @@ def _check_number(name: str, value: Any, *, low: float = 0.0, high: float | None
     if bad:
         raise ValueError(f"Invalid {name}: {value!r}")
     return x
+
+
+def _check_hyper_every(value: Any) -> int:
+    """A whole number >= 1 (ValueError naming hyper_every otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Invalid hyper_every: {value!r} (a whole number >= 1)")
+    return int(value)
 
 
 def _check_rate(name: str, value: Any, rule: str, low: float, high: float) -> float:
@@ -127,6 +140,16 @@ class HypergradientTuner:
     default group when it is initialised; a group of one rank turns averaging
     off). Only :meth:`step` averages; the low-level :meth:`compute_hg` and
     :meth:`hyper_step` refuse to run under a group of several ranks.
+
+    ``hyper_every=k`` (MARTHE/RTHO): the costly part of a tuned step (the training
+    gradient's graph, the Hessian-vector product and the validation gradient) runs on
+    one tuned step in ``k``: those whose ``state["step"] % k == k - 1`` (the counter is
+    checkpointed, so a resumed run keeps the cycle). Every tuned step advances the
+    tangent with its first-order terms; on the ``k``-th the HVP enters it multiplied
+    by ``k`` (an estimate of the ``k`` steps' curvature term), ``val_loss`` is called
+    and the LR moves with ``k`` times the hyper-LR (at most the rule's largest,
+    ``MAX_HYPER_LR`` for the scale-free rule). The other steps cost a plain step plus
+    the tangent's update. ``k=1`` is the exact tuner (docs/math.md).
     """
 
     outer = "validation"
@@ -150,6 +173,7 @@ class HypergradientTuner:
         anneal: str = _horizon.DEFAULT_ANNEAL,
         warmup: float = _horizon.DEFAULT_WARMUP,
         online: bool = False,
+        hyper_every: int = DEFAULT_HYPER_EVERY,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"Invalid optimizer: {optimizer!r}")
@@ -177,6 +201,7 @@ class HypergradientTuner:
             raise ValueError("Invalid model: hvp='finite-difference' needs model= (its "
                              "batch-norm statistics are restored after the second evaluation)")
         online = bool(online)
+        hyper_every = _check_hyper_every(hyper_every)
         anneal = _horizon.canonical_anneal(anneal)
         warmup = _horizon.check_warmup(warmup)
         if total_steps is not None:
@@ -198,6 +223,7 @@ class HypergradientTuner:
         self.online = online
         self.anneal = anneal
         self.warmup = warmup
+        self.hyper_every = hyper_every
         # Everything that changes while training lives in ``state`` (checkpointed).
         self.state: dict[str, Any] = {
             "lr": lr0,
@@ -298,9 +324,10 @@ class HypergradientTuner:
         horizon = ("online=True" if self.online else
                    f"total_steps={self.total_steps}, anneal={self.anneal!r}, "
                    f"warmup={self.warmup:g}")
+        every = "" if self.hyper_every == 1 else f", hyper_every={self.hyper_every}"
         return (f"{type(self).__name__}({type(self.optimizer).__name__}, lr={self.lr:.4g}, "
                 f"hyper_lr={self.hyper_lr:.4g}, mu={mu}, alpha={self.alpha}, "
-                f"hyper_update={self.hyper_update!r}, {horizon})")
+                f"hyper_update={self.hyper_update!r}, {horizon}{every})")
 
     # ------------------------------------------------------------- public API
     def step(self, loss: LossArg, val_loss: Callable[[], Tensor] | None = None, *,
@@ -340,9 +367,10 @@ class HypergradientTuner:
         scaler = scaler if scaler is not None and scaler.is_enabled() else None
         device = params[0].device
         amp_dtype = _autocast_dtype(device)
+        hyper = self._hyper_due()  # this step takes the HVP and the validation gradient
+        use_hvp = hyper and self._wants_hvp()
         fd = self.hvp == "finite-difference"
-        rng = _RngSnapshot(params[0].device) if fd and callable(loss) else None
-        use_hvp = self._wants_hvp()
+        rng = _RngSnapshot(params[0].device) if fd and use_hvp and callable(loss) else None
         create_graph = use_hvp and self.hvp == "exact"
         if not callable(loss):
             loss_value = loss
@@ -380,6 +408,8 @@ class HypergradientTuner:
                 return self._skip(params, loss_value)
             if hvps is not None:  # an overflow here reaches Z, then the guard of h
                 torch._foreach_mul_(hvps, unscale)
+        if hvps is not None and self.hyper_every != 1:  # the curvature of the k steps
+            torch._foreach_mul_(hvps, float(self.hyper_every))
 
         if self.outer == "training" and self.state["tangent_live"]:
             # HD: dL_t(w_t)/d eta_{t-1}, the unclipped gradient of the regularised loss
@@ -390,7 +420,7 @@ class HypergradientTuner:
         self._apply(params, used, grads)
         self.optimizer.step()
         _weights_changed(device)
-        if self.outer == "validation":
+        if self.outer == "validation" and hyper:
             val = val_loss()
             with _autocast_off(device):
                 gv = torch.autograd.grad(_scaled(scaler, val), params, allow_unused=True)
@@ -471,8 +501,13 @@ class HypergradientTuner:
         curvature term is used. Then set ``p.grad``, call
         ``optimizer.step()`` and :meth:`hyper_step`. With ``grad_clip``, clip
         the gradients with ``clip_grad_norm_(..., grad_clip)`` before the step.
+        This API takes every step's HVP and hypergradient: a tuner made with
+        ``hyper_every`` > 1 refuses it (use :meth:`step`).
         """
         self._single_process("compute_hg")
+        if self.hyper_every != 1:
+            raise ValueError(f"Invalid call: compute_hg() takes every step's HVP; this tuner "
+                             f"has hyper_every={self.hyper_every} (use step())")
         order = list(model.parameters())
         if len(order) != len(first_grad):
             raise ValueError("first_grad must hold one entry per model.parameters()")
@@ -504,6 +539,9 @@ class HypergradientTuner:
         mapping ``param -> grad``. Returns the hypergradient.
         """
         self._single_process("hyper_step")
+        if self.hyper_every != 1:
+            raise ValueError(f"Invalid call: hyper_step() takes every step's hypergradient; "
+                             f"this tuner has hyper_every={self.hyper_every} (use step())")
         if isinstance(val_grad, Mapping):
             by_param = val_grad
         else:
@@ -531,7 +569,8 @@ class HypergradientTuner:
             "optimizer": self.optimizer.state_dict(),
             "tuner": {**self.state, "ratios": list(self.state["ratios"]),
                       "auto_mu": self.auto_mu, "hyper_update": self.hyper_update,
-                      "online": self.online, "anneal": self.anneal, "warmup": self.warmup},
+                      "online": self.online, "anneal": self.anneal, "warmup": self.warmup,
+                      "hyper_every": self.hyper_every},
             "tangents": tangents,
             "prev_grad": prev,
         }
@@ -550,6 +589,8 @@ class HypergradientTuner:
         self.online = bool(tuner.pop("online", True))
         self.anneal = _horizon.canonical_anneal(tuner.pop("anneal", self.anneal))
         self.warmup = _horizon.check_warmup(tuner.pop("warmup", self.warmup))
+        # The cycle's length too (states saved before it existed took every step's HVP).
+        self.hyper_every = _check_hyper_every(tuner.pop("hyper_every", 1))
         tuner.setdefault("scale", tuner.get("lr", self.state["lr"]))
         tuner.setdefault("phase", None if self.online else _horizon.WARMUP)
         total = self.state["total_steps"]
@@ -580,6 +621,11 @@ class HypergradientTuner:
 
     def _params(self) -> list[Tensor]:
         return [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad]
+
+    def _hyper_due(self) -> bool:
+        """This tuned step is the ``hyper_every``-th of its cycle (always, with 1)."""
+        k = self.hyper_every
+        return k == 1 or self.state["step"] % k == k - 1
 
     def _wants_hvp(self) -> bool:
         """The curvature term matters: mu != 0, not first order, and Z != 0."""
@@ -782,12 +828,23 @@ class HypergradientTuner:
                 [h] = _distributed.average_scalars([h], group, device)
             else:
                 h, g_dot = _distributed.average_scalars([h, g_dot], group, device)
-        self._hyper_update(h, g_dot)
+        self._hyper_update(h, g_dot, self._update_hyper_lr())
 
-    def _hyper_update(self, h: float, g_dot: float | None) -> None:
+    def _update_hyper_lr(self) -> float | None:
+        """The hyper-LR of one update: ``hyper_every`` times the per-step one, within the
+        rule's range (None: the per-step one)."""
+        if self.hyper_every == 1:
+            return None
+        high = _rule.hyper_lr_range(self.hyper_update)[1]
+        return min(self.hyper_every * self.state["hyper_lr"], high)
+
+    def _hyper_update(self, h: float, g_dot: float | None,
+                      hyper_lr: float | None = None) -> None:
         """Move the scale by the rule (:mod:`adatune.methods.hyper_update`) within the
-        phase (:mod:`adatune.methods.horizon`); adapt beta and mu."""
+        phase (:mod:`adatune.methods.horizon`); adapt beta and mu. ``hyper_lr``: this
+        update's (default: ``state["hyper_lr"]``)."""
         s = self.state
+        beta = s["hyper_lr"] if hyper_lr is None else hyper_lr
         s["last_hypergradient"] = h
         additive = self.hyper_update == _rule.ADDITIVE
         x = s["scale"] * h  # the scale-free rule averages x and x * x: both must be finite
@@ -801,9 +858,9 @@ class HypergradientTuner:
             return
         r_prev = s["hyper_r"]
         if additive:
-            scale = _rule.additive_step(s["scale"], h, hyper_lr=s["hyper_lr"])
+            scale = _rule.additive_step(s["scale"], h, hyper_lr=beta)
         else:
-            scale = _rule.scale_free_step(s["scale"], h, s, hyper_lr=s["hyper_lr"],
+            scale = _rule.scale_free_step(s["scale"], h, s, hyper_lr=beta,
                                           calm="evidence" if self.online else "even")
         if s["phase"] == _horizon.WARMUP and scale > s["scale"]:
             # A "raise" is evidence about the LR in use, below the scale in the ramp:
@@ -953,7 +1010,11 @@ class HD(HypergradientTuner):
                  foreach: bool | None = None, process_group: Any = None,
                  hyper_update: str = _rule.DEFAULT_HYPER_UPDATE,
                  total_steps: int | None = None, anneal: str = _horizon.DEFAULT_ANNEAL,
-                 warmup: float = _horizon.DEFAULT_WARMUP, online: bool = False) -> None:
+                 warmup: float = _horizon.DEFAULT_WARMUP, online: bool = False,
+                 hyper_every: int = DEFAULT_HYPER_EVERY) -> None:
+        if _check_hyper_every(hyper_every) != 1:
+            raise ValueError(f"Invalid hyper_every: {hyper_every!r} (HD takes no HVP and no "
+                             "validation gradient to space out: it applies to MARTHE and RTHO)")
         super().__init__(optimizer, hyper_lr, mu=0.0, alpha=alpha, grad_clip=grad_clip,
                          foreach=foreach, process_group=process_group,
                          hyper_update=hyper_update, total_steps=total_steps, anneal=anneal,

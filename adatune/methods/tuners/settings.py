@@ -16,5 +16,8 @@ DEFAULT_HVP = HVP_MODES[0]
 DEFAULT_MU = 0.99
 #: How fast the hyper-LR adapts (0: fixed).
 DEFAULT_ALPHA = 0.0
+#: MARTHE/RTHO take their Hessian-vector product and validation gradient, and move the
+#: LR, on one tuned step in this many (1: every step, exact; docs/math.md).
+DEFAULT_HYPER_EVERY = 1
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_HVP", "DEFAULT_MU", "HVP_MODES"]
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_HVP", "DEFAULT_HYPER_EVERY", "DEFAULT_MU", "HVP_MODES"]
