@@ -863,9 +863,9 @@ class HypergradientTuner:
             scale = _rule.scale_free_step(s["scale"], h, s, hyper_lr=beta,
                                           calm="evidence" if self.online else "even")
         if s["phase"] == _horizon.WARMUP and scale > s["scale"]:
-            # A "raise" is evidence about the LR in use, below the scale in the ramp:
-            # the scale rises only as far as carrying that LR up requires.
-            scale = max(s["scale"], s["lr"] * (scale / s["scale"]))
+            # A "raise" is evidence about the LR in use (scale * shape, below the scale
+            # in the ramp): the scale rises only as far as carrying that LR up requires.
+            scale = max(s["scale"], scale * self._factor(s["step"]))
         if s["phase"] == _horizon.CLIMB and not scale > s["scale"]:
             self._fix()  # the evidence no longer says "raise": the scale is final
             return
