@@ -406,10 +406,11 @@ class HypergradientTuner:
             unscale = 1.0 / scaler.get_scale()
             if self._overflowed(scaler, params, used, grads):
                 return self._skip(params, loss_value)
-            if hvps is not None:  # an overflow here reaches Z, then the guard of h
-                torch._foreach_mul_(hvps, unscale)
-        if hvps is not None and self.hyper_every != 1:  # the curvature of the k steps
-            torch._foreach_mul_(hvps, float(self.hyper_every))
+        # One pass over the HVP: unscaled, and standing for the curvature of the cycle's k
+        # steps (an overflow here reaches Z, then the guard of h).
+        hvp_factor = unscale * self.hyper_every
+        if hvps is not None and hvp_factor != 1.0:
+            torch._foreach_mul_(hvps, hvp_factor)
 
         if self.outer == "training" and self.state["tangent_live"]:
             # HD: dL_t(w_t)/d eta_{t-1}, the unclipped gradient of the regularised loss
