@@ -42,6 +42,10 @@ def main(out: Path) -> None:
     (out / f"rank-{rank}.json").write_text(json.dumps(
         {"lrs": trainer.lrs, "weights": weights, "world": trainer.args.world_size,
          "group": torch.distributed.is_initialized()}))
+    # The framework leaves its process group up; a rank that exits with gloo's threads still
+    # running can abort ("terminate called without an active exception"), so close it.
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -80,6 +80,10 @@ def main(out: Path) -> None:
     (out / f"rank-{trainer.global_rank}.json").write_text(json.dumps(
         {"lrs": callback.lrs, "weights": weights, "world": trainer.world_size,
          "hd_lrs": hd.lrs, "hd_weights": hd_weights}))
+    # The framework leaves its process group up; a rank that exits with gloo's threads still
+    # running can abort ("terminate called without an active exception"), so close it.
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
