@@ -242,6 +242,8 @@ class HypergradientTuner:
             **_rule.initial_state(),
         }
         self._tangents: dict[Tensor, dict[str, Tensor]] = {}
+        # hyper_every > 1: the cycle's earlier tangents, sum_j mu^(t-j) z_j (see _hvp_directions)
+        self._cycle: dict[Tensor, Tensor] = {}
         self._prev_grad: dict[Tensor, Tensor] | None = None  # g_t, for auto-mu
         self._param_order: list[Tensor] | None = None  # model order, for hyper_step()
         if total_steps is not None:
@@ -406,11 +408,8 @@ class HypergradientTuner:
             unscale = 1.0 / scaler.get_scale()
             if self._overflowed(scaler, params, used, grads):
                 return self._skip(params, loss_value)
-        # One pass over the HVP: unscaled, and standing for the curvature of the cycle's k
-        # steps (an overflow here reaches Z, then the guard of h).
-        hvp_factor = unscale * self.hyper_every
-        if hvps is not None and hvp_factor != 1.0:
-            torch._foreach_mul_(hvps, hvp_factor)
+        if hvps is not None and unscale != 1.0:  # an overflow here reaches Z, then h's guard
+            torch._foreach_mul_(hvps, unscale)
 
         if self.outer == "training" and self.state["tangent_live"]:
             # HD: dL_t(w_t)/d eta_{t-1}, the unclipped gradient of the regularised loss
@@ -574,6 +573,7 @@ class HypergradientTuner:
                       "hyper_every": self.hyper_every},
             "tangents": tangents,
             "prev_grad": prev,
+            "cycle": {index[p]: c for p, c in self._cycle.items() if p in index},
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -604,6 +604,9 @@ class HypergradientTuner:
             p = params[int(i)]
             self._tangents[p] = {k: v.to(device=p.device, dtype=p.dtype).clone()
                                  for k, v in tensors.items()}
+        self._cycle = {params[int(i)]: c.to(device=params[int(i)].device,
+                                            dtype=params[int(i)].dtype).clone()
+                       for i, c in state_dict.get("cycle", {}).items()}
         prev = state_dict.get("prev_grad")
         self._prev_grad = (None if prev is None
                            else {params[int(i)]: g.clone() for i, g in prev.items()})
@@ -632,8 +635,34 @@ class HypergradientTuner:
         """The curvature term matters: mu != 0, not first order, and Z != 0."""
         return not self.first_order and self.state["mu"] != 0 and self.state["tangent_live"]
 
-    def _exact_hvp(self, used: list[Tensor], graphs: list[Tensor]) -> list[Tensor]:
+    def _hvp_directions(self, used: list[Tensor]) -> list[Tensor]:
+        """The tangent the HVP multiplies: ``z_t``; with ``hyper_every`` > 1, the cycle's
+        tangents ``z_t + sum_j mu^(t-j) z_j``, each weighted as the dynamics would have
+        carried its curvature term to this step (docs/math.md, "Every k steps")."""
         zs = [self._tangents[p]["z"] for p in used]
+        if not self._cycle:
+            return zs
+        mu = self.state["mu"]
+        return [z if p not in self._cycle else torch.add(z, self._cycle[p], alpha=mu)
+                for p, z in zip(used, zs)]
+
+    def _note_cycle(self, params: list[Tensor], mu: float) -> None:
+        """Before a tangent step with ``hyper_every`` > 1: add ``z`` to the cycle's sum
+        (``c <- mu c + z``) on a step without the HVP, empty it on the step with."""
+        if self.hyper_every == 1 or self.first_order:
+            return
+        if self._hyper_due():
+            self._cycle = {}
+            return
+        for p in params:
+            z = self._tangents[p]["z"]
+            if p in self._cycle:
+                self._cycle[p].mul_(mu).add_(z)
+            else:
+                self._cycle[p] = z.clone()
+
+    def _exact_hvp(self, used: list[Tensor], graphs: list[Tensor]) -> list[Tensor]:
+        zs = self._hvp_directions(used)
         hz = torch.autograd.grad(graphs, used, grad_outputs=zs, allow_unused=True)
         return [torch.zeros_like(p) if h is None else h for p, h in zip(used, hz)]
 
@@ -644,7 +673,7 @@ class HypergradientTuner:
         The step is sized for the precision the forward runs in: under autocast
         a shift below the autocast dtype's resolution would vanish in its casts.
         """
-        zs = [self._tangents[p]["z"] for p in used]
+        zs = self._hvp_directions(used)
         with torch.no_grad():
             z_norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(zs))))
             w_norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(used))))
@@ -748,6 +777,7 @@ class HypergradientTuner:
         """
         mu = self.state["mu"]
         self._ensure_tangents(params)
+        self._note_cycle(params, mu)
         used_set = set(used)
         skipped = [p for p in params if p not in used_set]
         if skipped and mu != 1:
