@@ -333,7 +333,7 @@ class HypergradientTuner:
 
     # ------------------------------------------------------------- public API
     def step(self, loss: LossArg, val_loss: Callable[[], Tensor] | None = None, *,
-             scaler: Any = None) -> Tensor:
+             scaler: Any = None, hvp_loss: Callable[[], Tensor] | None = None) -> Tensor:
         """One training step: replaces ``loss.backward(); optimizer.step()``.
 
         ``loss`` is the minibatch training loss at the current weights, or a
@@ -356,7 +356,21 @@ class HypergradientTuner:
         finite is skipped: no weight update, no tangent update, no
         hypergradient, and it does not count as a step of the horizon
         (:attr:`overflow_count` counts them).
+
+        ``hvp_loss``: a closure returning the training loss on part of the
+        batch (the first quarter, say). The Hessian-vector product is then
+        taken on it (its gradient with ``create_graph``, or its finite
+        difference) and ``loss``'s gradient without a double-backward graph:
+        where the loss is a mean over examples, an unbiased estimate of the
+        batch's HVP at a fraction of its cost. With ``model=``, batch-norm
+        statistics are restored after its forwards.
         """
+        if hvp_loss is not None and self.outer == "training":
+            raise ValueError(f"{type(self).__name__}.step takes no hvp_loss (it has no "
+                             "Hessian-vector product)")
+        if hvp_loss is not None and not callable(hvp_loss):
+            raise ValueError(f"Invalid hvp_loss: {hvp_loss!r} (a closure returning the loss on "
+                             "part of the batch)")
         if self.outer == "validation" and val_loss is None:
             raise ValueError(f"{type(self).__name__}.step needs val_loss=, a closure "
                              "returning the validation loss")
@@ -371,9 +385,11 @@ class HypergradientTuner:
         amp_dtype = _autocast_dtype(device)
         hyper = self._hyper_due()  # this step takes the HVP and the validation gradient
         use_hvp = hyper and self._wants_hvp()
+        part = hvp_loss if use_hvp else None  # the HVP from part of the batch, if given
         fd = self.hvp == "finite-difference"
-        rng = _RngSnapshot(params[0].device) if fd and use_hvp and callable(loss) else None
-        create_graph = use_hvp and self.hvp == "exact"
+        rng = (_RngSnapshot(params[0].device) if fd and use_hvp and part is None
+               and callable(loss) else None)
+        create_graph = use_hvp and self.hvp == "exact" and part is None
         if not callable(loss):
             loss_value = loss
         elif create_graph and params[0].device.type == "cpu":  # measured there only
@@ -389,7 +405,9 @@ class HypergradientTuner:
         used = [params[i] for i in live]
 
         hvps = None
-        if use_hvp:
+        if part is not None:
+            hvps = self._part_hvp(used, part, scaler, amp_dtype)
+        elif use_hvp:
             if self.hvp == "exact":
                 with _autocast_off(device):
                     hvps = self._exact_hvp(used, [raw[i] for i in live])
@@ -661,10 +679,46 @@ class HypergradientTuner:
             else:
                 self._cycle[p] = z.clone()
 
-    def _exact_hvp(self, used: list[Tensor], graphs: list[Tensor]) -> list[Tensor]:
+    def _exact_hvp(self, used: list[Tensor], graphs: Sequence[Tensor | None]) -> list[Tensor]:
         zs = self._hvp_directions(used)
-        hz = torch.autograd.grad(graphs, used, grad_outputs=zs, allow_unused=True)
+        live = [i for i, g in enumerate(graphs) if g is not None and g.requires_grad]
+        if not live:  # no gradient depends on the weights: the Hessian is 0
+            return [torch.zeros_like(p) for p in used]
+        hz = torch.autograd.grad([graphs[i] for i in live], used,
+                                 grad_outputs=[zs[i] for i in live], allow_unused=True)
         return [torch.zeros_like(p) if h is None else h for p, h in zip(used, hz)]
+
+    def _part_hvp(self, used: list[Tensor], part: Callable[[], Tensor], scaler: Any,
+                  amp_dtype: torch.dtype | None) -> list[Tensor]:
+        """The HVP of ``part()``, the loss on part of the batch (step's ``hvp_loss``)."""
+        device = used[0].device
+        buffers = self._buffers()
+        try:
+            if self.hvp == "exact":
+                fast = device.type == "cpu"  # as for the whole batch's HVP
+                with fast_double_backward() if fast else contextlib.nullcontext():
+                    value = part()
+                with _autocast_off(device):
+                    graphs = torch.autograd.grad(_scaled(scaler, value), used, create_graph=True,
+                                                 allow_unused=True)
+                    return self._exact_hvp(used, graphs)
+            rng = _RngSnapshot(device)
+            value = part()
+            with _autocast_off(device):
+                raw = torch.autograd.grad(_scaled(scaler, value), used, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(used, raw)]
+            return self._fd_hvp(used, grads, lambda: _scaled(scaler, part()), rng, amp_dtype)
+        finally:
+            self._restore_buffers(buffers)
+
+    def _buffers(self) -> list[Tensor]:
+        """A copy of ``model``'s buffers (batch-norm statistics), when it was given."""
+        return [] if self.model is None else [b.detach().clone() for b in self.model.buffers()]
+
+    def _restore_buffers(self, saved: list[Tensor]) -> None:
+        if saved:
+            with torch.no_grad():
+                torch._foreach_copy_(list(self.model.buffers()), saved)
 
     def _fd_hvp(self, used: list[Tensor], grads: list[Tensor], closure: Callable[[], Tensor],
                 rng: _RngSnapshot, amp_dtype: torch.dtype | None = None) -> list[Tensor]:
@@ -681,8 +735,7 @@ class HypergradientTuner:
             return [torch.zeros_like(p) for p in used]
         dtype = used[0].dtype if amp_dtype is None else amp_dtype
         eps = math.sqrt(torch.finfo(dtype).eps) * (1.0 + w_norm) / z_norm
-        buffers = ([b.detach().clone() for b in self.model.buffers()]
-                   if self.model is not None else [])
+        buffers = self._buffers()
         try:
             with torch.no_grad():
                 torch._foreach_add_(used, zs, alpha=eps)
@@ -697,8 +750,7 @@ class HypergradientTuner:
                 # equals w up to rounding, well inside the finite difference's own error.
                 torch._foreach_add_(used, zs, alpha=-eps)
                 _weights_changed(used[0].device)
-                if buffers:
-                    torch._foreach_copy_(list(self.model.buffers()), buffers)
+            self._restore_buffers(buffers)
         out = []
         for p, g, s in zip(used, grads, shifted):
             # the shifted gradients are fresh tensors of ours: difference them in place

@@ -1,0 +1,126 @@
+"""The Hessian-vector product on part of the batch: ``step(..., hvp_loss=closure)``.
+
+Where the loss is a mean over examples, the batch's Hessian is the mean of its
+halves', and the tangent step is linear in the HVP: the tangents after a step
+whose HVP came from one half, then from the other, average to the tangent of
+the step with the whole batch's HVP. Checked in float64 for SGD with momentum
+and Adam, for the exact and the finite-difference HVP.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import adatune
+
+ce = nn.functional.cross_entropy
+
+
+def _batches(steps: int, n: int = 16):
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(steps, n, 6, generator=g, dtype=torch.float64)
+    ys = torch.randint(0, 3, (steps, n), generator=g)
+    xv = torch.randn(32, 6, generator=g, dtype=torch.float64)
+    yv = torch.randint(0, 3, (32,), generator=g)
+    return xs, ys, xv, yv
+
+
+def _fresh(optimizer: str, hvp: str, batch_norm: bool = False, **kw):
+    torch.manual_seed(0)
+    layers = [nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)]
+    if batch_norm:
+        layers.insert(1, nn.BatchNorm1d(8))
+    model = nn.Sequential(*layers).double()
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    options = {"online": True, "hyper_lr": 0.05, **kw}
+    return model, adatune.MARTHE(opt, hvp=hvp, model=model, **options)
+
+
+def _after(optimizer: str, hvp: str, part: slice | None, steps: int = 4):
+    """Weights and tangents after ``steps`` steps, the last with the HVP of ``part``."""
+    xs, ys, xv, yv = _batches(steps)
+    model, tuner = _fresh(optimizer, hvp)
+    for t in range(steps):
+        def loss(t=t):
+            return ce(model(xs[t]), ys[t])
+
+        def half(t=t):
+            return ce(model(xs[t][part]), ys[t][part])
+
+        last = t == steps - 1 and part is not None
+        tuner.step(loss, val_loss=lambda: ce(model(xv), yv), hvp_loss=half if last else None)
+    weights = [p.detach().clone() for p in model.parameters()]
+    tangents = [tuner._tangents[p]["z"].clone() for p in model.parameters()]
+    return weights, tangents
+
+
+@pytest.mark.parametrize("hvp", ["exact", "finite-difference"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_halves_hvps_average_to_the_whole_batchs(optimizer, hvp):
+    w_full, z_full = _after(optimizer, hvp, None)
+    w_a, z_a = _after(optimizer, hvp, slice(0, 8))
+    w_b, z_b = _after(optimizer, hvp, slice(8, 16))
+    # the HVP moves the tangent, never the weights
+    assert all(torch.equal(p, q) for p, q in zip(w_full, w_a))
+    assert all(torch.equal(p, q) for p, q in zip(w_full, w_b))
+    # each half's tangent differs from the whole batch's: the test can tell them apart
+    assert any(not torch.allclose(a, f, rtol=1e-6, atol=0) for a, f in zip(z_a, z_full))
+    tol = 1e-11 if hvp == "exact" else 1e-6  # the finite difference's own rounding
+    for a, b, f in zip(z_a, z_b, z_full):
+        torch.testing.assert_close((a + b) / 2, f, rtol=tol, atol=tol * f.abs().max())
+
+
+@pytest.mark.parametrize("hvp", ["exact", "finite-difference"])
+def test_the_whole_batch_as_hvp_loss_is_the_default_step(hvp):
+    _, z_full = _after("sgd", hvp, None)
+    _, z_same = _after("sgd", hvp, slice(0, 16))
+    for a, b in zip(z_same, z_full):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("hvp", ["exact", "finite-difference"])
+def test_batch_norm_statistics_stay_those_of_the_training_forward(hvp):
+    xs, ys, xv, yv = _batches(3)
+    runs = []
+    for with_part in (False, True):
+        # hyper-LR 0: the LR, hence the weights, the same in both runs
+        model, tuner = _fresh("sgd", hvp, batch_norm=True, hyper_lr=0.0)
+        for t in range(3):
+            tuner.step(lambda t=t: ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv),
+                       hvp_loss=(lambda t=t: ce(model(xs[t][:8]), ys[t][:8])) if with_part
+                       else None)
+        runs.append([b.clone() for b in model.buffers()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_it_is_called_only_on_steps_that_take_the_hvp():
+    xs, ys, xv, yv = _batches(7)
+    for options, expected in (({"hyper_every": 3}, [2, 5]), ({"first_order": True}, []),
+                              ({}, [1, 2, 3, 4, 5, 6])):  # step 0: the tangent is still 0
+        model, tuner = _fresh("sgd", "exact", **options)
+        calls = []
+
+        def part(t):
+            calls.append(t)
+            return ce(model(xs[t][:4]), ys[t][:4])
+
+        for t in range(7):
+            tuner.step(lambda t=t: ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv),
+                       hvp_loss=lambda t=t: part(t))
+        assert calls == expected, options
+
+
+def test_hd_and_a_non_closure_are_refused():
+    model, tuner = _fresh("sgd", "exact")
+    x, y = torch.randn(4, 6, dtype=torch.float64), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="Invalid hvp_loss"):
+        tuner.step(lambda: ce(model(x), y), val_loss=lambda: ce(model(x), y),
+                   hvp_loss=ce(model(x), y))
+    hd = adatune.HD(tuner.optimizer, online=True, hyper_lr=1e-3)
+    with pytest.raises(ValueError, match="takes no hvp_loss"):
+        hd.step(lambda: ce(model(x), y), hvp_loss=lambda: ce(model(x), y))
