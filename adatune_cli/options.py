@@ -148,6 +148,11 @@ OPTIONS: dict[str, Any] = {
     "hvp": Annotated[str, _opt("--hvp", panel=PANEL_TUNER,
                                 help=f"{HVP_MODES[0]} (double backward) or {HVP_MODES[1]} "
                                      "(faster).")],
+    "hvp_fraction": Annotated[float, _opt(
+        "--hvp-fraction", panel=PANEL_TUNER,
+        help="marthe/rtho: take the Hessian-vector product on this leading fraction of each "
+             "batch, an unbiased estimate of the batch's (1: the whole batch).",
+        metavar="F")],
     "hyper_every": Annotated[int, _opt(
         "--hyper-every", panel=PANEL_TUNER,
         help="marthe/rtho: take the HVP and the validation gradient, and move the LR, on one "
@@ -324,8 +329,8 @@ def command_line(kind: str, config: dict[str, Any], *, name: str | None = None,
         if config["online"]:
             skip |= {"anneal", "warmup"}
     else:
-        skip |= {"hyper_update", "hyper_lr", "mu", "alpha", "first_order", "hvp", "hyper_every",
-                 "anneal", "warmup", "online"}
+        skip |= {"hyper_update", "hyper_lr", "mu", "alpha", "first_order", "hvp", "hvp_fraction",
+                 "hyper_every", "anneal", "warmup", "online"}
     keys = list(OPTIONS)
     if method == "replay":  # where the schedule comes from
         skip |= {"step_size", "lr_decay", "t_0", "t_mult"}

@@ -9,11 +9,17 @@ and Adam, for the exact and the finite-difference HVP.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
 
 import adatune
+from adatune.errors import ConfigError
+from adatune.store import open_store
+from tests._cli import cli
+from tests.test_store_safety import one_error_line
 
 ce = nn.functional.cross_entropy
 
@@ -83,36 +89,44 @@ def test_the_whole_batch_as_hvp_loss_is_the_default_step(hvp):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
+def _steps(model, tuner, steps: int, part=None) -> None:
+    """``steps`` steps on the batches of _batches; ``part(t, model)``: step t's hvp_loss."""
+    xs, ys, xv, yv = _batches(steps)
+    for t in range(steps):
+        tuner.step(lambda t=t: ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv),
+                   hvp_loss=None if part is None else (lambda t=t: part(t, model)))
+
+
+def _first_half(t: int, model) -> torch.Tensor:
+    xs, ys, _, _ = _batches(t + 1)
+    return ce(model(xs[t][:8]), ys[t][:8])
+
+
 @pytest.mark.parametrize("hvp", ["exact", "finite-difference"])
 def test_batch_norm_statistics_stay_those_of_the_training_forward(hvp):
-    xs, ys, xv, yv = _batches(3)
     runs = []
-    for with_part in (False, True):
+    for part in (None, _first_half):
         # hyper-LR 0: the LR, hence the weights, the same in both runs
         model, tuner = _fresh("sgd", hvp, batch_norm=True, hyper_lr=0.0)
-        for t in range(3):
-            tuner.step(lambda t=t: ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv),
-                       hvp_loss=(lambda t=t: ce(model(xs[t][:8]), ys[t][:8])) if with_part
-                       else None)
+        _steps(model, tuner, 3, part)
         runs.append([b.clone() for b in model.buffers()])
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
-def test_it_is_called_only_on_steps_that_take_the_hvp():
-    xs, ys, xv, yv = _batches(7)
-    for options, expected in (({"hyper_every": 3}, [2, 5]), ({"first_order": True}, []),
-                              ({}, [1, 2, 3, 4, 5, 6])):  # step 0: the tangent is still 0
-        model, tuner = _fresh("sgd", "exact", **options)
-        calls = []
+@pytest.mark.parametrize("options,expected", [
+    ({"hyper_every": 3}, [2, 5]), ({"first_order": True}, []),
+    ({}, [1, 2, 3, 4, 5, 6]),  # step 0: the tangent is still 0
+])
+def test_it_is_called_only_on_steps_that_take_the_hvp(options, expected):
+    model, tuner = _fresh("sgd", "exact", **options)
+    calls = []
 
-        def part(t):
-            calls.append(t)
-            return ce(model(xs[t][:4]), ys[t][:4])
+    def part(t, model):
+        calls.append(t)
+        return _first_half(t, model)
 
-        for t in range(7):
-            tuner.step(lambda t=t: ce(model(xs[t]), ys[t]), val_loss=lambda: ce(model(xv), yv),
-                       hvp_loss=lambda t=t: part(t))
-        assert calls == expected, options
+    _steps(model, tuner, 7, part)
+    assert calls == expected
 
 
 def test_hd_and_a_non_closure_are_refused():
@@ -124,3 +138,64 @@ def test_hd_and_a_non_closure_are_refused():
     hd = adatune.HD(tuner.optimizer, online=True, hyper_lr=1e-3)
     with pytest.raises(ValueError, match="takes no hvp_loss"):
         hd.step(lambda: ce(model(x), y), hvp_loss=lambda: ce(model(x), y))
+
+
+# ----------------------------------------------------------- the loop and the command
+class _Sizes(nn.Module):
+    """A classifier that notes the size of every batch it sees in training."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+        self.sizes: list[int] = []
+
+    def forward(self, x):
+        if self.training:
+            self.sizes.append(x.shape[0])
+        return self.net(x)
+
+
+def _data(n: int):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+@pytest.mark.parametrize("fraction,extra", [(0.25, [4]), (1.0, [])])
+def test_fit_takes_the_hvp_on_the_batchs_leading_fraction(tmp_path, fraction, extra):
+    torch.manual_seed(0)
+    model = _Sizes()
+    result = adatune.fit(model, _data(64), _data(32), tuner="marthe", epochs=1, batch_size=16,
+                         hvp_fraction=fraction, store=str(tmp_path / "runs.db"))
+    assert result.status == "completed"
+    # 4 steps of 16; steps 2 to 4 take the HVP (step 1's tangent is still 0)
+    assert model.sizes == [16] + [16, *extra] * 3
+    with open_store(str(tmp_path / "runs.db")) as db:
+        assert db.get_run(result.run_id).run.config["hvp_fraction"] == fraction
+
+
+@pytest.mark.parametrize("kw", [{"tuner": "hd"}, {"tuner": None, "schedule": "cosine"}])
+def test_fit_refuses_a_fraction_without_an_hvp(tmp_path, kw):
+    with pytest.raises(ConfigError, match="hvp_fraction applies to marthe and rtho"):
+        adatune.fit(_Sizes(), _data(32), _data(16), epochs=1, hvp_fraction=0.5,
+                    store=str(tmp_path / "runs.db"), **kw)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--hvp-fraction", "0"), "invalid hvp_fraction: 0"),
+    (("--hvp-fraction", "1.5"), "invalid hvp_fraction: 1.5"),
+    (("--hvp-fraction", "x"), "--hvp-fraction"),
+    (("--hvp-fraction", "0.5", "--tuner", "hd"), "hvp_fraction applies to marthe and rtho"),
+])
+def test_bad_hvp_fraction_is_one_line_and_exit_code_2(workdir, capsys, args, fragment):
+    one_error_line(*cli(capsys, "train", "--epochs", "1", *args)[::2], fragment)
+    assert not (workdir / "adatune.db").exists()  # no run written
+
+
+def test_train_records_hvp_fraction_with_the_run(workdir, capsys):
+    code, _, err = cli(capsys, "train", "--epochs", "1", "--hvp-fraction", "0.25")
+    assert code == 0, err
+    with open_store("adatune.db") as db:
+        [run] = db.list_runs()
+    assert run.config["hvp_fraction"] == 0.25 and run.status == "completed"
+    code, out, _ = cli(capsys, "runs", "show", str(run.id), "--json")
+    assert "--hvp-fraction 0.25" in json.loads(out)["command"]

@@ -66,7 +66,7 @@ def loop_config(config: TrainConfig, rules: DivergenceRules | None = None) -> Lo
                       patience=config.patience, log_every=config.log_every,
                       grad_clip=config.grad_clip, workers=config.workers,
                       rules=rules or DivergenceRules(loss_factor=config.divergence_factor),
-                      precision=config.precision)
+                      precision=config.precision, hvp_fraction=config.hvp_fraction)
 
 
 def build_parts(config: TrainConfig, replay: LRSchedule | None = None) -> Parts:

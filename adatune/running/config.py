@@ -47,6 +47,7 @@ from adatune.methods.schedules import ScheduleConfig
 from adatune.methods.tuners.settings import (
     DEFAULT_ALPHA,
     DEFAULT_HVP,
+    DEFAULT_HVP_FRACTION,
     DEFAULT_HYPER_EVERY,
     DEFAULT_MU,
     HVP_MODES,
@@ -123,7 +124,7 @@ def canonical_method(name: str) -> str:
 # What a field is for: a peer's record keeps only the fields that apply to it (the
 # general ones and its PeerSpec.settings); warmup_steps is recorded for peers only.
 _TUNER_FIELDS = ("hyper_update", "hyper_lr", "mu", "alpha", "first_order", "hvp",
-                 "hyper_every", "anneal", "warmup", "online")
+                 "hvp_fraction", "hyper_every", "anneal", "warmup", "online")
 _SCHEDULE_FIELDS = ("step_size", "lr_decay", "t_0", "t_mult")
 _OPTIMIZER_FIELDS = ("momentum", "nesterov", "warmup_steps")
 _REPLAY_FIELDS = ("from_run", "from_file", "stretch", "scale")
@@ -164,6 +165,7 @@ class TrainConfig:
     first_order: bool = False
     grad_clip: float | None = None
     hvp: str = DEFAULT_HVP
+    hvp_fraction: float = DEFAULT_HVP_FRACTION  # the HVP on this fraction of each batch
     hyper_every: int = DEFAULT_HYPER_EVERY  # HVP, validation gradient and LR move: 1 step in k
     anneal: str = DEFAULT_ANNEAL  # after the warm-up: cosine, linear or none
     warmup: float = DEFAULT_WARMUP  # the warm-up (and tuning) phase: a fraction of the run
@@ -263,6 +265,10 @@ class TrainConfig:
         if self.hyper_every != 1 and self.method not in ("marthe", "rtho"):
             raise ConfigError(f"hyper_every applies to marthe and rtho only (not {self.method}: "
                               "it has no HVP or validation gradient to space out)")
+        finite("hvp_fraction", self.hvp_fraction, low=0, low_open=True, high=1)
+        if self.hvp_fraction != 1 and self.method not in ("marthe", "rtho"):
+            raise ConfigError(f"hvp_fraction applies to marthe and rtho only (not "
+                              f"{self.method}: it has no Hessian-vector product)")
         try:
             object.__setattr__(self, "anneal", canonical_anneal(self.anneal))
         except ValueError:

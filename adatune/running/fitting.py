@@ -77,6 +77,7 @@ def fit(
     patience: int | None = _D["patience"],
     log_every: int = _D["log_every"],
     grad_clip: float | None = _D["grad_clip"],
+    hvp_fraction: float = _D["hvp_fraction"],
     workers: int = _D["workers"],
     divergence_factor: float = _D["divergence_factor"],
     device: str | torch.device | None = None,
@@ -121,6 +122,10 @@ def fit(
     target)`` returning the batch mean (the best epoch is then the lowest
     validation loss; ``classification=True`` records accuracies anyway).
 
+    ``hvp_fraction`` < 1: MARTHE and RTHO take their Hessian-vector product on
+    that leading fraction of each batch, an unbiased estimate of the batch's
+    (docs/math.md, "The HVP on part of the batch").
+
     ``device`` defaults to the model's. ``store`` is a path, an SQLAlchemy
     URL or an open :class:`~adatune.store.Store`. Returns the
     :class:`~adatune.running.runtypes.RunResult` (``run_id`` names it in the store).
@@ -145,7 +150,8 @@ def fit(
     # The loop's settings, checked as the command checks them.
     settings = loop_config(TrainConfig(
         epochs=epochs, batch_size=batch_size, seed=seed, patience=patience, log_every=log_every,
-        grad_clip=grad_clip, workers=workers, divergence_factor=divergence_factor))
+        grad_clip=grad_clip, workers=workers, divergence_factor=divergence_factor,
+        hvp_fraction=hvp_fraction))
     device = torch.device(device) if device is not None else _device_of(model)
     model.to(device)
     loss_fn, is_classification, loss_name = loss_from(loss)
@@ -156,6 +162,9 @@ def fit(
     test_ds = None if test is None else as_dataset("test", test)
     kind_name = _optimizer_name(optimizer)
     tuner_obj, method = _tuner(tuner, optimizer, model, kind_name)
+    if settings.hvp_fraction != 1 and (tuner_obj is None or tuner_obj.outer == "training"):
+        raise ConfigError("hvp_fraction applies to marthe and rtho only (the tuners with a "
+                          "Hessian-vector product)")
     steps_per_epoch = math.ceil(len(train_ds) / settings.batch_size)
     sched, sched_name = _schedule(schedule, schedule_interval, optimizer, steps_per_epoch)
     parts = Parts(model=model, optimizer=optimizer, train=train_ds, val=val_ds, test=test_ds,

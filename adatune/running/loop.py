@@ -458,6 +458,16 @@ class Loop:
             loss = criterion(output, y)
             return loss if weight == 1 else loss * weight
 
+        part = None  # the HVP's loss, on the batch's leading fraction (hvp_fraction < 1)
+        if self.config.hvp_fraction < 1 and p.tuner is not None and p.tuner.outer != "training":
+            m = max(1, round(self.config.hvp_fraction * len(x)))
+
+            def part() -> Tensor:
+                if weight == 0:
+                    return self.ranks.zero_loss(model)
+                loss = criterion(model(x[:m]), y[:m])
+                return loss if weight == 1 else loss * weight
+
         scaler = self.scaler
         if p.tuner is None:
             p.optimizer.zero_grad(set_to_none=True)
@@ -498,7 +508,7 @@ class Loop:
                     model.train()
 
             with self._autocast():
-                loss = p.tuner.step(closure, val_loss=val_loss, scaler=scaler)
+                loss = p.tuner.step(closure, val_loss=val_loss, scaler=scaler, hvp_loss=part)
             if scaler is not None:
                 scaler.update()
         return lr_used, loss.detach(), kept.get("output")

@@ -54,6 +54,8 @@ class LoopConfig:
     :class:`~torch.utils.data.DataLoader` worker processes. ``precision``
     (:data:`PRECISIONS`): the training forward and loss run under
     ``torch.autocast`` in bf16 or fp16 (fp16 with a ``torch.amp.GradScaler``).
+    ``hvp_fraction`` < 1: MARTHE/RTHO take their Hessian-vector product on that
+    leading fraction of each batch (the tuner step's ``hvp_loss``).
     """
 
     epochs: int
@@ -65,6 +67,7 @@ class LoopConfig:
     workers: int
     rules: DivergenceRules
     precision: str = DEFAULT_PRECISION
+    hvp_fraction: float = 1.0  # MARTHE/RTHO: the HVP on this leading part of each batch
 
 
 class Events:

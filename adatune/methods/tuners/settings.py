@@ -19,5 +19,9 @@ DEFAULT_ALPHA = 0.0
 #: MARTHE/RTHO take their Hessian-vector product and validation gradient, and move the
 #: LR, on one tuned step in this many (1: every step, exact; docs/math.md).
 DEFAULT_HYPER_EVERY = 1
+#: The fraction of each batch a training loop (``adatune train``, :func:`adatune.fit`)
+#: takes MARTHE's/RTHO's Hessian-vector product on (1: the whole batch, exact).
+DEFAULT_HVP_FRACTION = 1.0
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_HVP", "DEFAULT_HYPER_EVERY", "DEFAULT_MU", "HVP_MODES"]
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_HVP", "DEFAULT_HVP_FRACTION", "DEFAULT_HYPER_EVERY",
+           "DEFAULT_MU", "HVP_MODES"]
