@@ -27,6 +27,13 @@ def _whole_csv(name: str, text: str) -> tuple[int, ...]:
         raise ConfigError(f"invalid {name}: {text!r} (whole numbers, comma-separated)") from None
 
 
+def _number_csv(name: str, text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in _csv(text))
+    except ValueError:
+        raise ConfigError(f"invalid {name}: {text!r} (numbers, comma-separated)") from None
+
+
 @app.command("bench")
 def bench_command(
     network: Annotated[str, typer.Option("--network", help="Network to time.")]
@@ -52,6 +59,10 @@ def bench_command(
                               "HVP and validation gradient on one step in k; timed over "
                               "whole cycles of k steps).")]
     = ",".join(str(k) for k in BenchConfig.hyper_every),
+    hvp_fraction: Annotated[str, typer.Option(
+        "--hvp-fraction", help="Fractions of the batch marthe/rtho take their HVP on, "
+                               "comma-separated (1: the whole batch).")]
+    = ",".join(f"{f:g}" for f in BenchConfig.hvp_fraction),
     memory: Annotated[bool, typer.Option(
         "--memory/--no-memory", help="Measure peak memory (a fresh process per method).")]
     = BenchConfig.memory,
@@ -82,6 +93,7 @@ def bench_command(
     config = BenchConfig(network=network, batch_size=batch_size, optimizer=optimizer,
                          device=device, steps=steps, warmup=warmup, methods=_csv(methods),
                          hvp=_csv(hvp), hyper_every=_whole_csv("hyper_every", hyper_every),
+                         hvp_fraction=_number_csv("hvp_fraction", hvp_fraction),
                          memory=memory, precision=precision)
     check_device(config.device)  # before torch
     total = config.warmup + config.steps

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import adatune
+from adatune.bench.config import BenchConfig, split_label
 from adatune.errors import ConfigError
 from adatune.store import open_store
 from tests._cli import cli
@@ -199,3 +200,25 @@ def test_train_records_hvp_fraction_with_the_run(workdir, capsys):
     assert run.config["hvp_fraction"] == 0.25 and run.status == "completed"
     code, out, _ = cli(capsys, "runs", "show", str(run.id), "--json")
     assert "--hvp-fraction 0.25" in json.loads(out)["command"]
+
+
+def test_bench_labels_each_hvp_fraction_and_refuses_bad_ones(capsys):
+    config = BenchConfig(methods=("marthe",), hvp=("exact",), hvp_fraction=(1.0, 0.25))
+    assert config.labels() == ["plain", "marthe", "marthe[part 0.25]"]
+    assert split_label("marthe[finite-difference, every 4, part 0.25]") == (
+        "marthe", "finite-difference", 4, 0.25)
+    one_error_line(*cli(capsys, "bench", "--hvp-fraction", "0.5,x")[::2], "hvp_fraction")
+    one_error_line(*cli(capsys, "bench", "--hvp-fraction", "0")[::2], "hvp_fraction")
+
+
+def test_bench_times_the_hvp_on_part_of_the_batch(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sizes = []
+    monkeypatch.setattr(torch.nn.Linear, "forward", lambda self, x: (
+        sizes.append(x.shape[0]), torch.nn.functional.linear(x, self.weight, self.bias))[1])
+    code, out, err = cli(capsys, "bench", "--network", "mlp", "--batch-size", "8", "--steps",
+                         "2", "--warmup", "0", "--methods", "plain,marthe", "--hvp", "exact",
+                         "--hvp-fraction", "0.25", "--no-memory", "--json")
+    assert code == 0, err
+    assert [r["method"] for r in json.loads(out)["results"]] == ["plain", "marthe[part 0.25]"]
+    assert set(sizes) == {8, 2}  # the batch, and its quarter for the HVP

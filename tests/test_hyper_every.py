@@ -255,8 +255,8 @@ def test_bench_labels_each_hyper_every_and_refuses_bad_ones(capsys):
                                "marthe[finite-difference]",
                                "marthe[finite-difference, every 4]"]
     assert [split_label(x) for x in config.labels()[1:]] == [
-        ("marthe", "exact", 1), ("marthe", "exact", 4), ("marthe", "finite-difference", 1),
-        ("marthe", "finite-difference", 4)]
+        ("marthe", "exact", 1, 1.0), ("marthe", "exact", 4, 1.0),
+        ("marthe", "finite-difference", 1, 1.0), ("marthe", "finite-difference", 4, 1.0)]
     one_error_line(*cli(capsys, "bench", "--hyper-every", "1,x")[::2], "hyper_every")
     one_error_line(*cli(capsys, "bench", "--hyper-every", "0")[::2], "hyper_every")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from adatune.catalog import OPTIMIZER_NAMES, DataSpec, canonical_network, check_compatible
-from adatune.checks import MAX_SEED, whole
+from adatune.checks import MAX_SEED, finite, whole
 from adatune.errors import ConfigError
 from adatune.methods.tuners.settings import HVP_MODES
 from adatune.running.runtypes import DEFAULT_PRECISION, PRECISIONS
@@ -38,6 +38,8 @@ class BenchConfig:
     hvp: tuple[str, ...] = HVP_MODES
     #: The tuners' hyper_every values (k: the HVP and validation gradient on 1 step in k).
     hyper_every: tuple[int, ...] = (1,)
+    #: The fractions of the batch the tuners take their HVP on (1: the whole batch).
+    hvp_fraction: tuple[float, ...] = (1.0,)
     memory: bool = True
     input_shape: tuple[int, int, int] = (3, 32, 32)
     num_classes: int = 10
@@ -68,6 +70,8 @@ class BenchConfig:
                 raise ConfigError(f"unknown hvp {mode!r} (choose from: {', '.join(HVP_MODES)})")
         for every in self.hyper_every:
             whole("hyper_every", every, 1, MAX_BENCH_STEPS)
+        for fraction in self.hvp_fraction:
+            finite("hvp_fraction", fraction, low=0, low_open=True, high=1)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r} "
                               f"(choose from: {', '.join(PRECISIONS)})")
@@ -78,34 +82,38 @@ class BenchConfig:
         return DataSpec("synthetic", self.input_shape, self.num_classes)
 
     def labels(self) -> list[str]:
-        """Method labels measured: e.g. ``marthe``, ``marthe[finite-difference]`` and
-        ``marthe[finite-difference, every 4]`` (:func:`label`)."""
+        """Method labels measured: e.g. ``marthe``, ``marthe[finite-difference]``,
+        ``marthe[finite-difference, every 4]`` and ``marthe[part 0.25]`` (:func:`label`)."""
         out = []
         for method in self.methods:
             if method in HVP_METHODS:
-                out += [label(method, mode, every) for mode in self.hvp
-                        for every in self.hyper_every]
+                out += [label(method, mode, every, fraction) for mode in self.hvp
+                        for every in self.hyper_every for fraction in self.hvp_fraction]
             else:
                 out.append(method)
         return out
 
 
-def label(method: str, hvp: str = HVP_MODES[0], every: int = 1) -> str:
-    """``method``, with its HVP mode unless exact and ``every k`` unless k = 1, in brackets."""
-    options = [hvp] * (hvp != HVP_MODES[0]) + [f"every {every}"] * (every != 1)
+def label(method: str, hvp: str = HVP_MODES[0], every: int = 1, fraction: float = 1.0) -> str:
+    """``method``, with its HVP mode unless exact, ``every k`` unless k = 1 and ``part f``
+    unless the HVP takes the whole batch, in brackets."""
+    options = ([hvp] * (hvp != HVP_MODES[0]) + [f"every {every}"] * (every != 1)
+               + [f"part {fraction:g}"] * (fraction != 1))
     return f"{method}[{', '.join(options)}]" if options else method
 
 
-def split_label(text: str) -> tuple[str, str, int]:
-    """``(method, hvp, every)`` of a :func:`label`."""
+def split_label(text: str) -> tuple[str, str, int, float]:
+    """``(method, hvp, every, fraction)`` of a :func:`label`."""
     method, _, rest = text.partition("[")
-    hvp, every = HVP_MODES[0], 1
+    hvp, every, fraction = HVP_MODES[0], 1, 1.0
     for option in filter(None, rest.rstrip("]").split(", ")):
         if option.startswith("every "):
             every = int(option.removeprefix("every "))
+        elif option.startswith("part "):
+            fraction = float(option.removeprefix("part "))
         else:
             hvp = option
-    return method, hvp, every
+    return method, hvp, every, fraction
 
 
 #: A figure whose steps spread (interquartile range) over more than this fraction of their

@@ -75,8 +75,9 @@ class _Runner:
         self.optimizer = opt
         self.batches = batches
         self.i = 0
-        method, mode, every = split_label(label)
+        method, mode, every, fraction = split_label(label)
         self.cycle = every
+        self.part = max(1, round(fraction * config.batch_size)) if fraction < 1 else None
         tiny = 1e-12  # keep the LR essentially fixed: we time the machinery, not the schedule
         self.tuner = None
         self.floor = ([torch.full_like(p, 1e-3) for p in self.model.parameters()]
@@ -166,7 +167,12 @@ class _Runner:
             finally:
                 model.train()
 
-        self.tuner.step(closure, val_loss=val_loss, scaler=self.scaler)
+        part = None
+        if self.part is not None:
+            def part() -> torch.Tensor:
+                return ce(model(x[:self.part]), y[:self.part])
+
+        self.tuner.step(closure, val_loss=val_loss, scaler=self.scaler, hvp_loss=part)
 
 
 def _batches(config: BenchConfig, device: torch.device, n: int = 4):
@@ -247,6 +253,7 @@ def _child(payload: str) -> None:
     label = data.pop("label")
     data["hvp"] = tuple(data["hvp"])
     data["hyper_every"] = tuple(data["hyper_every"])
+    data["hvp_fraction"] = tuple(data["hvp_fraction"])
     data["input_shape"] = tuple(data["input_shape"])
     data["methods"] = tuple(data["methods"])
     config = BenchConfig(**{**data, "memory": False})
