@@ -224,11 +224,14 @@ CONSTANT = R.Method("constant")
 COSINE = R.Method("cosine", schedule="cosine-run")
 METHODS: tuple[R.Method, ...] = (*TUNERS, ONLINE, CONSTANT, COSINE, *R.PEER_METHODS)
 #: Measured on request (``--methods``), not in the default run: MARTHE with the costly
-#: part of a tuned step (HVP, validation gradient) on one tuned step in 4, and MARTHE with
-#: the finite-difference HVP (the cheaper HVP's quality).
+#: part of a tuned step (HVP, validation gradient) on one tuned step in 4, MARTHE with
+#: the finite-difference HVP, and MARTHE with the HVP on a quarter of each batch (the
+#: cheaper steps' quality).
 VARIANTS: tuple[R.Method, ...] = (
     R.Method("marthe-every4", tuner="marthe", schedule=None, cost=1.5,
              options=(("hyper_every", 4),)),
+    R.Method("marthe-part4", tuner="marthe", schedule=None, cost=1.8,
+             options=(("hvp_fraction", 0.25),)),
     R.Method("marthe-fd", tuner="marthe", schedule=None, cost=2.5,
              options=(("hvp", "finite-difference"),)),
 )

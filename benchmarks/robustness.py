@@ -365,11 +365,13 @@ def train_once(job: Job, methods: dict[str, Method]) -> Outcome:
     else:
         optimizer = OPTIMIZERS[job.optimizer](model.parameters(), job.lr)
     tuner = schedule = None
+    hvp_fraction = 1.0
     if method.tuner is not None:
         config = TrainConfig(method=method.tuner, optimizer=job.optimizer, lr=job.lr,
                              hyper_update=method.hyper_update or DEFAULT_HYPER_UPDATE,
                              **dict(method.options))
         tuner = build_tuner(config, optimizer, model)
+        hvp_fraction = config.hvp_fraction
     elif method.schedule == "cosine-run":
         steps = task.epochs * -(-len(train) // task.batch_size)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
@@ -379,7 +381,7 @@ def train_once(job: Job, methods: dict[str, Method]) -> Outcome:
     store = _WORKER.get("store") or open_store(workdir / "runs.db")
     started = time.perf_counter()
     result = adatune.fit(model, train, val, test, optimizer=optimizer, tuner=tuner,
-                         schedule=schedule, loss=task.loss,
+                         schedule=schedule, loss=task.loss, hvp_fraction=hvp_fraction,
                          schedule_interval="step" if method.schedule == "cosine-run" else "epoch",
                          epochs=task.epochs, batch_size=task.batch_size,
                          seed=job.seed, store=store, checkpoint_dir=str(workdir / "ckpt"),
