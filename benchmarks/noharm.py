@@ -433,15 +433,16 @@ COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Mechanic", ("mechanic-sgd", "mechanic-adam")),
     ("Prodigy / D-Adapt SGD", ("prodigy", "dadapt-sgd")),
     ("Schedule-Free", ("schedulefree-sgd", "schedulefree-adamw")),
+    *((v.name, (v.name,)) for v in VARIANTS),  # when measured (--methods)
 )
 
 
 def compact(res: Results, tasks: Sequence[str] | None = None) -> str:
     """One row per task, optimizer and start: the references, then each method's mean."""
     cols = [(h, ms) for h, ms in COLUMNS if any(k[0] in ms for k in res.cells)]
-    out = ["| task | optimizer | start | best constant | cosine at best | compute-matched grid "
-           "| " + " | ".join(h for h, _ in cols) + " |",
-           "|---|---|---|---:|---:|---:|" + "---:|" * len(cols)]
+    heads = ["task", "optimizer", "start", "best constant", "cosine at best",
+             "compute-matched grid", *(h for h, _ in cols)]
+    out = ["| " + " | ".join(heads) + " |", "|---|---|---|" + "---:|" * (len(heads) - 3)]
     for t, o in _pairs(res):
         if tasks is not None and t not in tasks:
             continue
@@ -452,8 +453,9 @@ def compact(res: Results, tasks: Sequence[str] | None = None) -> str:
                    for _, ms in cols]
             best = _fmt_cell(res, t, res.cells["constant", t, o, 1.0])
             cosine = _fmt_cell(res, t, res.cells["cosine", t, o, 1.0])
-            out.append(f"| {t} | {o} | {f:g}x | {best} | {cosine} | "
-                       f"{_fmt_cell(res, t, grid_cell)} (k={k}) | " + " | ".join(row) + " |")
+            out.append("| " + " | ".join([t, o, f"{f:g}x", best, cosine,
+                                          f"{_fmt_cell(res, t, grid_cell)} (k={k})", *row])
+                       + " |")
     return "\n".join(out)
 
 
@@ -517,7 +519,8 @@ def timing(res: Results) -> str:
 def report(res: Results) -> str:
     names = sorted({m for m, *_ in res.cells}, key=lambda m: [x.name for x in METHODS].index(m)
                    if m in [x.name for x in METHODS] else 99)
-    tuners = [m for m in ("marthe", "rtho", "hd", "marthe-online") if m in names]
+    tuners = [m for m in ("marthe", "rtho", "hd", "marthe-online", *(v.name for v in VARIANTS))
+              if m in names]  # each with its cells from every start
     parts = ["mean test accuracy (%) or test loss (nats); (Nd): N seeds diverged\n",
              compact(res), "\ntargets, counted (cells met / cells):\n",
              target_table(res, [*tuners, *(n for n in names if n not in tuners)])]
