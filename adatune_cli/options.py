@@ -147,7 +147,8 @@ OPTIONS: dict[str, Any] = {
                                          help="Drop the Hessian term (no HVP).")],
     "hvp": Annotated[str, _opt("--hvp", panel=PANEL_TUNER,
                                 help=f"{HVP_MODES[0]} (double backward) or {HVP_MODES[1]} "
-                                     "(faster).")],
+                                     "(faster; on ReLU networks in fp32 its error can exceed "
+                                     "the product itself: docs/math.md).")],
     "hvp_fraction": Annotated[float, _opt(
         "--hvp-fraction", panel=PANEL_TUNER,
         help="marthe/rtho: take the Hessian-vector product on this leading fraction of each "
