@@ -157,3 +157,23 @@ def test_old_runs_read_as_fp32():
     stored = TrainConfig().to_dict()
     del stored["precision"]
     assert TrainConfig.from_dict(stored).precision == "fp32"
+
+
+def test_a_resumed_fp16_run_keeps_its_loss_scale(workdir, capsys):
+    from adatune.running import checkpoint
+    from tests._cli import cli
+
+    code, out, _ = cli(capsys, "train", "--tuner", "hd", "--precision", "fp16", "--epochs", "1",
+                       "--checkpoint-dir", "ckpt")
+    assert code == 0, out
+    last = workdir / "ckpt" / "run-1" / "last.pt"
+    state = dict(checkpoint.load(last))
+    assert state["scaler"]["scale"] == 65536.0  # torch's initial scale: no overflow yet
+    # a scale the run could not reach by itself in one more epoch (it halves on an overflow
+    # and doubles after 2000 clean steps): seen after the resume only if it was restored
+    state["scaler"] = {**state["scaler"], "scale": 1024.0}
+    checkpoint.save(state, last, kind="last")
+    code, out, _ = cli(capsys, "train", "--resume", "1", "--epochs", "2")
+    assert code == 0, out
+    resumed = checkpoint.load(last)
+    assert resumed["epoch"] == 2 and 256.0 <= resumed["scaler"]["scale"] <= 1024.0

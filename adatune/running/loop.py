@@ -119,7 +119,7 @@ class Loop:
         if self.steps_per_epoch < 1:
             raise ConfigError("the training set is empty")
         self.amp_dtype = AMP_DTYPES.get(config.precision)  # None: fp32, no autocast
-        # fp16's narrow range needs a loss scale; its state starts afresh on a resume
+        # fp16's narrow range needs a loss scale (checkpointed: a resume keeps it)
         self.scaler = (torch.amp.GradScaler(self.device.type) if config.precision == "fp16"
                        else None)
         tuner = parts.tuner
@@ -158,6 +158,7 @@ class Loop:
             "optim": p.tuner.state_dict() if p.tuner is not None else p.view.optimizer_state(),
             "optim_view": p.view.state(),
             "schedule": None if p.schedule is None else p.schedule.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": (torch.cuda.get_rng_state_all()
                              if self.device.type == "cuda" else None),
@@ -183,6 +184,8 @@ class Loop:
             p.view.load(state.get("optim_view"))
             if p.schedule is not None:
                 p.schedule.load_state_dict(state["schedule"])
+            if self.scaler is not None and state.get("scaler"):  # older ones start afresh
+                self.scaler.load_state_dict(state["scaler"])
             self._set_rng(state["rng"])
             self.train_gen.set_state(state["rng"]["train"].cpu())
             self.val_gen.set_state(state["rng"]["val"].cpu())
