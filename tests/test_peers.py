@@ -540,6 +540,18 @@ def test_fit_takes_an_optimizer_the_user_mechanized(workdir, base, name):
     assert lrs[-1] == float(torch.sum(opt.state["_mechanic"]["s"]))  # lr 1.0 times sum(s)
 
 
+@pytest.mark.parametrize("tuner", [adatune.MARTHE, adatune.RTHO, adatune.HD])
+@pytest.mark.parametrize("base", [torch.optim.SGD, torch.optim.AdamW])
+def test_a_tuner_refuses_an_optimizer_the_user_mechanized(tuner, base):
+    """Mechanic subclasses the optimizer it wraps, but rescales its updates: the tuner's
+    tangent, written for torch's update, would be wrong, so the tuner refuses it."""
+    import mechanic_pytorch
+
+    opt = mechanic_pytorch.mechanize(base)(nn.Linear(3, 2).parameters(), lr=1.0)
+    with pytest.raises(ValueError, match="sets its own step size"):
+        tuner(opt, total_steps=10)
+
+
 def test_fit_records_mechanic_scaling_the_lr_a_schedule_sets(workdir):
     """A schedule moves the base LR; the step's effective LR is the LR it began with, times s."""
     import mechanic_pytorch

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from adatune.methods import horizon as _horizon
 from adatune.methods import hyper_update as _rule
+from adatune.methods.peers import optimizer_view
 from adatune.methods.tuners import _tangent
 from adatune.methods.tuners import collectives as _distributed
 from adatune.methods.tuners._double_backward import fast_double_backward
@@ -94,6 +95,10 @@ class _Dynamics:
                 f"Invalid optimizer: {type(optimizer).__name__} "
                 "(supported: torch.optim.SGD, Adam, AdamW)"
             )
+        if optimizer_view(optimizer).adaptive:  # Mechanic subclasses the optimizer it wraps
+            raise ValueError(f"Invalid optimizer: {type(optimizer).__name__} sets its own step "
+                             "size (a learning-rate-free peer); a tuner tunes the LR of plain "
+                             "torch.optim.SGD, Adam or AdamW")
         for i, group in enumerate(optimizer.param_groups):
             if group.get("maximize", False):
                 raise ValueError(f"Invalid optimizer: param group {i} has maximize=True")
