@@ -150,8 +150,9 @@ class HypergradientTuner:
     gradient's graph, the Hessian-vector product and the validation gradient) runs on
     one tuned step in ``k``: those whose ``state["step"] % k == k - 1`` (the counter is
     checkpointed, so a resumed run keeps the cycle). Every tuned step advances the
-    tangent with its first-order terms; on the ``k``-th the HVP enters it multiplied
-    by ``k`` (an estimate of the ``k`` steps' curvature term), ``val_loss`` is called
+    tangent with its first-order terms; on the ``k``-th the HVP of the cycle's tangents
+    (each weighted by the ``mu`` the steps since would have applied) enters it, for the
+    ``k`` steps' curvature terms, ``val_loss`` is called
     and the LR moves with ``k`` times the hyper-LR (at most the rule's largest,
     ``MAX_HYPER_LR`` for the scale-free rule). The other steps cost a plain step plus
     the tangent's update. ``k=1`` is the exact tuner (docs/math.md).
@@ -678,11 +679,11 @@ class HypergradientTuner:
             self._cycle = {}
             return
         for p in params:
-            z = self._tangents[p]["z"]
-            if p in self._cycle:
-                self._cycle[p].mul_(mu).add_(z)
-            else:
-                self._cycle[p] = z.clone()
+            if p not in self._cycle:  # the cycle's first step (c = 0), or a new parameter
+                self._cycle[p] = torch.zeros_like(p)
+        cycle = [self._cycle[p] for p in params]  # one foreach pass, not one per tensor
+        torch._foreach_mul_(cycle, mu)
+        torch._foreach_add_(cycle, [self._tangents[p]["z"] for p in params])
 
     def _exact_hvp(self, used: list[Tensor], graphs: Sequence[Tensor | None]) -> list[Tensor]:
         zs = self._hvp_directions(used)
